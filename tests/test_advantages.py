@@ -101,7 +101,8 @@ def test_gae_recursion_equals_naive_loop(seed, device):
 )
 def test_gae_recursion_equals_weighted_sum_of_k_step(gamma, lam, T, seed, terminal):
     g = torch.Generator().manual_seed(seed)
-    rewards, values, final = torch.randn(3, T, generator=g), torch.randn(3, T, generator=g), torch.randn(3, 1, generator=g)
+    rewards, values = torch.randn(3, T, generator=g), torch.randn(3, T, generator=g)
+    final = torch.randn(3, 1, generator=g)
     next_values = torch.cat([values[:, 1:], final], dim=1)
     terms = torch.zeros(3, T)
     if terminal:
