@@ -24,6 +24,7 @@ import math
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -161,9 +162,15 @@ class StopRequest:
             pass
 
 
-def train(config: TrainConfig, resume: dict | None = None, stop_after_iterations: int | None = None) -> dict:
+def train(
+    config: TrainConfig,
+    resume: dict | None = None,
+    stop_after_iterations: int | None = None,
+    stop_when: Callable[[ActorCritic, int], bool] | None = None,
+) -> dict:
     """Run PPO; return a summary. `resume` is a loaded checkpoint; `stop_after_iterations`
-    stops early as if interrupted (used by tests of resumption)."""
+    stops as if interrupted (tests of resumption); `stop_when(agent, global_step)` is asked
+    after each update whether the run is done (benchmarks stop once the task is solved)."""
     device = resolve_device(config.device)
     seed_everything(config.seed)
     out = Path(config.out)
@@ -240,8 +247,10 @@ def train(config: TrainConfig, resume: dict | None = None, stop_after_iterations
                 plot_learning_curve(out / "metrics.jsonl", out / "learning_curve.png")
                 last_plot = time.perf_counter()
             done_iterations = iteration + 1
-            stopping = stop.requested or (stop_after_iterations is not None
-                                          and done_iterations - start_iteration >= stop_after_iterations)
+            stopping = (stop.requested
+                        or (stop_after_iterations is not None
+                            and done_iterations - start_iteration >= stop_after_iterations)
+                        or (stop_when is not None and stop_when(agent, global_step)))
             if done_iterations % config.checkpoint_every == 0 or done_iterations == config.num_iterations or stopping:
                 save_training_state(out / "checkpoint.pt", config, agent, optimizer, kl_controller, shuffle, envs,
                                     obs, done_iterations, global_step)
