@@ -111,6 +111,7 @@ def bench_cartpole_sb3(seed: int) -> dict | None:
                 return False
             return True
 
+    torch.set_num_threads(1)  # the same as our MLP runs use, so the comparison is like for like
     env = make_vec_env("CartPole-v1", n_envs=8, seed=seed)
     # RL Zoo hyperparameters for CartPole-v1 (hyperparams/ppo.yml)
     model = PPO("MlpPolicy", env, n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98, n_epochs=20, ent_coef=0.0,
@@ -143,7 +144,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", choices=["flappy", "cartpole"], default=None)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     result: dict = {"flappy": None, "cartpole": None}
     rows = []
     if args.only in (None, "flappy"):

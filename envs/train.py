@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import signal
 import sys
 import time
@@ -86,6 +87,8 @@ class TrainConfig(PPOConfig):
     """Redraw learning_curve.png at most this often."""
     progress: bool = True
     """Show a progress bar."""
+    cpu_threads: int = 0
+    """Torch CPU threads; 0 = auto: 1 for MLPs (small ops run fastest on one thread), all cores for the CNN."""
     minibatch_size: int = 2048
     """Rows per minibatch (overrides PPOConfig's default for game batches)."""
     ent_coef: float = 0.01
@@ -178,6 +181,8 @@ def train(
     envs = make_vector_env(config.env_id, config.num_envs, device)
     obs_shape = tuple(envs.single_observation_space.shape)
     agent = build_agent(config, obs_shape, int(envs.single_action_space.n)).to(device)
+    if device.type == "cpu":
+        torch.set_num_threads(config.cpu_threads or (1 if agent.arch != "cnn" else os.cpu_count() or 1))
     optimizer = torch.optim.Adam(agent.parameters(), lr=config.learning_rate, eps=1e-5)
     kl_controller = make_kl_controller(config.kl_controller, config.kl_coef, config.kl_target) \
         if config.objective != "clip" else None
@@ -247,10 +252,10 @@ def train(
                 plot_learning_curve(out / "metrics.jsonl", out / "learning_curve.png")
                 last_plot = time.perf_counter()
             done_iterations = iteration + 1
-            stopping = (stop.requested
+            asked_to_stop = stop_when is not None and stop_when(agent, global_step)
+            stopping = (asked_to_stop or stop.requested
                         or (stop_after_iterations is not None
-                            and done_iterations - start_iteration >= stop_after_iterations)
-                        or (stop_when is not None and stop_when(agent, global_step)))
+                            and done_iterations - start_iteration >= stop_after_iterations))
             if done_iterations % config.checkpoint_every == 0 or done_iterations == config.num_iterations or stopping:
                 save_training_state(out / "checkpoint.pt", config, agent, optimizer, kl_controller, shuffle, envs,
                                     obs, done_iterations, global_step)
