@@ -136,7 +136,7 @@ class Evaluation(NamedTuple):
     """V_ψ(s); None when there is no critic (vf_coef = 0)."""
 
 
-@implements("AC-2", "RM-6")
+@implements("AC-2")
 def ppo_update(
     evaluate: Callable[[dict[str, torch.Tensor]], Evaluation],
     batch: dict[str, torch.Tensor],
