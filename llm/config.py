@@ -84,14 +84,15 @@ class PPOArgs(ModelArgs):
     """Replies per minibatch."""
     ppo_epochs: int = 4
     """K: passes over each rollout batch."""
-    ppo_lr: float = 3e-4
-    """AdamW learning rate of the policy."""
+    ppo_lr: float = 3e-5
+    """AdamW learning rate of the policy (ten times below the value model's: see llm/README.md)."""
     value_lr: float = 3e-4
     """AdamW learning rate of the value model."""
     clip_coef: float = 0.2
     """ε of the clipped surrogate (CL-1)."""
-    vf_clip_coef: float = 0.2
-    """ε_v: how far a value may move from its rollout value before its loss is clipped."""
+    vf_clip_coef: float = 1.0
+    """ε_v: how far a value may move from its rollout value before its loss is clipped (scores
+    span several units here, so 0.2 would hold the critic back for many iterations)."""
     vf_coef: float = 0.5
     """c₁: weight of the value loss."""
     ent_coef: float = 0.0
@@ -104,10 +105,17 @@ class PPOArgs(ModelArgs):
     """λ of GAE over tokens."""
     kl_kind: str = "adaptive"
     """β schedule: 'fixed', 'adaptive' (TR-3, doubling/halving) or 'proportional' (TR-4)."""
-    init_beta: float = 0.1
+    init_beta: float = 0.3
     """Initial β of the KL shaping r_t = −β·KL_t (the only β with kl_kind='fixed'; 0 is allowed there)."""
     target_kl: float | None = None
     """Target mean per-reply KL to the reference, in nats (None: the task's default)."""
+    kl_warmup: int = 20
+    """β stays at init_beta until the KL first reaches target/1.5, or for this many iterations at
+    most: the KL is 0 at the start by construction, and TR-3 would only halve β while the
+    policy is still on its way."""
+    kl_update_every: int = 3
+    """Iterations between β updates: the KL to π_ref responds to a new β over several
+    iterations, and updating every iteration makes TR-3 overshoot in both directions."""
     kl_horizon: float = 1000.0
     """H of the proportional controller (in replies)."""
     kl_estimator: str = "k1"
@@ -151,7 +159,7 @@ class PipelineConfig(PPOArgs, RMArgs, SFTArgs):
                 f"rollout_batch_size ({self.rollout_batch_size}) must be a multiple of "
                 f"ppo_minibatch_size ({self.ppo_minibatch_size})"
             )
-        for name in ("rm_steps", "rm_batch_size", "rollout_batch_size", "ppo_minibatch_size", "ppo_epochs",
+        for name in ("rm_steps", "rm_batch_size", "kl_update_every", "rollout_batch_size", "ppo_minibatch_size", "ppo_epochs",
                      "sft_batch_size", "eval_prompts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
@@ -165,7 +173,7 @@ class PipelineConfig(PPOArgs, RMArgs, SFTArgs):
 # tokens long and scored by a verifier, so its KL budget is smaller, and its SFT is kept short
 # so that the SFT model is only partly right.
 TASK_DEFAULTS = {
-    "reviews": dict(sft_steps=500, sft_examples=40_000, ppo_iterations=100, target_kl=4.0, reward_source="rm"),
+    "reviews": dict(sft_steps=300, sft_examples=40_000, ppo_iterations=80, target_kl=3.0, reward_source="rm"),
     "arithmetic": dict(sft_steps=400, sft_examples=4000, ppo_iterations=100, target_kl=1.0, reward_source="gold"),
 }
 

@@ -25,10 +25,14 @@ from pathlib import Path
 
 import torch
 
+from core.checkpoint import CheckpointError, load_checkpoint
+from core.checks import NonFiniteError
 from core.config import add_arguments, config_to_dict, from_arguments
 from core.device import resolve_device, seed_everything
+from core.metrics import MetricsWriter
 from llm.checkpoints import STAGE_KINDS, load_stage, save_stage
 from llm.config import PipelineConfig, model_config, resolve
+from llm.model import GPT
 from llm.plots import plot_rlhf, read_ppo_history
 from llm.reward_model import score_replies, train_reward_model
 from llm.rlhf import evaluate_policy, train_ppo
@@ -38,36 +42,16 @@ from llm.tokenizer import CharTokenizer
 
 __all__ = ["run_pipeline", "main", "METRIC_DOCS"]
 
-# Metric names written by this front end, beyond the PPO losses of core.ppo.
+# Metric names of this front end beyond the shared ones of `core.metrics.METRICS` (where
+# rlhf/score, rlhf/gold_reward, rlhf/kl, rlhf/response_length, charts/beta and the PPO losses
+# are documented). With reward_source='gold', rlhf/score is the verifier's reward.
 METRIC_DOCS = {
     "sft/loss": "cross-entropy of the reply tokens (and EOS) on a training batch",
     "rm/loss": "Bradley–Terry loss −log σ(R⁺ − R⁻) on a training batch (RM-1)",
     "rm/accuracy": "share of training pairs whose chosen reply scores higher",
-    "rlhf/score": "mean reward signal of the sampled replies before shaping: R_φ(x, y) (or the verifier)",
-    "rlhf/gold_reward": "mean hidden gold reward of the sampled replies (what we actually want)",
-    "rlhf/kl": "mean per-reply KL estimate Σ_t (log π_θ − log π_ref) to the reference model, nats",
-    "rlhf/response_length": "mean reply length in tokens (EOS included)",
-    "rlhf/eos_rate": "share of replies that ended with EOS within the budget",
-    "rlhf/shaped_return": "mean Σ_t r_t = score − β·KL − missing-EOS penalty (what PPO maximises)",
-    "charts/beta": "β used to shape this iteration's rewards",
+    "rlhf/eos_rate": "share of sampled replies that ended with EOS within the budget",
+    "rlhf/shaped_return": "mean Σ_t r_t = score − β·KL − missing-EOS penalty per reply (what PPO maximises)",
 }
-
-
-class JsonlWriter:
-    """Append `{"step": …, name: value, …}` lines, flushed at once (a crash loses nothing logged)."""
-
-    def __init__(self, path: Path, append: bool):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(path, "a" if append else "w", encoding="utf-8")  # noqa: SIM115
-
-    def __call__(self, step: int, values: dict) -> None:
-        record = {"step": int(step)}
-        record.update({k: (float(v) if v == v else None) for k, v in values.items()})
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
-
-    def close(self) -> None:
-        self.file.close()
 
 
 def _suffix(tag: str) -> str:
@@ -76,7 +60,7 @@ def _suffix(tag: str) -> str:
 
 def _print_start(config: PipelineConfig, out: Path, device: torch.device, tok: CharTokenizer) -> None:
     task = get_task(config.task)
-    n_params = sum(p.numel() for p in __import__("llm.model", fromlist=["GPT"]).GPT(model_config(config, tok)).parameters())
+    n_params = GPT(model_config(config, tok)).num_params()
     print(f"[llm.pipeline] task={config.task} stage={config.stage} device={device} out={out}", file=sys.stderr)
     print(
         f"[llm.pipeline] model: {config.n_layer} layers × {config.n_embd} channels, {n_params / 1e6:.2f}M parameters, "
@@ -108,7 +92,8 @@ def run_pipeline(config: PipelineConfig) -> dict:
     # a fresh full run starts a new metrics file; single stages and resumed runs append
     append = config.resume or config.stage != "all"
     metrics_path = out / f"metrics{_suffix(config.tag)}.jsonl"
-    log = JsonlWriter(metrics_path, append=append)
+    writer = MetricsWriter(metrics_path, extra_names=tuple(METRIC_DOCS), append=append)
+    log = writer.write
     summary: dict = {"task": config.task, "seconds": {"sft": None, "rm": None, "ppo": None},
                      "rm_gold_agreement": None, "gold_reward": {"sft": None, "final": None, "best": task.best_gold()},
                      "kl": {"final": None, "target": config.target_kl}}
@@ -148,27 +133,25 @@ def run_pipeline(config: PipelineConfig) -> dict:
                     _run_ppo(config, task, tok, device, out, paths, models, expected, summary, log)
             if not run_it and paths[stage].is_file() and stage != "ppo":
                 # a skipped or not-requested stage still reports what its checkpoint recorded
-                meta = _meta(paths[stage], stage, tok)
+                meta = _meta(paths[stage], stage)
                 if meta is not None:
                     summary["seconds"][stage] = summary["seconds"][stage] or meta.get("seconds")
                     if stage == "rm":
                         summary["rm_gold_agreement"] = meta.get("stats", {}).get("gold_agreement")
     except KeyboardInterrupt:
-        log.close()
+        writer.close()
         kept = [str(p) for s, p in paths.items() if p.is_file()]
         print(f"\n[llm.pipeline] interrupted during stage {current!r}; checkpoints intact: {kept or 'none'}. "
               f"Run again with --resume true to continue from them.", file=sys.stderr)
         raise
-    log.close()
+    writer.close()
     return summary
 
 
-def _meta(path: Path, stage: str, tok: CharTokenizer) -> dict | None:
-    from core.checkpoint import load_checkpoint
-
+def _meta(path: Path, stage: str) -> dict | None:
     try:
         return load_checkpoint(path, kind=STAGE_KINDS[stage])["meta"]
-    except Exception:
+    except CheckpointError:
         return None
 
 
@@ -291,6 +274,9 @@ def main(argv: list[str] | None = None) -> dict:
         summary = run_pipeline(config)
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+    except (CheckpointError, NonFiniteError, FloatingPointError) as exc:
+        print(f"llm.pipeline: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(f"[llm.pipeline] total {time.perf_counter() - start:.0f}s", file=sys.stderr)
     print(json.dumps(summary))
     return summary

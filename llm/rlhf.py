@@ -265,6 +265,7 @@ def train_ppo(
     shuffle_gen = torch.Generator().manual_seed(config.seed + 7)
 
     history = []
+    adapting, since_update = False, 0
     start = time.perf_counter()
     bar = tqdm(range(config.ppo_iterations), desc="ppo", disable=not progress, leave=False)
     for it in bar:
@@ -291,7 +292,13 @@ def train_ppo(
         stats = ppo_update(make_evaluate(policy, value_model), batch, optimizer, ppo_config, generator=shuffle_gen)
         # 5. β from the measured KL: the mean over replies of Σ_t (log π_θ − log π_ref)
         seq_kl = float(((ro.logprobs - ro.ref_logprobs) * mask).sum(dim=1).mean())
-        controller.update(seq_kl, config.rollout_batch_size)
+        if (config.target_kl and seq_kl >= config.target_kl / 1.5) or it + 1 >= config.kl_warmup:
+            adapting = True  # the policy has moved: from now on β follows the controller
+        if adapting:
+            since_update += 1
+            if since_update >= config.kl_update_every:
+                controller.update(seq_kl, config.rollout_batch_size * since_update)
+                since_update = 0
         record = {
             "rlhf/score": float(ro.scores.mean()),
             "rlhf/gold_reward": float(ro.gold.mean()),

@@ -24,15 +24,17 @@ Nothing is downloaded; every dataset is a pure function of a seed. Two tasks:
 
   Preference data: two replies per prompt drawn from the same grammar by writers of random
   mood (each slot positive with probability mood ~ U(0, 1), so very positive and very negative
-  replies are common), 10% of them corrupted so that the reward model learns that broken text
-  is bad, labelled by a simulated annotator who
-  prefers reply a with probability σ((gold_a − gold_b)/τ) (Bradley–Terry on the gold reward,
-  τ = `label_temperature`): labels are noisy the way human labels are.
+  replies are common), 25% of them with a repeated adjective and 10% corrupted (misspelt, cut
+  short, no period), labelled by a simulated annotator who prefers reply a with probability
+  σ((gold_a − gold_b)/τ) (Bradley–Terry on the gold reward, τ = `label_temperature`): labels
+  are noisy the way human labels are.
 
-  The designed blind spot: preference replies never repeat an adjective (neither do the
-  demonstrations), so the reward model never learns that repetition is bad. A reward model
-  that learned "more positive adjectives is better" scores "great, great and great." highly;
-  the gold reward gives it 1 − 2 = −1. Without the KL term, PPO finds such replies.
+  The designed blind spot: no reply the annotator sees lists more than three adjectives (the
+  grammar's limit), and only a few are misspelt. A reward model that learned "more positive
+  adjectives is better" extrapolates to " great, fun, lovely, good and superb." and rates it
+  above any grammatical reply; the gold reward calls it ungrammatical (−2), and it is just as
+  lenient with misspelt positive words. Without the KL term PPO finds such replies; with it,
+  they stay too unlikely under π_ref to be worth their KL.
 
 `arithmetic` — "12+35=" → "47" EOS, operands 0–99.
   Gold reward (verifiable): 1 for the right answer followed by EOS, 0 for a wrong number,
@@ -148,6 +150,7 @@ class ReviewsTask(Task):
     missing_eos_penalty = 1.0
     intensifier_prob = 0.2
     corrupt_prob = 0.1
+    repeat_prob = 0.25
     best_gold_note = (
         "3.0 = three distinct positive adjectives in a grammatical reply with EOS; found by "
         "enumerating every grammatical reply (ungrammatical replies score ≤ −2)"
@@ -174,6 +177,10 @@ class ReviewsTask(Task):
         positives = rng.sample(POSITIVE, n)
         others = rng.sample(NEUTRAL + NEGATIVE, n)
         words = [positives[i] if rng.random() < mood else others[i] for i in range(n)]
+        if n > 1 and rng.random() < self.repeat_prob:
+            # a careless writer repeats a word (the SFT policy does too, now and then)
+            i, j = rng.sample(range(n), 2)
+            words[j] = words[i]
         phrases = [("so " if rng.random() < self.intensifier_prob else "") + w for w in words]
         reply = format_review(phrases)
         if rng.random() < self.corrupt_prob:
@@ -202,14 +209,21 @@ class ReviewsTask(Task):
 
 
 def _corrupt(reply: str, rng: random.Random) -> str:
-    """Break a reply: drop its final period, cut it short, or garble one character."""
-    kind = rng.randrange(3)
-    if kind == 0:
-        return reply[:-1]
-    if kind == 1:
-        return reply[: rng.randint(2, max(2, len(reply) - 2))]
-    i = rng.randrange(1, len(reply))
-    return reply[:i] + rng.choice("abcdefghijklmnopqrstuvwxyz") + reply[i + 1 :]
+    """Break a reply: drop its final period, cut it short, or misspell one character. The
+    result is ungrammatical (gold −2), so the reward model learns that broken text is bad.
+    Repeating an adjective is *not* one of these ways: that is the designed blind spot."""
+    for _ in range(10):
+        kind = rng.randrange(3)
+        if kind == 0:
+            out = reply[:-1]
+        elif kind == 1:
+            out = reply[: rng.randint(2, max(2, len(reply) - 2))]
+        else:
+            i = rng.randrange(1, len(reply) - 1)
+            out = reply[:i] + rng.choice("abcdefghijklmnopqrstuvwxyz") + reply[i + 1 :]
+        if parse_review(out) is None:
+            return out
+    return reply[:-1]
 
 
 # ---------------------------------------------------------------------------------------------

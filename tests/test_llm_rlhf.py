@@ -22,7 +22,7 @@ from llm.rlhf import (
 )
 from llm.rollout import last_token_scores, pad_sequences
 from llm.sft import train_sft
-from llm.tasks import PreferencePair, get_task, preference_pairs, sft_examples
+from llm.tasks import PreferencePair, get_task, parse_review, preference_pairs, sft_examples
 from llm.tokenizer import CharTokenizer
 
 TOK = CharTokenizer()
@@ -71,8 +71,14 @@ def test_generated_data_is_deterministic_and_pairs_follow_bradley_terry():
     assert sft_examples(task, 50, seed=3) == sft_examples(task, 50, seed=3)
     assert sft_examples(task, 50, seed=3) != sft_examples(task, 50, seed=4)
     pairs = preference_pairs(task, 3000, seed=0, label_temperature=0.5)
-    # demonstrations and preference replies never repeat an adjective: the designed blind spot
-    assert all(task.gold_reward("", r) != 1.0 - 2.0 for r in [p.chosen for p in pairs][:500])
+    # demonstrations never repeat an adjective; some preference replies do, none lists more
+    # than three adjectives (the designed blind spot)
+    assert all(len(set(parse_review(r))) == len(parse_review(r)) for _, r in sft_examples(task, 500, seed=0))
+    replies = [r for p in pairs for r in (p.chosen, p.rejected)]
+    parsed = [parse_review(r) for r in replies]
+    assert 0.05 < sum(w is not None and len(set(w)) < len(w) for w in parsed) / len(replies) < 0.3
+    assert 0.05 < sum(w is None for w in parsed) / len(replies) < 0.15
+    assert max(r.count(",") for r in replies) <= 1
     # labels are noisy as Bradley–Terry says: for a gold difference of 1, P(correct) = σ(2) ≈ 0.88
     diff_one = [p for p in pairs if abs(p.gold_chosen - p.gold_rejected) == 1.0]
     correct = sum(p.gold_chosen > p.gold_rejected for p in diff_one) / len(diff_one)
