@@ -65,14 +65,26 @@ def bench_generation(config: BenchConfig, device: torch.device) -> float:
     """Generated tokens per second with the KV cache (EOS disabled so every row runs to the end)."""
     tok = CharTokenizer()
     model = _model(config, device).eval()
-    ids, mask = encode_prompts(tok, ["review: the plot was"] * config.batch_size, model.config.block_size,
-                               config.new_tokens, device)
+    ids, mask = encode_prompts(
+        tok,
+        ["review: the plot was"] * config.batch_size,
+        model.config.block_size,
+        config.new_tokens,
+        device,
+    )
     best = float("inf")
     for i in range(config.repeats + 1):
         _sync(device)
         start = time.perf_counter()
-        generate(model, ids, mask, max_new_tokens=config.new_tokens, eos_id=-1, pad_id=tok.pad_id,
-                 generator=torch.Generator(device=device).manual_seed(i))
+        generate(
+            model,
+            ids,
+            mask,
+            max_new_tokens=config.new_tokens,
+            eos_id=-1,
+            pad_id=tok.pad_id,
+            generator=torch.Generator(device=device).manual_seed(i),
+        )
         _sync(device)
         if i > 0:
             best = min(best, time.perf_counter() - start)
@@ -85,15 +97,19 @@ def bench_ppo_update(config: BenchConfig, device: torch.device) -> float:
     tok = CharTokenizer()
     policy, value = _model(config, device), _model(config, device, head="scalar")
     B, R = config.batch_size, config.new_tokens
-    prompt_ids, prompt_mask = encode_prompts(tok, ["review: the plot was"] * B, policy.config.block_size, R, device)
+    prompt_ids, prompt_mask = encode_prompts(
+        tok, ["review: the plot was"] * B, policy.config.block_size, R, device
+    )
     g = torch.Generator(device=device).manual_seed(0)
     reply = torch.randint(3, tok.vocab_size, (B, R), device=device, generator=g)
     batch = {
         "input_ids": torch.cat([prompt_ids, reply], 1),
         "attention_mask": torch.cat([prompt_mask.float(), torch.ones(B, R, device=device)], 1),
-        "actions": reply, "logprobs": -torch.rand(B, R, device=device, generator=g) * 4,
+        "actions": reply,
+        "logprobs": -torch.rand(B, R, device=device, generator=g) * 4,
         "advantages": torch.randn(B, R, device=device, generator=g),
-        "returns": torch.randn(B, R, device=device, generator=g), "values": torch.zeros(B, R, device=device),
+        "returns": torch.randn(B, R, device=device, generator=g),
+        "values": torch.zeros(B, R, device=device),
         "mask": torch.ones(B, R, device=device),
     }
     ppo_config = PPOConfig(update_epochs=4, minibatch_size=B // 2)
@@ -103,7 +119,9 @@ def bench_ppo_update(config: BenchConfig, device: torch.device) -> float:
     for i in range(config.repeats + 1):
         _sync(device)
         start = time.perf_counter()
-        ppo_update(evaluate, batch, optimizer, ppo_config, generator=torch.Generator().manual_seed(i))
+        ppo_update(
+            evaluate, batch, optimizer, ppo_config, generator=torch.Generator().manual_seed(i)
+        )
         _sync(device)
         if i > 0:
             best = min(best, time.perf_counter() - start)
@@ -116,13 +134,27 @@ def bench_stages(config: BenchConfig, device: torch.device) -> dict:
     n = config.stage_steps
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
-        pc = PipelineConfig(device=str(device), out=tmp, sft_steps=n, rm_steps=n, ppo_iterations=n,
-                            eval_prompts=64, progress=False, n_layer=config.n_layer, n_embd=config.n_embd)
+        pc = PipelineConfig(
+            device=str(device),
+            out=tmp,
+            sft_steps=n,
+            rm_steps=n,
+            ppo_iterations=n,
+            eval_prompts=64,
+            progress=False,
+            n_layer=config.n_layer,
+            n_embd=config.n_embd,
+        )
         summary = run_pipeline(pc)
     full = {"sft": defaults.sft_steps, "rm": defaults.rm_steps, "ppo": defaults.ppo_iterations}
     for stage, seconds in summary["seconds"].items():
-        out[stage] = {"steps": n, "seconds": seconds, "seconds_per_step": seconds / n,
-                      "projected_default_seconds": seconds / n * full[stage], "default_steps": full[stage]}
+        out[stage] = {
+            "steps": n,
+            "seconds": seconds,
+            "seconds_per_step": seconds / n,
+            "projected_default_seconds": seconds / n * full[stage],
+            "default_steps": full[stage],
+        }
     return out
 
 
@@ -139,12 +171,23 @@ def main(argv: list[str] | None = None) -> dict:
         device = torch.device(name)
         gen = bench_generation(config, device)
         upd = bench_ppo_update(config, device)
-        print(f"[llm.bench] {name}: generation {gen:,.0f} tokens/s, PPO update {upd:,.0f} tokens/s", file=sys.stderr)
+        print(
+            f"[llm.bench] {name}: generation {gen:,.0f} tokens/s, PPO update {upd:,.0f} tokens/s",
+            file=sys.stderr,
+        )
         stages = bench_stages(config, device)
         for stage, s in stages.items():
-            print(f"[llm.bench] {name}: {stage} {s['seconds_per_step']:.3f} s/step → "
-                  f"{s['projected_default_seconds']:.0f} s for the default {s['default_steps']} steps", file=sys.stderr)
-        results[name] = {"generate_tokens_per_s": gen, "ppo_update_tokens_per_s": upd, "stages": stages}
+            print(
+                f"[llm.bench] {name}: {stage} {s['seconds_per_step']:.3f} s/step → "
+                f"{s['projected_default_seconds']:.0f} s for the default "
+                f"{s['default_steps']} steps",
+                file=sys.stderr,
+            )
+        results[name] = {
+            "generate_tokens_per_s": gen,
+            "ppo_update_tokens_per_s": upd,
+            "stages": stages,
+        }
     print(json.dumps(results))
     return results
 

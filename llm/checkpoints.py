@@ -22,9 +22,13 @@ __all__ = ["save_stage", "load_stage", "STAGE_KINDS"]
 STAGE_KINDS = {"sft": "llm_sft", "rm": "llm_rm", "ppo": "llm_ppo"}
 
 
-def save_stage(path: str | Path, kind: str, models: dict[str, GPT], tok: CharTokenizer, meta: dict[str, Any]) -> Path:
+def save_stage(
+    path: str | Path, kind: str, models: dict[str, GPT], tok: CharTokenizer, meta: dict[str, Any]
+) -> Path:
     """Write `models` (name → GPT) with their architectures, the vocabulary and `meta`."""
-    state = {name: {k: v.detach().cpu() for k, v in m.state_dict().items()} for name, m in models.items()}
+    state = {
+        name: {k: v.detach().cpu() for k, v in m.state_dict().items()} for name, m in models.items()
+    }
     full_meta = dict(meta)
     full_meta["arch"] = {name: m.arch() for name, m in models.items()}
     full_meta["vocab"] = tok.meta()
@@ -56,7 +60,9 @@ def load_stage(
             raise CheckpointError(f"checkpoint {path} has no architecture for model {name!r}")
         if expected_config is not None:
             try:
-                check_architecture(arch, {"config": expected_config.__dict__}, source=f"checkpoint {path}")
+                check_architecture(
+                    arch, {"config": expected_config.__dict__}, source=f"checkpoint {path}"
+                )
             except ValueError as exc:
                 raise CheckpointError(
                     f"{exc}; rerun the earlier stage or pass the same model settings"
@@ -64,12 +70,15 @@ def load_stage(
         config = GPTConfig(**arch["config"])
         if config.vocab_size != tok.vocab_size:
             raise CheckpointError(
-                f"checkpoint {path} has vocab_size {config.vocab_size}, the tokenizer {tok.vocab_size}"
+                f"checkpoint {path} has vocab_size {config.vocab_size}, "
+                f"the tokenizer {tok.vocab_size}"
             )
         model = GPT(config, head=arch["head"])
         try:
             model.load_state_dict(weights)
         except RuntimeError as exc:
-            raise CheckpointError(f"checkpoint {path}: weights of {name!r} do not fit its architecture ({exc})") from exc
+            raise CheckpointError(
+                f"checkpoint {path}: weights of {name!r} do not fit its architecture ({exc})"
+            ) from exc
         models[name] = model.to(device)
     return models, meta

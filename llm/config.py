@@ -29,7 +29,7 @@ __all__ = [
 @dataclass
 class ModelArgs:
     task: str = "reviews"
-    """Which generated task: 'reviews' (sentiment, reward model) or 'arithmetic' (verifiable answers)."""
+    """Generated task: 'reviews' (sentiment, reward model) or 'arithmetic' (verifiable answers)."""
     seed: int = 0
     """Seed of every random stream (data, initialisation, sampling, minibatch order)."""
     device: str = "auto"
@@ -106,7 +106,7 @@ class PPOArgs(ModelArgs):
     kl_kind: str = "adaptive"
     """β schedule: 'fixed', 'adaptive' (TR-3, doubling/halving) or 'proportional' (TR-4)."""
     init_beta: float = 0.3
-    """Initial β of the KL shaping r_t = −β·KL_t (the only β with kl_kind='fixed'; 0 is allowed there)."""
+    """Initial β of the shaping r_t = −β·KL_t (with kl_kind='fixed' the only β; 0 allowed there)."""
     target_kl: float | None = None
     """Target mean per-reply KL to the reference, in nats (None: the task's default)."""
     kl_warmup: int = 20
@@ -135,11 +135,11 @@ class PPOArgs(ModelArgs):
 @dataclass
 class PipelineConfig(PPOArgs, RMArgs, SFTArgs):
     stage: str = "all"
-    """Which stage to run: 'all', 'sft', 'rm' or 'ppo' (later stages load the earlier checkpoints)."""
+    """Stage to run: 'all', 'sft', 'rm' or 'ppo' (later stages load the earlier checkpoints)."""
     out: str | None = None
     """Run folder for checkpoints, metrics, plots and the report (None: runs/llm-TASK)."""
     resume: bool = False
-    """Skip stages whose checkpoint already exists in the run folder (resume after an interruption)."""
+    """Skip stages whose checkpoint exists in the run folder (resume after an interruption)."""
     progress: bool = True
     """Show progress bars."""
 
@@ -147,7 +147,9 @@ class PipelineConfig(PPOArgs, RMArgs, SFTArgs):
         if self.stage not in ("all", "sft", "rm", "ppo"):
             raise ValueError(f"stage must be 'all', 'sft', 'rm' or 'ppo', got {self.stage!r}")
         if self.kl_kind not in ("fixed", "adaptive", "proportional"):
-            raise ValueError(f"kl_kind must be 'fixed', 'adaptive' or 'proportional', got {self.kl_kind!r}")
+            raise ValueError(
+                f"kl_kind must be 'fixed', 'adaptive' or 'proportional', got {self.kl_kind!r}"
+            )
         if self.kl_estimator not in ("k1", "k2", "k3"):
             raise ValueError(f"kl_estimator must be 'k1', 'k2' or 'k3', got {self.kl_estimator!r}")
         if self.reward_source not in (None, "rm", "gold"):
@@ -159,12 +161,22 @@ class PipelineConfig(PPOArgs, RMArgs, SFTArgs):
                 f"rollout_batch_size ({self.rollout_batch_size}) must be a multiple of "
                 f"ppo_minibatch_size ({self.ppo_minibatch_size})"
             )
-        for name in ("rm_steps", "rm_batch_size", "kl_update_every", "rollout_batch_size", "ppo_minibatch_size", "ppo_epochs",
-                     "sft_batch_size", "eval_prompts"):
+        for name in (
+            "rm_steps",
+            "rm_batch_size",
+            "kl_update_every",
+            "rollout_batch_size",
+            "ppo_minibatch_size",
+            "ppo_epochs",
+            "sft_batch_size",
+            "eval_prompts",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
         if self.init_beta < 0 or (self.init_beta == 0 and self.kl_kind != "fixed"):
-            raise ValueError(f"init_beta must be > 0 ({self.kl_kind} controller), got {self.init_beta}")
+            raise ValueError(
+                f"init_beta must be > 0 ({self.kl_kind} controller), got {self.init_beta}"
+            )
         if self.tag and not self.tag.replace("-", "").replace("_", "").isalnum():
             raise ValueError(f"tag may hold letters, digits, '-' and '_' only, got {self.tag!r}")
 
@@ -173,20 +185,30 @@ class PipelineConfig(PPOArgs, RMArgs, SFTArgs):
 # tokens long and scored by a verifier, so its KL budget is smaller, and its SFT is kept short
 # so that the SFT model is only partly right.
 TASK_DEFAULTS = {
-    "reviews": dict(sft_steps=300, sft_examples=40_000, ppo_iterations=80, target_kl=3.0, reward_source="rm"),
-    "arithmetic": dict(sft_steps=400, sft_examples=4000, ppo_iterations=100, target_kl=1.0, reward_source="gold"),
+    "reviews": dict(
+        sft_steps=300, sft_examples=40_000, ppo_iterations=80, target_kl=3.0, reward_source="rm"
+    ),
+    "arithmetic": dict(
+        sft_steps=400, sft_examples=4000, ppo_iterations=100, target_kl=1.0, reward_source="gold"
+    ),
 }
 
 
 def resolve(config):
     """A copy of `config` with every None field that has a task default filled in."""
     defaults = TASK_DEFAULTS[config.task]
-    updates = {k: v for k, v in defaults.items() if hasattr(config, k) and getattr(config, k) is None}
+    updates = {
+        k: v for k, v in defaults.items() if hasattr(config, k) and getattr(config, k) is None
+    }
     return dataclasses.replace(config, **updates)
 
 
 def model_config(config: ModelArgs, tok: CharTokenizer) -> GPTConfig:
     return GPTConfig(
-        vocab_size=tok.vocab_size, block_size=config.block_size, n_layer=config.n_layer,
-        n_head=config.n_head, n_embd=config.n_embd, dropout=config.dropout,
+        vocab_size=tok.vocab_size,
+        block_size=config.block_size,
+        n_layer=config.n_layer,
+        n_head=config.n_head,
+        n_embd=config.n_embd,
+        dropout=config.dropout,
     )

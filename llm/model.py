@@ -38,7 +38,7 @@ class GPTConfig:
     n_embd: int = 144
     """Width of the residual stream (C)."""
     dropout: float = 0.0
-    """Dropout probability during supervised training; always 0 during RL (see `disable_dropout`)."""
+    """Dropout probability in supervised training; always 0 during RL (see `disable_dropout`)."""
     bias: bool = True
     """Biases in Linear and LayerNorm layers."""
 
@@ -59,7 +59,9 @@ class KVCache:
     `length` counts the positions already written; `GPT.forward` advances it.
     """
 
-    def __init__(self, config: GPTConfig, batch_size: int, max_len: int, device, dtype=torch.float32):
+    def __init__(
+        self, config: GPTConfig, batch_size: int, max_len: int, device, dtype=torch.float32
+    ):
         hs = config.n_embd // config.n_head
         shape = (batch_size, config.n_head, max_len, hs)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
@@ -68,7 +70,9 @@ class KVCache:
         self.max_len = max_len
         self.length = 0
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write this step's (B, nh, T, hs) keys/values; return all of them so far."""
         t0, t1 = self.length, self.length + k.size(2)
         self.k[layer][:, :, t0:t1] = k
@@ -240,7 +244,9 @@ def disable_dropout(model: nn.Module) -> nn.Module:
     return model
 
 
-def check_architecture(meta_arch: dict, expected: dict | None = None, source: str = "checkpoint") -> None:
+def check_architecture(
+    meta_arch: dict, expected: dict | None = None, source: str = "checkpoint"
+) -> None:
     """Raise `ValueError` naming the differing fields when a checkpoint's architecture does
     not match `expected` (both as returned by `GPT.arch()`)."""
     if expected is None:

@@ -1,11 +1,11 @@
 """The small-LM RLHF pipeline end to end: SFT → reward model → PPO-RLHF, on a CPU in minutes.
 
-    python -m llm.pipeline                       # every stage, task 'reviews', into runs/llm-reviews
+    python -m llm.pipeline                       # every stage, task 'reviews', runs/llm-reviews
     python -m llm.pipeline --task arithmetic     # the verifiable-reward task
     python -m llm.pipeline --stage ppo           # one stage, from the earlier stages' checkpoints
     python -m llm.pipeline --resume true         # skip stages whose checkpoint exists
-    python -m llm.pipeline --stage ppo --kl-kind fixed --init-beta 0 --tag beta0 --ppo-iterations 150
-                                                 # the overoptimisation run: no KL term
+    python -m llm.pipeline --stage ppo --kl-kind fixed --init-beta 0 --tag beta0 \
+                           --ppo-iterations 150  # the overoptimisation run: no KL term
 
 Outputs in the run folder: `sft.pt`, `rm.pt`, `ppo.pt` (one checkpoint per stage, written
 atomically at the end of the stage), `metrics.jsonl` (one JSON object per line under the fixed
@@ -50,7 +50,8 @@ METRIC_DOCS = {
     "rm/loss": "Bradley–Terry loss −log σ(R⁺ − R⁻) on a training batch (RM-1)",
     "rm/accuracy": "share of training pairs whose chosen reply scores higher",
     "rlhf/eos_rate": "share of sampled replies that ended with EOS within the budget",
-    "rlhf/shaped_return": "mean Σ_t r_t = score − β·KL − missing-EOS penalty per reply (what PPO maximises)",
+    "rlhf/shaped_return": "mean Σ_t r_t = score − β·KL − missing-EOS penalty per reply "
+    "(what PPO maximises)",
 }
 
 
@@ -58,20 +59,28 @@ def _suffix(tag: str) -> str:
     return f"-{tag}" if tag else ""
 
 
-def _print_start(config: PipelineConfig, out: Path, device: torch.device, tok: CharTokenizer) -> None:
+def _print_start(
+    config: PipelineConfig, out: Path, device: torch.device, tok: CharTokenizer
+) -> None:
     task = get_task(config.task)
     n_params = GPT(model_config(config, tok)).num_params()
-    print(f"[llm.pipeline] task={config.task} stage={config.stage} device={device} out={out}", file=sys.stderr)
     print(
-        f"[llm.pipeline] model: {config.n_layer} layers × {config.n_embd} channels, {n_params / 1e6:.2f}M parameters, "
-        f"context {config.block_size}; vocabulary {tok.vocab_size}; reply budget {task.max_new_tokens} tokens",
+        f"[llm.pipeline] task={config.task} stage={config.stage} device={device} out={out}",
         file=sys.stderr,
     )
     print(
-        f"[llm.pipeline] sft: {config.sft_steps} steps × {config.sft_batch_size}; rm: {config.rm_steps} steps × "
-        f"{config.rm_batch_size} pairs; ppo: {config.ppo_iterations} iterations × {config.rollout_batch_size} replies, "
-        f"{config.ppo_epochs} epochs, reward={config.reward_source}, β {config.kl_kind} from {config.init_beta}, "
-        f"target KL {config.target_kl}, estimator {config.kl_estimator}",
+        f"[llm.pipeline] model: {config.n_layer} layers × {config.n_embd} channels, "
+        f"{n_params / 1e6:.2f}M parameters, context {config.block_size}; vocabulary "
+        f"{tok.vocab_size}; reply budget {task.max_new_tokens} tokens",
+        file=sys.stderr,
+    )
+    print(
+        f"[llm.pipeline] sft: {config.sft_steps} steps × {config.sft_batch_size}; "
+        f"rm: {config.rm_steps} steps × {config.rm_batch_size} pairs; "
+        f"ppo: {config.ppo_iterations} iterations × {config.rollout_batch_size} replies, "
+        f"{config.ppo_epochs} epochs, reward={config.reward_source}, "
+        f"β {config.kl_kind} from {config.init_beta}, target KL {config.target_kl}, "
+        f"estimator {config.kl_estimator}",
         file=sys.stderr,
     )
 
@@ -88,15 +97,23 @@ def run_pipeline(config: PipelineConfig) -> dict:
     _print_start(config, out, device, tok)
     expected = model_config(config, tok)
     stages = ["sft", "rm", "ppo"] if config.stage == "all" else [config.stage]
-    paths = {"sft": out / "sft.pt", "rm": out / "rm.pt", "ppo": out / f"ppo{_suffix(config.tag)}.pt"}
+    paths = {
+        "sft": out / "sft.pt",
+        "rm": out / "rm.pt",
+        "ppo": out / f"ppo{_suffix(config.tag)}.pt",
+    }
     # a fresh full run starts a new metrics file; single stages and resumed runs append
     append = config.resume or config.stage != "all"
     metrics_path = out / f"metrics{_suffix(config.tag)}.jsonl"
     writer = MetricsWriter(metrics_path, extra_names=tuple(METRIC_DOCS), append=append)
     log = writer.write
-    summary: dict = {"task": config.task, "seconds": {"sft": None, "rm": None, "ppo": None},
-                     "rm_gold_agreement": None, "gold_reward": {"sft": None, "final": None, "best": task.best_gold()},
-                     "kl": {"final": None, "target": config.target_kl}}
+    summary: dict = {
+        "task": config.task,
+        "seconds": {"sft": None, "rm": None, "ppo": None},
+        "rm_gold_agreement": None,
+        "gold_reward": {"sft": None, "final": None, "best": task.best_gold()},
+        "kl": {"final": None, "target": config.target_kl},
+    }
     models: dict = {}
     current = None
     try:
@@ -104,30 +121,65 @@ def run_pipeline(config: PipelineConfig) -> dict:
             current = stage
             run_it = stage in stages and not (config.resume and paths[stage].is_file())
             if stage in stages and not run_it:
-                print(f"[llm.pipeline] {stage}: found {paths[stage]}, skipped (--resume)", file=sys.stderr)
+                print(
+                    f"[llm.pipeline] {stage}: found {paths[stage]}, skipped (--resume)",
+                    file=sys.stderr,
+                )
             if stage == "sft":
                 if run_it:
-                    sft, stats = train_sft(config, task, tok, device, progress=config.progress, log=log)
-                    save_stage(paths["sft"], STAGE_KINDS["sft"], {"model": sft}, tok,
-                               {"task": config.task, "config": config_to_dict(config), "seconds": stats["seconds"],
-                                "stats": stats})
+                    sft, stats = train_sft(
+                        config, task, tok, device, progress=config.progress, log=log
+                    )
+                    save_stage(
+                        paths["sft"],
+                        STAGE_KINDS["sft"],
+                        {"model": sft},
+                        tok,
+                        {
+                            "task": config.task,
+                            "config": config_to_dict(config),
+                            "seconds": stats["seconds"],
+                            "stats": stats,
+                        },
+                    )
                     summary["seconds"]["sft"] = stats["seconds"]
                     models["sft"] = sft
-                    print(f"[llm.pipeline] sft: loss {stats['final_loss']:.3f} in {stats['seconds']:.0f}s "
-                          f"→ {paths['sft']}", file=sys.stderr)
+                    print(
+                        f"[llm.pipeline] sft: loss {stats['final_loss']:.3f} "
+                        f"in {stats['seconds']:.0f}s → {paths['sft']}",
+                        file=sys.stderr,
+                    )
             elif stage == "rm":
                 if run_it:
-                    sft = models.get("sft") or _load(paths["sft"], "sft", tok, expected, device, summary)["model"]
-                    rm, stats = train_reward_model(config, task, tok, sft, device, progress=config.progress, log=log)
-                    save_stage(paths["rm"], STAGE_KINDS["rm"], {"reward_model": rm}, tok,
-                               {"task": config.task, "config": config_to_dict(config), "seconds": stats["seconds"],
-                                "stats": stats})
+                    sft = (
+                        models.get("sft")
+                        or _load(paths["sft"], "sft", tok, expected, device, summary)["model"]
+                    )
+                    rm, stats = train_reward_model(
+                        config, task, tok, sft, device, progress=config.progress, log=log
+                    )
+                    save_stage(
+                        paths["rm"],
+                        STAGE_KINDS["rm"],
+                        {"reward_model": rm},
+                        tok,
+                        {
+                            "task": config.task,
+                            "config": config_to_dict(config),
+                            "seconds": stats["seconds"],
+                            "stats": stats,
+                        },
+                    )
                     summary["seconds"]["rm"] = stats["seconds"]
                     summary["rm_gold_agreement"] = stats["gold_agreement"]
                     models["rm"] = rm
-                    print(f"[llm.pipeline] rm: held-out agreement with the gold ranking {stats['gold_agreement']:.3f} "
-                          f"({stats['gold_pairs']} pairs), label accuracy {stats['label_accuracy']:.3f}, "
-                          f"in {stats['seconds']:.0f}s → {paths['rm']}", file=sys.stderr)
+                    print(
+                        "[llm.pipeline] rm: held-out agreement with the gold ranking "
+                        f"{stats['gold_agreement']:.3f} ({stats['gold_pairs']} pairs), "
+                        f"label accuracy {stats['label_accuracy']:.3f}, "
+                        f"in {stats['seconds']:.0f}s → {paths['rm']}",
+                        file=sys.stderr,
+                    )
             elif stage == "ppo":
                 if run_it:
                     _run_ppo(config, task, tok, device, out, paths, models, expected, summary, log)
@@ -141,8 +193,11 @@ def run_pipeline(config: PipelineConfig) -> dict:
     except KeyboardInterrupt:
         writer.close()
         kept = [str(p) for s, p in paths.items() if p.is_file()]
-        print(f"\n[llm.pipeline] interrupted during stage {current!r}; checkpoints intact: {kept or 'none'}. "
-              f"Run again with --resume true to continue from them.", file=sys.stderr)
+        print(
+            f"\n[llm.pipeline] interrupted during stage {current!r}; checkpoints intact: "
+            f"{kept or 'none'}. Run again with --resume true to continue from them.",
+            file=sys.stderr,
+        )
         raise
     writer.close()
     return summary
@@ -162,7 +217,9 @@ def _load(path: Path, stage: str, tok, expected, device, summary) -> dict:
             f"[llm.pipeline] {path} does not exist: run the {stage!r} stage first "
             f"(python -m llm.pipeline --stage {stage} --out {path.parent})"
         )
-    models, meta = load_stage(path, tok, kind=STAGE_KINDS[stage], expected_config=expected, device=device)
+    models, meta = load_stage(
+        path, tok, kind=STAGE_KINDS[stage], expected_config=expected, device=device
+    )
     if summary["seconds"].get(stage) is None:
         summary["seconds"][stage] = meta.get("seconds")
     if stage == "rm":
@@ -174,13 +231,22 @@ def _run_ppo(config, task, tok, device, out: Path, paths, models, expected, summ
     sft = models.get("sft") or _load(paths["sft"], "sft", tok, expected, device, summary)["model"]
     rm = None
     if config.reward_source == "rm" or paths["rm"].is_file() or "rm" in models:
-        rm = models.get("rm") or _load(paths["rm"], "rm", tok, expected, device, summary)["reward_model"]
+        rm = (
+            models.get("rm")
+            or _load(paths["rm"], "rm", tok, expected, device, summary)["reward_model"]
+        )
     from llm.rlhf import gold_scorer, reward_model_scorer
 
     score_fn = reward_model_scorer(rm) if config.reward_source == "rm" else gold_scorer(task)
-    before = evaluate_policy(sft, task, tok, config.eval_prompts, config.seed + 100, device, score_fn)
-    policy, value, stats = train_ppo(config, task, tok, sft, rm, device, progress=config.progress, log=log)
-    after = evaluate_policy(policy, task, tok, config.eval_prompts, config.seed + 100, device, score_fn)
+    before = evaluate_policy(
+        sft, task, tok, config.eval_prompts, config.seed + 100, device, score_fn
+    )
+    policy, value, stats = train_ppo(
+        config, task, tok, sft, rm, device, progress=config.progress, log=log
+    )
+    after = evaluate_policy(
+        policy, task, tok, config.eval_prompts, config.seed + 100, device, score_fn
+    )
     history = stats["history"]
     tail = history[-10:]
     kl_final = sum(r["rlhf/kl"] for r in tail) / len(tail)
@@ -190,15 +256,34 @@ def _run_ppo(config, task, tok, device, out: Path, paths, models, expected, summ
     in_band = None
     if config.target_kl:
         later = history[len(history) // 4 :]
-        in_band = sum(0.5 * config.target_kl <= r["rlhf/kl"] <= 2 * config.target_kl for r in later) / len(later)
+        in_band = sum(
+            0.5 * config.target_kl <= r["rlhf/kl"] <= 2 * config.target_kl for r in later
+        ) / len(later)
     ppo_stats = {
-        "gold_sft": before["gold_reward"], "gold_final": after["gold_reward"], "gold_best": best,
-        "score_sft": before["score"], "score_final": after["score"], "gap_closed": closed,
-        "kl_final": kl_final, "kl_in_band_after_first_quarter": in_band, "final_beta": stats["final_beta"],
-        "eos_rate_final": after["eos_rate"], "response_length_final": after["response_length"],
+        "gold_sft": before["gold_reward"],
+        "gold_final": after["gold_reward"],
+        "gold_best": best,
+        "score_sft": before["score"],
+        "score_final": after["score"],
+        "gap_closed": closed,
+        "kl_final": kl_final,
+        "kl_in_band_after_first_quarter": in_band,
+        "final_beta": stats["final_beta"],
+        "eos_rate_final": after["eos_rate"],
+        "response_length_final": after["response_length"],
     }
-    save_stage(paths["ppo"], STAGE_KINDS["ppo"], {"policy": policy, "value": value}, tok,
-               {"task": config.task, "config": config_to_dict(config), "seconds": stats["seconds"], "stats": ppo_stats})
+    save_stage(
+        paths["ppo"],
+        STAGE_KINDS["ppo"],
+        {"policy": policy, "value": value},
+        tok,
+        {
+            "task": config.task,
+            "config": config_to_dict(config),
+            "seconds": stats["seconds"],
+            "stats": ppo_stats,
+        },
+    )
     summary["seconds"]["ppo"] = stats["seconds"]
     summary["gold_reward"].update(sft=before["gold_reward"], final=after["gold_reward"])
     summary["kl"]["final"] = kl_final
@@ -210,15 +295,29 @@ def _run_ppo(config, task, tok, device, out: Path, paths, models, expected, summ
         default_history = read_ppo_history(out / "metrics.jsonl")
         if default_history:
             runs = {"default run (adaptive KL)": default_history, **runs}
-    plot_rlhf(runs, out / f"ppo{suffix}.png", target_kl=config.target_kl, best_gold=best,
-              sft_gold=before["gold_reward"], title=f"PPO-RLHF on '{config.task}'")
-    _write_report(out / f"report{suffix}.md", config, task, tok, before, after, ppo_stats, rm, device)
-    print(f"[llm.pipeline] ppo: gold reward {before['gold_reward']:.3f} → {after['gold_reward']:.3f} "
-          f"(best {best:.3f}, gap closed {closed:.0%}), final KL {kl_final:.2f} (target {config.target_kl}), "
-          f"in {stats['seconds']:.0f}s → {paths['ppo']}", file=sys.stderr)
+    plot_rlhf(
+        runs,
+        out / f"ppo{suffix}.png",
+        target_kl=config.target_kl,
+        best_gold=best,
+        sft_gold=before["gold_reward"],
+        title=f"PPO-RLHF on '{config.task}'",
+    )
+    _write_report(
+        out / f"report{suffix}.md", config, task, tok, before, after, ppo_stats, rm, device
+    )
+    print(
+        f"[llm.pipeline] ppo: gold reward {before['gold_reward']:.3f} → "
+        f"{after['gold_reward']:.3f} (best {best:.3f}, gap closed {closed:.0%}), "
+        f"final KL {kl_final:.2f} (target {config.target_kl}), "
+        f"in {stats['seconds']:.0f}s → {paths['ppo']}",
+        file=sys.stderr,
+    )
 
 
-def _write_report(path: Path, config, task, tok, before: dict, after: dict, stats: dict, rm, device) -> None:
+def _write_report(
+    path: Path, config, task, tok, before: dict, after: dict, stats: dict, rm, device
+) -> None:
     n = 12
     prompts = [p for p, _ in before["samples"][:n]]
     sft_replies = [r for _, r in before["samples"][:n]]
@@ -231,11 +330,13 @@ def _write_report(path: Path, config, task, tok, before: dict, after: dict, stat
         f"# PPO-RLHF report: task '{config.task}'{' (' + config.tag + ')' if config.tag else ''}",
         "",
         f"β schedule {config.kl_kind} from {config.init_beta}, target KL {config.target_kl}, "
-        f"{config.ppo_iterations} iterations × {config.rollout_batch_size} replies, reward source {config.reward_source}.",
+        f"{config.ppo_iterations} iterations × {config.rollout_batch_size} replies, "
+        f"reward source {config.reward_source}.",
         "",
         "| | SFT policy | after PPO |",
         "|---|---|---|",
-        f"| mean gold reward ({config.eval_prompts} prompts) | {stats['gold_sft']:.3f} | {stats['gold_final']:.3f} |",
+        f"| mean gold reward ({config.eval_prompts} prompts) | {stats['gold_sft']:.3f} | "
+        f"{stats['gold_final']:.3f} |",
         f"| mean proxy score | {stats['score_sft']:.3f} | {stats['score_final']:.3f} |",
         f"| best reachable gold | {stats['gold_best']:.3f} | |",
         f"| share of the gap closed | | {stats['gap_closed']:.1%} |",
@@ -252,15 +353,18 @@ def _write_report(path: Path, config, task, tok, before: dict, after: dict, stat
     for i, p in enumerate(prompts):
         rs = f"{rm_sft[i]:.2f}" if rm_sft else "–"
         rp = f"{rm_ppo[i]:.2f}" if rm_ppo else "–"
-        lines.append(f"| `{p}` | `{sft_replies[i]}` | {before['golds'][i]:.1f} | {rs} | `{ppo_replies[i]}` | "
-                     f"{after['golds'][i]:.1f} | {rp} |")
+        lines.append(
+            f"| `{p}` | `{sft_replies[i]}` | {before['golds'][i]:.1f} | {rs} | "
+            f"`{ppo_replies[i]}` | {after['golds'][i]:.1f} | {rp} |"
+        )
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         prog="python -m llm.pipeline",
-        description="SFT → Bradley–Terry reward model → PPO-RLHF on a tiny GPT, on tasks the project generates.",
+        description="SFT → Bradley–Terry reward model → PPO-RLHF on a tiny GPT, "
+        "on tasks the project generates.",
     )
     add_arguments(parser, PipelineConfig)
     args = parser.parse_args(argv)

@@ -8,7 +8,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 __all__ = ["plot_rlhf", "read_ppo_history"]
 
@@ -37,8 +37,13 @@ def read_ppo_history(path: str | Path) -> list[dict]:
 
 
 def plot_rlhf(
-    runs: dict[str, list[dict]], path: str | Path, *, target_kl: float | None = None,
-    best_gold: float | None = None, sft_gold: float | None = None, title: str = "",
+    runs: dict[str, list[dict]],
+    path: str | Path,
+    *,
+    target_kl: float | None = None,
+    best_gold: float | None = None,
+    sft_gold: float | None = None,
+    title: str = "",
 ) -> Path:
     """One panel per quantity, one line per run (label → list of per-iteration records)."""
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
@@ -49,14 +54,14 @@ def plot_rlhf(
             ax.plot(xs, ys, label=run_label, lw=1.4)
         if name == "rlhf/kl" and target_kl:
             ax.axhline(target_kl, color="k", ls="--", lw=0.8, label="target")
-            ax.axhspan(0.5 * target_kl, 2 * target_kl, color="k", alpha=0.06, label="0.5×–2× target")
+            ax.axhspan(
+                0.5 * target_kl, 2 * target_kl, color="k", alpha=0.06, label="0.5×–2× target"
+            )
         if name == "rlhf/gold_reward":
             if best_gold is not None:
                 ax.axhline(best_gold, color="g", ls="--", lw=0.8, label="best reachable")
             if sft_gold is not None:
                 ax.axhline(sft_gold, color="gray", ls=":", lw=0.8, label="SFT policy")
-        if name == "charts/beta":
-            ax.set_yscale("symlog", linthresh=1e-3)
         ax.set_title(label, fontsize=10)
         ax.set_xlabel("PPO iteration")
         ax.grid(alpha=0.3)

@@ -28,7 +28,13 @@ from llm.sft import lr_at
 from llm.tasks import PreferencePair, Task, preference_pairs
 from llm.tokenizer import CharTokenizer
 
-__all__ = ["scalar_model_from", "score_replies", "pair_scores", "train_reward_model", "evaluate_reward_model"]
+__all__ = [
+    "scalar_model_from",
+    "score_replies",
+    "pair_scores",
+    "train_reward_model",
+    "evaluate_reward_model",
+]
 
 
 def scalar_model_from(lm: GPT, head_weights: GPT | None = None) -> GPT:
@@ -41,7 +47,10 @@ def scalar_model_from(lm: GPT, head_weights: GPT | None = None) -> GPT:
     model = GPT(lm.config, head="scalar").to(next(lm.parameters()).device)
     body = {k: v for k, v in lm.state_dict().items() if k.startswith("transformer.")}
     missing, unexpected = model.load_state_dict(body, strict=False)
-    assert not unexpected and all(k.startswith("score_head.") for k in missing), (missing, unexpected)
+    assert not unexpected and all(k.startswith("score_head.") for k in missing), (
+        missing,
+        unexpected,
+    )
     torch.nn.init.zeros_(model.score_head.weight)
     torch.nn.init.zeros_(model.score_head.bias)
     if head_weights is not None:
@@ -50,21 +59,33 @@ def scalar_model_from(lm: GPT, head_weights: GPT | None = None) -> GPT:
 
 
 def score_replies(
-    reward_model: GPT, tok: CharTokenizer, prompts: list[str], replies: list[str], device, batch_size: int = 256
+    reward_model: GPT,
+    tok: CharTokenizer,
+    prompts: list[str],
+    replies: list[str],
+    device,
+    batch_size: int = 256,
 ) -> torch.Tensor:
     """R_φ(x, y) for each (prompt, reply), the reply followed by EOS. Returns (N,) on the CPU."""
     out = []
     with torch.no_grad():
         for i in range(0, len(prompts), batch_size):
-            ids, _, lengths = pad_sequences(tok, prompts[i : i + batch_size], replies[i : i + batch_size],
-                                            reward_model.config.block_size, device)
+            ids, _, lengths = pad_sequences(
+                tok,
+                prompts[i : i + batch_size],
+                replies[i : i + batch_size],
+                reward_model.config.block_size,
+                device,
+            )
             scores = last_token_scores(reward_model(ids), lengths=lengths)  # (b,)
             check_finite(**{"reward model scores": scores})
             out.append(scores.cpu())
     return torch.cat(out)
 
 
-def pair_scores(reward_model: GPT, tok: CharTokenizer, pairs: list[PreferencePair], device) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_scores(
+    reward_model: GPT, tok: CharTokenizer, pairs: list[PreferencePair], device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(R(x, y⁺), R(x, y⁻)) for a list of pairs, both sides in one forward pass. Each (B,)."""
     prompts = [p.prompt for p in pairs] * 2
     replies = [p.chosen for p in pairs] + [p.rejected for p in pairs]
@@ -73,11 +94,17 @@ def pair_scores(reward_model: GPT, tok: CharTokenizer, pairs: list[PreferencePai
     return scores[: len(pairs)], scores[len(pairs) :]
 
 
-def evaluate_reward_model(reward_model: GPT, tok: CharTokenizer, pairs: list[PreferencePair], device) -> dict:
+def evaluate_reward_model(
+    reward_model: GPT, tok: CharTokenizer, pairs: list[PreferencePair], device
+) -> dict:
     """Held-out label accuracy, and agreement with the gold ranking where gold rewards differ."""
     with torch.no_grad():
-        chosen = score_replies(reward_model, tok, [p.prompt for p in pairs], [p.chosen for p in pairs], device)
-        rejected = score_replies(reward_model, tok, [p.prompt for p in pairs], [p.rejected for p in pairs], device)
+        chosen = score_replies(
+            reward_model, tok, [p.prompt for p in pairs], [p.chosen for p in pairs], device
+        )
+        rejected = score_replies(
+            reward_model, tok, [p.prompt for p in pairs], [p.rejected for p in pairs], device
+        )
     gold_diff = torch.tensor([p.gold_chosen - p.gold_rejected for p in pairs])
     differs = gold_diff != 0
     agree = (torch.sign(chosen - rejected) == torch.sign(gold_diff)) & differs
@@ -91,8 +118,13 @@ def evaluate_reward_model(reward_model: GPT, tok: CharTokenizer, pairs: list[Pre
 
 
 def train_reward_model(
-    config: RMArgs, task: Task, tok: CharTokenizer, sft_model: GPT, device: torch.device,
-    progress: bool = True, log=None,
+    config: RMArgs,
+    task: Task,
+    tok: CharTokenizer,
+    sft_model: GPT,
+    device: torch.device,
+    progress: bool = True,
+    log=None,
 ) -> tuple[GPT, dict]:
     """Bradley–Terry training from the SFT weights. Returns (reward model, held-out stats).
 
@@ -101,11 +133,20 @@ def train_reward_model(
     torch.manual_seed(config.seed + 2)
     model = scalar_model_from(sft_model)
     model.train()
-    train = preference_pairs(task, config.rm_pairs, seed=config.seed + 10, label_temperature=config.label_temperature)
-    held_out = preference_pairs(task, config.rm_eval_pairs, seed=config.seed + 20,
-                                label_temperature=config.label_temperature, split="test")
+    train = preference_pairs(
+        task, config.rm_pairs, seed=config.seed + 10, label_temperature=config.label_temperature
+    )
+    held_out = preference_pairs(
+        task,
+        config.rm_eval_pairs,
+        seed=config.seed + 20,
+        label_temperature=config.label_temperature,
+        split="test",
+    )
     rng = random.Random(config.seed + 3)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.rm_lr, weight_decay=0.01, betas=(0.9, 0.95))
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.rm_lr, weight_decay=0.01, betas=(0.9, 0.95)
+    )
     start = time.perf_counter()
     bar = tqdm(range(config.rm_steps), desc="reward model", disable=not progress, leave=False)
     for step in bar:

@@ -2,14 +2,14 @@
 
 The loop of note 001 ("整个循环可以简单总结为"), one iteration per rollout batch:
 
-    1. sample prompts x and replies y ~ π_θ(·|x) with the KV cache             (`rollout`)
+    1. sample prompts x and replies y ~ π_θ(·|x) with the KV cache  (`collect_rollout`)
     2. score: R_φ(x, y) on the reply's last real token; log π_θ and log π_ref per token;
        per-token rewards r_t = −β·KL_t, plus the score on the last real token, minus a
-       penalty when there is no EOS                                            (`per_token_rewards`, RM-3)
+       penalty when there is no EOS                         (`per_token_rewards`, RM-3)
     3. values V_ψ(x, y_<t) from the value model (initialised from the reward model, RM-5);
-       advantages by GAE over tokens with γ = 1, λ = 0.95                      (`core.advantages.gae`)
+       advantages by GAE over tokens with γ = 1, λ = 0.95   (`core.advantages.gae`)
     4. PPO epochs on minibatches of replies: clipped surrogate, clipped value loss
-                                                                                (`core.ppo.ppo_update`)
+                                                             (`core.ppo.ppo_update`)
     5. update β from the measured KL (TR-3 adaptive or TR-4 proportional), repeat.
 
 The four models of note 004's figure: the policy π_θ (trained), the reference π_ref (the SFT
@@ -53,7 +53,15 @@ from llm.rollout import (
 from llm.tasks import Task
 from llm.tokenizer import CharTokenizer
 
-__all__ = ["per_token_rewards", "init_value_model", "Rollout", "collect_rollout", "make_evaluate", "evaluate_policy", "train_ppo"]
+__all__ = [
+    "per_token_rewards",
+    "init_value_model",
+    "Rollout",
+    "collect_rollout",
+    "make_evaluate",
+    "evaluate_policy",
+    "train_ppo",
+]
 
 
 @implements("RM-3")
@@ -123,8 +131,15 @@ class Rollout:
 
 @torch.no_grad()
 def collect_rollout(
-    policy: GPT, ref: GPT | None, value_model: GPT | None, score_fn: Callable, task: Task,
-    tok: CharTokenizer, prompts: list[str], device, generator: torch.Generator | None = None,
+    policy: GPT,
+    ref: GPT | None,
+    value_model: GPT | None,
+    score_fn: Callable,
+    task: Task,
+    tok: CharTokenizer,
+    prompts: list[str],
+    device,
+    generator: torch.Generator | None = None,
 ) -> Rollout:
     """Steps 1–3 of the loop without the shaping: sample, then score every token of every reply.
 
@@ -132,23 +147,44 @@ def collect_rollout(
     means no KL term (the reference is not even loaded; DR-2), `value_model=None` no critic.
     """
     ids, mask = encode_prompts(tok, prompts, policy.config.block_size, task.max_new_tokens, device)
-    gen = generate(policy, ids, mask, max_new_tokens=task.max_new_tokens, eos_id=tok.eos_id,
-                   pad_id=tok.pad_id, generator=generator)
+    gen = generate(
+        policy,
+        ids,
+        mask,
+        max_new_tokens=task.max_new_tokens,
+        eos_id=tok.eos_id,
+        pad_id=tok.pad_id,
+        generator=generator,
+    )
     replies = decode_replies(tok, gen)
     input_ids, attention = gen.input_ids, gen.attention_mask
     logprobs, _ = reply_logprobs(policy, input_ids, attention, gen.reply_ids, name="policy")
     if ref is not None:
-        ref_logprobs, _ = reply_logprobs(ref, input_ids, attention, gen.reply_ids, name="reference model")
+        ref_logprobs, _ = reply_logprobs(
+            ref, input_ids, attention, gen.reply_ids, name="reference model"
+        )
     else:
         ref_logprobs = logprobs.clone()
-    values = (reply_values(value_model, input_ids, attention, gen.reply_ids.shape[1])
-              if value_model is not None else torch.zeros_like(logprobs))
+    values = (
+        reply_values(value_model, input_ids, attention, gen.reply_ids.shape[1])
+        if value_model is not None
+        else torch.zeros_like(logprobs)
+    )
     scores = score_fn(gen, prompts, replies).to(device)
     check_finite(scores=scores)
     ended = gen.ended.tolist()
     gold = torch.tensor([task.gold_reward(p, r, e) for p, r, e in zip(prompts, replies, ended)])
     mask_f = gen.reply_mask
-    return Rollout(gen, prompts, replies, logprobs * mask_f, ref_logprobs * mask_f, values * mask_f, scores, gold)
+    return Rollout(
+        gen,
+        prompts,
+        replies,
+        logprobs * mask_f,
+        ref_logprobs * mask_f,
+        values * mask_f,
+        scores,
+        gold,
+    )
 
 
 def reward_model_scorer(reward_model: GPT) -> Callable:
@@ -179,11 +215,19 @@ def make_evaluate(policy: GPT, value_model: GPT | None) -> Callable[[dict], Eval
     entropy and V_ψ for the stored reply tokens, with gradients."""
 
     def evaluate(mb: dict[str, torch.Tensor]) -> Evaluation:
-        logprobs, entropy = reply_logprobs(policy, mb["input_ids"], mb["attention_mask"], mb["actions"],
-                                           with_entropy=True, name="policy")
+        logprobs, entropy = reply_logprobs(
+            policy,
+            mb["input_ids"],
+            mb["attention_mask"],
+            mb["actions"],
+            with_entropy=True,
+            name="policy",
+        )
         values = None
         if value_model is not None:
-            values = reply_values(value_model, mb["input_ids"], mb["attention_mask"], mb["actions"].shape[1])
+            values = reply_values(
+                value_model, mb["input_ids"], mb["attention_mask"], mb["actions"].shape[1]
+            )
         return Evaluation(logprobs, entropy, values)
 
     return evaluate
@@ -191,7 +235,13 @@ def make_evaluate(policy: GPT, value_model: GPT | None) -> Callable[[dict], Eval
 
 @torch.no_grad()
 def evaluate_policy(
-    policy: GPT, task: Task, tok: CharTokenizer, n: int, seed: int, device, score_fn: Callable | None = None,
+    policy: GPT,
+    task: Task,
+    tok: CharTokenizer,
+    n: int,
+    seed: int,
+    device,
+    score_fn: Callable | None = None,
     batch_size: int = 128,
 ) -> dict:
     """Mean gold reward (and proxy score) of replies sampled at temperature 1 for `n` fixed
@@ -202,9 +252,18 @@ def evaluate_policy(
     golds, scores, lengths, ended, samples = [], [], [], [], []
     for i in range(0, n, batch_size):
         chunk = prompts[i : i + batch_size]
-        ids, mask = encode_prompts(tok, chunk, policy.config.block_size, task.max_new_tokens, device)
-        gen = generate(policy, ids, mask, max_new_tokens=task.max_new_tokens, eos_id=tok.eos_id,
-                       pad_id=tok.pad_id, generator=gen_rng)
+        ids, mask = encode_prompts(
+            tok, chunk, policy.config.block_size, task.max_new_tokens, device
+        )
+        gen = generate(
+            policy,
+            ids,
+            mask,
+            max_new_tokens=task.max_new_tokens,
+            eos_id=tok.eos_id,
+            pad_id=tok.pad_id,
+            generator=gen_rng,
+        )
         replies = decode_replies(tok, gen)
         golds += [task.gold_reward(p, r, e) for p, r, e in zip(chunk, replies, gen.ended.tolist())]
         if score_fn is not None:
@@ -223,8 +282,14 @@ def evaluate_policy(
 
 
 def train_ppo(
-    config: PPOArgs, task: Task, tok: CharTokenizer, sft_model: GPT, reward_model: GPT | None,
-    device: torch.device, progress: bool = True, log=None, value_init: GPT | None = None,
+    config: PPOArgs,
+    task: Task,
+    tok: CharTokenizer,
+    sft_model: GPT,
+    reward_model: GPT | None,
+    device: torch.device,
+    progress: bool = True,
+    log=None,
 ) -> tuple[GPT, GPT, dict]:
     """PPO-RLHF from the SFT policy. Returns (policy, value model, stats).
 
@@ -244,22 +309,35 @@ def train_ppo(
         value_model = init_value_model(reward_model)  # RM-5
     else:
         score_fn = gold_scorer(task)
-        value_model = scalar_model_from(value_init or sft_model)
+        value_model = scalar_model_from(sft_model)
     value_model = disable_dropout(value_model).requires_grad_(True)
     policy.train(), value_model.train()  # dropout is 0 anyway; train() only for clarity
 
     ppo_config = PPOConfig(
-        clip_coef=config.clip_coef, update_epochs=config.ppo_epochs, minibatch_size=config.ppo_minibatch_size,
-        batch_size=config.rollout_batch_size, norm_adv=True, clip_vloss=True, vf_clip_coef=config.vf_clip_coef,
-        vf_coef=config.vf_coef, ent_coef=config.ent_coef, max_grad_norm=config.max_grad_norm,
+        clip_coef=config.clip_coef,
+        update_epochs=config.ppo_epochs,
+        minibatch_size=config.ppo_minibatch_size,
+        batch_size=config.rollout_batch_size,
+        norm_adv=True,
+        clip_vloss=True,
+        vf_clip_coef=config.vf_clip_coef,
+        vf_coef=config.vf_coef,
+        ent_coef=config.ent_coef,
+        max_grad_norm=config.max_grad_norm,
         loss_reduction="token_mean",
     )
     optimizer = torch.optim.AdamW(
-        [{"params": policy.parameters(), "lr": config.ppo_lr},
-         {"params": value_model.parameters(), "lr": config.value_lr}],
-        weight_decay=0.0, betas=(0.9, 0.95), eps=1e-6,
+        [
+            {"params": policy.parameters(), "lr": config.ppo_lr},
+            {"params": value_model.parameters(), "lr": config.value_lr},
+        ],
+        weight_decay=0.0,
+        betas=(0.9, 0.95),
+        eps=1e-6,
     )
-    controller = make_kl_controller(config.kl_kind, config.init_beta, config.target_kl, config.kl_horizon)
+    controller = make_kl_controller(
+        config.kl_kind, config.init_beta, config.target_kl, config.kl_horizon
+    )
     prompt_rng = random.Random(config.seed + 5)
     sample_gen = torch.Generator(device=device).manual_seed(config.seed + 6)
     shuffle_gen = torch.Generator().manual_seed(config.seed + 7)
@@ -272,24 +350,41 @@ def train_ppo(
         beta = float(controller.beta)
         # 1–2. sample and score
         prompts = [task.sample_prompt(prompt_rng) for _ in range(config.rollout_batch_size)]
-        ro = collect_rollout(policy, ref, value_model, score_fn, task, tok, prompts, device, sample_gen)
+        ro = collect_rollout(
+            policy, ref, value_model, score_fn, task, tok, prompts, device, sample_gen
+        )
         mask = ro.gen.reply_mask
         rewards, kl = per_token_rewards(
-            ro.scores, ro.logprobs, ro.ref_logprobs, mask, beta=beta, kl_estimator=config.kl_estimator,
-            ended=ro.gen.ended, missing_eos_penalty=config.missing_eos_penalty,
+            ro.scores,
+            ro.logprobs,
+            ro.ref_logprobs,
+            mask,
+            beta=beta,
+            kl_estimator=config.kl_estimator,
+            ended=ro.gen.ended,
+            missing_eos_penalty=config.missing_eos_penalty,
         )
         if config.whiten_rewards:
             rewards = masked_whiten(rewards, mask, shift_mean=False)
         # 3. advantages over tokens: the reply ends (terminally) at its last real token
-        advantages = gae(rewards, ro.values, gamma=config.gamma, gae_lambda=config.gae_lambda, mask=mask)
+        advantages = gae(
+            rewards, ro.values, gamma=config.gamma, gae_lambda=config.gae_lambda, mask=mask
+        )
         returns = advantages + ro.values
         # 4. PPO epochs (core.ppo)
         batch = {
-            "input_ids": ro.gen.input_ids, "attention_mask": ro.gen.attention_mask, "actions": ro.gen.reply_ids,
-            "logprobs": ro.logprobs, "advantages": advantages, "returns": returns, "values": ro.values,
+            "input_ids": ro.gen.input_ids,
+            "attention_mask": ro.gen.attention_mask,
+            "actions": ro.gen.reply_ids,
+            "logprobs": ro.logprobs,
+            "advantages": advantages,
+            "returns": returns,
+            "values": ro.values,
             "mask": mask,
         }
-        stats = ppo_update(make_evaluate(policy, value_model), batch, optimizer, ppo_config, generator=shuffle_gen)
+        stats = ppo_update(
+            make_evaluate(policy, value_model), batch, optimizer, ppo_config, generator=shuffle_gen
+        )
         # 5. β from the measured KL: the mean over replies of Σ_t (log π_θ − log π_ref)
         seq_kl = float(((ro.logprobs - ro.ref_logprobs) * mask).sum(dim=1).mean())
         if (config.target_kl and seq_kl >= config.target_kl / 1.5) or it + 1 >= config.kl_warmup:
@@ -314,11 +409,22 @@ def train_ppo(
         history.append(record)
         if log is not None:
             log(it, record)
-        bar.set_postfix(score=f"{record['rlhf/score']:.2f}", gold=f"{record['rlhf/gold_reward']:.2f}",
-                        kl=f"{seq_kl:.2f}", beta=f"{beta:.3g}")
+        bar.set_postfix(
+            score=f"{record['rlhf/score']:.2f}",
+            gold=f"{record['rlhf/gold_reward']:.2f}",
+            kl=f"{seq_kl:.2f}",
+            beta=f"{beta:.3g}",
+        )
     policy.eval(), value_model.eval()
-    return policy, value_model, {"seconds": time.perf_counter() - start, "history": history,
-                                 "final_beta": float(controller.beta)}
+    return (
+        policy,
+        value_model,
+        {
+            "seconds": time.perf_counter() - start,
+            "history": history,
+            "final_beta": float(controller.beta),
+        },
+    )
 
 
 @implements("RM-5")

@@ -43,7 +43,9 @@ __all__ = [
 ]
 
 
-def check_prompt_fits(tok: CharTokenizer, prompt: str, block_size: int, max_new_tokens: int) -> list[int]:
+def check_prompt_fits(
+    tok: CharTokenizer, prompt: str, block_size: int, max_new_tokens: int
+) -> list[int]:
     """Encode `[BOS] prompt`; raise `ValueError` when it leaves no room for `max_new_tokens`."""
     ids = tok.encode(prompt, bos=True)  # raises on characters outside the vocabulary
     room = block_size - max_new_tokens
@@ -207,7 +209,9 @@ def generate(
     return Generation(prompt_ids, prompt_mask, reply_ids, reply_mask, finished)
 
 
-def reply_logits(model: GPT, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int) -> torch.Tensor:
+def reply_logits(
+    model: GPT, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int
+) -> torch.Tensor:
     """Logits that predict each reply token: columns P − 1 … P + R − 2. Returns (B, R, V)."""
     logits = model(input_ids, attention_mask=attention_mask)  # (B, P + R, V)
     return logits[:, prompt_len - 1 : -1, :]
@@ -219,8 +223,12 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
 
 
 def reply_logprobs(
-    model: GPT, gen_input_ids: torch.Tensor, attention_mask: torch.Tensor, reply_ids: torch.Tensor,
-    with_entropy: bool = False, name: str = "policy",
+    model: GPT,
+    gen_input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    reply_ids: torch.Tensor,
+    with_entropy: bool = False,
+    name: str = "policy",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token log π(y_t | x, y_<t) of the reply (B, R) (and entropy (B, R) if asked).
 
@@ -234,7 +242,10 @@ def reply_logprobs(
 
 
 def reply_values(
-    value_model: GPT, input_ids: torch.Tensor, attention_mask: torch.Tensor, reply_len: int,
+    value_model: GPT,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    reply_len: int,
     name: str = "value model",
 ) -> torch.Tensor:
     """V(x, y_<t), the value of the state in which reply token t is chosen. Returns (B, R)."""
@@ -245,7 +256,9 @@ def reply_values(
 
 
 def last_token_scores(
-    scores: torch.Tensor, attention_mask: torch.Tensor | None = None, lengths: torch.Tensor | None = None
+    scores: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    lengths: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Read a scalar model's per-position scores (B, T) on the last real token of each row.
 

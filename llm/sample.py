@@ -2,7 +2,8 @@
 
     python -m llm.sample --checkpoint runs/llm-reviews/ppo.pt --prompt "review: the plot was"
     python -m llm.sample --checkpoint runs/llm-reviews/sft.pt --prompt "12+35=" --num-samples 4
-    python -m llm.sample --checkpoint runs/llm-reviews/rm.pt --prompt "review: the plot was" --reply " great."
+    python -m llm.sample --checkpoint runs/llm-reviews/rm.pt --prompt "review: the plot was" \
+                         --reply " great."
 
 SFT and PPO checkpoints hold a language model (the PPO one its trained policy) and sample
 replies; a reward-model checkpoint has no language head, so it scores `--reply` instead.
@@ -74,16 +75,28 @@ def sample(config: SampleConfig) -> list[str]:
         return [f"{float(score[0]):.4f}"]
     model = models.get("policy") or models.get("model")
     budget = config.max_new_tokens or task.max_new_tokens
-    ids, mask = encode_prompts(tok, [config.prompt] * config.num_samples, model.config.block_size, budget, device)
-    gen = generate(model, ids, mask, max_new_tokens=budget, eos_id=tok.eos_id, pad_id=tok.pad_id,
-                   temperature=config.temperature, top_k=config.top_k,
-                   generator=torch.Generator(device=device).manual_seed(config.seed))
+    ids, mask = encode_prompts(
+        tok, [config.prompt] * config.num_samples, model.config.block_size, budget, device
+    )
+    gen = generate(
+        model,
+        ids,
+        mask,
+        max_new_tokens=budget,
+        eos_id=tok.eos_id,
+        pad_id=tok.pad_id,
+        temperature=config.temperature,
+        top_k=config.top_k,
+        generator=torch.Generator(device=device).manual_seed(config.seed),
+    )
     replies = decode_replies(tok, gen)
     return [r + ("" if ended else "  [no EOS]") for r, ended in zip(replies, gen.ended.tolist())]
 
 
 def main(argv: list[str] | None = None) -> list[str]:
-    parser = argparse.ArgumentParser(prog="python -m llm.sample", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m llm.sample", description=__doc__.split("\n")[0]
+    )
     add_arguments(parser, SampleConfig)
     args = parser.parse_args(argv)
     try:

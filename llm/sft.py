@@ -45,12 +45,19 @@ def sft_loss(model: GPT, ids: torch.Tensor, reply_mask: torch.Tensor) -> torch.T
     """
     logits = model(ids[:, :-1])  # (B, T−1, V): causal attention, no mask needed (right padding)
     targets, weights = ids[:, 1:], reply_mask[:, 1:]  # (B, T−1)
-    nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none")
+    nll = F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none"
+    )
     return (nll * weights.reshape(-1)).sum() / weights.sum().clamp(min=1.0)
 
 
 def train_sft(
-    config: SFTArgs, task: Task, tok: CharTokenizer, device: torch.device, progress: bool = True, log=None
+    config: SFTArgs,
+    task: Task,
+    tok: CharTokenizer,
+    device: torch.device,
+    progress: bool = True,
+    log=None,
 ) -> tuple[GPT, dict]:
     """Train a fresh model on `config.sft_examples` demonstrations. Returns (model, stats).
 
@@ -60,15 +67,18 @@ def train_sft(
     model = GPT(model_config(config, tok)).to(device)
     data = sft_examples(task, config.sft_examples, seed=config.seed)
     rng = random.Random(config.seed + 1)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.sft_lr, weight_decay=0.01, betas=(0.9, 0.95))
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.sft_lr, weight_decay=0.01, betas=(0.9, 0.95)
+    )
     model.train()
     start = time.perf_counter()
     bar = tqdm(range(config.sft_steps), desc="sft", disable=not progress, leave=False)
     running = None
     for step in bar:
         batch = [data[rng.randrange(len(data))] for _ in range(config.sft_batch_size)]
-        ids, reply_mask, _ = pad_sequences(tok, [p for p, _ in batch], [r for _, r in batch],
-                                           model.config.block_size, device)
+        ids, reply_mask, _ = pad_sequences(
+            tok, [p for p, _ in batch], [r for _, r in batch], model.config.block_size, device
+        )
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, config.sft_steps, config.sft_lr)
         loss = sft_loss(model, ids, reply_mask)
@@ -82,4 +92,8 @@ def train_sft(
         if log is not None and (step % 10 == 0 or step == config.sft_steps - 1):
             log(step, {"sft/loss": loss.item()})
     model.eval()
-    return model, {"final_loss": running, "params": model.num_params(), "seconds": time.perf_counter() - start}
+    return model, {
+        "final_loss": running,
+        "params": model.num_params(),
+        "seconds": time.perf_counter() - start,
+    }

@@ -65,9 +65,24 @@ __all__ = [
 POSITIVE = ("great", "good", "fun", "lovely", "superb")
 NEUTRAL = ("fine", "okay", "long", "plain")
 NEGATIVE = ("bad", "dull", "awful", "weak", "boring")
-SENTIMENT = {**{w: 1.0 for w in POSITIVE}, **{w: 0.0 for w in NEUTRAL}, **{w: -1.0 for w in NEGATIVE}}
+SENTIMENT = {
+    **{w: 1.0 for w in POSITIVE},
+    **{w: 0.0 for w in NEUTRAL},
+    **{w: -1.0 for w in NEGATIVE},
+}
 ADJECTIVES = POSITIVE + NEUTRAL + NEGATIVE
-SUBJECTS = ("plot", "acting", "music", "ending", "cast", "story", "dialogue", "pacing", "script", "visuals")
+SUBJECTS = (
+    "plot",
+    "acting",
+    "music",
+    "ending",
+    "cast",
+    "story",
+    "dialogue",
+    "pacing",
+    "script",
+    "visuals",
+)
 
 
 @dataclass(frozen=True)
@@ -82,7 +97,7 @@ class PreferencePair:
 
 
 class Task:
-    """What a task provides. Replies are strings without EOS; `has_eos` says whether one followed."""
+    """What a task provides. Replies are strings without EOS; `has_eos` says if one followed."""
 
     name: str = ""
     max_new_tokens: int = 0
@@ -193,7 +208,9 @@ class ReviewsTask(Task):
             gold = self.ungrammatical
         else:
             distinct = set(words)
-            gold = sum(SENTIMENT[w] for w in distinct) - self.repeat_penalty * (len(words) - len(distinct))
+            gold = sum(SENTIMENT[w] for w in distinct) - self.repeat_penalty * (
+                len(words) - len(distinct)
+            )
         if not has_eos:
             gold -= self.missing_eos_penalty
         return gold

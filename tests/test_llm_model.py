@@ -91,8 +91,20 @@ def test_kv_cache_sampling_equals_full_recomputation(temperature, top_k):
     outs = []
     for use_cache in (True, False):
         g = torch.Generator().manual_seed(123)
-        outs.append(generate(model, ids, mask, max_new_tokens=12, eos_id=TOK.eos_id, pad_id=TOK.pad_id,
-                             temperature=temperature, top_k=top_k, generator=g, use_cache=use_cache))
+        outs.append(
+            generate(
+                model,
+                ids,
+                mask,
+                max_new_tokens=12,
+                eos_id=TOK.eos_id,
+                pad_id=TOK.pad_id,
+                temperature=temperature,
+                top_k=top_k,
+                generator=g,
+                use_cache=use_cache,
+            )
+        )
     cached, full = outs
     assert torch.equal(cached.reply_ids, full.reply_ids)
     assert torch.equal(cached.reply_mask, full.reply_mask)
@@ -115,8 +127,15 @@ def test_generation_pads_after_eos_and_masks_it():
     calls: list[int] = []
     handle = model.lm_head.register_forward_hook(eos_after_two)
     ids, mask = encode_prompts(TOK, ["ab", "abcd"], TINY.block_size, 6)
-    gen = generate(model, ids, mask, max_new_tokens=6, eos_id=TOK.eos_id, pad_id=TOK.pad_id,
-                   generator=torch.Generator().manual_seed(0))
+    gen = generate(
+        model,
+        ids,
+        mask,
+        max_new_tokens=6,
+        eos_id=TOK.eos_id,
+        pad_id=TOK.pad_id,
+        generator=torch.Generator().manual_seed(0),
+    )
     handle.remove()
     z = TOK.stoi["z"]
     assert gen.reply_ids.tolist() == [[TOK.eos_id, TOK.pad_id, TOK.pad_id], [z, z, TOK.eos_id]]

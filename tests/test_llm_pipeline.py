@@ -13,10 +13,40 @@ from llm.pipeline import main as pipeline_main
 from llm.sample import main as sample_main
 
 TINY_ARGS = [
-    "--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--sft-steps", "40", "--sft-batch-size", "16",
-    "--sft-examples", "500", "--rm-steps", "10", "--rm-batch-size", "8", "--rm-pairs", "200",
-    "--rm-eval-pairs", "50", "--ppo-iterations", "3", "--rollout-batch-size", "8", "--ppo-minibatch-size", "4",
-    "--ppo-epochs", "1", "--eval-prompts", "16", "--progress", "false", "--device", "cpu",
+    "--n-layer",
+    "1",
+    "--n-head",
+    "2",
+    "--n-embd",
+    "32",
+    "--sft-steps",
+    "40",
+    "--sft-batch-size",
+    "16",
+    "--sft-examples",
+    "500",
+    "--rm-steps",
+    "10",
+    "--rm-batch-size",
+    "8",
+    "--rm-pairs",
+    "200",
+    "--rm-eval-pairs",
+    "50",
+    "--ppo-iterations",
+    "3",
+    "--rollout-batch-size",
+    "8",
+    "--ppo-minibatch-size",
+    "4",
+    "--ppo-epochs",
+    "1",
+    "--eval-prompts",
+    "16",
+    "--progress",
+    "false",
+    "--device",
+    "cpu",
 ]
 
 
@@ -32,20 +62,36 @@ def test_pipeline_writes_every_output_and_the_summary(tiny_run, capsys):
     for name in ("sft.pt", "rm.pt", "ppo.pt", "metrics.jsonl", "ppo.png", "report.md"):
         assert (out / name).is_file(), name
     assert set(summary) >= {"task", "seconds", "rm_gold_agreement", "gold_reward", "kl"}
-    assert set(summary["seconds"]) == {"sft", "rm", "ppo"} and all(v > 0 for v in summary["seconds"].values())
+    assert set(summary["seconds"]) == {"sft", "rm", "ppo"} and all(
+        v > 0 for v in summary["seconds"].values()
+    )
     assert summary["gold_reward"]["best"] == 3.0
-    assert set(summary["gold_reward"]) == {"sft", "final", "best"} and set(summary["kl"]) == {"final", "target"}
+    assert set(summary["gold_reward"]) == {"sft", "final", "best"} and set(summary["kl"]) == {
+        "final",
+        "target",
+    }
     records = read_metrics(out / "metrics.jsonl")
     ppo = [r for r in records if "rlhf/score" in r]
     assert len(ppo) == 3
-    for name in ("rlhf/score", "rlhf/gold_reward", "rlhf/kl", "charts/beta", "rlhf/response_length",
-                 "losses/policy_loss", "losses/value_loss", "losses/approx_kl", "losses/clipfrac"):
+    for name in (
+        "rlhf/score",
+        "rlhf/gold_reward",
+        "rlhf/kl",
+        "charts/beta",
+        "rlhf/response_length",
+        "losses/policy_loss",
+        "losses/value_loss",
+        "losses/approx_kl",
+        "losses/clipfrac",
+    ):
         assert name in ppo[-1]
     assert any("sft/loss" in r for r in records) and any("rm/loss" in r for r in records)
     assert "| prompt | SFT reply" in (out / "report.md").read_text()
 
 
-def test_interrupted_stage_keeps_earlier_checkpoints_and_resume_continues(tiny_run, tmp_path, monkeypatch):
+def test_interrupted_stage_keeps_earlier_checkpoints_and_resume_continues(
+    tiny_run, tmp_path, monkeypatch
+):
     out, _ = tiny_run
     # a copy of the finished SFT and RM stages, then a PPO stage interrupted mid-way
     for name in ("sft.pt", "rm.pt"):
@@ -70,7 +116,9 @@ def test_interrupted_stage_keeps_earlier_checkpoints_and_resume_continues(tiny_r
     summary = pipeline_main([*TINY_ARGS, "--out", str(tmp_path), "--resume", "true"])
     assert (tmp_path / "ppo.pt").is_file()
     assert {name: (tmp_path / name).read_bytes() for name in before} == before  # not retrained
-    assert summary["seconds"]["sft"] == pytest.approx(json.loads(json.dumps(summary))["seconds"]["sft"])
+    assert summary["seconds"]["sft"] == pytest.approx(
+        json.loads(json.dumps(summary))["seconds"]["sft"]
+    )
     assert summary["rm_gold_agreement"] is not None
 
 
@@ -92,9 +140,27 @@ def test_missing_earlier_stage_says_which_to_run(tmp_path):
 def test_sample_generates_from_any_stage_and_refuses_bad_prompts(tiny_run, capsys):
     out, _ = tiny_run
     for name in ("sft.pt", "ppo.pt"):
-        lines = sample_main(["--checkpoint", str(out / name), "--prompt", "review: the plot was", "--num-samples", "2"])
+        lines = sample_main(
+            [
+                "--checkpoint",
+                str(out / name),
+                "--prompt",
+                "review: the plot was",
+                "--num-samples",
+                "2",
+            ]
+        )
         assert len(lines) == 2
-    score = sample_main(["--checkpoint", str(out / "rm.pt"), "--prompt", "review: the plot was", "--reply", " great."])
+    score = sample_main(
+        [
+            "--checkpoint",
+            str(out / "rm.pt"),
+            "--prompt",
+            "review: the plot was",
+            "--reply",
+            " great.",
+        ]
+    )
     assert len(score) == 1 and float(score[0]) == float(score[0])
     capsys.readouterr()
     with pytest.raises(SystemExit):

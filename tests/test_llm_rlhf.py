@@ -31,10 +31,27 @@ CPU = torch.device("cpu")
 
 def tiny_config(**overrides) -> PipelineConfig:
     base = dict(
-        task="reviews", n_layer=2, n_head=2, n_embd=48, block_size=80, sft_steps=250, sft_batch_size=32,
-        sft_examples=4000, sft_lr=3e-3, rm_steps=150, rm_batch_size=32, rm_pairs=3000, rm_eval_pairs=400,
-        rm_lr=1e-3, ppo_iterations=12, rollout_batch_size=32, ppo_minibatch_size=16, ppo_lr=3e-4,
-        value_lr=3e-4, eval_prompts=128, progress=False,
+        task="reviews",
+        n_layer=2,
+        n_head=2,
+        n_embd=64,
+        block_size=80,
+        sft_steps=300,
+        sft_batch_size=32,
+        sft_examples=4000,
+        sft_lr=3e-3,
+        rm_steps=150,
+        rm_batch_size=32,
+        rm_pairs=3000,
+        rm_eval_pairs=400,
+        rm_lr=1e-3,
+        ppo_iterations=30,
+        rollout_batch_size=32,
+        ppo_minibatch_size=16,
+        kl_kind="fixed",
+        init_beta=0.3,
+        eval_prompts=128,
+        progress=False,
     )
     base.update(overrides)
     return resolve(PipelineConfig(**base))
@@ -73,7 +90,10 @@ def test_generated_data_is_deterministic_and_pairs_follow_bradley_terry():
     pairs = preference_pairs(task, 3000, seed=0, label_temperature=0.5)
     # demonstrations never repeat an adjective; some preference replies do, none lists more
     # than three adjectives (the designed blind spot)
-    assert all(len(set(parse_review(r))) == len(parse_review(r)) for _, r in sft_examples(task, 500, seed=0))
+    assert all(
+        len(set(parse_review(r))) == len(parse_review(r))
+        for _, r in sft_examples(task, 500, seed=0)
+    )
     replies = [r for p in pairs for r in (p.chosen, p.rejected)]
     parsed = [parse_review(r) for r in replies]
     assert 0.05 < sum(w is not None and len(set(w)) < len(w) for w in parsed) / len(replies) < 0.3
@@ -95,8 +115,10 @@ def test_reward_model_loss_reads_the_eos_score():
     config = tiny_config()
     rm = scalar_model_from(GPT(model_config(config, TOK)))
     torch.nn.init.normal_(rm.score_head.weight, std=1.0)
-    pairs = [PreferencePair("review: the plot was", " great.", " bad and dull.", 1.0, -2.0),
-             PreferencePair("review: the cast was", " fine and fun.", " weak.", 1.0, -1.0)]
+    pairs = [
+        PreferencePair("review: the plot was", " great.", " bad and dull.", 1.0, -2.0),
+        PreferencePair("review: the cast was", " fine and fun.", " weak.", 1.0, -1.0),
+    ]
     chosen, rejected = pair_scores(rm, TOK, pairs, CPU)
     # independent computation: one sequence at a time, the score at its last token (EOS)
     for i, pair in enumerate(pairs):
@@ -118,18 +140,6 @@ def test_last_token_scores_is_not_one_past_the_end():
     assert [ids[i, lens[i] - 1].item() for i in range(2)] == [TOK.eos_id, TOK.eos_id]
 
 
-@pytest.mark.formula("RM-1")
-def test_reward_model_learns_the_gold_ranking_on_a_small_run():
-    config = tiny_config(rm_steps=120, sft_steps=150)
-    task = get_task("reviews")
-    sft, _ = train_sft(config, task, TOK, CPU, progress=False)
-    rm, stats = train_reward_model(config, task, TOK, sft, CPU, progress=False)
-    # labels are noisy (≈ 25% of held-out labels contradict the gold ranking or are coin flips),
-    # yet the learned ranking agrees with the gold one on most pairs whose gold rewards differ
-    assert stats["gold_agreement"] > 0.8, stats
-    assert stats["gold_pairs"] > 200
-
-
 # --- per-token rewards ----------------------------------------------------------------------
 
 
@@ -140,7 +150,9 @@ def test_per_token_rewards_hand_case_score_on_eos_and_missing_eos_penalty():
     mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
     scores = torch.tensor([2.0, 1.0])
     ended = torch.tensor([True, False])
-    rewards, kl = per_token_rewards(scores, logprobs, ref, mask, beta=0.5, ended=ended, missing_eos_penalty=1.5)
+    rewards, kl = per_token_rewards(
+        scores, logprobs, ref, mask, beta=0.5, ended=ended, missing_eos_penalty=1.5
+    )
     # row 0: k1 = lp − ref = [0.5, −1, 0]; r = −0.5·k1, score 2 on the last real token (column 2)
     assert rewards[0].tolist() == pytest.approx([-0.25, 0.5, 0.0 + 2.0, 0.0])
     # row 1: no EOS, the score 1 − 1.5 lands on the last generated token (column 3)
@@ -203,20 +215,44 @@ def tiny_sft_and_rm():
     return config, task, sft, rm, stats
 
 
+@pytest.mark.formula("RM-1")
+def test_reward_model_learns_the_gold_ranking_on_a_small_run(tiny_sft_and_rm):
+    *_, stats = tiny_sft_and_rm
+    # labels are noisy (≈ 20% of held-out labels contradict the gold ranking or are coin flips),
+    # yet the learned ranking agrees with the gold one on most pairs whose gold rewards differ
+    assert stats["gold_agreement"] > 0.8, stats
+    assert stats["gold_pairs"] > 200
+
+
 @pytest.mark.formula("RM-3")
 def test_rollout_puts_the_score_on_the_last_real_token(tiny_sft_and_rm):
     config, task, sft, rm, _ = tiny_sft_and_rm
     prompts = [task.sample_prompt(__import__("random").Random(i)) for i in range(8)]
-    ro = collect_rollout(sft, sft, init_value_model(rm), reward_model_scorer(rm), task, TOK, prompts, CPU,
-                         torch.Generator().manual_seed(0))
-    rewards, _ = per_token_rewards(ro.scores, ro.logprobs, ro.ref_logprobs, ro.gen.reply_mask, beta=0.1)
+    ro = collect_rollout(
+        sft,
+        sft,
+        init_value_model(rm),
+        reward_model_scorer(rm),
+        task,
+        TOK,
+        prompts,
+        CPU,
+        torch.Generator().manual_seed(0),
+    )
+    rewards, _ = per_token_rewards(
+        ro.scores, ro.logprobs, ro.ref_logprobs, ro.gen.reply_mask, beta=0.1
+    )
     last = ro.gen.lengths - 1
-    assert torch.all(ro.gen.reply_ids[ro.gen.ended, :].gather(1, last[ro.gen.ended, None]) == TOK.eos_id)
+    assert torch.all(
+        ro.gen.reply_ids[ro.gen.ended, :].gather(1, last[ro.gen.ended, None]) == TOK.eos_id
+    )
     # policy == reference: KL is exactly 0, so the only reward is the score, on EOS
     torch.testing.assert_close(rewards.sum(dim=1), ro.scores)
     torch.testing.assert_close(rewards.gather(1, last[:, None]).squeeze(1), ro.scores)
     # the RM score of the rollout equals the RM read on the unpadded sequence
-    one = torch.tensor([TOK.encode(prompts[0] + ro.replies[0], bos=True, eos=bool(ro.gen.ended[0]))])
+    one = torch.tensor(
+        [TOK.encode(prompts[0] + ro.replies[0], bos=True, eos=bool(ro.gen.ended[0]))]
+    )
     torch.testing.assert_close(rm(one)[0, -1], ro.scores[0], atol=1e-4, rtol=1e-4)
 
 
@@ -229,10 +265,22 @@ def test_short_ppo_rlhf_run_raises_the_gold_reward(tiny_sft_and_rm):
     policy, value, stats = train_ppo(config, task, TOK, sft, rm, CPU, progress=False)
     after = evaluate_policy(policy, task, TOK, 128, seed=1, device=CPU, score_fn=score_fn)
     assert after["score"] > before["score"] + 0.3, (before["score"], after["score"])
-    assert after["gold_reward"] > before["gold_reward"] + 0.3, (before["gold_reward"], after["gold_reward"])
+    assert after["gold_reward"] > before["gold_reward"] + 0.3, (
+        before["gold_reward"],
+        after["gold_reward"],
+    )
     kls = [r["rlhf/kl"] for r in stats["history"]]
     assert kls[0] == pytest.approx(0.0, abs=1e-4)  # the first rollout comes from π_ref itself
     assert max(kls) < 20.0  # the KL stays bounded
-    for name in ("losses/policy_loss", "losses/value_loss", "losses/approx_kl", "losses/clipfrac",
-                 "rlhf/score", "rlhf/gold_reward", "rlhf/kl", "charts/beta", "rlhf/response_length"):
+    for name in (
+        "losses/policy_loss",
+        "losses/value_loss",
+        "losses/approx_kl",
+        "losses/clipfrac",
+        "rlhf/score",
+        "rlhf/gold_reward",
+        "rlhf/kl",
+        "charts/beta",
+        "rlhf/response_length",
+    ):
         assert name in stats["history"][-1]
