@@ -49,6 +49,8 @@ class BenchConfig:
     """Model depth (the pipeline's default)."""
     n_embd: int = 144
     """Model width (the pipeline's default)."""
+    threads: int = 2
+    """CPU threads for torch."""
 
 
 def _sync(device: torch.device) -> None:
@@ -162,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m llm.bench", description=__doc__.split("\n")[0])
     add_arguments(parser, BenchConfig)
     config = from_arguments(BenchConfig, parser.parse_args(argv))
-    torch.set_num_threads(2)
+    torch.set_num_threads(config.threads)
     names = ["cpu", "cuda"] if config.devices == "auto" else [config.devices]
     if config.devices == "auto" and not torch.cuda.is_available():
         names = ["cpu"]

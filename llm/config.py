@@ -142,6 +142,9 @@ class PipelineConfig(PPOArgs, RMArgs, SFTArgs):
     """Skip stages whose checkpoint exists in the run folder (resume after an interruption)."""
     progress: bool = True
     """Show progress bars."""
+    threads: int = 2
+    """CPU threads for torch. On a CPU shared with other busy processes 1 can be several times
+    faster than 2 (the threads wait for each other)."""
 
     def __post_init__(self) -> None:
         if self.stage not in ("all", "sft", "rm", "ppo"):

@@ -102,8 +102,9 @@ def run_pipeline(config: PipelineConfig) -> dict:
         "rm": out / "rm.pt",
         "ppo": out / f"ppo{_suffix(config.tag)}.pt",
     }
-    # a fresh full run starts a new metrics file; single stages and resumed runs append
-    append = config.resume or config.stage != "all"
+    # a fresh full run (or a tagged PPO run, which has its own file) starts a new metrics file;
+    # single stages and resumed runs append to the run's file
+    append = config.resume or (config.stage != "all" and not config.tag)
     metrics_path = out / f"metrics{_suffix(config.tag)}.jsonl"
     writer = MetricsWriter(metrics_path, extra_names=tuple(METRIC_DOCS), append=append)
     log = writer.write
@@ -372,7 +373,7 @@ def main(argv: list[str] | None = None) -> dict:
         config = from_arguments(PipelineConfig, args)
     except ValueError as exc:
         parser.error(str(exc))
-    torch.set_num_threads(2)
+    torch.set_num_threads(config.threads)
     start = time.perf_counter()
     try:
         summary = run_pipeline(config)

@@ -21,7 +21,7 @@ PANELS = [
 
 
 def read_ppo_history(path: str | Path) -> list[dict]:
-    """The PPO records (those with `rlhf/score`) of a metrics.jsonl file, in order."""
+    """The PPO records (those with `rlhf/score`) of the last PPO run in a metrics.jsonl file."""
     out = []
     path = Path(path)
     if not path.is_file():
@@ -32,6 +32,8 @@ def read_ppo_history(path: str | Path) -> list[dict]:
         except json.JSONDecodeError:
             continue
         if "rlhf/score" in record:
+            if record.get("step") == 0:
+                out = []  # a later PPO run appended to the same file: keep the last one
             out.append(record)
     return out
 

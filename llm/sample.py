@@ -52,6 +52,8 @@ class SampleConfig:
     """Seed of the sampling stream."""
     device: str = "cpu"
     """'cpu', 'cuda' or 'auto'."""
+    threads: int = 2
+    """CPU threads for torch."""
 
     def __post_init__(self) -> None:
         if self.num_samples < 1:
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> list[str]:
         config = from_arguments(SampleConfig, args)
     except ValueError as exc:
         parser.error(str(exc))
-    torch.set_num_threads(2)
+    torch.set_num_threads(config.threads)
     try:
         lines = sample(config)
     except (ValueError, CheckpointError, NonFiniteError) as exc:

@@ -29,12 +29,12 @@ Nothing is downloaded; every dataset is a pure function of a seed. Two tasks:
   σ((gold_a − gold_b)/τ) (Bradley–Terry on the gold reward, τ = `label_temperature`): labels
   are noisy the way human labels are.
 
-  The designed blind spot: no reply the annotator sees lists more than three adjectives (the
-  grammar's limit), and only a few are misspelt. A reward model that learned "more positive
-  adjectives is better" extrapolates to " great, fun, lovely, good and superb." and rates it
-  above any grammatical reply; the gold reward calls it ungrammatical (−2), and it is just as
-  lenient with misspelt positive words. Without the KL term PPO finds such replies; with it,
-  they stay too unlikely under π_ref to be worth their KL.
+  Blind spots, by design: no reply the annotator sees lists more than three adjectives (the
+  grammar's limit), and only a few percent are misspelt. The reward model learns "more
+  positive-looking words is better", not spelling or the length limit, so it over-rates
+  " great, fun, lovely and good." and misspelt text full of positive-looking letters, which the
+  gold reward calls ungrammatical (−2). PPO without the KL term finds such replies (llm/README.md
+  shows the run); with it, they stay too unlikely under π_ref to be worth their KL.
 
 `arithmetic` — "12+35=" → "47" EOS, operands 0–99.
   Gold reward (verifiable): 1 for the right answer followed by EOS, 0 for a wrong number,
