@@ -71,12 +71,12 @@ __all__ = ["BatchedFlappyBird", "make_batched_flappy", "PIXELS"]
 
 PIXELS = 84  # side of the square grey image of obs_type="pixels"
 
-# Columns of the state tensor (N, 15), float32. 0-11 are the raw features, in the order of
+# Rows of the state tensor (15, N), float32. 0-11 are the raw features, in the order of
 # rules.FEATURE_NAMES; 12-14 are episode statistics.
 _LAST_X, _NEXT_X, _NEXT_TOP, _NEXT_BOTTOM = 0, 3, 4, 5
 _Y, _SPEED, _ROT = 9, 10, 11
 _SCORE, _LENGTH, _RETURN = 12, 13, 14
-_STATE_COLS = 15
+_STATE_ROWS = 15
 
 
 class BatchedFlappyBird(VectorEnv):
@@ -168,58 +168,60 @@ class BatchedFlappyBird(VectorEnv):
 
         n, dev, f32 = num_envs, self.device, torch.float32
         gap = config.pipe_gap
-        # ---- the state: one float32 tensor, and views of its columns (made once) ---------
-        self._state = torch.zeros(n, _STATE_COLS, dtype=f32, device=dev)  # (N, 15)
+        # ---- the state: one float32 tensor, one row per quantity, one column per env -------
+        # Row-per-quantity ("structure of arrays") makes every per-quantity operation below
+        # run over contiguous memory, which is what makes wide batches fast on a CPU.
+        self._state = torch.zeros(_STATE_ROWS, n, dtype=f32, device=dev)  # (15, N)
         s = self._state
-        self._pipes = s[:, 0:9]  # (N, 9) last, next, next-next: x, gap top, gap bottom
-        self._pipes_after_shift = s[:, 3:9]  # (N, 6) next and next-next
-        self._pipe_x = s[:, 0:9:3]  # (N, 3)
-        self._next_x, self._next_top, self._next_bottom = s[:, _NEXT_X], s[:, _NEXT_TOP], s[
-            :, _NEXT_BOTTOM]
-        self._y, self._speed = s[:, _Y], s[:, _SPEED]
-        self._speed_rot = s[:, _SPEED : _ROT + 1]  # (N, 2)
-        self._features_raw = s[:, 0:12]  # (N, 12)
-        self._stats = s[:, _SCORE : _RETURN + 1]  # (N, 3) score, length, return
-        self._score, self._length, self._return = s[:, _SCORE], s[:, _LENGTH], s[:, _RETURN]
+        self._pipes = s[0:9]  # (9, N) last, next, next-next pipe: x, gap top, gap bottom
+        self._pipes_after_shift = s[3:9]  # (6, N) next and next-next
+        self._pipe_x = s[0:9:3]  # (3, N)
+        self._next_x, self._next_top, self._next_bottom = s[_NEXT_X], s[_NEXT_TOP], s[_NEXT_BOTTOM]
+        self._y, self._speed = s[_Y], s[_SPEED]
+        self._speed_rot = s[_SPEED : _ROT + 1]  # (2, N)
+        self._features_raw = s[0:12]  # (12, N)
+        self._stats = s[_SCORE : _RETURN + 1]  # (3, N) score, length, return
+        self._score, self._length, self._return = s[_SCORE], s[_LENGTH], s[_RETURN]
 
         # ---- constants of the step, as tensors on the device ------------------------------
-        def t(values):
-            return torch.tensor(values, dtype=f32, device=dev)
+        def column(values):  # (k, 1), broadcasts along the env axis
+            return torch.tensor(values, dtype=f32, device=dev)[:, None]
 
-        self._speed_rot_step = t([config.gravity, -ROT_SPEED])  # (2,)
-        self._speed_rot_min = t([-float("inf"), ROT_MIN])
-        self._speed_rot_max = t([config.max_fall_speed, float("inf")])
-        self._speed_rot_flap = t([config.flap_speed, ROT_FLAP])
-        self._mid = torch.from_numpy(config.feature_mid).to(dev)  # (12,)
+        self._speed_rot_step = column([config.gravity, -ROT_SPEED])  # (2, 1)
+        self._speed_rot_min = column([-float("inf"), ROT_MIN])
+        self._speed_rot_max = column([config.max_fall_speed, float("inf")])
+        self._speed_rot_flap = column([config.flap_speed, ROT_FLAP])
+        self._mid = column(config.feature_mid.tolist())  # (12, 1)
         self._scale = torch.from_numpy(config.feature_scale).to(dev)  # (12,)
         self._half_x = float(SCREEN_W - config.feature_mid[0])  # 170: |x - 118| ≥ 170 is off screen
         self._hidden_top = float(0 - config.feature_mid[1])  # an open gap: top 0 ...
         self._hidden_bottom = float(GROUND_Y - config.feature_mid[2])  # ... bottom 404
         self._rewards = config.rewards
 
-        # Start of an episode, one row per env; columns 4, 5, 7, 8 (gap tops and bottoms of
+        # Start of an episode, one column per env; rows 4, 5, 7, 8 (gap tops and bottoms of
         # the first two pipes) are rewritten with fresh random heights on every step.
         start = [-PIPE_W, 0, GROUND_Y, FIRST_PIPE_X, 0, 0, SECOND_PIPE_X, 0, 0,
                  BIRD_START_Y, config.flap_speed, ROT_FLAP, 0, 0, 0]
-        self._start = t(start).repeat(n, 1)  # (N, 15)
-        self._start_tops = self._start[:, 4:9:3]  # (N, 2)
-        self._start_bottoms = self._start[:, 5:9:3]  # (N, 2)
+        self._start = column(start).repeat(1, n)  # (15, N)
+        self._start_tops = self._start[4:9:3]  # (2, N)
+        self._start_bottoms = self._start[5:9:3]  # (2, N)
         # Pipes after a shift: next and next-next move down one slot, a new pipe spawns.
-        self._shifted = torch.zeros(n, 9, dtype=f32, device=dev)  # (N, 9)
-        self._shifted[:, 6] = PIPE_SPAWN_X
+        self._shifted = torch.zeros(9, n, dtype=f32, device=dev)  # (9, N)
+        self._shifted[6] = PIPE_SPAWN_X
         self._gap = gap
         # Random gap heights: per-env table of pre-drawn offsets, and draws used so far.
         self._table: torch.Tensor | None = None  # (N, gap_table_size) uint8
         self._draws = torch.zeros(n, dtype=torch.int64, device=dev)  # (N,)
         self._draw_mask = config.gap_table_size - 1
+        self._fresh_tops = torch.zeros(3, n, dtype=f32, device=dev)  # (3, N) tops of draws c..c+2
         self._arange3 = torch.arange(3, device=dev)  # (3,)
 
         # The first observation of every episode is the same (both pipes are off screen), so
         # an autoreset only has to copy it.
-        self._first_obs = self._features_of(t(start)[None, 0:12])[0]  # (12,)
+        self._first_obs = self._features_of(column(start)[0:12])[0]  # (12,)
         if obs_type == "pixels":
             self._setup_pixels()
-            first_frame = self._render(t(start)[None])[0]  # (84, 84)
+            first_frame = self._render(column(start))[0]  # (84, 84)
             self._first_stack = first_frame.expand(frame_stack, PIXELS, PIXELS).clone()
             self._stack: torch.Tensor | None = None  # (N, frame_stack, 84, 84)
         self._needs_reset = True
@@ -251,10 +253,10 @@ class BatchedFlappyBird(VectorEnv):
         elif self._table is None:
             self._set_streams(np.random.default_rng().integers(0, 2**63, size=n).tolist())
         self._state.copy_(self._start)
-        idx = (self._draws[:, None] + self._arange3[:2]).bitwise_and_(self._draw_mask)
-        tops = torch.gather(self._table, 1, idx).float().add_(GAP_TOP_MIN)  # (N, 2)
-        self._pipes[:, 4:9:3] = tops
-        self._pipes[:, 5:9:3] = tops + self._gap
+        idx = (self._draws[:, None] + self._arange3[:2]).bitwise_and_(self._draw_mask)  # (N, 2)
+        tops = torch.gather(self._table, 1, idx).T.float().add_(GAP_TOP_MIN)  # (2, N)
+        self._pipes[4:9:3] = tops
+        self._pipes[5:9:3] = tops + self._gap
         self._draws.add_(2)
         self._needs_reset = False
         if self.obs_type == "features":
@@ -269,7 +271,7 @@ class BatchedFlappyBird(VectorEnv):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
         if self._needs_reset:
             raise RuntimeError("call reset() before step()")
-        flap = self._flap_weight(actions)  # (N, 1) float32: 1.0 = flap, 0.0 = no flap
+        flap = self._flap_weight(actions)  # (N,) float32: 1.0 = flap, 0.0 = no flap
         cfg = self.config
 
         # A note on `lerp_`: `a.lerp_(b, w)` with a weight w that is exactly 0 or 1 returns a or
@@ -277,13 +279,13 @@ class BatchedFlappyBird(VectorEnv):
         # so it is a `torch.where` by a mask; it is used for the wide selections below because
         # it is about twice as fast as `where` on the CPU.
 
-        # 1-2. Flap or fall, and rotation: [speed, rotation] in one (N, 2) view.
+        # 1-2. Flap or fall, and rotation: the (2, N) rows [speed, rotation] at once.
         speed_rot = self._speed_rot
         speed_rot.add_(self._speed_rot_step)
         speed_rot.clamp_(self._speed_rot_min, self._speed_rot_max)
         speed_rot.lerp_(self._speed_rot_flap, flap)  # flap: [flap_speed, 45]
         # 3-4. Move, stand on the ground, and the ceiling.
-        y = self._y
+        y = self._y  # (N,)
         y.add_(self._speed)
         hit_ceiling = y < 0  # (N,)
         if cfg.ceiling == "clamp":
@@ -296,21 +298,24 @@ class BatchedFlappyBird(VectorEnv):
         # the next episode if this one ends (c, c+1 without a spawn, c+1, c+2 with one).
         shift = self._next_x < SHIFT_X  # (N,)
         idx = (self._draws[:, None] + self._arange3).bitwise_and_(self._draw_mask)  # (N, 3)
-        fresh = torch.gather(self._table, 1, idx)  # (N, 3) uint8 gap-top offsets
-        self._shifted[:, 0:6] = self._pipes_after_shift
-        torch.add(fresh[:, 0], float(GAP_TOP_MIN), out=self._shifted[:, 7])
-        torch.add(self._shifted[:, 7], self._gap, out=self._shifted[:, 8])
-        self._pipes.lerp_(self._shifted, shift[:, None].float())
+        offsets = torch.gather(self._table, 1, idx)  # (N, 3) uint8
+        fresh_tops = torch.add(offsets.T, float(GAP_TOP_MIN), out=self._fresh_tops)  # (3, N)
+        self._shifted[0:6] = self._pipes_after_shift
+        self._shifted[7] = fresh_tops[0]
+        torch.add(fresh_tops[0], self._gap, out=self._shifted[8])
+        shift_weight = shift.float()  # (N,) 1.0 where the pipes shift
+        self._pipes.lerp_(self._shifted, shift_weight)
         self._draws.add_(shift)
         # 7. Crash: the ground, the ceiling ("crash" rule), or the box overlapping the next pipe.
-        x, top, bottom = self._next_x, self._next_top, self._next_bottom
+        x, top, bottom = self._next_x, self._next_top, self._next_bottom  # (N,) each
         in_pipe_columns = (x > BIRD_X - PIPE_W) & (x < BIRD_X + BIRD_W)
         outside_gap = (y < top) | (y > bottom - BIRD_H)
         crash = (in_pipe_columns & outside_gap) | (y >= GROUND_Y - BIRD_H)  # (N,)
         if cfg.ceiling == "crash":
             crash |= hit_ceiling
         # 8. Score on the frame the pipe's centre crosses the bird's centre.
-        passed = (x > SCORE_X - cfg.pipe_speed) & (x <= SCORE_X) & ~crash  # (N,)
+        window = (x > SCORE_X - cfg.pipe_speed) & (x <= SCORE_X)  # (N,)
+        passed = torch.gt(window, crash)  # window and not crash (True > False is the only >)
         self._score.add_(passed)
         self._length.add_(1)
         # 9. Reward.
@@ -327,25 +332,24 @@ class BatchedFlappyBird(VectorEnv):
         if cfg.max_score is not None:
             truncated |= self._score >= cfg.max_score
         done = terminated | truncated  # (N,)
-        restart = done[:, None].float()  # (N, 1) lerp weight: 1.0 where the env restarts
+        restart = done.float()  # (N,) lerp weight: 1.0 where the env restarts
 
         # The observation at the end of this step, before any reset: `final_obs`.
         if self.obs_type == "features":
-            final_obs = self._features_of(self._features_raw)
+            final_obs = self._features_of(self._features_raw)  # (N, 12)
         else:
             frame = self._render(self._state)  # (N, 84, 84)
             final_obs = torch.cat((self._stack[:, 1:], frame[:, None]), dim=1)
-        final_stats = self._stats.clone()  # (N, 3)
+        final_stats = self._stats.clone()  # (3, N)
 
-        # Autoreset (SAME_STEP): ended envs restart from the start row, with the next two
+        # Autoreset (SAME_STEP): ended envs restart from the start column, with the next two
         # unused draws of their stream as the gap tops of their first two pipes.
-        start_draws = torch.where(shift[:, None], fresh[:, 1:3], fresh[:, 0:2])  # (N, 2)
-        torch.add(start_draws, float(GAP_TOP_MIN), out=self._start_tops)
+        torch.lerp(fresh_tops[0:2], fresh_tops[1:3], shift_weight, out=self._start_tops)
         torch.add(self._start_tops, self._gap, out=self._start_bottoms)
         self._state.lerp_(self._start, restart)
         self._draws.add_(done, alpha=2)
         if self.obs_type == "features":
-            obs = torch.lerp(final_obs, self._first_obs, restart)
+            obs = torch.lerp(final_obs, self._first_obs, restart[:, None])
         else:
             obs = torch.where(done[:, None, None, None], self._first_stack, final_obs)
             self._stack = obs
@@ -355,9 +359,9 @@ class BatchedFlappyBird(VectorEnv):
             "final_obs": final_obs,
             "_final_obs": done,
             "final_info": {
-                "score": final_stats[:, 0],
-                "episode_length": final_stats[:, 1],
-                "episode_return": final_stats[:, 2],
+                "score": final_stats[0],
+                "episode_length": final_stats[1],
+                "episode_return": final_stats[2],
             },
             "_final_info": done,
         }
@@ -373,7 +377,7 @@ class BatchedFlappyBird(VectorEnv):
         self._draws.zero_()
 
     def _flap_weight(self, actions: Any) -> torch.Tensor:
-        """Check the actions and return them as float32 `(N, 1)` on the device (1.0 = flap)."""
+        """Check the actions and return them as float32 `(N,)` on the device (1.0 = flap)."""
         if not isinstance(actions, torch.Tensor):
             actions = torch.as_tensor(np.asarray(actions))
         if actions.shape != (self.num_envs,):
@@ -392,21 +396,23 @@ class BatchedFlappyBird(VectorEnv):
         ):
             bad = actions[(actions != 0) & (actions != 1)]
             raise ValueError(f"actions must be 0 (do nothing) or 1 (flap), got {bad[:5].tolist()}")
-        return actions[:, None].to(torch.float32)
+        return actions.to(torch.float32)
 
     def _features_of(self, raw: torch.Tensor) -> torch.Tensor:
-        """Normalised features `(n, 12)` from raw state columns `(n, 12)`; a new tensor.
+        """Normalised features `(n, 12)` from raw state rows `(12, n)`; a new tensor.
 
         The same arithmetic as `FlappyBirdEnv._observe`: off-screen pipes are reported at the
-        edge with an open gap, then `(raw - mid) * scale` in float32.
+        edge with an open gap, then `(raw - mid) * scale` in float32. The last operation also
+        transposes to one row per env (contiguous), the layout a network expects.
         """
-        obs = raw - self._mid  # (n, 12), centred: exact
-        x = obs[:, 0:9:3]  # (n, 3)
-        hidden = x.abs() >= self._half_x  # (n, 3) no pixel of the pipe on screen
+        obs = raw - self._mid  # (12, n), centred: exact
+        x = obs[0:9:3]  # (3, n)
+        hidden = x.abs() >= self._half_x  # (3, n) no pixel of the pipe on screen
         x.clamp_(-self._half_x, self._half_x)
-        obs[:, 1:9:3].masked_fill_(hidden, self._hidden_top)
-        obs[:, 2:9:3].masked_fill_(hidden, self._hidden_bottom)
-        return obs.mul_(self._scale)
+        obs[1:9:3].masked_fill_(hidden, self._hidden_top)
+        obs[2:9:3].masked_fill_(hidden, self._hidden_bottom)
+        out = torch.empty(raw.shape[1], 12, dtype=raw.dtype, device=raw.device)  # (n, 12)
+        return torch.mul(obs.T, self._scale, out=out)
 
     # ---- pixels ----------------------------------------------------------------------------
     def _setup_pixels(self) -> None:
@@ -424,11 +430,11 @@ class BatchedFlappyBird(VectorEnv):
         self._background = background  # (84, 84)
 
     def _render(self, state: torch.Tensor) -> torch.Tensor:
-        """Grey frames `(n, 84, 84)` uint8 of states `(n, 15)`: sky, pipes, ground, bird."""
-        n = state.shape[0]
+        """Grey frames `(n, 84, 84)` uint8 of states `(15, n)`: sky, pipes, ground, bird."""
+        n = state.shape[1]
         far = 4 * SCREEN_H  # a row index no pixel reaches
-        x = state[:, 0:9:3, None]  # (n, 3, 1) left edges
-        top, bottom = state[:, 1:9:3, None], state[:, 2:9:3, None]  # (n, 3, 1)
+        x = state[0:9:3].T[:, :, None]  # (n, 3, 1) left edges
+        top, bottom = state[1:9:3].T[:, :, None], state[2:9:3].T[:, :, None]  # (n, 3, 1)
         d = self._cols - x  # (n, 3, 84): pixel centre minus pipe left edge
         covers = ((d >= 0) & (d < PIPE_W)).float()  # (n, 3, 84) column inside pipe s
         # Pipes never overlap (they are ≥ 144 px apart), so each column is covered by at most
@@ -437,7 +443,7 @@ class BatchedFlappyBird(VectorEnv):
         col_bottom = far - (covers * (far - bottom)).sum(1)  # (n, 84)
         rows = self._rows[None, :, None]  # (1, R, 1)
         pipe = (rows < col_top[:, None, :]) | (rows >= col_bottom[:, None, :])  # (n, R, 84)
-        y = state[:, _Y, None]  # (n, 1)
+        y = state[_Y][:, None]  # (n, 1)
         bird_rows = (self._rows >= y) & (self._rows < y + BIRD_H)  # (n, R)
         bird = bird_rows[:, :, None] & self._bird_cols  # (n, R, 84)
         frame = self._background.expand(n, PIXELS, PIXELS).clone()  # (n, 84, 84)
