@@ -241,11 +241,10 @@ class TorchVectorEnv(VectorEnv):
         if isinstance(actions, torch.Tensor):
             actions = actions.detach().cpu().numpy()
         obs, reward, terminated, truncated, info = self.env.step(actions)
-        obs_t = self._tensor(obs)
         done = np.logical_or(terminated, truncated)
-        final_obs = obs_t.clone()
+        final_obs = np.array(obs)  # a copy; NumPy, then one conversion to a tensor
         for i in np.flatnonzero(done):
-            final_obs[i] = self._tensor(info["final_obs"][i])
+            final_obs[i] = info["final_obs"][i]
         # Whole games that ended this step: RecordEpisodeStatistics put "episode" in their
         # step info, which SAME_STEP autoreset moved to info["final_info"].
         episode = info.get("final_info", {}).get("episode")
@@ -257,7 +256,7 @@ class TorchVectorEnv(VectorEnv):
             ep_return = np.where(game_over, episode["r"], 0).astype(np.float32)
             ep_length = np.where(game_over, episode["l"], 0).astype(np.float32)
         out_info = {
-            "final_obs": final_obs,
+            "final_obs": self._tensor(final_obs),
             "_final_obs": self._tensor(done),
             "final_info": {
                 "episode_return": self._tensor(ep_return),
@@ -265,7 +264,7 @@ class TorchVectorEnv(VectorEnv):
             },
             "_final_info": self._tensor(game_over),
         }
-        return (obs_t, self._tensor(reward, torch.float32), self._tensor(terminated),
+        return (self._tensor(obs), self._tensor(reward, torch.float32), self._tensor(terminated),
                 self._tensor(truncated), out_info)
 
     def close(self, **kwargs):

@@ -241,7 +241,6 @@ class BatchedFlappyBird(VectorEnv):
         """
         if seed is None and self._table is None:
             seed = self._constructor_seed
-        super().reset(seed=seed)
         n = self.num_envs
         if seed is not None:
             if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
@@ -250,6 +249,7 @@ class BatchedFlappyBird(VectorEnv):
                 seeds = [int(s) for s in seed]
                 if len(seeds) != n:
                     raise ValueError(f"seed list must have {n} entries, got {len(seeds)}")
+            super().reset(seed=seeds[0])  # seeds `self.np_random` (the game does not use it)
             self._set_streams(seeds)
         elif self._table is None:
             self._set_streams(np.random.default_rng().integers(0, 2**63, size=n).tolist())

@@ -104,9 +104,9 @@ class FlappyBirdEnv(gym.Env[np.ndarray, int]):
     x = -52) with a fully open gap (top 0, bottom 404): the features show what the screen shows.
 
     With `obs_type="pixels"` (`proximal/FlappyBirdPixels-v0`), the rendered frame (without the
-    score digits), a uint8 array `(512, 288, 3)`. The standard preprocessing comes from gymnasium's own wrappers
-    (`GrayscaleObservation`, `ResizeObservation((84, 84))`, `FrameStackObservation(4)`);
-    `envs.flappy_bird.make_flappy_pixels` applies them.
+    score digits), a uint8 array `(512, 288, 3)`. The standard preprocessing comes from
+    gymnasium's own wrappers (`GrayscaleObservation`, `ResizeObservation((84, 84))`,
+    `FrameStackObservation(4)`); `envs.flappy_bird.make_flappy_pixels` applies them.
 
     ## Rewards
 

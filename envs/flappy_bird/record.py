@@ -84,8 +84,9 @@ def make_flappy_pixels(
     `gymnasium.make` (for example `max_episode_steps=...` or any `FlappyConfig` field).
     `ResizeObservation` needs OpenCV (`opencv-python-headless`).
     """
-    import envs  # noqa: F401  (registers the ids)
     from gymnasium.wrappers import FrameStackObservation, GrayscaleObservation, ResizeObservation
+
+    import envs
 
     env = gym.make(envs.FLAPPY_PIXELS_ID, render_mode=render_mode, **kwargs)
     env = GrayscaleObservation(env)

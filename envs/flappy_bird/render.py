@@ -146,8 +146,9 @@ class Renderer:
         pg.draw.rect(s, PALETTE["grass"], (0, GROUND_Y, SCREEN_W, 12))
         offset = -(state.scroll % 24)
         for sx in range(offset, SCREEN_W + 24, 24):
-            pg.draw.polygon(s, PALETTE["grass_dark"], [(sx, GROUND_Y + 12), (sx + 12, GROUND_Y),
-                                                       (sx + 20, GROUND_Y), (sx + 8, GROUND_Y + 12)])
+            stripe = [(sx, GROUND_Y + 12), (sx + 12, GROUND_Y), (sx + 20, GROUND_Y),
+                      (sx + 8, GROUND_Y + 12)]
+            pg.draw.polygon(s, PALETTE["grass_dark"], stripe)
         pg.draw.line(s, PALETTE["outline"], (0, GROUND_Y), (SCREEN_W, GROUND_Y), 2)
         pg.draw.line(s, PALETTE["grass_dark"], (0, GROUND_Y + 12), (SCREEN_W, GROUND_Y + 12), 2)
         if show_score:
