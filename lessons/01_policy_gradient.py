@@ -81,7 +81,8 @@ J_sampled = float(sampled_rewards.mean())
 stderr = float(sampled_rewards.std()) / math.sqrt(n)
 print(f"    sampled mean of r over {n} pairs (x ∼ D, y ∼ π_θ) = {J_sampled:.4f} ± {stderr:.4f}")
 share = torch.bincount(xs, minlength=3).double() / n
-print(f"    share of each prompt among the samples: {[round(float(s), 3) for s in share]}  (D = {PROMPT_DIST.tolist()})")
+print(f"    share of each prompt among the samples: {[round(float(s), 3) for s in share]}  "
+      f"(D = {PROMPT_DIST.tolist()})")
 
 # Ask the hard prompt more often: J moves, because D says which prompts the model is asked.
 skewed = torch.tensor([0.1, 0.1, 0.8], dtype=f64)
@@ -127,7 +128,7 @@ rows, worst = [], 0.0
 for y in range(4):
     (grad_pi,) = torch.autograd.grad(F.softmax(theta_x, -1)[y], theta_x)  # ∇_θ π_θ(y|x)
     (grad_log_pi,) = torch.autograd.grad(F.log_softmax(theta_x, -1)[y], theta_x)  # ∇_θ log π_θ(y|x)
-    pi_y = float(F.softmax(theta_x, -1)[y])
+    pi_y = float(F.softmax(theta_x, -1)[y].detach())
     rhs = pi_y * grad_log_pi  # π ∇log π
     worst = max(worst, float((grad_pi - rhs).abs().max()))
     rows.append([f"y={y}", pi_y, str([round(float(v), 4) for v in grad_pi]),

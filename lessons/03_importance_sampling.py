@@ -95,7 +95,8 @@ table(["∇ at θ_old of", *[f"θ{i}" for i in range(5)]],
       [["mean ρA over the samples", *grad_ratio.tolist()],
        ["mean log π·A over the samples", *grad_score.tolist()],
        ["Σ_a π_θ(a) A(a), exact", *grad_exact.tolist()]])
-print(f"\n    ratio vs score surrogate on the same samples: max difference {float((grad_ratio - grad_score).abs().max()):.1e}")
+difference = float((grad_ratio - grad_score).abs().max())
+print(f"\n    ratio vs score surrogate on the same samples: max difference {difference:.1e}")
 print("    At θ = θ_old, ρ = 1 and ∇ρ = ρ ∇log π = ∇log π: the two surrogates agree sample by sample.")
 print("    After a step they differ: ρA keeps re-weighting the old samples for the new policy, which is")
 print("    what lets PPO take several gradient steps on one batch (固定分母，优化分子).")
@@ -186,20 +187,22 @@ for i in range(len(tokens)):
         p_new *= float(F.softmax(new_table[prev], -1)[y])
         prev = y
     token_ratios = (new_tok[i, :length] - old_tok[i, :length]).exp()
-    rows.append([" ".join("eos" if v == EOS else str(int(v)) for v in tokens[i, :length]), length, float(old_seq[i]), math.log(p_old),
-                 float(seq_ratio[i]), p_new / p_old, float(token_ratios.min()), float(token_ratios.max())])
+    reply = " ".join("eos" if v == EOS else str(int(v)) for v in tokens[i, :length])
+    rows.append([reply, length, float(old_seq[i]), math.log(p_old), float(seq_ratio[i]), p_new / p_old,
+                 float(token_ratios.min()), float(token_ratios.max())])
 table(["reply", "len", "Σ_t log π_old", "log Π_t π_old", "ρ = exp(Σ log-ratio)", "Π π_new/Π π_old",
        "min ρ_t", "max ρ_t"], rows)
 
 # The sum of token log-probs defines a distribution over whole replies: the probabilities of
 # every possible reply (all lengths, EOS-terminated or cut at MAX_LEN) add up to 1.
+next_token_logp = F.log_softmax(old_table, -1).tolist()  # [previous][next]
 total, count = 0.0, 0
 frontier = [((), 0.0)]  # (reply so far, its log-prob)
 while frontier:
     reply, logp_reply = frontier.pop()
     prev = reply[-1] if reply else START
     for y in range(VOCAB):
-        logp_next = logp_reply + float(F.log_softmax(old_table[prev], -1)[y])
+        logp_next = logp_reply + next_token_logp[prev][y]
         if y == EOS or len(reply) + 1 == MAX_LEN:
             total += math.exp(logp_next)
             count += 1
@@ -215,12 +218,13 @@ lesson.step("Sequence ratio vs length",
 g = lesson.generator(5)
 rows = []
 lengths = (1, 10, 100, 1000)
+n_replies = 5_000
 for length in lengths:
     # per-token log-ratios of a policy that moved a little: mean 0, spread 0.05
-    log_ratios = 0.05 * torch.randn(20_000, length, generator=g, dtype=f64)
-    token_outside = float(((log_ratios.exp() < 0.8) | (log_ratios.exp() > 1.2)).to(f64).mean())
-    seq = ratio_surrogate(log_ratios.sum(-1), torch.zeros(20_000, dtype=f64), torch.ones(20_000, dtype=f64))
-    outside = float(((seq < 0.8) | (seq > 1.2)).to(f64).mean())
+    log_ratios = 0.05 * torch.randn(n_replies, length, generator=g)  # (replies, tokens)
+    token_outside = float(((log_ratios.exp() < 0.8) | (log_ratios.exp() > 1.2)).float().mean())
+    seq = ratio_surrogate(log_ratios.sum(-1), torch.zeros(n_replies), torch.ones(n_replies))
+    outside = float(((seq < 0.8) | (seq > 1.2)).float().mean())
     rows.append([length, token_outside, float(seq.quantile(0.05)), float(seq.quantile(0.95)), outside])
 table(["reply length", "tokens outside [0.8, 1.2]", "5% of ρ(y)", "95% of ρ(y)", "replies outside [0.8, 1.2]"], rows)
 print("\n    Each token ratio stays near 1, but the reply's ratio spreads out as replies get longer: a")

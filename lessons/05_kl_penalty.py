@@ -165,10 +165,10 @@ adaptive = train(AdaptiveKLController(beta=0.03, target_kl=TARGET), UPDATES, see
 warm = 8
 in_band = sum(TARGET / 2 <= d <= 2 * TARGET for d in adaptive["kl"][warm:]) / len(adaptive["kl"][warm:])
 median_late = sorted(adaptive["kl"][warm:])[len(adaptive["kl"][warm:]) // 2]
-print(f"\n    In training from β = 0.03: the first update moves KL = {adaptive['kl'][0]:.3f} (far above the target),")
-print(f"    β climbs from {adaptive['beta'][0]} to {adaptive['beta'][-1]:.3g}, and after {warm} updates the median KL is "
-      f"{median_late:.4f},")
-print(f"    with {in_band:.0%} of the updates within [d_targ/2, 2·d_targ]. J after {UPDATES} updates: {adaptive['J'][-1]:.3f}.")
+first_kl, last_beta, last_J = adaptive["kl"][0], adaptive["beta"][-1], adaptive["J"][-1]
+print(f"\n    In training from β = 0.03: the first update moves KL = {first_kl:.3f}, far above the target.")
+print(f"    β climbs to {last_beta:.3g}; after {warm} updates the median KL is {median_late:.4f}, with {in_band:.0%}")
+print(f"    of the updates within [d_targ/2, 2·d_targ]. J after {UPDATES} updates: {last_J:.3f}.")
 
 doublings = sum(b2 == 2 * b1 for b1, b2 in zip(adaptive["beta"], adaptive["beta"][1:]))
 lesson.check_note(
@@ -198,9 +198,10 @@ for d in (0.05, 0.012, 0.008, 0.001):
     rows.append([d, max(min(d / TARGET - 1, 0.2), -0.2), before, controller.update(d, BATCH)])
 table(["measured d", "e = clip(d/d_targ − 1, ±0.2)", "β before", "β after (n = 512)"], rows)
 late = proportional["kl"][len(proportional["kl"]) // 2:]
-print(f"\n    In training from β = 0.03: β ends at {proportional['beta'][-1]:.3g} after {UPDATES} updates; the median KL")
-print(f"    of the second half is {sorted(late)[len(late) // 2]:.4f}. Each update moves β by at most 20%, in proportion")
-print("    to the relative error, where the adaptive rule jumps by ×2 or ÷2: β glides instead of zig-zagging.")
+print(f"\n    In training from β = 0.03: β ends at {proportional['beta'][-1]:.3g} after {UPDATES} updates; the")
+print(f"    median KL of the second half is {sorted(late)[len(late) // 2]:.4f}. Each update moves β by at most 20%,")
+print("    in proportion to the relative error, where the adaptive rule jumps by ×2 or ÷2: β glides instead")
+print("    of zig-zagging.")
 
 fig, axes = plt.subplots(1, 2, figsize=(11, 4))
 for beta, trace in fixed_runs.items():

@@ -169,7 +169,7 @@ table(["term", "core.losses", "by hand"],
        ["H[π] (mean)", float(entropy_term.detach()), hand_entropy],
        ["loss", float(loss.detach()), hand_loss]], digits=6)
 (grad_values,) = torch.autograd.grad(loss, values)
-print(f"\n    Value clipping, sample 2: V_old = 1.0, V = 1.5, V^targ = 2.0. Unclipped error (1.5 − 2)² = 0.25; the")
+print("\n    Value clipping, sample 2: V_old = 1.0, V = 1.5, V^targ = 2.0. Unclipped error (1.5 − 2)² = 0.25; the")
 print("    clipped prediction V_old + 0.2 = 1.2 gives (1.2 − 2)² = 0.64; the max keeps 0.64, whose gradient in V")
 print(f"    is 0: ∂loss/∂V = {[round(x, 4) for x in grad_values.tolist()]}. The critic has already moved more than ε_v")
 print("    from its old value in this update, so this sample stops pushing it, as the policy's clip does for ρ.")

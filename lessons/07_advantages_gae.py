@@ -133,7 +133,8 @@ for lam_value in lambdas:
     rows.append([lam_value, lam_bias[-1], lam_var[-1]])
 table(["λ", "bias", "variance"], rows)
 print(f"\n    (Here the window of {horizon} steps ends without termination, so even λ = 1 bootstraps once, at")
-print(f"    the window's end: its bias is γ^{horizon} = {gamma**horizon:.3f}.) PPO's default λ = 0.95 sits near the Monte Carlo end.")
+print(f"    the window's end: its bias is γ^{horizon} = {gamma**horizon:.3f}.) PPO's default λ = 0.95 sits near the")
+print("    Monte Carlo end: mostly real rewards, a little help from the critic.")
 
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
 axes[0].plot(ks, biases, "o-", label="bias")
@@ -214,7 +215,7 @@ g = lesson.generator(7)
 n_envs, window = 64, 40
 state = torch.zeros(n_envs, dtype=torch.long)
 history = []
-for iteration in range(iterations):
+for _ in range(iterations):
     states = torch.zeros(n_envs, window, dtype=torch.long)
     step_rewards = torch.zeros(n_envs, window, dtype=f64)
     ended = torch.zeros(n_envs, window, dtype=f64)
@@ -241,7 +242,8 @@ for iteration in range(iterations):
     history.append(float((critic.detach() - true_values).abs().max()))
 table(["state", "true V (linear solve)", "critic after training"],
       [[s, true_values[s], critic[s].detach()] for s in range(N_STATES)])
-print(f"\n    max |V_ψ − V| after iteration 1, 10, {iterations}: {history[0]:.2f} → {history[9]:.2f} → {history[-1]:.2f}.")
+print(f"\n    max |V_ψ − V| after iteration 1, 10, {iterations}: "
+      f"{history[0]:.2f} → {history[9]:.2f} → {history[-1]:.2f}.")
 print("    Regressing to the λ-returns of its own rollouts, the critic approaches the true values; what is")
 print("    left is the noise of the sampled targets (and the bias of bootstrapping from its own estimates).")
 

@@ -56,7 +56,8 @@ for name, p_logits in pairs.items():
     loop = sum(float(q[i]) * (math.log(float(q[i])) - math.log(float(p[i]))) for i in range(5))
     rows.append([name, loop, float(categorical_kl(q_logits, p_logits)), float(categorical_kl(p_logits, q_logits))])
 table(["p", "Σ_x q (log q − log p) (loop)", "categorical_kl(q, p)", "categorical_kl(p, q)"], rows, digits=6)
-print(f"\n    KL[q‖q] = {float(categorical_kl(q_logits, q_logits)):.1e}; KL ≥ 0, and KL[q‖p] ≠ KL[p‖q]: the order matters.")
+self_kl = float(categorical_kl(q_logits, q_logits))
+print(f"\n    KL[q‖q] = {self_kl:.1e}; KL ≥ 0, and KL[q‖p] ≠ KL[p‖q]: the order matters.")
 print("    Notes 000/002 penalise KL[π_θ ‖ π_ref]; the PPO paper's penalty is KL[π_old ‖ π_θ] (lesson 5).")
 
 # %% Step 2 — KL-2: three estimators from samples of q
@@ -107,7 +108,8 @@ lesson.check_note(
         "and the KL is its expectation by definition.",
         f"Sampled mean of k1 over {n} draws: {float(k1_far.mean()):.5f} ± {stderr:.5f} (1 s.e.).",
         f"What hurts: std/KL = {float(k1_far.std()) / kl_far:.2f} and {float((k1_far < 0).to(f64).mean()):.0%} "
-        f"of the samples are negative (k3: std/KL = {float(estimates['far', 'k3'].std()) / kl_far:.2f}, none negative).",
+        f"of the samples are negative "
+        f"(k3: std/KL = {float(estimates['far', 'k3'].std()) / kl_far:.2f}, none negative).",
     ],
     conclusion="k1 is unbiased; its variance and its negative values are its problems. k2 is the biased one "
                "(low variance), k3 is unbiased with low variance.",

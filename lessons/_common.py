@@ -93,6 +93,9 @@ class Lesson:
         self._figures: list[Path] = []
         self._start = time.perf_counter()
         seed_everything(self.seed)
+        # The lessons' tensors are tiny: one thread is as fast as several and never waits for
+        # (or spins against) the other threads when the machine's cores are busy.
+        torch.set_num_threads(1)
         rule = "═" * WIDTH
         print(rule)
         print(self.title)
