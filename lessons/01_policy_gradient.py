@@ -164,8 +164,9 @@ xs = torch.multinomial(PROMPT_DIST, 20_000, replacement=True, generator=g)
 ys = torch.multinomial(policy(theta).detach()[xs], 1, generator=g).squeeze(1)
 logp_pairs = F.log_softmax(theta, -1)[xs, ys]
 (grad_J_sampled,) = torch.autograd.grad(score_function_surrogate(logp_pairs, REWARD[xs, ys]).mean(), theta)
-print(f"    over all prompts: ∇J exact vs mean over 20000 pairs (x ∼ D, y ∼ π): "
-      f"max difference {float((grad_J - grad_J_sampled).abs().max()):.4f} (Monte Carlo error)")
+print("    over all prompts: ∇J exact vs the mean over 20000 pairs (x ∼ D, y ∼ π): max difference "
+      f"{float((grad_J - grad_J_sampled).abs().max()):.4f},")
+print("    the Monte Carlo error.")
 print("    The sampled pairs never needed the list of all replies: only log π of the ones drawn.")
 
 # %% Step 5 — PG-5: the Monte Carlo error falls as 1/√N

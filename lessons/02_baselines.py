@@ -100,9 +100,9 @@ g = lesson.generator(1)
 ys = torch.multinomial(probs, 2000, replacement=True, generator=g)
 for name, b in [("b = 0", 0.0), ("b = E[r]", mean_reward)]:
     grads = per_sample_gradients(logits, ys, reward[ys] - b)
-    print(f"    sampled, {name:>8}: mean of 2000 one-sample gradients {[round(float(v), 3) for v in grads.mean(0)]}, "
-          f"variance {float(grads.var(0).sum()):.3f}")
-print(f"    exact gradient:                                  {[round(float(v), 3) for v in exact]}")
+    print(f"    2000 one-sample estimates, {name:>8}: mean {[round(float(v), 3) for v in grads.mean(0)]}, "
+          f"variance {float(grads.var(0).sum()):.2f}")
+print(f"    exact gradient:                         {[round(float(v), 3) for v in exact]}")
 
 # A baseline that depends on the action is not allowed: it moves the expectation.
 b_of_action = torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0], dtype=f64) * 3.0  # only reply 0 gets a "baseline"

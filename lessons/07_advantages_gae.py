@@ -59,7 +59,8 @@ for t in range(4):
     rows.append([t, rewards[t], values[t], next_values[t], float(rewards[t]) + bootstrap, by_hand, delta[t]])
 table(["t", "R_t", "V(s_t)", "V(s_t+1)", "Q^(1) = R + γV'", "δ_t by hand", "td_residuals"], rows)
 print(f"\n    γ = {gamma}. At the last step the next state is terminal, so its value is not added: δ_3 = R_3 − V(s_3).")
-print("    δ_t is the one-step advantage estimate A^(1)_t: Q^(1)_t, a one-step guess of Q(s_t, a_t), minus V(s_t).")
+print("    δ_t is the one-step advantage estimate A^(1)_t: Q^(1)_t, a one-step guess of Q(s_t, a_t),")
+print("    minus V(s_t).")
 
 # %% Step 2 — AD-3: k-step estimates, two ways
 lesson.step("k-step estimates (k 阶近似估计), note 003", ids=["AD-3"])

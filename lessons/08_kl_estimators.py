@@ -143,7 +143,8 @@ print("\n    E[∇k1] = 0: the score function has zero mean, so k1 as a loss doe
 print("    E[∇k2] = ∇KL[q‖p], the reverse KL the notes write. E[∇k3] = ∇KL[p‖q], the forward KL.")
 print("    PPO for RLHF uses k1 as a number inside the reward, r_t = −β·k1 (no gradient flows through it;")
 print("    its expectation is the KL the notes penalise). GRPO puts β·k3 in the loss and follows the")
-print("    gradient of the forward KL. That is what note 004's \"PPO是使用KL1训练的, GRPO是使用KL3训练的\" refers to.")
+print("    gradient of the forward KL. That is what note 004 means by")
+print("    \"PPO是使用KL1训练的, GRPO是使用KL3训练的\" (PPO trains with k1, GRPO with k3).")
 
 # %%
 lesson.done()

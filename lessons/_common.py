@@ -137,7 +137,9 @@ class Lesson:
         print(f"Step {self._step} · {title}{tag}")
         lines = formula or tuple(FORMULAS[i].statement for i in ids)
         for line in lines:
-            print(f"    {line}")
+            # long catalog statements wrap at their "; " clauses, continued with a hanging indent
+            for part in textwrap.wrap(line, WIDTH - 4, break_on_hyphens=False, subsequent_indent="    ") or [""]:
+                print(f"    {part}")
         print("─" * WIDTH)
 
     def check_note(self, erratum: str, evidence: Iterable[str], conclusion: str) -> None:
