@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from core.losses import score_function_surrogate
 from lessons._common import Lesson, plt, table
 
-lesson = Lesson(__doc__, __file__)
+lesson = Lesson(__doc__)
 f64 = torch.float64  # exact comparisons need more than float32's 7 digits
 
 PROMPTS = ["2+2=?", "capital of France?", "write a haiku"]

@@ -40,7 +40,7 @@ from core.advantages import discounted_returns, td_residuals
 from core.losses import score_function_surrogate
 from lessons._common import Lesson, plt, table
 
-lesson = Lesson(__doc__, __file__)
+lesson = Lesson(__doc__)
 f64 = torch.float64
 
 

@@ -37,7 +37,7 @@ from core.kl import categorical_kl
 from core.losses import masked_sum, ratio_surrogate, score_function_surrogate
 from lessons._common import Lesson, plt, table
 
-lesson = Lesson(__doc__, __file__)
+lesson = Lesson(__doc__)
 f64 = torch.float64
 
 # One state, five actions, a fixed advantage per action.
@@ -53,7 +53,7 @@ lesson.step(
 )
 
 g = lesson.generator(1)
-n = 1_000
+n = 10_000 if lesson.long else 1_000
 old_probs = F.softmax(theta_old, -1)
 old_logp = F.log_softmax(theta_old, -1)
 samples = torch.multinomial(old_probs, n, replacement=True, generator=g)  # a ∼ π_old, drawn once

@@ -39,7 +39,7 @@ from core.kl import categorical_kl
 from core.trpo import backtracking_line_search, conjugate_gradient, fisher_vector_product, trpo_step
 from lessons._common import Lesson, plt, table
 
-lesson = Lesson(__doc__, __file__)
+lesson = Lesson(__doc__)
 f64 = torch.float64
 torch.manual_seed(lesson.seed)
 

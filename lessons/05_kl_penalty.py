@@ -41,7 +41,7 @@ from core.losses import kl_penalty_surrogate
 from core.ppo import Evaluation, PPOConfig, ppo_update
 from lessons._common import Lesson, plt, table
 
-lesson = Lesson(__doc__, __file__)
+lesson = Lesson(__doc__)
 torch.manual_seed(lesson.seed)
 
 N_CONTEXTS, N_ACTIONS, BATCH = 32, 6, 512

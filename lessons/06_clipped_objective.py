@@ -44,7 +44,7 @@ from core.losses import clipped_surrogate, entropy_from_logits, value_loss
 from core.ppo import Evaluation, PPOConfig, ppo_update
 from lessons._common import Lesson, plt, table
 
-lesson = Lesson(__doc__, __file__)
+lesson = Lesson(__doc__)
 torch.manual_seed(lesson.seed)
 EPS = 0.2
 

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from core.kl import categorical_kl, kl_estimate
 from lessons._common import Lesson, plt, table
 
-lesson = Lesson(__doc__, __file__)
+lesson = Lesson(__doc__)
 f64 = torch.float64
 ESTIMATORS = ("k1", "k2", "k3")
 

@@ -1,7 +1,8 @@
 """What every lesson shares: its command line, steps that pause, "check the note" boxes, tables
 and figures.
 
-A lesson script starts with `lesson = Lesson(__doc__, __file__)` and then, cell by cell, calls
+A lesson script starts with `lesson = Lesson(__doc__)` (its docstring's "Lesson N — title" names
+it, so the cells also run in a notebook kernel that has no `__file__`) and then, cell by cell, calls
 `lesson.step(...)` (a heading and the formula; under `--step` it first waits for Enter, so the
 previous step's numbers stay on screen until the learner has read them), prints its numbers with
 `table(...)`, shows the evidence for an erratum with `lesson.check_note(...)`, saves figures with
@@ -52,6 +53,20 @@ NOTES = {
 _ERRATUM = re.compile(r"\((\d{3})\)[^']*'([^']+)'[^:]*:\s*(.+)")
 
 
+def _name_from_title(title: str) -> str:
+    """The file name of "Lesson N — …", for a notebook kernel that has no __file__."""
+    match = re.match(r"Lesson (\d+)", title)
+    if match is None:
+        return "lesson"
+    number = int(match.group(1))
+    from lessons import discover  # the package's registry reads the files without running them
+
+    for info in discover():
+        if info.number == number:
+            return info.name
+    return f"{number:02d}_lesson"
+
+
 def _shown(path: Path) -> Path:
     """`path` relative to the working directory when it lies below it (shorter to read)."""
     try:
@@ -67,9 +82,9 @@ def _in_notebook() -> bool:
 class Lesson:
     """The running lesson: parsed options, the step counter, the figure folder, the clock."""
 
-    def __init__(self, doc: str | None, file: str, argv: Sequence[str] | None = None):
-        self.name = Path(file).stem  # e.g. "01_policy_gradient"
-        self.title = (doc or self.name).strip().splitlines()[0]
+    def __init__(self, doc: str, file: str | None = None, argv: Sequence[str] | None = None):
+        self.title = doc.strip().splitlines()[0]
+        self.name = Path(file).stem if file else _name_from_title(self.title)  # e.g. "01_policy_gradient"
         number = self.name.split("_", 1)[0].lstrip("0") or "0"
         parser = argparse.ArgumentParser(
             prog=f"python -m lessons run {number}",

@@ -37,6 +37,8 @@ def test_lessons_are_numbered_and_declare_known_formula_ids():
 def test_lesson_docstring_and_cells(lesson):
     source = lesson.path.read_text(encoding="utf-8")
     doc = source.split('"""')[1]
+    assert doc.startswith(f"Lesson {lesson.number} — "), "the title names the lesson's number"
+    assert "lesson = Lesson(__doc__)" in source
     for section in ("What it teaches", "Notes followed", "Formula IDs:", "Run:", "Deviations from the papers"):
         assert section in doc, f"{lesson.name}: the docstring lacks '{section}'"
     assert f"python -m lessons run {lesson.number}" in doc
@@ -88,6 +90,9 @@ def test_step_mode_pauses_after_each_step(tmp_path, capsys, monkeypatch):
     assert FORMULAS["PG-2"].statement in out  # with no formula given, the catalog statement is shown
     with pytest.raises(KeyError):
         lesson.step("unknown", ids=["XX-1"])
+    # without __file__ (a notebook kernel) the title's number finds the lesson's file name
+    first = LESSONS[0]
+    assert Lesson(f"Lesson {first.number} — x", argv=["--out", str(tmp_path)]).name == first.name
 
 
 def test_run_arguments_keep_lesson_options_apart():
