@@ -64,6 +64,8 @@ def policy(logits):
 # %% Step 1 — PG-1: the objective is an average over prompts of per-prompt expected rewards
 lesson.step("The RLHF objective J(θ), note 000 eq (1)", ids=["PG-1"])
 
+# Reference computation: J(θ) is a definition that core has no function for (a real model cannot
+# enumerate its replies); on this toy we can, and the samples below must agree with it.
 probs = policy(theta).detach()
 per_prompt = (probs * REWARD).sum(dim=-1)  # E_{y∼π}[r(x, y)] for each x, by enumeration
 J_exact = float((PROMPT_DIST * per_prompt).sum())

@@ -153,7 +153,10 @@ theta = torch.tensor([[0.2, -0.1], [0.0, 0.3], [0.5, -0.4]], dtype=f64, requires
 
 
 def values_of(theta):
-    """Exact V^π, Q^π of the tabular softmax policy π = softmax(θ) (Bellman equations, solved)."""
+    """Exact V^π, Q^π of the tabular softmax policy π = softmax(θ) (Bellman equations, solved).
+
+    A reference computation for display: a real agent never has these (lesson 7 estimates them).
+    """
     pi = F.softmax(theta, -1)  # (S, A)
     P_pi = torch.einsum("sa,sat->st", pi, P)  # state-to-state transitions under π
     R_pi = (pi * R).sum(-1)
@@ -166,7 +169,7 @@ pi, P_pi, V, Q = values_of(theta)
 J = start @ V
 (grad_exact,) = torch.autograd.grad(J, theta)  # autograd straight through the linear solve
 J, pi, P_pi, V, Q = (t.detach() for t in (J, pi, P_pi, V, Q))
-A = Q - V[:, None]
+A = Q - V[:, None]  # AD-1 by its definition, from the exact Q and V
 table(["state", "π(a₀|s)", "π(a₁|s)", "Q(s,a₀)", "Q(s,a₁)", "V(s)", "Σ_a π Q", "A(s,a₀)", "A(s,a₁)", "Σ_a π A"],
       [[s, pi[s, 0], pi[s, 1], Q[s, 0], Q[s, 1], V[s], (pi[s] * Q[s]).sum(), A[s, 0], A[s, 1], (pi[s] * A[s]).sum()]
        for s in range(3)], digits=3)

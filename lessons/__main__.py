@@ -27,7 +27,11 @@ def list_lessons() -> int:
 
 
 def run(numbers: list[int], run_all: bool, passed_on: list[str]) -> int:
-    lessons = discover() if run_all else [find(n) for n in numbers]
+    try:
+        lessons = discover() if run_all else [find(n) for n in numbers]
+    except KeyError as error:
+        print(error.args[0], file=sys.stderr)
+        return 2
     if not lessons:
         print("name the lessons to run (python -m lessons run 1 3) or pass --all", file=sys.stderr)
         return 2

@@ -100,6 +100,11 @@ def test_run_arguments_keep_lesson_options_apart():
     assert split_run_arguments(["--all", "--long"]) == ([], True, ["--long"])
 
 
+def test_cli_refuses_an_unknown_lesson(capsys):
+    assert main(["run", str(max(lesson.number for lesson in LESSONS) + 1)]) == 2
+    assert "the lessons are" in capsys.readouterr().err
+
+
 def test_cli_lists_every_lesson(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
