@@ -42,6 +42,8 @@ def evaluate_policy(
     if episodes < 1:
         raise ValueError(f"episodes must be ≥ 1, got {episodes}")
     device = torch.device(device)
+    if device.type == "cpu" and agent.arch != "cnn":
+        torch.set_num_threads(1)  # batch-of-100 MLP steps: threads only add synchronisation
     kwargs = {"max_score": cap} if env_id.startswith("proximal/") and cap is not None else {}
     envs = make_vector_env(env_id, episodes, device, **kwargs)
     agent = agent.to(device).eval()
