@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from core.advantages import gae
-from core.kl import FixedKLController, categorical_kl
+from core.kl import categorical_kl
 from core.losses import clipped_surrogate, entropy_from_logits, value_loss
 from core.ppo import Evaluation, PPOConfig, ppo_update
 from lessons._common import Lesson, plt, table
@@ -205,14 +205,13 @@ batch = {"obs": contexts, "actions": sampled_actions, "logprobs": torch.full((BA
          "values": torch.zeros(BATCH), "advantages": advantages, "returns": advantages}
 epochs = 30 if lesson.long else 15
 traces = {}
-for name, objective in (("clip (ε = 0.2)", "clip"), ("no clip: E[ρA]", "kl_penalty")):
+for name, objective in (("clip (ε = 0.2)", "clip"), ("no clip: E[ρA]", "ratio")):
     policy = BanditPolicy()
     optimizer = torch.optim.Adam(policy.parameters(), lr=0.05)
     config = PPOConfig(objective=objective, clip_coef=EPS, update_epochs=1, minibatch_size=128)
-    controller = FixedKLController(0.0) if objective == "kl_penalty" else None  # β = 0: plain ρA
     traces[name] = {"kl": [], "outside": []}
     for _ in range(epochs):  # one call = one epoch over the same batch with the same π_old
-        ppo_update(policy.evaluate, batch, optimizer, config, kl_controller=controller, generator=g)
+        ppo_update(policy.evaluate, batch, optimizer, config, generator=g)
         with torch.no_grad():
             kl = categorical_kl(torch.zeros(N_CONTEXTS, N_ACTIONS), policy.logits).mean()  # KL[π_old ‖ π_θ]
             ratio = policy.evaluate(batch).logprobs.exp() * N_ACTIONS

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from core.advantages import discounted_returns, td_residuals
-from core.losses import masked_sum, ratio_surrogate, score_function_surrogate
+from core.losses import ratio_surrogate, score_function_surrogate, sequence_logprobs
 
 formula = pytest.mark.formula
 f64 = torch.float64
@@ -374,8 +374,8 @@ def test_sequence_logprob_and_ratio_are_masked_sums_of_token_terms():
     old, new = bigram_tables()
     tokens, mask = sample_replies(old, 64, torch.Generator().manual_seed(7))
     assert 0 < float(mask.sum()) < mask.numel()  # replies of different lengths, with padding
-    old_seq = masked_sum(token_logprobs(old, tokens), mask, dim=-1)  # (B,)
-    new_seq = masked_sum(token_logprobs(new, tokens), mask, dim=-1)
+    old_seq = sequence_logprobs(token_logprobs(old, tokens), mask)  # (B,)
+    new_seq = sequence_logprobs(token_logprobs(new, tokens), mask)
     ratio = ratio_surrogate(new_seq, old_seq, torch.ones_like(new_seq))  # exp(Σ_t token log-ratios)
     for i in range(tokens.shape[0]):
         p_old, p_new, prev = 1.0, 1.0, START_TOKEN
@@ -404,5 +404,5 @@ def test_sequence_probabilities_form_a_distribution_over_replies():
                 frontier.append(longer)
     tokens = torch.tensor([list(r) + [EOS] * (MAX_LEN - len(r)) for r in replies])
     mask = torch.tensor([[1.0] * len(r) + [0.0] * (MAX_LEN - len(r)) for r in replies], dtype=f64)
-    total = masked_sum(token_logprobs(old, tokens), mask, dim=-1).exp().sum()
+    total = sequence_logprobs(token_logprobs(old, tokens), mask).exp().sum()
     assert float(total) == pytest.approx(1.0, abs=1e-12)

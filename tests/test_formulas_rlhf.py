@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.kl import categorical_kl
+from core.kl import categorical_kl, kl_regularized_objective, kl_regularized_optimum
 from core.losses import score_function_surrogate
 
 formula = pytest.mark.formula
@@ -20,8 +20,7 @@ REF_LOGITS = torch.tensor([[0.5, 1.0, -0.2, 0.3], [0.1, -0.4, 0.6, 0.0]], dtype=
 
 def regularised_objective(logits, beta):
     """Σ_x D(x) (E_{y∼π(·|x)}[r(x, y)] − β KL[π(·|x) ‖ π_ref(·|x)]), exactly."""
-    expected_reward = (F.softmax(logits, -1) * REWARD).sum(-1)
-    return (D * (expected_reward - beta * categorical_kl(logits, REF_LOGITS))).sum()
+    return (D * kl_regularized_objective(logits, REF_LOGITS, REWARD, beta)).sum()
 
 
 @formula("RM-2")
@@ -42,7 +41,7 @@ def test_gradient_ascent_reaches_the_closed_form_optimum(beta):
     optimizer.step(closure)
     learned = F.softmax(logits.detach(), -1)
     # π*(y|x) ∝ π_ref(y|x) exp(r(x, y)/β)
-    closed_form = F.softmax(F.log_softmax(REF_LOGITS, -1) + REWARD / beta, -1)
+    closed_form = kl_regularized_optimum(REF_LOGITS, REWARD, beta).exp()
     torch.testing.assert_close(learned, closed_form, atol=1e-6, rtol=0)
     # the optimum's value is β Σ_x D(x) log Σ_y π_ref(y|x) exp(r(x, y)/β)
     best_value = beta * (D * torch.logsumexp(F.log_softmax(REF_LOGITS, -1) + REWARD / beta, -1)).sum()
@@ -56,9 +55,9 @@ def test_gradient_ascent_reaches_the_closed_form_optimum(beta):
 @formula("RM-2")
 def test_small_beta_goes_greedy_and_large_beta_stays_at_the_reference():
     ref = F.softmax(REF_LOGITS, -1)
-    greedy = F.softmax(F.log_softmax(REF_LOGITS, -1) + REWARD / 0.01, -1)
+    greedy = kl_regularized_optimum(REF_LOGITS, REWARD, 0.01).exp()
     assert torch.equal(greedy.argmax(-1), REWARD.argmax(-1))
-    anchored = F.softmax(F.log_softmax(REF_LOGITS, -1) + REWARD / 1e4, -1)
+    anchored = kl_regularized_optimum(REF_LOGITS, REWARD, 1e4).exp()
     torch.testing.assert_close(anchored, ref, atol=1e-3, rtol=0)
 
 
