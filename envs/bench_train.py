@@ -29,12 +29,14 @@ CARTPOLE_EVAL_EVERY = 2048
 
 
 class SolvedCheck:
-    """`stop_when` for `envs.train.train`: evaluate every `every` steps, time evaluation apart."""
+    """`stop_when` for `envs.train.train`: evaluate every `every` steps (evaluation time kept
+    apart from training time); note when `is_solved`, stop when `is_done` (default: solved)."""
 
-    def __init__(self, env_id, every, episodes, cap, is_solved, seed=10_000):
-        self.env_id, self.every, self.episodes, self.cap, self.is_solved, self.seed = \
-            env_id, every, episodes, cap, is_solved, seed
-        self.next_check, self.eval_seconds, self.solved_at, self.last = every, 0.0, None, None
+    def __init__(self, env_id, every, episodes, cap, is_solved, is_done=None, seed=10_000):
+        self.env_id, self.every, self.episodes, self.cap, self.seed = env_id, every, episodes, cap, seed
+        self.is_solved, self.is_done = is_solved, is_done or is_solved
+        self.next_check, self.eval_seconds, self.solved_at, self.done_at = every, 0.0, None, None
+        self.evaluations: list[dict] = []
         self.started = time.perf_counter()
 
     def __call__(self, agent, global_step) -> bool:
@@ -46,15 +48,25 @@ class SolvedCheck:
                                  device=next(agent.parameters()).device)
         agent.train()
         self.eval_seconds += time.perf_counter() - t0
-        self.last = scores
-        if self.is_solved(scores):
-            self.solved_at = (time.perf_counter() - self.started - self.eval_seconds, global_step)
+        now = (time.perf_counter() - self.started - self.eval_seconds, global_step)
+        at_cap = None if self.cap is None else sum(s >= self.cap for s in scores) / len(scores)
+        self.evaluations.append({"seconds": round(now[0], 1), "steps": global_step,
+                                 "mean": sum(scores) / len(scores), "at_cap": at_cap})
+        print(f"  eval at {global_step} steps, {now[0]:.0f} s: {self.evaluations[-1]}", file=sys.stderr)
+        if self.solved_at is None and self.is_solved(scores):
+            self.solved_at = now
+        if self.is_done(scores):
+            self.done_at = now
             return True
         return False
 
 
 def flappy_solved(scores) -> bool:
     return sum(scores) / len(scores) >= 100 and sum(s > 40 for s in scores) / len(scores) >= 0.9
+
+
+def flappy_mastered(scores) -> bool:
+    return sum(s >= 500 for s in scores) / len(scores) >= 0.95
 
 
 def cartpole_solved(scores) -> bool:
@@ -64,10 +76,12 @@ def cartpole_solved(scores) -> bool:
 def bench_flappy(seed: int) -> dict:
     config = TrainConfig(**preset_for("flappy"), seed=seed, out="runs/bench/flappy", progress=False)
     check = SolvedCheck("proximal/FlappyBird-v0", every=config.batch_size * 10, episodes=100, cap=500,
-                        is_solved=flappy_solved)
+                        is_solved=flappy_solved, is_done=flappy_mastered)
     train(config, stop_when=check)
     seconds, steps = check.solved_at if check.solved_at else (None, None)
-    return {"seconds_to_solved": seconds, "steps_to_solved": steps}
+    mastered_seconds, mastered_steps = check.done_at if check.done_at else (None, None)
+    return {"seconds_to_solved": seconds, "steps_to_solved": steps, "seconds_to_mastered": mastered_seconds,
+            "steps_to_mastered": mastered_steps, "evaluations": check.evaluations}
 
 
 CARTPOLE_OURS = dict(env_id="CartPole-v1", num_envs=8, num_steps=32, minibatch_size=64, update_epochs=10,
@@ -150,6 +164,8 @@ def main(argv: list[str] | None = None) -> None:
         result["flappy"] = bench_flappy(args.seed)
         rows.append(("Flappy Bird solved (ours)", result["flappy"]["seconds_to_solved"],
                      result["flappy"]["steps_to_solved"]))
+        rows.append(("Flappy Bird mastered (ours)", result["flappy"]["seconds_to_mastered"],
+                     result["flappy"]["steps_to_mastered"]))
     if args.only in (None, "cartpole"):
         ours = bench_cartpole_ours(args.seed)
         sb3 = bench_cartpole_sb3(args.seed)

@@ -55,13 +55,13 @@ class TrainConfig(PPOConfig):
     """Seeds torch, NumPy, Python and the environments."""
     device: str = "auto"
     """'auto' (CUDA when present), 'cpu' or 'cuda'."""
-    total_steps: int = 3_000_000
+    total_steps: int = 10_000_000
     """Environment steps to train for (over all parallel envs)."""
     num_envs: int = 64
     """N parallel environments (actors)."""
     num_steps: int = 128
     """T steps per env per rollout; a batch holds N·T transitions."""
-    learning_rate: float = 2.5e-4
+    learning_rate: float = 3e-3
     """Adam's learning rate at the start (annealed linearly to 0 when anneal_lr)."""
     anneal_lr: bool = True
     """Anneal the learning rate linearly to 0 over the run (detail 4)."""
@@ -89,7 +89,7 @@ class TrainConfig(PPOConfig):
     """Show a progress bar."""
     cpu_threads: int = 0
     """Torch CPU threads; 0 = auto: 1 for MLPs (small ops run fastest on one thread), all cores for the CNN."""
-    minibatch_size: int = 2048
+    minibatch_size: int = 1024
     """Rows per minibatch (overrides PPOConfig's default for game batches)."""
     ent_coef: float = 0.01
     """c₂: weight of the entropy bonus (CL-4)."""
