@@ -35,6 +35,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv, VectorEnv
 from gymnasium.wrappers import (
     AtariPreprocessing,
@@ -42,6 +43,8 @@ from gymnasium.wrappers import (
     FrameStackObservation,
     RecordEpisodeStatistics,
 )
+
+from core.device import resolve_device
 
 __all__ = [
     "EpisodicLifeEnv",
@@ -212,14 +215,9 @@ class TorchVectorEnv(VectorEnv):
     """
 
     def __init__(self, env: VectorEnv, device: Any):
-        import torch
-
-        from core.device import resolve_device
-
         if env.metadata.get("autoreset_mode") != AutoresetMode.SAME_STEP:
             raise ValueError("TorchVectorEnv needs a vector env with SAME_STEP autoreset")
         self.env = env
-        self.torch = torch
         self.device = resolve_device(device)
         self.num_envs = env.num_envs
         self.metadata = dict(env.metadata)
@@ -230,14 +228,13 @@ class TorchVectorEnv(VectorEnv):
         self.action_space = env.action_space
 
     def _tensor(self, array, dtype=None):
-        return self.torch.as_tensor(np.asarray(array), dtype=dtype, device=self.device)
+        return torch.as_tensor(np.asarray(array), dtype=dtype, device=self.device)
 
     def reset(self, *, seed=None, options=None):
         obs, info = self.env.reset(seed=seed, options=options)
         return self._tensor(obs), info
 
     def step(self, actions):
-        torch = self.torch
         if isinstance(actions, torch.Tensor):
             actions = actions.detach().cpu().numpy()
         obs, reward, terminated, truncated, info = self.env.step(actions)

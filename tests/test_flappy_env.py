@@ -253,6 +253,9 @@ def test_make_flappy_pixels_standard_preprocessing():
     for _ in range(3):
         obs, *_ = env.step(1)
     assert env.observation_space.contains(obs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the checker advises checking unwrapped envs
+        check_env(env, skip_render_check=True)
 
 
 def test_record_gif(tmp_path):

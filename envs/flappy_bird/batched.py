@@ -41,6 +41,8 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
+from core.device import resolve_device
+
 from .render import GRAY
 from .rules import (
     BIRD_H,
@@ -127,8 +129,6 @@ class BatchedFlappyBird(VectorEnv):
         config: FlappyConfig | None = None,
         **config_fields: Any,
     ):
-        from core.device import resolve_device
-
         if not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
         if obs_type not in ("features", "pixels"):
