@@ -6,20 +6,23 @@ exactly the game of `FlappyBirdEnv` (the same rules from `rules.py`, in the same
 the same seeds and actions, env i returns the same features, rewards, terminations and
 truncations as a single env reset with `seed + i`, bit for bit (`tests/test_flappy_batched.py`).
 
-How the rules of `rules.py` are written here (numbers as in its list):
+The whole state lives in one preallocated float32 tensor of shape (15, N), one row per
+quantity (the 12 raw features, then score, episode length and return), updated in place. How
+the rules of `rules.py` are written here (numbers as in its list):
 
 1-2. `[speed, rotation] += [gravity, -3]`, clamped to `[≤ max_fall_speed, ≥ -90]`, then
-     replaced by `[flap_speed, 45]` where the action is a flap (one op each on `(N, 2)`).
+     replaced by `[flap_speed, 45]` where the action is a flap (one op each on the `(2, N)`
+     rows).
 3-4. `y += speed`, clamped to `[0, GROUND_Y - BIRD_H]`; where `y` went below 0 the speed is
      zeroed ("clamp") or the env crashes ("crash").
-5.   the x of all three pipes `-= pipe_speed` (one op on a strided `(N, 3)` view).
-6.   where the next pipe is behind the bird, the 9 pipe numbers are replaced by the shifted
+5.   the x of all three pipes `-= pipe_speed` (one op on the `(3, N)` rows of pipe x).
+6.   where the next pipe is behind the bird, the 9 pipe rows are replaced by the shifted
      ones plus a new pipe whose gap top is looked up in the env's table of pre-drawn heights.
-7-10. crash, score, reward and end are elementwise comparisons of `(N,)` columns.
+7-10. crash, score, reward and end are elementwise comparisons of `(N,)` rows.
 
-No Python loop runs over envs, nothing is copied to the host (except the optional check of
-action values), and the whole state lives in one preallocated float32 tensor that each step
-updates in place. All state values are whole numbers, which float32 holds exactly.
+No Python loop runs over envs and nothing is copied to the host (except the optional check of
+action values). All state values are whole numbers, which float32 holds exactly, so the
+arithmetic is exact and matches the single env's Python integers.
 
 Autoreset (`metadata["autoreset_mode"] == AutoresetMode.SAME_STEP`): an env whose episode
 ends in a step is reset within that same step. The returned observation of that env is the
@@ -75,7 +78,7 @@ PIXELS = 84  # side of the square grey image of obs_type="pixels"
 
 # Rows of the state tensor (15, N), float32. 0-11 are the raw features, in the order of
 # rules.FEATURE_NAMES; 12-14 are episode statistics.
-_LAST_X, _NEXT_X, _NEXT_TOP, _NEXT_BOTTOM = 0, 3, 4, 5
+_NEXT_X, _NEXT_TOP, _NEXT_BOTTOM = 3, 4, 5
 _Y, _SPEED, _ROT = 9, 10, 11
 _SCORE, _LENGTH, _RETURN = 12, 13, 14
 _STATE_ROWS = 15
