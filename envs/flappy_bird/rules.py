@@ -39,7 +39,7 @@ Faithfulness to FlapPyBird (its `mainGame` loop), and the few places where this 
   reaches `0 < x < 5` and drops the first once `x < -52`. Here there are always 3 slots (last,
   next, next-next): the same pipes, the "last" slot holding the passed pipe, which shows
   nothing once the original would have dropped it. Spacing is therefore the original's too
-  (144 or 152 px, depending on how the pipe positions fall on multiples of 4).
+  (144 to 152 px, depending on how the pipe positions fall on multiples of 4).
 - Gravity: the original adds 1 while the speed is below 10; `min(v + g, max)` is the same
   with its whole-number constants. The ground test `y + 24 >= 404` is the original's
   `y + h >= BASEY - 1` with `BASEY = 404.48`, for whole y.
