@@ -269,3 +269,19 @@ def test_record_gif(tmp_path):
     env = gym.make(envs.FLAPPY_ID)  # no rgb_array render mode
     with pytest.raises(ValueError, match="rgb_array"):
         record_gif(env, autopilot, tmp_path / "x.gif", seed=0, max_frames=2)
+
+
+def test_play_smoke(monkeypatch):
+    """`python -m envs.flappy_bird.play`: flaps on space, quits on Esc (headless window)."""
+    import pygame
+
+    from envs.flappy_bird import play
+
+    script = [[pygame.event.Event(pygame.KEYDOWN, key=pygame.K_SPACE)], [], [],
+              [pygame.event.Event(pygame.KEYDOWN, key=pygame.K_UP)], [],
+              [pygame.event.Event(pygame.KEYDOWN, key=pygame.K_ESCAPE)]]
+    calls = iter(script)
+    monkeypatch.setattr(pygame.event, "get", lambda *args, **kwargs: next(calls))
+    play.main(["--seed", "0"])
+    with pytest.raises(StopIteration):  # every scripted frame was consumed, then it quit
+        next(calls)
