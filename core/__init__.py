@@ -1,0 +1,7 @@
+"""The one PPO core shared by both front ends: pure, device-agnostic tensor functions.
+
+Modules: `advantages` (TD, k-step, GAE(λ), λ-returns, group baselines), `losses` (surrogates,
+value loss, entropy, Bradley–Terry, masked reductions), `kl` (exact KL, k1/k2/k3, β
+controllers), `trpo`, `ppo` (the update), `rollout`, `metrics`, `checkpoint`, `catalog`,
+`config`, `device`, `checks`. `core` imports neither front end.
+"""

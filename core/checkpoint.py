@@ -32,7 +32,9 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt, from a newer format, or of the wrong kind."""
 
 
-def save_checkpoint(path: str | os.PathLike, kind: str, state: dict[str, Any], meta: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(
+    path: str | os.PathLike, kind: str, state: dict[str, Any], meta: dict[str, Any] | None = None
+) -> Path:
     """Write `{"format_version", "kind", "meta", "state"}` to `path` atomically; return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ from core.catalog import FORMULAS
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame never needs a screen in tests
 os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
 os.environ.setdefault("MPLBACKEND", "Agg")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(1)  # small tensors: one thread is fastest, and CI machines are small
 
 
 def pytest_collection_modifyitems(config, items):

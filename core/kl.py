@@ -1,0 +1,178 @@
+"""KL divergence: the exact categorical KL, the k1/k2/k3 estimators, and β controllers.
+
+Sources: notes 000 (the penalty term), 002 (adaptive β), 004 (k1/k2/k3, "PPO uses k1, GRPO
+uses k3"); John Schulman, "Approximating KL Divergence" (2020); Schulman et al. 2017, §4;
+Ziegler et al. 2019 (the proportional controller of RLHF).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+from core.catalog import implements
+from core.checks import check_positive, check_same_shape
+
+__all__ = [
+    "categorical_kl",
+    "kl_estimate",
+    "KL_ESTIMATORS",
+    "KLController",
+    "FixedKLController",
+    "AdaptiveKLController",
+    "ProportionalKLController",
+    "make_kl_controller",
+]
+
+
+@implements("KL-1")
+def categorical_kl(logits_q: torch.Tensor, logits_p: torch.Tensor) -> torch.Tensor:
+    """Exact KL[q‖p] = Σ_x q(x) (log q(x) − log p(x)) for categoricals given by logits   (KL-1).
+
+    Notes 000 and 002 write the penalty as D_KL[π_θ‖π_ref]; the PPO paper's penalty is
+    KL[π_old‖π_θ]. The order matters: KL is not symmetric.
+
+    Symbols → arguments: q → `logits_q` (..., K), p → `logits_p` (..., K). Returns (...).
+    """
+    check_same_shape("logits_q", logits_q, logits_p=logits_p)
+    logq = F.log_softmax(logits_q, dim=-1)
+    logp = F.log_softmax(logits_p, dim=-1)
+    return (logq.exp() * (logq - logp)).sum(dim=-1)
+
+
+KL_ESTIMATORS = ("k1", "k2", "k3")
+
+
+@implements("KL-2", "KL-3")
+def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
+    """Per-sample estimates of KL[q‖p] from x ∼ q   (KL-2; note 004; Schulman 2020).
+
+    With log r = log p(x) − log q(x):
+        k1 = −log r                unbiased; high variance; negative for about half the samples
+        k2 = ½ (log r)²            biased (exact only to second order); low variance; ≥ 0
+        k3 = (r − 1) − log r       unbiased; low variance; ≥ 0 (r − 1 is a zero-mean control variate)
+    Note 004 calls k1 biased (erratum E8): it is unbiased, its variance and sign are what hurt.
+
+    As a *loss* on samples from q = π_θ, differentiated through log q (KL-3):
+        E[∇k1] = 0 (the score function has zero mean: k1 as a loss does nothing on average),
+        E[∇k2] = ∇ KL[q‖p]     (the reverse KL the notes write),
+        E[∇k3] = ∇ KL[p‖q]     (the forward KL, what GRPO's k3 term actually follows).
+    That is why PPO-RLHF puts k1 in the *reward* (r_t = −β k1, a number, no gradient), while
+    GRPO puts k3 in the *loss*.
+
+    Symbols → arguments: log q(x) → `logprobs` (the sampling policy, π_θ in RLHF), log p(x) →
+    `ref_logprobs` (π_ref), `estimator` ∈ {"k1", "k2", "k3"}. Shapes: equal; returns the same.
+    """
+    check_same_shape("logprobs", logprobs, ref_logprobs=ref_logprobs)
+    log_r = ref_logprobs - logprobs
+    if estimator == "k1":
+        return -log_r
+    if estimator == "k2":
+        return 0.5 * log_r**2
+    if estimator == "k3":
+        return torch.expm1(log_r) - log_r
+    raise ValueError(f"unknown KL estimator {estimator!r}: expected one of {KL_ESTIMATORS}")
+
+
+class KLController(Protocol):
+    """One interface for every β schedule: read `.beta`, then `update(measured_kl, n_steps)`."""
+
+    beta: float
+
+    def update(self, measured_kl: float, n_steps: int) -> float: ...
+
+
+@dataclass
+class FixedKLController:
+    """β never changes."""
+
+    beta: float
+
+    def __post_init__(self) -> None:
+        check_positive("beta", self.beta, allow_zero=True)
+
+    def update(self, measured_kl: float, n_steps: int) -> float:
+        return self.beta
+
+
+@implements("TR-3")
+@dataclass
+class AdaptiveKLController:
+    """The PPO paper's adaptive β   (TR-3; note 002, note 000's last paragraph; PPO §4).
+
+        d = measured KL;  d < d_targ / 1.5 ⇒ β ← β / 2;  d > 1.5 · d_targ ⇒ β ← 2β;  else keep β.
+
+    The controller raises β when the policy moved too far and leaves the learning rate alone
+    (note 000 says the learning rate shrinks: erratum E3). 1.5 and 2 are the paper's choices;
+    it reports the algorithm is not sensitive to them.
+
+    Symbols → fields: β → `beta`, d_targ → `target_kl`, 1.5 → `tolerance`, 2 → `factor`.
+    `n_steps` is accepted for the common interface and ignored.
+    """
+
+    beta: float
+    target_kl: float
+    tolerance: float = 1.5
+    factor: float = 2.0
+
+    def __post_init__(self) -> None:
+        check_positive("beta", self.beta)
+        check_positive("target_kl", self.target_kl)
+        if self.tolerance <= 1.0:
+            raise ValueError(f"tolerance must be > 1, got {self.tolerance!r}")
+        if self.factor <= 1.0:
+            raise ValueError(f"factor must be > 1, got {self.factor!r}")
+
+    def update(self, measured_kl: float, n_steps: int = 1) -> float:
+        if measured_kl < self.target_kl / self.tolerance:
+            self.beta /= self.factor
+        elif measured_kl > self.target_kl * self.tolerance:
+            self.beta *= self.factor
+        return self.beta
+
+
+@implements("TR-4")
+@dataclass
+class ProportionalKLController:
+    """Proportional β controller of RLHF   (TR-4; Ziegler et al. 2019, eq. 2).
+
+        e = clip(d / d_targ − 1, −0.2, 0.2);   β ← β (1 + e · n / H)
+
+    A smooth version of TR-3: β moves in proportion to the relative KL error, at most 20% of
+    n/H per update, where n is the number of samples (steps, replies) since the last update and
+    H the horizon over which the error is corrected.
+
+    Symbols → fields: β → `beta`, d_targ → `target_kl`, H → `horizon`; n → `n_steps` of update.
+    """
+
+    beta: float
+    target_kl: float
+    horizon: float = 10_000.0
+
+    def __post_init__(self) -> None:
+        check_positive("beta", self.beta)
+        check_positive("target_kl", self.target_kl)
+        check_positive("horizon", self.horizon)
+
+    def update(self, measured_kl: float, n_steps: int) -> float:
+        error = min(max(measured_kl / self.target_kl - 1.0, -0.2), 0.2)
+        self.beta *= 1.0 + error * n_steps / self.horizon
+        return self.beta
+
+
+def make_kl_controller(
+    kind: str, init_beta: float, target_kl: float | None = None, horizon: float = 10_000.0
+) -> KLController:
+    """Build a controller by name: "fixed", "adaptive" (TR-3) or "proportional" (TR-4)."""
+    if kind == "fixed":
+        return FixedKLController(init_beta)
+    if target_kl is None:
+        raise ValueError(f"the {kind!r} KL controller needs target_kl")
+    if kind == "adaptive":
+        return AdaptiveKLController(init_beta, target_kl)
+    if kind == "proportional":
+        return ProportionalKLController(init_beta, target_kl, horizon)
+    raise ValueError(f"unknown KL controller {kind!r}: expected 'fixed', 'adaptive' or 'proportional'")

@@ -1,0 +1,88 @@
+"""The fixed metric names, documented once, and a JSON-lines writer.
+
+Both front ends log under these names so that one plotting script, one dashboard and one
+reader's memory serve every run. Names follow CleanRL's `losses/…` and `charts/…`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["METRICS", "MetricsWriter", "read_metrics"]
+
+METRICS: dict[str, str] = {
+    # PPO update (core.ppo.ppo_update)
+    "losses/policy_loss": "−L^CLIP (or −L^KLPEN) averaged over minibatches; what the optimiser lowers",
+    "losses/value_loss": "(V − V^targ)², clipped if enabled, averaged over minibatches",
+    "losses/entropy": "mean entropy H[π(·|s)] of the current policy on the batch",
+    "losses/approx_kl": "mean k3 estimate of KL[π_old‖π_θ] while updating; large values mean big policy moves",
+    "losses/clipfrac": "share of ratios outside [1 − ε, 1 + ε_high]; how often clipping was active",
+    "losses/explained_variance": "1 − Var[V^targ − V]/Var[V^targ] of the rollout's values; 1 is a perfect critic",
+    "losses/ref_kl": "the in-loss KL to the reference policy (GRPO's β·k3 term), when used",
+    "ppo/epochs": "epochs actually run (fewer than configured after an early stop at target_kl)",
+    "ppo/minibatches": "minibatch updates actually run",
+    "ppo/kl_after_update": "KL[π_old‖π_θ] measured on the whole batch after the update (input to the β controller)",
+    # Charts
+    "charts/learning_rate": "the optimiser's learning rate (annealed linearly to 0 by default)",
+    "charts/beta": "the KL coefficient β (penalty objective or RLHF reward shaping)",
+    "charts/episodic_return": "mean undiscounted return of the episodes that finished since the last log",
+    "charts/episodic_length": "mean length of those episodes, in steps",
+    "charts/score": "mean game score (pipes for Flappy Bird) of those episodes",
+    "charts/sps": "environment steps per second since the start of the run",
+    # RLHF
+    "rlhf/score": "mean reward-model score R_φ of the sampled replies (the proxy reward)",
+    "rlhf/gold_reward": "mean hidden gold reward of the sampled replies (what we actually want)",
+    "rlhf/kl": "mean per-reply KL estimate Σ_t (log π_θ − log π_ref) to the reference model",
+    "rlhf/response_length": "mean reply length in tokens",
+}
+
+
+class MetricsWriter:
+    """Append one JSON object per line: `{"step": …, name: value, …}`.
+
+    Unknown names are refused (a typo would silently start a new curve); NaN and inf are
+    written as null so the file stays valid JSON. Each line is flushed at once, so a crash
+    loses nothing already logged.
+    """
+
+    def __init__(self, path: str | os.PathLike, extra_names: tuple[str, ...] = (), append: bool = False):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.allowed = set(METRICS) | set(extra_names)
+        self._file = open(self.path, "a" if append else "w", encoding="utf-8")
+
+    def write(self, step: int, values: dict[str, Any]) -> None:
+        unknown = sorted(set(values) - self.allowed)
+        if unknown:
+            raise KeyError(f"unknown metric name(s) {unknown}; add them to core.metrics.METRICS")
+        record: dict[str, Any] = {"step": int(step)}
+        for name, value in values.items():
+            value = float(value)
+            record[name] = value if math.isfinite(value) else None
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> MetricsWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """All records of a metrics.jsonl file, in order (a truncated last line is skipped)."""
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records

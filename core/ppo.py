@@ -1,0 +1,309 @@
+"""The PPO update: one function shared by the game agent and the language-model pipeline.
+
+A step in a game and a token in a reply are both "an action with a log-prob, an advantage and
+a mask", so one loop serves both:
+
+    for epoch in 1..K:                                   (PPO paper, Algorithm 1)
+        for each shuffled minibatch of rows:
+            new log π, entropy, V   ← evaluate(minibatch)
+            Â                       ← normalise per minibatch (optional)
+            objective               ← clip (CL-1/DA-1), kl_penalty (TR-2), or both
+            loss = −reduce(objective) + c₁·reduce(value loss) − c₂·reduce(entropy)   (CL-4)
+                   [+ β_ref·reduce(k-estimate of KL to π_ref), GRPO's in-loss KL (GR-2)]
+            backward; clip the global grad norm; optimiser step
+        stop early if the measured KL passed the target
+
+Sources: notes 001 (the loop), 002–004; Schulman et al. 2017 (PPO); Huang et al. 2022, "The 37
+Implementation Details of PPO" (details 5–13 live here: minibatch shuffling, advantage
+normalisation, clipped surrogate, value clipping, entropy bonus, global gradient clipping,
+the debug metrics approx_kl and clipfrac, early stopping at a target KL).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+from core.catalog import implements
+from core.checks import check_finite, check_positive, check_same_shape
+from core.kl import KL_ESTIMATORS, KLController, kl_estimate
+from core.losses import (
+    LOSS_REDUCTIONS,
+    approx_kl,
+    clip_fraction,
+    clipped_surrogate,
+    explained_variance,
+    kl_penalty_surrogate,
+    masked_whiten,
+    reduce_loss,
+    value_loss,
+)
+
+__all__ = ["PPOConfig", "Evaluation", "ppo_update", "OBJECTIVES", "REQUIRED_BATCH_KEYS"]
+
+OBJECTIVES = ("clip", "kl_penalty", "clip+kl_penalty")
+REQUIRED_BATCH_KEYS = ("actions", "logprobs", "advantages", "returns", "values")
+
+
+@dataclass
+class PPOConfig:
+    """Hyperparameters of one PPO update (validated at construction; errors name the field)."""
+
+    clip_coef: float = 0.2
+    """ε (ε_low): the ratio is clipped to [1 − ε, 1 + ε_high] (CL-1)."""
+    clip_coef_high: float | None = None
+    """ε_high for DAPO's clip-higher (DA-1); None means the same as `clip_coef`."""
+    objective: str = "clip"
+    """'clip' (CL-1), 'kl_penalty' (TR-2, needs a KL controller) or 'clip+kl_penalty'."""
+    update_epochs: int = 4
+    """K: passes over the batch per update."""
+    minibatch_size: int = 256
+    """Rows per minibatch (a row is one step, or one reply of (T,) tokens)."""
+    batch_size: int | None = None
+    """Rows per batch if known in advance (then checked against `minibatch_size` here)."""
+    norm_adv: bool = True
+    """Normalise advantages to zero mean, unit std in each minibatch (detail 7)."""
+    clip_vloss: bool = True
+    """Clip the value loss around the old values (detail 9)."""
+    vf_clip_coef: float = 0.2
+    """ε_v: how far the value may move from the old value before its loss is clipped."""
+    vf_coef: float = 0.5
+    """c₁: weight of the value loss (CL-4). 0 with no critic (GRPO)."""
+    ent_coef: float = 0.0
+    """c₂: weight of the entropy bonus (CL-4)."""
+    max_grad_norm: float | None = 0.5
+    """Global gradient-norm clip (detail 11); None disables it."""
+    target_kl: float | None = None
+    """Stop the epochs early once the mean approx_kl of an epoch passes this; None never stops."""
+    loss_reduction: str = "token_mean"
+    """How per-token terms become a scalar: 'token_mean' (DA-3), 'seq_mean' (GR-2), 'constant' (DR-1)."""
+    loss_constant: float | None = None
+    """C of the 'constant' reduction (for example the generation budget in tokens)."""
+    ref_kl_coef: float = 0.0
+    """β_ref of an in-loss KL to a reference policy (GRPO's −β·k3 term, GR-2); needs batch['ref_logprobs']."""
+    ref_kl_estimator: str = "k3"
+    """Which estimator (KL-2) the in-loss KL uses: 'k1', 'k2' or 'k3'."""
+
+    def __post_init__(self) -> None:
+        check_positive("clip_coef", self.clip_coef)
+        if self.clip_coef_high is not None:
+            check_positive("clip_coef_high", self.clip_coef_high)
+            if self.clip_coef_high < self.clip_coef:
+                raise ValueError(
+                    f"clip_coef_high (ε_high = {self.clip_coef_high}) must be ≥ clip_coef "
+                    f"(ε_low = {self.clip_coef})"
+                )
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        for name in ("update_epochs", "minibatch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.batch_size is not None and self.minibatch_size > self.batch_size:
+            raise ValueError(
+                f"minibatch_size ({self.minibatch_size}) is larger than the batch "
+                f"(batch_size = {self.batch_size})"
+            )
+        check_positive("vf_clip_coef", self.vf_clip_coef)
+        check_positive("vf_coef", self.vf_coef, allow_zero=True)
+        check_positive("ent_coef", self.ent_coef, allow_zero=True)
+        check_positive("ref_kl_coef", self.ref_kl_coef, allow_zero=True)
+        if self.max_grad_norm is not None:
+            check_positive("max_grad_norm", self.max_grad_norm)
+        if self.target_kl is not None:
+            check_positive("target_kl", self.target_kl)
+        if self.loss_reduction not in LOSS_REDUCTIONS:
+            raise ValueError(f"loss_reduction must be one of {LOSS_REDUCTIONS}, got {self.loss_reduction!r}")
+        if self.loss_reduction == "constant":
+            if self.loss_constant is None:
+                raise ValueError("loss_constant must be set when loss_reduction is 'constant'")
+            check_positive("loss_constant", self.loss_constant)
+        if self.ref_kl_estimator not in KL_ESTIMATORS:
+            raise ValueError(f"ref_kl_estimator must be one of {KL_ESTIMATORS}, got {self.ref_kl_estimator!r}")
+
+
+class Evaluation(NamedTuple):
+    """What `evaluate(minibatch)` returns, each shaped like `minibatch["actions"]`."""
+
+    logprobs: torch.Tensor
+    """log π_θ(a|s) of the stored actions under the current parameters."""
+    entropy: torch.Tensor
+    """H[π_θ(·|s)] at each state (or token position)."""
+    values: torch.Tensor | None
+    """V_ψ(s); None when there is no critic (vf_coef = 0)."""
+
+
+@implements("AC-2")
+def ppo_update(
+    evaluate: Callable[[dict[str, torch.Tensor]], Evaluation],
+    batch: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    config: PPOConfig,
+    kl_controller: KLController | None = None,
+    generator: torch.Generator | None = None,
+) -> dict[str, float]:
+    """Run K epochs of minibatch PPO on one batch; return the debug metrics.
+
+    Arguments
+    - `evaluate(minibatch) -> Evaluation`: recomputes log π_θ, entropy and V for the stored
+      actions. A minibatch is `batch` sliced to a subset of rows (every key, so observations,
+      token ids or attention masks travel along).
+    - `batch`: tensors sharing the leading dimension N (rows). Required: `actions`, `logprobs`
+      (log π_old, from the rollout), `advantages` Â, `returns` V^targ = Â + V_old, `values` V_old;
+      all the same shape, (N,) for game steps or (N, T) for token sequences. Optional `mask`
+      (same shape; 1 = real token) and `ref_logprobs` (for `ref_kl_coef`).
+    - `optimizer`: steps every parameter it holds; the gradient norm is clipped over them all.
+    - `kl_controller`: supplies β for the `kl_penalty` objective and is updated once at the end
+      with the measured KL[π_old‖π_θ] (TR-3/TR-4). Required for that objective.
+    - `generator`: the random stream for shuffling (reproducible runs), on the CPU.
+
+    Returns floats under the fixed metric names (`core.metrics.METRICS`): losses/policy_loss,
+    losses/value_loss, losses/entropy, losses/approx_kl, losses/clipfrac,
+    losses/explained_variance, losses/ref_kl (when used), charts/beta (with a controller),
+    and ppo/epochs, ppo/minibatches (how much of the schedule ran before an early stop).
+    """
+    uses_penalty = config.objective != "clip"
+    if uses_penalty and kl_controller is None:
+        raise ValueError(f"objective {config.objective!r} needs a kl_controller (TR-3/TR-4)")
+    missing = [k for k in REQUIRED_BATCH_KEYS if k not in batch]
+    if missing:
+        raise ValueError(f"batch is missing {missing}; required keys are {list(REQUIRED_BATCH_KEYS)}")
+    if config.ref_kl_coef > 0 and "ref_logprobs" not in batch:
+        raise ValueError("ref_kl_coef > 0 needs batch['ref_logprobs'] (log π_ref of the actions)")
+    actions = batch["actions"]
+    per_action = ("logprobs", "advantages", "returns", "values", "mask", "ref_logprobs")
+    shaped = {k: batch[k] for k in per_action if k in batch}
+    check_same_shape("actions", actions, **shaped)
+    check_finite(**{k: v for k, v in shaped.items() if k != "mask"})
+    n_rows = actions.shape[0]
+    for key, tensor in batch.items():
+        if tensor.shape[0] != n_rows:
+            raise ValueError(f"batch['{key}'] has {tensor.shape[0]} rows but batch['actions'] has {n_rows}")
+    if config.minibatch_size > n_rows:
+        raise ValueError(f"minibatch_size ({config.minibatch_size}) is larger than the batch ({n_rows} rows)")
+
+    mask = batch.get("mask")
+    beta = float(kl_controller.beta) if kl_controller is not None else 0.0
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    n_minibatches = n_rows // config.minibatch_size  # a remainder smaller than a minibatch is dropped
+    device = actions.device
+
+    # Sums of per-minibatch statistics, kept on the device: one host sync per epoch, not per step.
+    totals = {name: torch.zeros((), device=device) for name in
+              ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac", "ref_kl")}
+    epochs_run = minibatches_run = 0
+    for _epoch in range(config.update_epochs):
+        order = torch.randperm(n_rows, generator=generator).to(device)
+        epoch_kl = torch.zeros((), device=device)
+        for start in range(0, n_minibatches * config.minibatch_size, config.minibatch_size):
+            rows = order[start : start + config.minibatch_size]
+            mb = {key: tensor[rows] for key, tensor in batch.items()}
+            mb_mask = mb.get("mask")
+            new = evaluate(mb)
+            check_same_shape("minibatch actions", mb["actions"], **{
+                "evaluate(...).logprobs": new.logprobs, "evaluate(...).entropy": new.entropy,
+                "evaluate(...).values": new.values,
+            })
+
+            advantages = mb["advantages"]
+            if config.norm_adv:
+                advantages = masked_whiten(advantages, mb_mask)
+
+            # The policy objective (to maximise), per action/token.
+            if config.objective == "kl_penalty":
+                objective = torch.zeros_like(new.logprobs)
+            else:
+                objective = clipped_surrogate(
+                    new.logprobs, mb["logprobs"], advantages,
+                    clip_low=config.clip_coef, clip_high=config.clip_coef_high,
+                )
+            if uses_penalty:
+                # k3 estimate of KL[π_old‖π_θ] on actions drawn from π_old (differentiable in θ).
+                kl_old_new = kl_estimate(mb["logprobs"], new.logprobs, "k3")
+                penalised = kl_penalty_surrogate(new.logprobs, mb["logprobs"], advantages, kl_old_new, beta=beta)
+                objective = penalised if config.objective == "kl_penalty" else objective - beta * kl_old_new
+            policy_loss = -reduce_loss(objective, mb_mask, mode=config.loss_reduction, constant=config.loss_constant)
+            loss = policy_loss
+
+            if config.ref_kl_coef > 0:
+                ref_kl = reduce_loss(
+                    kl_estimate(new.logprobs, mb["ref_logprobs"], config.ref_kl_estimator),
+                    mb_mask, mode=config.loss_reduction, constant=config.loss_constant,
+                )
+                loss = loss + config.ref_kl_coef * ref_kl
+                totals["ref_kl"] += ref_kl.detach()
+
+            if new.values is not None and config.vf_coef > 0:
+                v_loss = reduce_loss(
+                    value_loss(new.values, mb["returns"], mb["values"],
+                               clip_range=config.vf_clip_coef if config.clip_vloss else None),
+                    mb_mask, mode=config.loss_reduction, constant=config.loss_constant,
+                )
+                loss = loss + config.vf_coef * v_loss
+                totals["value_loss"] += v_loss.detach()
+
+            entropy = reduce_loss(new.entropy, mb_mask, mode=config.loss_reduction, constant=config.loss_constant)
+            loss = loss - config.ent_coef * entropy
+
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"the PPO loss became {loss.item()} (policy loss {policy_loss.item()}); "
+                    "check the rewards, the learning rate and the evaluate() outputs"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+
+            mb_kl = approx_kl(new.logprobs, mb["logprobs"], mb_mask)
+            epoch_kl += mb_kl
+            totals["policy_loss"] += policy_loss.detach()
+            totals["entropy"] += entropy.detach()
+            totals["approx_kl"] += mb_kl
+            totals["clipfrac"] += clip_fraction(new.logprobs, mb["logprobs"], config.clip_coef,
+                                                config.clip_coef_high, mb_mask)
+            minibatches_run += 1
+        epochs_run += 1
+        if config.target_kl is not None and float(epoch_kl) / max(n_minibatches, 1) > config.target_kl:
+            break  # early stopping (detail: the policy already moved as far as we allow)
+
+    stats = {f"losses/{name}": float(total) / max(minibatches_run, 1) for name, total in totals.items()}
+    if config.ref_kl_coef == 0:
+        del stats["losses/ref_kl"]
+    stats["losses/explained_variance"] = float(
+        explained_variance(batch["values"], batch["returns"], mask)
+    )
+    stats["ppo/epochs"] = float(epochs_run)
+    stats["ppo/minibatches"] = float(minibatches_run)
+    if kl_controller is not None:
+        stats["charts/beta"] = beta
+        if uses_penalty:
+            # TR-3: measure d = E[KL[π_old‖π_θ]] once the update is done, then adapt β for the next.
+            stats["ppo/kl_after_update"] = _mean_kl_after_update(evaluate, batch, config.minibatch_size)
+            kl_controller.update(stats["ppo/kl_after_update"], n_rows)
+    return stats
+
+
+@torch.no_grad()
+def _mean_kl_after_update(
+    evaluate: Callable[[dict[str, torch.Tensor]], Evaluation],
+    batch: dict[str, torch.Tensor],
+    chunk_rows: int,
+) -> float:
+    """Mean k3 estimate of KL[π_old‖π_θ] over the whole batch with the updated parameters."""
+    n_rows = batch["actions"].shape[0]
+    total = torch.zeros((), device=batch["actions"].device)
+    count = torch.zeros((), device=batch["actions"].device)
+    for start in range(0, n_rows, chunk_rows):
+        chunk = {key: tensor[start : start + chunk_rows] for key, tensor in batch.items()}
+        new = evaluate(chunk)
+        weights = chunk.get("mask", torch.ones_like(new.logprobs)).to(new.logprobs.dtype)
+        log_ratio = new.logprobs - chunk["logprobs"]
+        total += ((torch.expm1(log_ratio) - log_ratio) * weights).sum()
+        count += weights.sum()
+    return float(total / count.clamp(min=1.0))
+

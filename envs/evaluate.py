@@ -1,0 +1,130 @@
+"""Evaluate a trained agent: greedy actions on held-out seeds, score statistics, watching.
+
+    python -m envs.evaluate --checkpoint runs/flappy/checkpoint.pt
+    python -m envs.evaluate --checkpoint envs/agents/flappy_features.pt --episodes 100 --cap 500 --json
+    python -m envs.evaluate --checkpoint envs/agents/flappy_features.pt --render human
+    python -m envs.evaluate --checkpoint runs/flappy/checkpoint.pt --gif runs/flappy/episode.gif
+
+Every episode runs in its own environment copy, all stepped together, and only each copy's
+first episode counts, so short episodes are not over-represented. Seeds start at `--seed`
+(10 000 by default, away from the training seeds). For Flappy Bird the score is the number of
+pipes passed and `--cap` ends an episode (truncation) once it reaches that many; for other
+games the score is the undiscounted episode return and `--cap` is not used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+
+import torch
+
+from core.checkpoint import CheckpointError
+from envs.networks import ActorCritic
+from envs.train import load_agent
+from envs.vector import make_vector_env
+
+
+@torch.no_grad()
+def evaluate_policy(
+    agent: ActorCritic,
+    env_id: str,
+    *,
+    episodes: int = 100,
+    cap: int | None = 500,
+    seed: int = 10_000,
+    device: torch.device | str = "cpu",
+    max_steps: int = 1_000_000,
+) -> list[float]:
+    """Scores of `episodes` greedy episodes, one per environment copy, seeds seed..seed+episodes−1."""
+    if episodes < 1:
+        raise ValueError(f"episodes must be ≥ 1, got {episodes}")
+    device = torch.device(device)
+    kwargs = {"score_cap": cap} if env_id.startswith("proximal/") and cap is not None else {}
+    envs = make_vector_env(env_id, episodes, device, **kwargs)
+    agent = agent.to(device).eval()
+    obs = envs.reset(seed=seed)
+    scores = torch.zeros(episodes, device=device)
+    finished = torch.zeros(episodes, dtype=torch.bool, device=device)
+    for _ in range(max_steps):
+        actions, _, _ = agent.act(obs, greedy=True)
+        step = envs.step(actions)
+        ended = (step.terminated | step.truncated) & ~finished
+        scores = torch.where(ended, step.episode_score, scores)
+        finished |= ended
+        if bool(finished.all()):
+            break
+        obs = step.obs
+    envs.close()
+    if not bool(finished.all()):
+        raise RuntimeError(f"{int((~finished).sum())} episodes did not end within {max_steps} steps")
+    return scores.tolist()
+
+
+def summarize(scores: list[float], cap: int | None) -> dict:
+    return {
+        "episodes": len(scores),
+        "cap": cap,
+        "mean": statistics.fmean(scores),
+        "median": statistics.median(scores),
+        "min": min(scores),
+        "max": max(scores),
+        "at_cap": (sum(s >= cap for s in scores) / len(scores)) if cap is not None else None,
+        "scores": scores,
+    }
+
+
+def watch(agent: ActorCritic, env_id: str, *, render: str | None, gif: str | None, seed: int, cap: int | None) -> None:
+    """Play one greedy episode in a pygame window (`render='human'`) and/or save it as a GIF."""
+    from envs.flappy_bird import record_gif, run_episode
+
+    def policy(obs):
+        return int(agent.act(torch.as_tensor(obs)[None], greedy=True)[0])
+
+    kwargs = {"score_cap": cap} if env_id.startswith("proximal/") and cap is not None else {}
+    if gif:
+        record_gif(env_id, policy, gif, seed=seed, **kwargs)
+        print(f"saved {gif}", file=sys.stderr)
+    if render == "human":
+        score = run_episode(env_id, policy, seed=seed, render_mode="human", **kwargs)
+        print(f"score {score}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint written by envs.train")
+    parser.add_argument("--episodes", type=int, default=100, help="greedy episodes to run")
+    parser.add_argument("--cap", type=int, default=500, help="Flappy Bird: end an episode at this many pipes")
+    parser.add_argument("--seed", type=int, default=10_000, help="first held-out seed")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument("--json", action="store_true", help="end with one JSON line of the statistics")
+    parser.add_argument("--render", choices=["human"], default=None, help="watch one episode in a window")
+    parser.add_argument("--gif", default=None, metavar="FILE", help="record one episode as a GIF")
+    args = parser.parse_args(argv)
+    from core.device import resolve_device
+
+    try:
+        device = resolve_device(args.device)
+        agent, meta = load_agent(args.checkpoint, device)
+    except (CheckpointError, ValueError) as exc:
+        sys.exit(f"error: {exc}")
+    env_id = meta["env_id"]
+    cap = args.cap if env_id.startswith("proximal/") else None
+    if args.render or args.gif:
+        watch(agent.cpu(), env_id, render=args.render, gif=args.gif, seed=args.seed, cap=cap)
+        if not args.json:
+            return
+    scores = evaluate_policy(agent, env_id, episodes=args.episodes, cap=cap, seed=args.seed, device=device)
+    result = summarize(scores, cap)
+    print(f"{env_id}: {result['episodes']} episodes · mean {result['mean']:.1f} · median {result['median']:.1f} · "
+          f"min {result['min']:.0f} · max {result['max']:.0f}"
+          + (f" · at cap {100 * result['at_cap']:.0f}%" if cap is not None else ""))
+    if args.json:
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

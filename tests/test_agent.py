@@ -1,0 +1,125 @@
+"""The gymnasium agent: it learns, it saves and loads, it evaluates, it refuses bad input."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from core.checks import NonFiniteError
+from envs.evaluate import evaluate_policy, summarize
+from envs.networks import ActorCritic
+from envs.train import CHECKPOINT_KIND, TrainConfig, load_agent, load_agent_weights, parse_config, train
+from envs.vector import make_vector_env
+
+FAST_CARTPOLE = dict(env_id="CartPole-v1", num_envs=8, num_steps=32, minibatch_size=64, update_epochs=10,
+                     learning_rate=2.5e-3, gamma=0.98, gae_lambda=0.8, ent_coef=0.0, progress=False,
+                     plot_every_seconds=1e9, device="cpu")
+
+
+def test_short_cartpole_run_improves(tmp_path):
+    config = TrainConfig(**FAST_CARTPOLE, total_steps=16_384, seed=3, out=str(tmp_path))
+    untrained = ActorCritic((4,), 2)
+    before = np.mean(evaluate_policy(untrained, "CartPole-v1", episodes=10, cap=None))
+    summary = train(config)
+    after = np.mean(evaluate_policy(summary["agent"], "CartPole-v1", episodes=10, cap=None))
+    assert before < 50
+    assert after > 150, (before, after)
+    assert (tmp_path / "metrics.jsonl").is_file() and (tmp_path / "learning_curve.png").is_file()
+
+
+def test_checkpoint_round_trip_and_mismatch_errors(tmp_path):
+    config = TrainConfig(**FAST_CARTPOLE, total_steps=2048, seed=0, out=str(tmp_path))
+    summary = train(config)
+    agent, meta = load_agent(tmp_path / "checkpoint.pt")
+    for a, b in zip(agent.state_dict().values(), summary["agent"].state_dict().values()):
+        assert torch.equal(a, b)
+    assert meta["env_id"] == "CartPole-v1" and meta["global_step"] == 2048
+    payload = load_checkpoint(tmp_path / "checkpoint.pt", kind=CHECKPOINT_KIND)
+    with pytest.raises(ValueError, match="does not match this agent"):
+        load_agent_weights(ActorCritic((4,), 2, arch="mlp_shared"), payload)
+    with pytest.raises(ValueError, match="does not match this agent"):
+        load_agent_weights(ActorCritic((12,), 2), payload)
+    save_checkpoint(tmp_path / "other.pt", "llm_sft", {"x": torch.zeros(1)})
+    with pytest.raises(CheckpointError, match="expected ppo_agent"):
+        load_agent(tmp_path / "other.pt")
+
+
+def test_ctrl_c_saves_the_last_update_and_stops(tmp_path):
+    config = TrainConfig(**FAST_CARTPOLE, total_steps=50_000, seed=0, out=str(tmp_path))
+
+    def interrupt_at_third_update(agent, global_step):
+        if global_step == 3 * 256:
+            os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C sends
+        return False
+
+    summary = train(config, stop_when=interrupt_at_third_update)
+    assert summary["global_step"] == 3 * 256
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["meta"]["global_step"] == 3 * 256
+
+
+def test_evaluation_statistics_of_a_scripted_policy():
+    """CartPole with a scripted 'push toward the pole's lean' policy, via a stand-in network."""
+
+    class Scripted(ActorCritic):
+        def forward(self, obs):
+            push_right = (obs[:, 2] + 0.5 * obs[:, 3] > 0).float()
+            logits = torch.stack([1 - push_right, push_right], dim=1) * 10
+            return logits, torch.zeros(obs.shape[0])
+
+    scores = evaluate_policy(Scripted((4,), 2), "CartPole-v1", episodes=5, cap=None, seed=0)
+    # the same policy run by hand on the same seeds
+    expected = []
+    for i in range(5):
+        env = gym.make("CartPole-v1")
+        obs, _ = env.reset(seed=i)
+        total, done = 0.0, False
+        while not done:
+            obs, r, term, trunc, _ = env.step(int(obs[2] + 0.5 * obs[3] > 0))
+            total += r
+            done = term or trunc
+        expected.append(total)
+    assert scores == expected
+    stats = summarize([10.0, 500.0, 30.0, 500.0], cap=500)
+    assert stats == {"episodes": 4, "cap": 500, "mean": 260.0, "median": 265.0, "min": 10.0, "max": 500.0,
+                     "at_cap": 0.5, "scores": [10.0, 500.0, 30.0, 500.0]}
+
+
+def test_bad_input_is_named():
+    with pytest.raises(ValueError, match="unknown env id 'NoSuchGame-v9'"):
+        make_vector_env("NoSuchGame-v9", 2, torch.device("cpu"))
+    with pytest.raises(ValueError, match="supports Discrete"):
+        make_vector_env("Pendulum-v1", 2, torch.device("cpu"))
+    with pytest.raises(ValueError, match="minibatch_size"):
+        TrainConfig(**{**FAST_CARTPOLE, "minibatch_size": 1024})
+    with pytest.raises(ValueError, match="gamma"):
+        TrainConfig(**{**FAST_CARTPOLE, "gamma": 1.5})
+    with pytest.raises(ValueError, match="clip_coef"):
+        parse_config(["--env", "CartPole-v1", "--clip-coef", "0"])
+
+
+class NaNRewardEnv(gym.Env):
+    observation_space = gym.spaces.Box(-1, 1, (2,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.zeros(2, np.float32), (float("nan") if self.t == 5 else 0.0), False, self.t >= 10, {}
+
+
+def test_nan_reward_stops_with_a_named_error(tmp_path):
+    gym.register("proximal-tests/NaNReward-v0", entry_point=NaNRewardEnv)
+    config = TrainConfig(**{**FAST_CARTPOLE, "env_id": "proximal-tests/NaNReward-v0"}, total_steps=512,
+                         out=str(tmp_path))
+    with pytest.raises(NonFiniteError, match="rewards contains NaN"):
+        train(config)

@@ -1,0 +1,147 @@
+"""Checkpoints, devices, seeds, metrics, rollout storage and config-generated command lines."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from core.advantages import gae
+from core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from core.config import add_arguments, config_to_dict, field_docs, from_arguments
+from core.device import resolve_device, seed_everything
+from core.metrics import METRICS, MetricsWriter, read_metrics
+from core.ppo import PPOConfig
+from core.rollout import RolloutBuffer
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    path = save_checkpoint(tmp_path / "a" / "ckpt.pt", "toy", {"model": model.state_dict()},
+                           {"step": 7, "config": {"lr": 0.1}})
+    payload = load_checkpoint(path, kind="toy")
+    restored = torch.nn.Linear(3, 2)
+    restored.load_state_dict(payload["state"]["model"])
+    assert torch.equal(restored.weight, model.weight)
+    assert payload["meta"] == {"step": 7, "config": {"lr": 0.1}}
+    assert [p.name for p in path.parent.iterdir()] == ["ckpt.pt"]  # no temporary file left behind
+
+
+def test_checkpoint_errors_name_the_problem(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+    path = save_checkpoint(tmp_path / "ckpt.pt", "toy", {"w": torch.ones(3)})
+    with pytest.raises(CheckpointError, match="of kind 'toy', expected llm_sft"):
+        load_checkpoint(path, kind="llm_sft")
+    data = path.read_bytes()
+    (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(tmp_path / "truncated.pt")
+    (tmp_path / "text.pt").write_text("hello")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(tmp_path / "text.pt")
+    torch.save({"format_version": 99, "state": {}}, tmp_path / "future.pt")
+    with pytest.raises(CheckpointError, match="format version 99"):
+        load_checkpoint(tmp_path / "future.pt")
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_checkpoint_never_executes_code(tmp_path):
+    torch.save({"format_version": 1, "kind": "toy", "meta": {}, "state": {"x": Evil()}}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="corrupt or not a proximal checkpoint"):
+        load_checkpoint(tmp_path / "evil.pt")
+
+
+def test_failed_save_keeps_the_previous_checkpoint(tmp_path):
+    path = save_checkpoint(tmp_path / "ckpt.pt", "toy", {"w": torch.ones(3)})
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_checkpoint(path, "toy", {"w": Unpicklable()})
+    assert torch.equal(load_checkpoint(path)["state"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda")
+
+
+def test_seed_everything_reproduces_streams():
+    seed_everything(5)
+    a = torch.rand(3)
+    seed_everything(5)
+    assert torch.equal(a, torch.rand(3))
+    with pytest.raises(ValueError, match="seed"):
+        seed_everything(-1)
+
+
+def test_metrics_writer(tmp_path):
+    with MetricsWriter(tmp_path / "metrics.jsonl") as writer:
+        writer.write(10, {"losses/approx_kl": 0.01, "charts/sps": float("nan")})
+        with pytest.raises(KeyError, match="losses/aprox_kl"):
+            writer.write(11, {"losses/aprox_kl": 0.01})
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    assert records == [{"step": 10, "losses/approx_kl": 0.01, "charts/sps": None}]
+    assert all(json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines())
+    assert all(description for description in METRICS.values())
+
+
+def test_rollout_buffer_gae_and_flatten(device):
+    T, N = 5, 3
+    buf = RolloutBuffer.allocate(T, N, (4,), device=device)
+    g = torch.Generator().manual_seed(0)
+    for name in ("rewards", "values", "next_values", "logprobs"):
+        getattr(buf, name).copy_(torch.randn(T, N, generator=g))
+    buf.terminations[2, 1] = 1.0
+    buf.truncations[3, 2] = 1.0
+    adv, ret = buf.compute_advantages(gamma=0.9, gae_lambda=0.8)
+    for env in range(N):  # each env's column is an independent time series
+        expected = gae(buf.rewards[:, env], buf.values[:, env], gamma=0.9, gae_lambda=0.8,
+                       next_values=buf.next_values[:, env], terminations=buf.terminations[:, env],
+                       truncations=buf.truncations[:, env])
+        torch.testing.assert_close(adv[:, env], expected)
+    torch.testing.assert_close(ret, adv + buf.values)
+    batch = buf.flatten(adv, ret)
+    assert batch["obs"].shape == (T * N, 4) and batch["advantages"].shape == (T * N,)
+    assert batch["obs"].device.type == torch.device(device).type
+
+
+def test_cli_generated_from_config_dataclass():
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, PPOConfig)
+    args = parser.parse_args(["--clip-coef", "0.1", "--target-kl", "none", "--norm-adv", "false"])
+    config = from_arguments(PPOConfig, args)
+    assert config.clip_coef == 0.1 and config.target_kl is None and config.norm_adv is False
+    assert "ε" in field_docs(PPOConfig)["clip_coef"]
+    assert config_to_dict(config)["clip_coef"] == 0.1
+    assert all(field_docs(PPOConfig).get(name) for name in config_to_dict(config)), "every field has a docstring"
+    with pytest.raises(ValueError, match="clip_coef must be > 0"):
+        from_arguments(PPOConfig, parser.parse_args(["--clip-coef", "-1"]))
+
+
+@dataclass
+class _Child(PPOConfig):
+    extra: int = 3
+    """An extra field."""
+
+
+def test_field_docs_include_base_classes():
+    docs = field_docs(_Child)
+    assert docs["extra"] == "An extra field." and "clip_coef" in docs

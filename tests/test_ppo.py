@@ -1,0 +1,265 @@
+"""The PPO update: it learns (a contextual bandit, a two-token language task with masks), it
+keeps KL in band with the adaptive penalty, and it refuses bad input by name."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from core.advantages import gae
+from core.checks import NonFiniteError
+from core.kl import AdaptiveKLController
+from core.ppo import Evaluation, PPOConfig, ppo_update
+
+formula = pytest.mark.formula
+
+REWARDS = torch.tensor([  # contexts × actions; the best action differs per context
+    [0.0, 1.0, 0.2, 0.0],
+    [0.5, 0.0, 0.0, 1.0],
+    [1.0, 0.3, 0.0, 0.1],
+])
+
+
+class BanditPolicy(torch.nn.Module):
+    def __init__(self, n_contexts=3, n_actions=4):
+        super().__init__()
+        self.logits = torch.nn.Parameter(torch.zeros(n_contexts, n_actions))
+        self.values = torch.nn.Parameter(torch.zeros(n_contexts))
+
+    def evaluate(self, mb):
+        logp_all = F.log_softmax(self.logits[mb["obs"]], -1)  # (B, A)
+        logp = logp_all.gather(1, mb["actions"][:, None]).squeeze(1)
+        entropy = -(logp_all.exp() * logp_all).sum(-1)
+        return Evaluation(logp, entropy, self.values[mb["obs"]])
+
+
+def bandit_batch(policy, g, n=512, device="cpu"):
+    contexts = torch.randint(0, 3, (n,), generator=g)
+    with torch.no_grad():
+        probs = F.softmax(policy.logits[contexts.to(device)], -1).cpu()
+        actions = torch.multinomial(probs, 1, generator=g).squeeze(1)
+        rewards = REWARDS[contexts, actions] + 0.1 * torch.randn(n, generator=g)
+        contexts, actions, rewards = contexts.to(device), actions.to(device), rewards.to(device)
+        values = policy.values[contexts]
+        logp = F.log_softmax(policy.logits[contexts], -1).gather(1, actions[:, None]).squeeze(1)
+    # one-step episodes: GAE over a time axis of length 1 that terminates
+    adv = gae(rewards[:, None], values[:, None], gamma=0.99, gae_lambda=0.95).squeeze(1)
+    return {"obs": contexts, "actions": actions, "logprobs": logp, "values": values,
+            "advantages": adv, "returns": adv + values, "rewards": rewards}
+
+
+@formula("AC-2")
+@formula("CL-4")
+@pytest.mark.parametrize("objective", ["clip", "kl_penalty", "clip+kl_penalty"])
+def test_ppo_solves_a_contextual_bandit(objective, device):
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    policy = BanditPolicy().to(device)
+    opt = torch.optim.Adam(policy.parameters(), lr=0.05, eps=1e-5)
+    config = PPOConfig(objective=objective, minibatch_size=128, update_epochs=4, ent_coef=0.0)
+    controller = AdaptiveKLController(beta=1.0, target_kl=0.02) if objective != "clip" else None
+    for _ in range(40):
+        batch = bandit_batch(policy, g, device=device)
+        batch.pop("rewards")
+        stats = ppo_update(policy.evaluate, batch, opt, config, kl_controller=controller, generator=g)
+    probs = F.softmax(policy.logits, -1)
+    best = REWARDS.argmax(1).to(device)
+    assert torch.equal(probs.argmax(1), best)
+    assert float(probs.detach().gather(1, best[:, None]).min()) > 0.9
+    # the critic learned the value of each context under the (now near-greedy) policy
+    assert torch.allclose(policy.values, (probs * REWARDS.to(device)).sum(1), atol=0.15)
+    assert set(stats) >= {"losses/policy_loss", "losses/value_loss", "losses/entropy", "losses/approx_kl",
+                          "losses/clipfrac", "losses/explained_variance"}
+
+
+class NoisyBanditPolicy(torch.nn.Module):
+    """64 contexts × 10 actions with small reward gaps and loud noise: the policy keeps moving
+    for many updates, so the step size is set by the KL penalty, not by convergence."""
+
+    def __init__(self, n_contexts=64, n_actions=10):
+        super().__init__()
+        self.logits = torch.nn.Parameter(torch.zeros(n_contexts, n_actions))
+        self.values = torch.nn.Parameter(torch.zeros(n_contexts))
+
+    evaluate = BanditPolicy.evaluate
+
+
+@formula("TR-3")
+def test_adaptive_penalty_keeps_kl_in_band(device):
+    torch.manual_seed(1)
+    g = torch.Generator().manual_seed(1)
+    reward_table = 0.3 * torch.randn(64, 10, generator=torch.Generator().manual_seed(0))
+    policy = NoisyBanditPolicy().to(device)
+    opt = torch.optim.Adam(policy.parameters(), lr=0.1, eps=1e-5)
+    config = PPOConfig(objective="kl_penalty", minibatch_size=128, update_epochs=4)
+    target = 0.01
+    controller = AdaptiveKLController(beta=0.1, target_kl=target)  # β starts far too small
+    kls = []
+    for _ in range(30):
+        n = 1024
+        contexts = torch.randint(0, 64, (n,), generator=g)
+        with torch.no_grad():
+            probs = F.softmax(policy.logits.cpu()[contexts], -1)
+            actions = torch.multinomial(probs, 1, generator=g).squeeze(1)
+            rewards = reward_table[contexts, actions] + torch.randn(n, generator=g)
+            contexts, actions, rewards = contexts.to(device), actions.to(device), rewards.to(device)
+            values = policy.values[contexts]
+            logp = F.log_softmax(policy.logits[contexts], -1).gather(1, actions[:, None]).squeeze(1)
+        adv = gae(rewards[:, None], values[:, None], gamma=0.99, gae_lambda=0.95).squeeze(1)
+        batch = {"obs": contexts, "actions": actions, "logprobs": logp, "values": values,
+                 "advantages": adv, "returns": adv + values}
+        stats = ppo_update(policy.evaluate, batch, opt, config, kl_controller=controller, generator=g)
+        kls.append(stats["ppo/kl_after_update"])
+    assert kls[0] > 5 * target  # with the initial β the policy moved far too much
+    late = sorted(kls[10:])
+    assert target / 2 <= late[len(late) // 2] <= 2 * target, kls  # then β brought the KL into band
+    assert controller.beta > 0.1
+
+
+class TwoTokenPolicy(torch.nn.Module):
+    """Vocabulary {0: EOS, 1, 2, 3}; a reply is one or two tokens; token 2 conditions on token 1."""
+
+    def __init__(self):
+        super().__init__()
+        self.first = torch.nn.Parameter(torch.zeros(4))
+        self.second = torch.nn.Parameter(torch.zeros(4, 4))
+        self.value_first = torch.nn.Parameter(torch.zeros(()))
+        self.value_second = torch.nn.Parameter(torch.zeros(4))
+
+    def logits(self, tokens):  # tokens (B, 2) → logits (B, 2, 4)
+        first = self.first.expand(tokens.shape[0], 4)
+        second = self.second[tokens[:, 0]]
+        return torch.stack([first, second], dim=1)
+
+    def evaluate(self, mb):
+        logp_all = F.log_softmax(self.logits(mb["actions"]), -1)  # (B, 2, 4)
+        logp = logp_all.gather(2, mb["actions"][..., None]).squeeze(-1)  # (B, 2)
+        entropy = -(logp_all.exp() * logp_all).sum(-1)
+        values = torch.stack([self.value_first.expand(mb["actions"].shape[0]),
+                              self.value_second[mb["actions"][:, 0]]], dim=1)
+        return Evaluation(logp, entropy, values)
+
+
+def two_token_batch(policy, g, n=256, device="cpu"):
+    with torch.no_grad():
+        first = torch.multinomial(F.softmax(policy.first, -1).cpu().expand(n, 4), 1, generator=g).squeeze(1)
+        second = torch.multinomial(F.softmax(policy.second[first.to(device)], -1).cpu(), 1, generator=g).squeeze(1)
+        tokens = torch.stack([first, second], 1)
+        mask = torch.ones(n, 2)
+        mask[first == 0, 1] = 0.0  # EOS first: a one-token reply, the second position is padding
+        tokens[first == 0, 1] = 0
+        # the reply "2 3" earns 1, "1" + anything 0.3, everything else 0: on the last real token
+        score = torch.where((first == 2) & (second == 3), 1.0, torch.where(first == 1, 0.3, 0.0))
+        last = (mask.sum(1) - 1).long()
+        rewards = torch.zeros(n, 2)
+        rewards[torch.arange(n), last] = score
+        tokens, mask, rewards = tokens.to(device), mask.to(device), rewards.to(device)
+        ev = policy.evaluate({"actions": tokens})
+    adv = gae(rewards, ev.values, gamma=1.0, gae_lambda=0.95, mask=mask)
+    return {"actions": tokens, "logprobs": ev.logprobs, "values": ev.values, "advantages": adv,
+            "returns": (adv + ev.values) * mask, "mask": mask}
+
+
+@pytest.mark.parametrize("reduction", ["seq_mean", "token_mean"])
+def test_ppo_solves_a_two_token_language_task_with_masks(reduction, device):
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    policy = TwoTokenPolicy().to(device)
+    opt = torch.optim.Adam(policy.parameters(), lr=0.1, eps=1e-5)
+    config = PPOConfig(minibatch_size=64, update_epochs=4, loss_reduction=reduction)
+    for _ in range(40):
+        ppo_update(policy.evaluate, two_token_batch(policy, g, device=device), opt, config, generator=g)
+    p_best = F.softmax(policy.first, -1)[2] * F.softmax(policy.second[2], -1)[3]
+    assert float(p_best.detach()) > 0.9
+
+
+def test_early_stop_at_target_kl(device):
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    policy = BanditPolicy().to(device)
+    opt = torch.optim.SGD(policy.parameters(), lr=5.0)  # huge steps: KL explodes after one epoch
+    batch = bandit_batch(policy, g, device=device)
+    batch.pop("rewards")
+    stats = ppo_update(policy.evaluate, batch, opt, PPOConfig(minibatch_size=128, update_epochs=10, target_kl=1e-4),
+                       generator=g)
+    assert stats["ppo/epochs"] < 10
+
+
+def test_same_seed_same_update(device):
+    results = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        g = torch.Generator().manual_seed(3)
+        policy = BanditPolicy().to(device)
+        opt = torch.optim.Adam(policy.parameters(), lr=0.05)
+        for _ in range(3):
+            batch = bandit_batch(policy, g, device=device)
+            batch.pop("rewards")
+            ppo_update(policy.evaluate, batch, opt, PPOConfig(minibatch_size=64), generator=g)
+        results.append(policy.logits.detach().clone())
+    assert torch.equal(results[0], results[1])
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("clip_coef", 0.0, "clip_coef must be > 0"),
+    ("clip_coef", -0.1, "clip_coef must be > 0"),
+    ("clip_coef_high", 0.1, "clip_coef_high"),
+    ("objective", "trust_me", "objective must be one of"),
+    ("update_epochs", 0, "update_epochs"),
+    ("minibatch_size", 0, "minibatch_size"),
+    ("target_kl", 0.0, "target_kl must be > 0"),
+    ("target_kl", -1.0, "target_kl must be > 0"),
+    ("max_grad_norm", 0.0, "max_grad_norm"),
+    ("loss_reduction", "sum", "loss_reduction"),
+    ("ref_kl_estimator", "k9", "ref_kl_estimator"),
+])
+def test_config_rejects_bad_hyperparameters_by_name(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        PPOConfig(**{field: value})
+
+
+def test_minibatch_larger_than_batch_is_refused(device):
+    with pytest.raises(ValueError, match="minibatch_size"):
+        PPOConfig(minibatch_size=512, batch_size=256)
+    policy = BanditPolicy().to(device)
+    batch = bandit_batch(policy, torch.Generator().manual_seed(0), n=100, device=device)
+    batch.pop("rewards")
+    with pytest.raises(ValueError, match=r"minibatch_size \(128\) is larger than the batch \(100 rows\)"):
+        ppo_update(policy.evaluate, batch, torch.optim.Adam(policy.parameters()), PPOConfig(minibatch_size=128))
+
+
+@pytest.mark.parametrize("key", ["advantages", "returns", "values", "logprobs"])
+def test_nan_in_batch_is_named(key, device):
+    policy = BanditPolicy().to(device)
+    batch = bandit_batch(policy, torch.Generator().manual_seed(0), n=64, device=device)
+    batch.pop("rewards")
+    batch[key] = batch[key].clone()
+    batch[key][7] = float("nan")
+    with pytest.raises(NonFiniteError, match=f"{key} contains NaN"):
+        ppo_update(policy.evaluate, batch, torch.optim.Adam(policy.parameters()), PPOConfig(minibatch_size=32))
+
+
+def test_shape_mismatch_and_missing_keys_are_named(device):
+    policy = BanditPolicy().to(device)
+    opt = torch.optim.Adam(policy.parameters())
+    batch = bandit_batch(policy, torch.Generator().manual_seed(0), n=64, device=device)
+    batch.pop("rewards")
+    bad = dict(batch, advantages=batch["advantages"][:60])
+    with pytest.raises(ValueError, match="advantages has shape"):
+        ppo_update(policy.evaluate, bad, opt, PPOConfig(minibatch_size=32))
+    missing = {k: v for k, v in batch.items() if k != "returns"}
+    with pytest.raises(ValueError, match="missing \\['returns'\\]"):
+        ppo_update(policy.evaluate, missing, opt, PPOConfig(minibatch_size=32))
+    with pytest.raises(ValueError, match="kl_controller"):
+        ppo_update(policy.evaluate, batch, opt, PPOConfig(objective="kl_penalty", minibatch_size=32))
+
+
+def test_nan_from_the_model_stops_the_update(device):
+    policy = BanditPolicy().to(device)
+    batch = bandit_batch(policy, torch.Generator().manual_seed(0), n=64, device=device)
+    batch.pop("rewards")
+    with torch.no_grad():
+        policy.logits[0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="PPO loss"):
+        ppo_update(policy.evaluate, batch, torch.optim.Adam(policy.parameters()), PPOConfig(minibatch_size=32))

@@ -1,0 +1,40 @@
+"""The README's two commands are the ones CI and users run."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def readme_block(name: str) -> list[str]:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    match = re.search(rf"<!-- {name}:start -->(.*?)<!-- {name}:end -->", text, flags=re.S)
+    assert match, f"README.md has no {name} markers"
+    return [line for line in match.group(1).splitlines() if line.startswith("python3 ")]
+
+
+def test_readme_has_one_test_command_that_installs_lints_and_tests():
+    (command,) = readme_block("test-command")
+    assert "pip install" in command and "-r requirements.txt" in command
+    assert "ruff check" in command and "pytest" in command
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    script = ROOT / ".ci" / "run"
+    extracted = subprocess.run(
+        ["awk", "/<!-- test-command:start -->/{f=1;next} /<!-- test-command:end -->/{f=0} f && /^python3 /",
+         str(ROOT / "README.md")], capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    assert [extracted] == readme_block("test-command")
+    assert "bash -c \"$command\"" in script.read_text()
+
+
+def test_requirements_pin_torch_to_a_cpu_installable_range():
+    requirements = (ROOT / "requirements.txt").read_text()
+    torch_line = next(line for line in requirements.splitlines() if line.startswith("torch"))
+    assert "<" in torch_line, "an unbounded torch pulls a multi-GB CUDA build"
+    for package in ("gymnasium", "pygame", "numpy", "matplotlib", "pytest"):
+        assert re.search(rf"^{package}\b", requirements, flags=re.M), package
