@@ -31,9 +31,6 @@ with actions from `action_space.sample()`.
 from __future__ import annotations
 
 import argparse
-import ast
-import dataclasses
-import inspect
 import json
 import sys
 import time
@@ -42,6 +39,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from core.config import add_arguments, from_arguments
 
 __all__ = ["BenchConfig", "main", "measure_single", "measure_batched"]
 
@@ -69,28 +68,21 @@ class BenchConfig:
     seed: int = 0
     """Seed of the envs and of the random actions."""
 
-
-def _field_docs(cls) -> dict[str, str]:
-    """The docstrings written under the fields of a dataclass (used as --help texts)."""
-    docs, body = {}, ast.parse(inspect.getsource(cls)).body[0].body
-    for node, following in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(following, ast.Expr):
-            docs[node.target.id] = str(following.value.value)
-    return docs
+    def __post_init__(self) -> None:
+        if not self.seconds > 0:
+            raise ValueError(f"seconds must be > 0, got {self.seconds}")
+        if self.repeats < 1:
+            raise ValueError(f"repeats must be ≥ 1, got {self.repeats}")
+        if self.obs_type not in ("features", "pixels"):
+            raise ValueError(f"obs_type must be 'features' or 'pixels', got {self.obs_type!r}")
+        if self.threads < 0:
+            raise ValueError(f"threads must be ≥ 0, got {self.threads}")
 
 
 def parse_args(argv: list[str] | None = None) -> BenchConfig:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    docs = _field_docs(BenchConfig)
-    for field in dataclasses.fields(BenchConfig):
-        flag = "--" + field.name.replace("_", "-")
-        if field.type in (bool, "bool"):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction,
-                                default=field.default, help=docs.get(field.name))
-        else:
-            kind = {"float": float, "int": int, "str": str}[str(field.type)]
-            parser.add_argument(flag, type=kind, default=field.default, help=docs.get(field.name))
-    return BenchConfig(**vars(parser.parse_args(argv)))
+    add_arguments(parser, BenchConfig)
+    return from_arguments(BenchConfig, parser.parse_args(argv))
 
 
 def _best_rate(run: Callable[[], int], seconds: float, repeats: int, sync=None) -> float:

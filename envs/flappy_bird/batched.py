@@ -35,6 +35,7 @@ returned observation, so `torch.where(truncated, V(final_obs), 0)` needs no inde
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -72,7 +73,13 @@ from .rules import (
     seed_key,
 )
 
-__all__ = ["BatchedFlappyBird", "make_batched_flappy", "PIXELS"]
+__all__ = [
+    "BatchedFlappyBird",
+    "FlappyVectorEnv",
+    "make_batched_flappy",
+    "make_batched_flappy_for_agent",
+    "PIXELS",
+]
 
 PIXELS = 84  # side of the square grey image of obs_type="pixels"
 
@@ -213,6 +220,7 @@ class BatchedFlappyBird(VectorEnv):
         self._shifted[6] = PIPE_SPAWN_X
         self._gap = gap
         # Random gap heights: per-env table of pre-drawn offsets, and draws used so far.
+        self._keys: torch.Tensor | None = None  # (N,) int64, each env's stream key
         self._table: torch.Tensor | None = None  # (N, gap_table_size) uint8
         self._draws = torch.zeros(n, dtype=torch.int64, device=dev)  # (N,)
         self._draw_mask = config.gap_table_size - 1
@@ -333,8 +341,8 @@ class BatchedFlappyBird(VectorEnv):
             truncated = torch.zeros_like(crash)
         else:
             truncated = self._length >= self.max_episode_steps
-        if cfg.max_score is not None:
-            truncated |= self._score >= cfg.max_score
+        if cfg.score_cap is not None:
+            truncated |= self._score >= cfg.score_cap
         done = terminated | truncated  # (N,)
         restart = done.float()  # (N,) lerp weight: 1.0 where the env restarts
 
@@ -377,10 +385,49 @@ class BatchedFlappyBird(VectorEnv):
     def close(self, **kwargs: Any) -> None:
         self.closed = True
 
+    def state_dict(self) -> dict[str, Any]:
+        """A snapshot to continue exactly from here (a training run's checkpoint stores it).
+
+        Tensors on the env's device plus the config as a plain dict: the whole game state,
+        each env's stream key and draw count (the table is rebuilt from the keys), and for
+        pixels the frame stack.
+        """
+        if self._needs_reset:
+            raise RuntimeError("call reset() before state_dict()")
+        state = {
+            "config": dataclasses.asdict(self.config),
+            "max_episode_steps": self.max_episode_steps,
+            "state": self._state.clone(),
+            "draws": self._draws.clone(),
+            "keys": self._keys.clone(),
+        }
+        if self.obs_type == "pixels":
+            state["stack"] = self._stack.clone()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a `state_dict()` of an env built with the same settings."""
+        if state.get("config") != dataclasses.asdict(self.config):
+            raise ValueError("the snapshot was taken with a different FlappyConfig: "
+                             f"{state.get('config')} != {dataclasses.asdict(self.config)}")
+        if tuple(state["state"].shape) != tuple(self._state.shape):
+            raise ValueError(f"the snapshot holds {state['state'].shape[1]} envs, this env has "
+                             f"{self.num_envs}")
+        if ("stack" in state) != (self.obs_type == "pixels"):
+            raise ValueError("the snapshot's observation type differs from this env's")
+        self._state.copy_(state["state"])
+        self._draws.copy_(state["draws"])
+        self._keys = state["keys"].to(self.device, torch.int64)
+        self._table = gap_table(self._keys, self.config)
+        if self.obs_type == "pixels":
+            self._stack = state["stack"].to(self.device).clone()
+        self._needs_reset = False
+
     # ---- helpers ---------------------------------------------------------------------------
     def _set_streams(self, seeds: list[int]) -> None:
-        keys = torch.tensor([seed_key(s) for s in seeds], dtype=torch.int64, device=self.device)
-        self._table = gap_table(keys, self.config)
+        self._keys = torch.tensor([seed_key(s) for s in seeds], dtype=torch.int64,
+                                  device=self.device)  # (N,)
+        self._table = gap_table(self._keys, self.config)
         self._draws.zero_()
 
     def _flap_weight(self, actions: Any) -> torch.Tensor:
@@ -474,3 +521,66 @@ def make_batched_flappy(
     `FlappyConfig` field (pipe_gap=..., ceiling=...). Call `obs, info = env.reset()` next.
     """
     return BatchedFlappyBird(num_envs, device=device, obs_type=obs_type, seed=seed, **kwargs)
+
+
+class FlappyVectorEnv:
+    """`BatchedFlappyBird` behind the PPO agent's tensor interface (`envs.vector`).
+
+    `reset(seed) -> obs` and `step(actions) -> envs.vector.Step`; the episode return and score
+    come from the env's own totals (`info["final_info"]`), zero where no episode ended. Also
+    forwards `state_dict`/`load_state_dict`, so a training checkpoint resumes mid-episode.
+    """
+
+    def __init__(self, env: BatchedFlappyBird):
+        from envs.vector import Step  # the agent's step record
+
+        self.env = env
+        self._step_type = Step
+        self.num_envs = env.num_envs
+        self.device = env.device
+        self.single_observation_space = env.single_observation_space
+        self.single_action_space = env.single_action_space
+
+    def reset(self, seed: int | None = None) -> torch.Tensor:
+        obs, _ = self.env.reset(seed=seed)
+        return obs
+
+    def step(self, actions: torch.Tensor):
+        obs, reward, terminated, truncated, info = self.env.step(actions)
+        ended, totals = info["_final_info"], info["final_info"]
+        episode_return = torch.where(ended, totals["episode_return"], 0.0)  # (N,)
+        episode_score = torch.where(ended, totals["score"], 0.0)  # (N,) pipes passed
+        return self._step_type(obs, reward, terminated, truncated, info["final_obs"],
+                               episode_return, episode_score)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.env.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.env.load_state_dict(state)
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def make_batched_flappy_for_agent(
+    env_id: str, num_envs: int, device: str | torch.device, **kwargs: Any
+) -> FlappyVectorEnv:
+    """The batched env for a registered `proximal/` id, behind the agent's tensor interface.
+
+    The id picks the observation ("proximal/FlappyBird-v0": features,
+    "proximal/FlappyBirdPixels-v0": pixels) and the default step limit. `kwargs` go to
+    `BatchedFlappyBird` (any `FlappyConfig` field, e.g. `score_cap=500`). Actions are not
+    range-checked (`validate_actions=False`): the agent samples them from a 2-way categorical,
+    and the check would cost a host sync per step on CUDA.
+    """
+    import gymnasium
+
+    import envs  # noqa: F401  (registers the ids)
+
+    spec = gymnasium.spec(env_id)
+    kwargs.setdefault("max_episode_steps", spec.max_episode_steps)
+    kwargs.setdefault("validate_actions", False)
+    obs_type = spec.kwargs.get("obs_type", "features")
+    return FlappyVectorEnv(BatchedFlappyBird(num_envs, device=device, obs_type=obs_type,
+                                             **kwargs))
