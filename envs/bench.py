@@ -4,8 +4,10 @@ Measures, in one run, with random actions: the single env
 (`gymnasium.make("proximal/FlappyBird-v0")`), the batched env on the CPU at N = 1, 64, 1024
 and 8192, the batched env at N = 65,536 on CUDA when a GPU is present, and, when the
 `flappy-bird-gymnasium` package is installed, its `FlappyBird-v0` with `use_lidar=False` (the
-reference). Each figure is the best of `repeats` timed windows of `seconds` each: on a shared
-machine the best window is the one least disturbed by others. One CPU thread by default.
+reference). Each figure is the best of `repeats` timed windows of `seconds` each, taken in
+turns (window 1 of every workload, then window 2, ...): on a shared machine the best window is
+the one least disturbed by others, and taking turns spreads any disturbance over all the
+workloads alike. One CPU thread by default.
 
 Two ways of feeding random actions to a single env are timed:
 
@@ -42,7 +44,7 @@ import torch
 
 from core.config import add_arguments, from_arguments
 
-__all__ = ["BenchConfig", "main", "measure_single", "measure_batched"]
+__all__ = ["BenchConfig", "Workload", "batched_workload", "main", "single_workload"]
 
 SINGLE = "single env (proximal/FlappyBird-v0)"
 REFERENCE = "flappy-bird-gymnasium FlappyBird-v0"
@@ -85,26 +87,29 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     return from_arguments(BenchConfig, parser.parse_args(argv))
 
 
-def _best_rate(run: Callable[[], int], seconds: float, repeats: int, sync=None) -> float:
-    """Best steps/s over `repeats` windows; `run()` does a chunk of work, returns its steps."""
-    run()  # warm-up (allocations, caches, lazy initialisation)
-    best = 0.0
-    for _ in range(repeats):
+class Workload:
+    """A piece of work to time: `run()` does a chunk of steps and returns how many."""
+
+    def __init__(self, run: Callable[[], int], sync: Callable[[], None] | None = None,
+                 close: Callable[[], None] | None = None):
+        self.run, self.sync, self.close = run, sync, close
+        self.run()  # warm-up (allocations, caches, lazy initialisation)
+
+    def window(self, seconds: float) -> float:
+        """Steps/s over one timed window of at least `seconds`."""
         steps, start = 0, time.perf_counter()
         while True:
-            steps += run()
-            if sync is not None:
-                sync()
+            steps += self.run()
+            if self.sync is not None:
+                self.sync()  # CUDA runs asynchronously: wait for the work to be done
             elapsed = time.perf_counter() - start
             if elapsed >= seconds:
-                break
-        best = max(best, steps / elapsed)
-    return best
+                return steps / elapsed
 
 
-def measure_single(make_env: Callable[[], object], seconds: float, repeats: int,
-                   seed: int = 0, sampled: bool = False) -> float:
-    """Steps/s of one gymnasium env with random actions, resetting when an episode ends.
+def single_workload(make_env: Callable[[], object], seed: int = 0,
+                    sampled: bool = False) -> Workload:
+    """One gymnasium env with random actions, reset whenever an episode ends.
 
     `sampled=False`: actions drawn in advance; `sampled=True`: `action_space.sample()`.
     """
@@ -125,14 +130,12 @@ def measure_single(make_env: Callable[[], object], seconds: float, repeats: int,
         position += 1000
         return 1000
 
-    rate = _best_rate(run, seconds, repeats)
-    env.close()
-    return rate
+    return Workload(run, close=env.close)
 
 
-def measure_batched(num_envs: int, device: str, seconds: float, repeats: int,
-                    obs_type: str = "features", seed: int = 0) -> float:
-    """Steps/s (env steps, i.e. N per call) of the batched env with random actions."""
+def batched_workload(num_envs: int, device: str, obs_type: str = "features",
+                     seed: int = 0) -> Workload:
+    """The batched env with random actions (env steps: N per call)."""
     from envs.flappy_bird import BatchedFlappyBird
 
     env = BatchedFlappyBird(num_envs, device=device, obs_type=obs_type)
@@ -147,7 +150,7 @@ def measure_batched(num_envs: int, device: str, seconds: float, repeats: int,
         return calls * num_envs
 
     sync = torch.cuda.synchronize if env.device.type == "cuda" else None
-    return _best_rate(run, seconds, repeats, sync)
+    return Workload(run, sync=sync, close=env.close)
 
 
 def _reference_maker():
@@ -177,24 +180,33 @@ def main(argv: list[str] | None = None) -> dict:
     def ours():
         return gymnasium.make(envs.FLAPPY_ID)
 
-    jobs: list[tuple[str, Callable[[], float]]] = []
+    builders: list[tuple[str, Callable[[], Workload]]] = []
     for sampled in (False, True):
         tag = " (sampled)" if sampled else ""
-        jobs.append((SINGLE + tag, lambda s=sampled: measure_single(
-            ours, cfg.seconds, cfg.repeats, cfg.seed, s)))
+        builders.append((SINGLE + tag, lambda s=sampled: single_workload(ours, cfg.seed, s)))
         if reference is not None:
-            jobs.append((REFERENCE + tag, lambda s=sampled: measure_single(
-                reference, cfg.seconds, cfg.repeats, cfg.seed, s)))
+            builders.append((REFERENCE + tag,
+                             lambda s=sampled: single_workload(reference, cfg.seed, s)))
     for n in sizes:
-        jobs.append((f"batched, cpu, N={n}", lambda n=n: measure_batched(
-            n, "cpu", cfg.seconds, cfg.repeats, cfg.obs_type, cfg.seed)))
+        builders.append((f"batched, cpu, N={n}",
+                         lambda n=n: batched_workload(n, "cpu", cfg.obs_type, cfg.seed)))
     if cuda:
-        jobs.append((f"batched, cuda, N={cfg.cuda_envs}", lambda: measure_batched(
-            cfg.cuda_envs, "cuda", cfg.seconds, cfg.repeats, cfg.obs_type, cfg.seed)))
+        builders.append((f"batched, cuda, N={cfg.cuda_envs}", lambda: batched_workload(
+            cfg.cuda_envs, "cuda", cfg.obs_type, cfg.seed)))
 
-    results: dict[str, float] = {}
-    for name, job in tqdm(jobs, desc="bench", file=sys.stderr, leave=False):
-        results[name] = job()
+    # Round robin: window r of every workload runs before window r + 1 of any, so a burst of
+    # load from other programs hits all of them alike and the ratios stay fair.
+    workloads = {name: build() for name, build in builders}
+    results = dict.fromkeys(workloads, 0.0)
+    with tqdm(total=cfg.repeats * len(workloads), desc="bench", file=sys.stderr,
+              leave=False) as bar:
+        for _ in range(cfg.repeats):
+            for name, workload in workloads.items():
+                results[name] = max(results[name], workload.window(cfg.seconds))
+                bar.update()
+    for workload in workloads.values():
+        if workload.close is not None:
+            workload.close()
 
     ref = results.get(REFERENCE)
     ref_sampled = results.get(REFERENCE + " (sampled)")
