@@ -123,6 +123,25 @@ def test_vector_env_same_step_autoreset():
 
 
 @needs_cv2
+def test_vector_env_with_torch_tensors():
+    venv = make_atari_vector_env(GAME, 2, device="cpu")
+    obs, _ = venv.reset(seed=0)
+    assert isinstance(obs, torch.Tensor) and obs.shape == (2, 4, 84, 84)
+    assert obs.dtype == torch.uint8
+    seen_end = False
+    for _ in range(400):
+        obs, reward, terminated, truncated, info = venv.step(torch.randint(0, 4, (2,)))
+        assert reward.dtype == torch.float32 and terminated.dtype == torch.bool
+        assert info["final_obs"].shape == (2, 4, 84, 84)
+        done = terminated | truncated
+        assert torch.equal(info["_final_obs"], done)
+        assert torch.equal(info["final_obs"][~done], obs[~done])
+        seen_end |= bool(done.any())
+    assert seen_end
+    venv.close()
+
+
+@needs_cv2
 def test_agent_interface_over_atari():
     from envs.vector import make_vector_env
 

@@ -37,7 +37,7 @@ def policy_actions(obs: torch.Tensor, rng: np.random.Generator, config) -> np.nd
     ("seed", "overrides"),
     [
         (0, {}),
-        (100, {"ceiling": "crash", "score_cap": 4}),
+        (100, {"ceiling": "crash", "max_score": 4}),
         (2**40, {"pipe_gap": 130, "pipe_speed": 5, "gravity": 2, "flap_speed": -12,
                  "max_fall_speed": 12, "gap_table_size": 16}),
     ],
@@ -272,7 +272,7 @@ def test_state_dict_resumes_exactly(obs_type, device):
 def test_agent_interface(device):
     from envs.vector import make_vector_env
 
-    venv = make_vector_env("flappy", 3, torch.device(device), score_cap=2)
+    venv = make_vector_env("flappy", 3, torch.device(device), max_score=2)
     assert venv.single_observation_space.shape == (12,) and venv.single_action_space.n == 2
     obs = venv.reset(seed=0)
     assert obs.shape == (3, 12) and obs.device.type == torch.device(device).type

@@ -115,7 +115,7 @@ def test_physics_of_a_flap_and_a_fall():
 def test_reward_table_and_score():
     cfg = FlappyConfig()
     alive, alive_and_pipe, crashed = cfg.rewards
-    steps = play(FlappyBirdEnv(score_cap=3), autopilot, seed=2)
+    steps = play(FlappyBirdEnv(max_score=3), autopilot, seed=2)
     rewards = [s[1] for s in steps]
     scores = [s[4]["score"] for s in steps]
     assert set(rewards) == {alive, alive_and_pipe}
@@ -182,7 +182,7 @@ def test_observation_bounds_hold_in_long_play():
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_autopilot_passes_twenty_pipes(seed):
     """The game is playable: a scripted player reading only the features passes 20 pipes."""
-    steps = play(FlappyBirdEnv(score_cap=20), autopilot, seed=seed)
+    steps = play(FlappyBirdEnv(max_score=20), autopilot, seed=seed)
     assert steps[-1][4]["score"] == 20 and steps[-1][3] and not steps[-1][2]
 
 
@@ -288,6 +288,6 @@ def test_play_smoke(monkeypatch):
 
 
 def test_run_episode():
-    assert run_episode(envs.FLAPPY_ID, autopilot, seed=0, score_cap=3) == 3.0
+    assert run_episode(envs.FLAPPY_ID, autopilot, seed=0, max_score=3) == 3.0
     env = FlappyBirdEnv()
     assert run_episode(env, lambda obs: 0, seed=0) == 0.0  # falls, scores nothing

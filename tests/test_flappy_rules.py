@@ -51,7 +51,7 @@ def test_constants_match_flappybird():
         ("max_fall_speed", 0),
         ("ceiling", "bounce"),
         ("reward_alive", float("nan")),
-        ("score_cap", 0),
+        ("max_score", 0),
         ("gap_table_size", 1000),
     ],
 )

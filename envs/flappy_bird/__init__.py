@@ -6,9 +6,7 @@ Files (read them in this order):
                  generator and the feature layout: everything both envs share;
 - `env.py`       `FlappyBirdEnv`, one game in plain Python (gymnasium `Env`);
 - `batched.py`   `BatchedFlappyBird`, N games as torch tensors on any device
-                 (gymnasium `VectorEnv`, SAME_STEP autoreset), `make_batched_flappy`, and
-                 `make_batched_flappy_for_agent` (the same env behind `envs.vector`'s
-                 interface, which `envs.train` uses);
+                 (gymnasium `VectorEnv`, SAME_STEP autoreset), and `make_batched_flappy`;
 - `render.py`    the pygame renderer (sprites drawn in code) and the shared palette;
 - `autopilot.py` a look-ahead scripted player over the features;
 - `record.py`    `record_gif`, `run_episode` and `make_flappy_pixels` (gymnasium's pixel
@@ -34,12 +32,7 @@ Any `FlappyConfig` field can be passed as a keyword to all of them (`pipe_gap=12
 """
 
 from .autopilot import autopilot, decode_features
-from .batched import (
-    BatchedFlappyBird,
-    FlappyVectorEnv,
-    make_batched_flappy,
-    make_batched_flappy_for_agent,
-)
+from .batched import BatchedFlappyBird, make_batched_flappy
 from .env import FlappyBirdEnv
 from .record import make_flappy_pixels, record_gif, run_episode
 from .rules import FEATURE_NAMES, MAX_EPISODE_STEPS, FlappyConfig
@@ -50,11 +43,9 @@ __all__ = [
     "BatchedFlappyBird",
     "FlappyBirdEnv",
     "FlappyConfig",
-    "FlappyVectorEnv",
     "autopilot",
     "decode_features",
     "make_batched_flappy",
-    "make_batched_flappy_for_agent",
     "make_flappy_pixels",
     "record_gif",
     "run_episode",

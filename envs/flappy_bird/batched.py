@@ -73,13 +73,7 @@ from .rules import (
     seed_key,
 )
 
-__all__ = [
-    "BatchedFlappyBird",
-    "FlappyVectorEnv",
-    "make_batched_flappy",
-    "make_batched_flappy_for_agent",
-    "PIXELS",
-]
+__all__ = ["BatchedFlappyBird", "make_batched_flappy", "PIXELS"]
 
 PIXELS = 84  # side of the square grey image of obs_type="pixels"
 
@@ -341,8 +335,8 @@ class BatchedFlappyBird(VectorEnv):
             truncated = torch.zeros_like(crash)
         else:
             truncated = self._length >= self.max_episode_steps
-        if cfg.score_cap is not None:
-            truncated |= self._score >= cfg.score_cap
+        if cfg.max_score is not None:
+            truncated |= self._score >= cfg.max_score
         done = terminated | truncated  # (N,)
         restart = done.float()  # (N,) lerp weight: 1.0 where the env restarts
 
@@ -522,65 +516,3 @@ def make_batched_flappy(
     """
     return BatchedFlappyBird(num_envs, device=device, obs_type=obs_type, seed=seed, **kwargs)
 
-
-class FlappyVectorEnv:
-    """`BatchedFlappyBird` behind the PPO agent's tensor interface (`envs.vector`).
-
-    `reset(seed) -> obs` and `step(actions) -> envs.vector.Step`; the episode return and score
-    come from the env's own totals (`info["final_info"]`), zero where no episode ended. Also
-    forwards `state_dict`/`load_state_dict`, so a training checkpoint resumes mid-episode.
-    """
-
-    def __init__(self, env: BatchedFlappyBird):
-        from envs.vector import Step  # the agent's step record
-
-        self.env = env
-        self._step_type = Step
-        self.num_envs = env.num_envs
-        self.device = env.device
-        self.single_observation_space = env.single_observation_space
-        self.single_action_space = env.single_action_space
-
-    def reset(self, seed: int | None = None) -> torch.Tensor:
-        obs, _ = self.env.reset(seed=seed)
-        return obs
-
-    def step(self, actions: torch.Tensor):
-        obs, reward, terminated, truncated, info = self.env.step(actions)
-        ended, totals = info["_final_info"], info["final_info"]
-        episode_return = torch.where(ended, totals["episode_return"], 0.0)  # (N,)
-        episode_score = torch.where(ended, totals["score"], 0.0)  # (N,) pipes passed
-        return self._step_type(obs, reward, terminated, truncated, info["final_obs"],
-                               episode_return, episode_score)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.env.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.env.load_state_dict(state)
-
-    def close(self) -> None:
-        self.env.close()
-
-
-def make_batched_flappy_for_agent(
-    env_id: str, num_envs: int, device: str | torch.device, **kwargs: Any
-) -> FlappyVectorEnv:
-    """The batched env for a registered `proximal/` id, behind the agent's tensor interface.
-
-    The id picks the observation ("proximal/FlappyBird-v0": features,
-    "proximal/FlappyBirdPixels-v0": pixels) and the default step limit. `kwargs` go to
-    `BatchedFlappyBird` (any `FlappyConfig` field, e.g. `score_cap=500`). Actions are not
-    range-checked (`validate_actions=False`): the agent samples them from a 2-way categorical,
-    and the check would cost a host sync per step on CUDA.
-    """
-    import gymnasium
-
-    import envs  # noqa: F401  (registers the ids)
-
-    spec = gymnasium.spec(env_id)
-    kwargs.setdefault("max_episode_steps", spec.max_episode_steps)
-    kwargs.setdefault("validate_actions", False)
-    obs_type = spec.kwargs.get("obs_type", "features")
-    return FlappyVectorEnv(BatchedFlappyBird(num_envs, device=device, obs_type=obs_type,
-                                             **kwargs))

@@ -135,7 +135,7 @@ class FlappyBirdEnv(gym.Env[np.ndarray, int]):
     1. Termination: the bird touches the ground (the bottom of its box reaches y = 404) or its
        box overlaps a pipe (rectangles, like FlapPyBird's first collision test), or, with
        `ceiling="crash"`, it touches the top of the screen.
-    2. Truncation: `score_cap` pipes passed (if set), or the step limit of the registration
+    2. Truncation: `max_score` pipes passed (if set), or the step limit of the registration
        (`max_episode_steps`, 20,000 frames by default; gymnasium's `TimeLimit` applies it).
 
     Calling `step` after termination or a score-cap truncation, before `reset`, raises
@@ -158,7 +158,7 @@ class FlappyBirdEnv(gym.Env[np.ndarray, int]):
     |                  |              |              | `pipe_speed`, `gravity`, `flap_speed`,     |
     |                  |              |              | `max_fall_speed`, `ceiling` ("clamp" or    |
     |                  |              |              | "crash"), `reward_alive`, `reward_pipe`,   |
-    |                  |              |              | `reward_crash`, `score_cap`,               |
+    |                  |              |              | `reward_crash`, `max_score`,               |
     |                  |              |              | `gap_table_size`                           |
 
     An invalid setting raises `ValueError` naming the field. `ceiling="clamp"` (default): the
@@ -298,7 +298,7 @@ class FlappyBirdEnv(gym.Env[np.ndarray, int]):
         alive, alive_and_pipe, crashed = self._rewards
         reward = crashed if crash else (alive_and_pipe if passed else alive)
         terminated = crash
-        truncated = cfg.score_cap is not None and self._score >= cfg.score_cap
+        truncated = cfg.max_score is not None and self._score >= cfg.max_score
         self._ended = terminated or truncated
         if self.render_mode == "human":
             self.render()

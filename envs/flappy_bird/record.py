@@ -26,7 +26,7 @@ def run_episode(
 
     The score is `info["score"]` when the env reports one (pipes for Flappy Bird), else the
     sum of the rewards. With an id, the env is made with `render_mode` (e.g. "human" to watch
-    it in a window at the game's speed) and `make_kwargs` (e.g. `score_cap=500`), and closed.
+    it in a window at the game's speed) and `make_kwargs` (e.g. `max_score=500`), and closed.
     """
     own_env = isinstance(env_id_or_env, str)
     if own_env:

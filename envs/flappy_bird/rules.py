@@ -249,7 +249,7 @@ class FlappyConfig:
     """Extra reward on the frame a pipe is passed (that frame gives reward_alive + reward_pipe)."""
     reward_crash: float = -1.0
     """Reward on the frame of a crash (instead of reward_alive)."""
-    score_cap: int | None = None
+    max_score: int | None = None
     """Truncate the episode once this many pipes are passed (None: no cap)."""
     gap_table_size: int = 1024
     """Random gap heights repeat every this many pipes of one env's stream (a power of two):
@@ -282,8 +282,8 @@ class FlappyConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float, np.number)) or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
-        if self.score_cap is not None:
-            whole("score_cap", 1)
+        if self.max_score is not None:
+            whole("max_score", 1)
         whole("gap_table_size", 1, 2**20)
         if self.gap_table_size & (self.gap_table_size - 1):
             raise ValueError(f"gap_table_size must be a power of two, got {self.gap_table_size}")
