@@ -42,7 +42,9 @@ def evaluate_policy(
     if episodes < 1:
         raise ValueError(f"episodes must be ≥ 1, got {episodes}")
     device = torch.device(device)
-    kwargs = {"score_cap": cap} if env_id.startswith("proximal/") and cap is not None else {}
+    if device.type == "cpu" and agent.arch != "cnn":
+        torch.set_num_threads(1)  # batch-of-100 MLP steps: threads only add synchronisation
+    kwargs = {"max_score": cap} if env_id.startswith("proximal/") and cap is not None else {}
     envs = make_vector_env(env_id, episodes, device, **kwargs)
     agent = agent.to(device).eval()
     obs = envs.reset(seed=seed)
@@ -51,7 +53,7 @@ def evaluate_policy(
     for _ in range(max_steps):
         actions, _, _ = agent.act(obs, greedy=True)
         step = envs.step(actions)
-        ended = (step.terminated | step.truncated) & ~finished
+        ended = step.game_over & ~finished
         scores = torch.where(ended, step.episode_score, scores)
         finished |= ended
         if bool(finished.all()):
@@ -83,7 +85,7 @@ def watch(agent: ActorCritic, env_id: str, *, render: str | None, gif: str | Non
     def policy(obs):
         return int(agent.act(torch.as_tensor(obs)[None], greedy=True)[0])
 
-    kwargs = {"score_cap": cap} if env_id.startswith("proximal/") and cap is not None else {}
+    kwargs = {"max_score": cap} if env_id.startswith("proximal/") and cap is not None else {}
     if gif:
         record_gif(env_id, policy, gif, seed=seed, **kwargs)
         print(f"saved {gif}", file=sys.stderr)

@@ -220,10 +220,9 @@ def train(
                 rollout.terminations[t], rollout.truncations[t] = step.terminated, step.truncated
                 with torch.no_grad():  # V(s_{t+1}) of the true next state: the final obs where an episode ended
                     rollout.next_values[t] = agent.value(step.final_obs)
-                ended = (step.terminated | step.truncated).float()
-                finished["returns"] += (step.episode_return * ended).sum()
-                finished["scores"] += (step.episode_score * ended).sum()
-                finished["count"] += ended.sum()
+                finished["returns"] += step.episode_return.sum()
+                finished["scores"] += step.episode_score.sum()
+                finished["count"] += step.game_over.sum()
                 obs = step.obs
             global_step += config.batch_size
 
@@ -289,7 +288,7 @@ def save_training_state(path, config, agent, optimizer, kl_controller, shuffle, 
     }
     if torch.cuda.is_available():
         state["cuda_rng"] = torch.cuda.get_rng_state_all()
-    if hasattr(envs, "state_dict"):
+    if envs.state_dict() is not None:
         state["env"] = envs.state_dict()
     meta = {
         "env_id": resolve_env_id(config.env_id),
@@ -312,7 +311,7 @@ def restore_state(payload, agent, optimizer, kl_controller, shuffle, envs, confi
     shuffle.set_state(state["shuffle_rng"])
     if kl_controller is not None and meta.get("beta") is not None:
         kl_controller.beta = meta["beta"]
-    if "env" in state and hasattr(envs, "load_state_dict"):
+    if "env" in state:
         envs.load_state_dict(state["env"])
         obs = state["obs"].to(device)
     else:

@@ -24,12 +24,11 @@ FAST_CARTPOLE = dict(env_id="CartPole-v1", num_envs=8, num_steps=32, minibatch_s
 
 def test_short_cartpole_run_improves(tmp_path):
     config = TrainConfig(**FAST_CARTPOLE, total_steps=16_384, seed=3, out=str(tmp_path))
-    untrained = ActorCritic((4,), 2)
-    before = np.mean(evaluate_policy(untrained, "CartPole-v1", episodes=10, cap=None))
     summary = train(config)
+    returns = [h["charts/episodic_return"] for h in summary["history"] if "charts/episodic_return" in h]
+    assert np.mean(returns[:3]) < 40  # a near-uniform random policy balances ~20 steps
     after = np.mean(evaluate_policy(summary["agent"], "CartPole-v1", episodes=10, cap=None))
-    assert before < 50
-    assert after > 150, (before, after)
+    assert after > 150, (returns[:3], after)
     assert (tmp_path / "metrics.jsonl").is_file() and (tmp_path / "learning_curve.png").is_file()
 
 
