@@ -23,7 +23,9 @@ reports whole games with unclipped scores, the number papers report.
 
 `make_atari_vector_env(env_id, num_envs)` runs N of them in a gymnasium vector env with
 SAME_STEP autoreset; with `device=...` it returns torch tensors and the same `info` layout as
-`envs.flappy_bird.BatchedFlappyBird` (a full `final_obs` tensor), so one PPO loop serves both.
+`envs.flappy_bird.BatchedFlappyBird` (a full `final_obs` tensor), so one PPO loop serves both
+(`envs.vector.make_vector_env` builds them this way). `TorchVectorEnv` does the same for any
+gymnasium vector env with SAME_STEP autoreset.
 
 ale-py ships the ROMs; `AtariPreprocessing` needs OpenCV (`opencv-python-headless`).
 """
@@ -35,6 +37,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv, VectorEnv
 from gymnasium.wrappers import (
     AtariPreprocessing,
@@ -42,6 +45,8 @@ from gymnasium.wrappers import (
     FrameStackObservation,
     RecordEpisodeStatistics,
 )
+
+from core.device import resolve_device
 
 __all__ = [
     "EpisodicLifeEnv",
@@ -180,22 +185,25 @@ def make_atari_vector_env(
     *,
     vectorization: str = "sync",
     device: Any = None,
+    vector_kwargs: dict[str, Any] | None = None,
     **kwargs: Any,
 ) -> VectorEnv:
     """`num_envs` copies of `make_atari_env(env_id, **kwargs)` in one vector env.
 
     `vectorization`: "sync" (one process, the default: a laptop has few cores) or "async"
-    (one subprocess per env). Autoreset is SAME_STEP, like the Flappy Bird batched env.
-    With `device` ("cpu", "cuda", ...), the result is a `TorchVectorEnv`: torch tensors in and
-    out, `info["final_obs"]` a full tensor. Seed with `reset(seed=s)`: env i gets `s + i`.
+    (one subprocess per env). `vector_kwargs` go to the vector env's constructor; autoreset
+    is SAME_STEP unless they say otherwise, like the Flappy Bird batched env. With `device`
+    ("cpu", "cuda", ...), the result is a `TorchVectorEnv`: torch tensors in and out,
+    `info["final_obs"]` a full tensor. Seed with `reset(seed=s)`: env i gets `s + i`.
     """
     if vectorization not in ("sync", "async"):
         raise ValueError(f"vectorization must be 'sync' or 'async', got {vectorization!r}")
     if not isinstance(num_envs, int) or num_envs < 1:
         raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
+    vector_kwargs = {"autoreset_mode": AutoresetMode.SAME_STEP, **(vector_kwargs or {})}
     fns = [partial(make_atari_env, env_id, **kwargs) for _ in range(num_envs)]
     vector_cls = SyncVectorEnv if vectorization == "sync" else AsyncVectorEnv
-    venv = vector_cls(fns, autoreset_mode=AutoresetMode.SAME_STEP)
+    venv = vector_cls(fns, **vector_kwargs)
     return venv if device is None else TorchVectorEnv(venv, device)
 
 
@@ -212,14 +220,9 @@ class TorchVectorEnv(VectorEnv):
     """
 
     def __init__(self, env: VectorEnv, device: Any):
-        import torch
-
-        from core.device import resolve_device
-
         if env.metadata.get("autoreset_mode") != AutoresetMode.SAME_STEP:
             raise ValueError("TorchVectorEnv needs a vector env with SAME_STEP autoreset")
         self.env = env
-        self.torch = torch
         self.device = resolve_device(device)
         self.num_envs = env.num_envs
         self.metadata = dict(env.metadata)
@@ -230,14 +233,13 @@ class TorchVectorEnv(VectorEnv):
         self.action_space = env.action_space
 
     def _tensor(self, array, dtype=None):
-        return self.torch.as_tensor(np.asarray(array), dtype=dtype, device=self.device)
+        return torch.as_tensor(np.asarray(array), dtype=dtype, device=self.device)
 
     def reset(self, *, seed=None, options=None):
         obs, info = self.env.reset(seed=seed, options=options)
         return self._tensor(obs), info
 
     def step(self, actions):
-        torch = self.torch
         if isinstance(actions, torch.Tensor):
             actions = actions.detach().cpu().numpy()
         obs, reward, terminated, truncated, info = self.env.step(actions)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
+
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 
 pytest.importorskip("ale_py")
-pytest.importorskip("cv2", reason="gymnasium's AtariPreprocessing needs OpenCV")
 
 from gymnasium.wrappers import (
     AtariPreprocessing,
@@ -21,9 +23,14 @@ from envs.atari import (
     FireResetEnv,
     make_atari_env,
     make_atari_vector_env,
+    register_ale,
 )
 
 GAME = "ALE/Breakout-v5"
+needs_cv2 = pytest.mark.skipif(
+    importlib.util.find_spec("cv2") is None,
+    reason="gymnasium's AtariPreprocessing needs OpenCV (opencv-python-headless)",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -44,6 +51,7 @@ def wrappers_of(env):
     return found
 
 
+@needs_cv2
 def test_standard_preprocessing_stack():
     env = make_atari_env(GAME)
     layers = wrappers_of(env)
@@ -62,6 +70,7 @@ def test_standard_preprocessing_stack():
     env.close()
 
 
+@needs_cv2
 def test_episodic_life_and_clipped_rewards():
     env = make_atari_env(GAME)
     env.reset(seed=0)
@@ -85,6 +94,7 @@ def test_episodic_life_and_clipped_rewards():
     env.close()
 
 
+@needs_cv2
 def test_options_switch_layers_off():
     env = make_atari_env(GAME, frame_stack=1, episodic_life=False, clip_rewards=False,
                          fire_reset=False)
@@ -96,6 +106,23 @@ def test_options_switch_layers_off():
     env.close()
 
 
+@needs_cv2
+def test_vector_env_same_step_autoreset():
+    venv = make_atari_vector_env(GAME, 2)
+    assert venv.metadata["autoreset_mode"] == gym.vector.AutoresetMode.SAME_STEP
+    obs, _ = venv.reset(seed=0)
+    assert obs.shape == (2, 4, 84, 84) and obs.dtype == np.uint8
+    seen_end = False
+    for _ in range(400):
+        obs, reward, terminated, truncated, info = venv.step(venv.action_space.sample())
+        for i in np.flatnonzero(terminated | truncated):
+            seen_end = True
+            assert info["_final_obs"][i] and info["final_obs"][i].shape == (4, 84, 84)
+    assert seen_end
+    venv.close()
+
+
+@needs_cv2
 def test_vector_env_with_torch_tensors():
     venv = make_atari_vector_env(GAME, 2, device="cpu")
     obs, _ = venv.reset(seed=0)
@@ -109,10 +136,21 @@ def test_vector_env_with_torch_tensors():
         done = terminated | truncated
         assert torch.equal(info["_final_obs"], done)
         assert torch.equal(info["final_obs"][~done], obs[~done])
-        if done.any():
-            seen_end = True
+        seen_end |= bool(done.any())
     assert seen_end
     venv.close()
+
+
+@needs_cv2
+def test_agent_interface_over_atari():
+    from envs.vector import make_vector_env
+
+    envs = make_vector_env(GAME, 2, torch.device("cpu"))
+    obs = envs.reset(seed=0)
+    assert isinstance(obs, torch.Tensor) and obs.shape == (2, 4, 84, 84)
+    step = envs.step(torch.zeros(2, dtype=torch.long))
+    assert step.obs.shape == step.final_obs.shape == (2, 4, 84, 84)
+    envs.close()
 
 
 def test_bad_arguments():
@@ -120,3 +158,24 @@ def test_bad_arguments():
         make_atari_vector_env(GAME, 2, vectorization="threads")
     with pytest.raises(ValueError, match="num_envs"):
         make_atari_vector_env(GAME, 0)
+
+
+def test_life_and_fire_wrappers_on_the_raw_game():
+    """The two wrappers written here, on ALE's own v5 env (frame skip 4, no OpenCV needed)."""
+    register_ale()
+    env = FireResetEnv(EpisodicLifeEnv(gym.make(GAME, repeat_action_probability=0.0)))
+    env.reset(seed=0)
+    ale = env.unwrapped.ale
+    lives = ale.lives()
+    rng = np.random.default_rng(1)
+    for _ in range(3000):
+        *_, terminated, truncated, _ = env.step(int(rng.integers(4)))
+        if terminated:
+            break
+    assert terminated and ale.lives() == lives - 1  # a life lost ends the agent's episode
+    frame = ale.getEpisodeFrameNumber()
+    env.reset()
+    assert ale.lives() == lives - 1 and ale.getEpisodeFrameNumber() > frame  # same game
+    env.close()
+    with pytest.raises(ValueError, match="FIRE"):
+        FireResetEnv(gym.make("ALE/Freeway-v5"))  # a game without a FIRE action

@@ -245,3 +245,47 @@ def test_cuda_matches_cpu():
         og, rg, tg, ug, ig = gpu.step(actions.cuda())
         assert torch.equal(oc, og.cpu()) and torch.equal(rc, rg.cpu())
         assert torch.equal(tc, tg.cpu()) and torch.equal(uc, ug.cpu())
+
+
+@pytest.mark.parametrize("obs_type", ["features", "pixels"])
+def test_state_dict_resumes_exactly(obs_type, device):
+    a = BatchedFlappyBird(5, device=device, obs_type=obs_type, max_episode_steps=300)
+    a.reset(seed=1)
+    generator = torch.Generator().manual_seed(0)
+    actions = [(torch.rand(5, generator=generator) < 0.12).to(device) for _ in range(400)]
+    for t in range(100):
+        a.step(actions[t])
+    b = BatchedFlappyBird(5, device=device, obs_type=obs_type, max_episode_steps=300)
+    b.load_state_dict(a.state_dict())
+    for t in range(100, 400):
+        out_a, out_b = a.step(actions[t]), b.step(actions[t])
+        for x, y in zip(out_a[:4], out_b[:4]):
+            assert torch.equal(x, y)
+        assert torch.equal(out_a[4]["final_obs"], out_b[4]["final_obs"])
+    with pytest.raises(ValueError, match="FlappyConfig"):
+        BatchedFlappyBird(5, device=device, obs_type=obs_type, pipe_gap=120).load_state_dict(
+            a.state_dict())
+    with pytest.raises(ValueError, match="envs"):
+        BatchedFlappyBird(4, device=device, obs_type=obs_type).load_state_dict(a.state_dict())
+
+
+def test_agent_interface(device):
+    from envs.vector import make_vector_env
+
+    venv = make_vector_env("flappy", 3, torch.device(device), max_score=2)
+    assert venv.single_observation_space.shape == (12,) and venv.single_action_space.n == 2
+    obs = venv.reset(seed=0)
+    assert obs.shape == (3, 12) and obs.device.type == torch.device(device).type
+    ended_scores = []
+    for _ in range(200):
+        actions = torch.tensor([autopilot(o) for o in obs.cpu().numpy()], device=device)
+        actions[2] = 0  # env 2 falls to the ground
+        step = venv.step(actions)
+        done = step.terminated | step.truncated
+        assert torch.equal(step.final_obs[~done], step.obs[~done])
+        assert (step.episode_score[~done] == 0).all() and (step.episode_return[~done] == 0).all()
+        ended_scores += step.episode_score[done].tolist()
+        obs = step.obs
+    assert 2.0 in ended_scores and 0.0 in ended_scores  # capped at 2 pipes; crashed at 0
+    pixels = make_vector_env("flappy-pixels", 2, torch.device(device))
+    assert pixels.reset(seed=0).shape == (2, 4, 84, 84)

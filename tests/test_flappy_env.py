@@ -10,7 +10,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import envs
-from envs.flappy_bird import FlappyBirdEnv, autopilot, decode_features, record_gif
+from envs.flappy_bird import FlappyBirdEnv, autopilot, decode_features, record_gif, run_episode
 from envs.flappy_bird.rules import BIRD_START_Y, GROUND_Y, MAX_EPISODE_STEPS, FlappyConfig
 
 IDS = [envs.FLAPPY_ID, envs.FLAPPY_PIXELS_ID]
@@ -253,6 +253,9 @@ def test_make_flappy_pixels_standard_preprocessing():
     for _ in range(3):
         obs, *_ = env.step(1)
     assert env.observation_space.contains(obs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the checker advises checking unwrapped envs
+        check_env(env, skip_render_check=True)
 
 
 def test_record_gif(tmp_path):
@@ -266,3 +269,25 @@ def test_record_gif(tmp_path):
     env = gym.make(envs.FLAPPY_ID)  # no rgb_array render mode
     with pytest.raises(ValueError, match="rgb_array"):
         record_gif(env, autopilot, tmp_path / "x.gif", seed=0, max_frames=2)
+
+
+def test_play_smoke(monkeypatch):
+    """`python -m envs.flappy_bird.play`: flaps on space, quits on Esc (headless window)."""
+    import pygame
+
+    from envs.flappy_bird import play
+
+    script = [[pygame.event.Event(pygame.KEYDOWN, key=pygame.K_SPACE)], [], [],
+              [pygame.event.Event(pygame.KEYDOWN, key=pygame.K_UP)], [],
+              [pygame.event.Event(pygame.KEYDOWN, key=pygame.K_ESCAPE)]]
+    calls = iter(script)
+    monkeypatch.setattr(pygame.event, "get", lambda *args, **kwargs: next(calls))
+    play.main(["--seed", "0"])
+    with pytest.raises(StopIteration):  # every scripted frame was consumed, then it quit
+        next(calls)
+
+
+def test_run_episode():
+    assert run_episode(envs.FLAPPY_ID, autopilot, seed=0, max_score=3) == 3.0
+    env = FlappyBirdEnv()
+    assert run_episode(env, lambda obs: 0, seed=0) == 0.0  # falls, scores nothing

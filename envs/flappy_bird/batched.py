@@ -6,20 +6,23 @@ exactly the game of `FlappyBirdEnv` (the same rules from `rules.py`, in the same
 the same seeds and actions, env i returns the same features, rewards, terminations and
 truncations as a single env reset with `seed + i`, bit for bit (`tests/test_flappy_batched.py`).
 
-How the rules of `rules.py` are written here (numbers as in its list):
+The whole state lives in one preallocated float32 tensor of shape (15, N), one row per
+quantity (the 12 raw features, then score, episode length and return), updated in place. How
+the rules of `rules.py` are written here (numbers as in its list):
 
 1-2. `[speed, rotation] += [gravity, -3]`, clamped to `[≤ max_fall_speed, ≥ -90]`, then
-     replaced by `[flap_speed, 45]` where the action is a flap (one op each on `(N, 2)`).
+     replaced by `[flap_speed, 45]` where the action is a flap (one op each on the `(2, N)`
+     rows).
 3-4. `y += speed`, clamped to `[0, GROUND_Y - BIRD_H]`; where `y` went below 0 the speed is
      zeroed ("clamp") or the env crashes ("crash").
-5.   the x of all three pipes `-= pipe_speed` (one op on a strided `(N, 3)` view).
-6.   where the next pipe is behind the bird, the 9 pipe numbers are replaced by the shifted
+5.   the x of all three pipes `-= pipe_speed` (one op on the `(3, N)` rows of pipe x).
+6.   where the next pipe is behind the bird, the 9 pipe rows are replaced by the shifted
      ones plus a new pipe whose gap top is looked up in the env's table of pre-drawn heights.
-7-10. crash, score, reward and end are elementwise comparisons of `(N,)` columns.
+7-10. crash, score, reward and end are elementwise comparisons of `(N,)` rows.
 
-No Python loop runs over envs, nothing is copied to the host (except the optional check of
-action values), and the whole state lives in one preallocated float32 tensor that each step
-updates in place. All state values are whole numbers, which float32 holds exactly.
+No Python loop runs over envs and nothing is copied to the host (except the optional check of
+action values). All state values are whole numbers, which float32 holds exactly, so the
+arithmetic is exact and matches the single env's Python integers.
 
 Autoreset (`metadata["autoreset_mode"] == AutoresetMode.SAME_STEP`): an env whose episode
 ends in a step is reset within that same step. The returned observation of that env is the
@@ -32,6 +35,7 @@ returned observation, so `torch.where(truncated, V(final_obs), 0)` needs no inde
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,6 +44,8 @@ import torch
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
+
+from core.device import resolve_device
 
 from .render import GRAY
 from .rules import (
@@ -73,7 +79,7 @@ PIXELS = 84  # side of the square grey image of obs_type="pixels"
 
 # Rows of the state tensor (15, N), float32. 0-11 are the raw features, in the order of
 # rules.FEATURE_NAMES; 12-14 are episode statistics.
-_LAST_X, _NEXT_X, _NEXT_TOP, _NEXT_BOTTOM = 0, 3, 4, 5
+_NEXT_X, _NEXT_TOP, _NEXT_BOTTOM = 3, 4, 5
 _Y, _SPEED, _ROT = 9, 10, 11
 _SCORE, _LENGTH, _RETURN = 12, 13, 14
 _STATE_ROWS = 15
@@ -127,8 +133,6 @@ class BatchedFlappyBird(VectorEnv):
         config: FlappyConfig | None = None,
         **config_fields: Any,
     ):
-        from core.device import resolve_device
-
         if not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
         if obs_type not in ("features", "pixels"):
@@ -210,6 +214,7 @@ class BatchedFlappyBird(VectorEnv):
         self._shifted[6] = PIPE_SPAWN_X
         self._gap = gap
         # Random gap heights: per-env table of pre-drawn offsets, and draws used so far.
+        self._keys: torch.Tensor | None = None  # (N,) int64, each env's stream key
         self._table: torch.Tensor | None = None  # (N, gap_table_size) uint8
         self._draws = torch.zeros(n, dtype=torch.int64, device=dev)  # (N,)
         self._draw_mask = config.gap_table_size - 1
@@ -374,10 +379,49 @@ class BatchedFlappyBird(VectorEnv):
     def close(self, **kwargs: Any) -> None:
         self.closed = True
 
+    def state_dict(self) -> dict[str, Any]:
+        """A snapshot to continue exactly from here (a training run's checkpoint stores it).
+
+        Tensors on the env's device plus the config as a plain dict: the whole game state,
+        each env's stream key and draw count (the table is rebuilt from the keys), and for
+        pixels the frame stack.
+        """
+        if self._needs_reset:
+            raise RuntimeError("call reset() before state_dict()")
+        state = {
+            "config": dataclasses.asdict(self.config),
+            "max_episode_steps": self.max_episode_steps,
+            "state": self._state.clone(),
+            "draws": self._draws.clone(),
+            "keys": self._keys.clone(),
+        }
+        if self.obs_type == "pixels":
+            state["stack"] = self._stack.clone()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a `state_dict()` of an env built with the same settings."""
+        if state.get("config") != dataclasses.asdict(self.config):
+            raise ValueError("the snapshot was taken with a different FlappyConfig: "
+                             f"{state.get('config')} != {dataclasses.asdict(self.config)}")
+        if tuple(state["state"].shape) != tuple(self._state.shape):
+            raise ValueError(f"the snapshot holds {state['state'].shape[1]} envs, this env has "
+                             f"{self.num_envs}")
+        if ("stack" in state) != (self.obs_type == "pixels"):
+            raise ValueError("the snapshot's observation type differs from this env's")
+        self._state.copy_(state["state"])
+        self._draws.copy_(state["draws"])
+        self._keys = state["keys"].to(self.device, torch.int64)
+        self._table = gap_table(self._keys, self.config)
+        if self.obs_type == "pixels":
+            self._stack = state["stack"].to(self.device).clone()
+        self._needs_reset = False
+
     # ---- helpers ---------------------------------------------------------------------------
     def _set_streams(self, seeds: list[int]) -> None:
-        keys = torch.tensor([seed_key(s) for s in seeds], dtype=torch.int64, device=self.device)
-        self._table = gap_table(keys, self.config)
+        self._keys = torch.tensor([seed_key(s) for s in seeds], dtype=torch.int64,
+                                  device=self.device)  # (N,)
+        self._table = gap_table(self._keys, self.config)
         self._draws.zero_()
 
     def _flap_weight(self, actions: Any) -> torch.Tensor:
@@ -471,3 +515,4 @@ def make_batched_flappy(
     `FlappyConfig` field (pipe_gap=..., ceiling=...). Call `obs, info = env.reset()` next.
     """
     return BatchedFlappyBird(num_envs, device=device, obs_type=obs_type, seed=seed, **kwargs)
+

@@ -11,7 +11,41 @@ import numpy as np
 
 from .rules import FPS
 
-__all__ = ["record_gif", "make_flappy_pixels"]
+__all__ = ["record_gif", "run_episode", "make_flappy_pixels"]
+
+
+def run_episode(
+    env_id_or_env: str | gym.Env,
+    policy_fn: Callable[[Any], Any],
+    seed: int | None = None,
+    render_mode: str | None = None,
+    max_steps: int = 1_000_000,
+    **make_kwargs: Any,
+) -> float:
+    """Play one episode with `policy_fn(obs) -> action`; return its score.
+
+    The score is `info["score"]` when the env reports one (pipes for Flappy Bird), else the
+    sum of the rewards. With an id, the env is made with `render_mode` (e.g. "human" to watch
+    it in a window at the game's speed) and `make_kwargs` (e.g. `max_score=500`), and closed.
+    """
+    own_env = isinstance(env_id_or_env, str)
+    if own_env:
+        import envs  # noqa: F401  (registers the proximal/ ids)
+
+    env = gym.make(env_id_or_env, render_mode=render_mode, **make_kwargs) if own_env else (
+        env_id_or_env)
+    try:
+        obs, info = env.reset(seed=seed)
+        total = 0.0
+        for _ in range(max_steps):
+            obs, reward, terminated, truncated, info = env.step(policy_fn(obs))
+            total += float(reward)
+            if terminated or truncated:
+                break
+    finally:
+        if own_env:
+            env.close()
+    return float(info["score"]) if "score" in info else total
 
 
 def record_gif(
@@ -41,6 +75,9 @@ def record_gif(
     from PIL import Image
 
     own_env = isinstance(env_id_or_env, str)
+    if own_env:
+        import envs  # noqa: F401  (registers the proximal/ ids)
+
     env = gym.make(env_id_or_env, render_mode="rgb_array", **make_kwargs) if own_env else (
         env_id_or_env)
     if env.render_mode != "rgb_array":

@@ -80,9 +80,8 @@ class Renderer:
     """Draws frames of the game on an off-screen surface, and in a window for human mode."""
 
     def __init__(self, human: bool = False):
-        if not human:
-            # An off-screen surface needs no video driver; this keeps headless runs quiet.
-            os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+        # Off-screen surfaces and fonts need no video driver: rgb_array works headless. Only
+        # `show` (human mode) opens a window.
         os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
         import pygame  # imported here: only rendering needs pygame
 

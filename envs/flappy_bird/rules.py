@@ -29,6 +29,24 @@ this list in order):
 8. score             the next pipe's centre crosses the bird's centre this frame (no crash)
 9. reward            `reward_crash` on a crash, else `reward_alive` (+ `reward_pipe` on a score)
 10. episode end      crash → terminated; score cap or step limit → truncated
+
+Faithfulness to FlapPyBird (its `mainGame` loop), and the few places where this differs:
+
+- The original tests crash and score at the top of a frame and then moves; a step here takes
+  the action, moves, then tests. The sequence of events is the same; only the step boundary
+  sits after the action, so a step's reward and termination belong to the action just taken.
+- Pipes: the original keeps a list of 2 or 3 pipes, spawns one at x = 298 when the first
+  reaches `0 < x < 5` and drops the first once `x < -52`. Here there are always 3 slots (last,
+  next, next-next): the same pipes, the "last" slot holding the passed pipe, which shows
+  nothing once the original would have dropped it. Spacing is therefore the original's too
+  (144 to 152 px, depending on how the pipe positions fall on multiples of 4).
+- Gravity: the original adds 1 while the speed is below 10; `min(v + g, max)` is the same
+  with its whole-number constants. The ground test `y + 24 >= 404` is the original's
+  `y + h >= BASEY - 1` with `BASEY = 404.48`, for whole y.
+- Collisions use the hit-boxes only (the original refines box overlaps with per-pixel masks
+  of its sprites, which are not part of this project).
+- The ceiling: the original lets the bird rise up to ~90 px above the screen; here it cannot
+  leave the screen (see `FlappyConfig.ceiling`).
 """
 
 from __future__ import annotations
