@@ -125,7 +125,8 @@ def make_vector_env(env_id: str, num_envs: int, device: torch.device, **env_kwar
 
 
         obs_type = "pixels" if "Pixels" in env_id else "features"
-        env = make_batched_flappy(num_envs, device=device, obs_type=obs_type, **env_kwargs)
+        # our policies always give valid actions: skip the check, which would cost a host sync per step on CUDA
+        env = make_batched_flappy(num_envs, device=device, obs_type=obs_type, validate_actions=False, **env_kwargs)
         return AgentEnv(env, device, env_keeps_episode_stats=True)
     if env_id.startswith("ALE/"):
         from envs.atari import make_atari_vector_env

@@ -122,3 +122,38 @@ def test_nan_reward_stops_with_a_named_error(tmp_path):
                          out=str(tmp_path))
     with pytest.raises(NonFiniteError, match="rewards contains NaN"):
         train(config)
+
+
+FAST_FLAPPY = dict(env_id="flappy", num_envs=16, num_steps=32, minibatch_size=128, progress=False,
+                   plot_every_seconds=1e9, device="cpu", checkpoint_every=100)
+
+
+def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path):
+    """Stop after 3 of 6 updates, resume from the checkpoint: the final weights are identical."""
+    total = 16 * 32 * 6
+    straight = train(TrainConfig(**FAST_FLAPPY, total_steps=total, seed=5, out=str(tmp_path / "a")))
+    train(TrainConfig(**FAST_FLAPPY, total_steps=total, seed=5, out=str(tmp_path / "b")), stop_after_iterations=3)
+    checkpoint = load_checkpoint(tmp_path / "b" / "checkpoint.pt", kind=CHECKPOINT_KIND)
+    assert checkpoint["meta"]["iteration"] == 3 and "env" in checkpoint["state"]
+    config, resume_dir = parse_config(["--resume", str(tmp_path / "b")])
+    resumed = train(config, resume=load_checkpoint(tmp_path / "b" / "checkpoint.pt"))
+    assert resumed["global_step"] == straight["global_step"] == total
+    for (name, a), b in zip(straight["agent"].state_dict().items(), resumed["agent"].state_dict().values()):
+        assert torch.equal(a, b), name
+    # the metrics file continues where it stopped
+    steps = [json_line["step"] for json_line in map(__import__("json").loads, open(tmp_path / "b" / "metrics.jsonl"))]
+    assert steps == [16 * 32 * i for i in range(1, 7)]
+
+
+@pytest.mark.parametrize("env_id,kwargs", [
+    ("flappy-pixels", dict(num_envs=4, num_steps=16, minibatch_size=32)),
+    ("ALE/Pong-v5", dict(num_envs=2, num_steps=16, minibatch_size=16)),
+])
+def test_pixel_and_atari_smoke_runs(env_id, kwargs, tmp_path):
+    config = TrainConfig(env_id=env_id, **kwargs, arch="cnn", total_steps=2 * kwargs["num_envs"] * kwargs["num_steps"],
+                         progress=False, device="cpu", cpu_threads=1, out=str(tmp_path))
+    summary = train(config)
+    assert summary["agent"].arch == "cnn" and summary["global_step"] == config.total_steps
+    assert all(np.isfinite(summary["history"][-1][k]) for k in ("losses/policy_loss", "losses/value_loss"))
+    agent, meta = load_agent(tmp_path / "checkpoint.pt")
+    assert meta["network"]["obs_shape"] == [4, 84, 84]
