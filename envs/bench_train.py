@@ -81,7 +81,7 @@ def bench_flappy(seed: int) -> dict:
     seconds, steps = check.solved_at if check.solved_at else (None, None)
     mastered_seconds, mastered_steps = check.done_at if check.done_at else (None, None)
     return {"seconds_to_solved": seconds, "steps_to_solved": steps, "seconds_to_mastered": mastered_seconds,
-            "steps_to_mastered": mastered_steps, "evaluations": check.evaluations}
+            "steps_to_mastered": mastered_steps}
 
 
 CARTPOLE_OURS = dict(env_id="CartPole-v1", num_envs=8, num_steps=32, minibatch_size=64, update_epochs=10,
