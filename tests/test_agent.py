@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -157,3 +158,11 @@ def test_pixel_and_atari_smoke_runs(env_id, kwargs, tmp_path):
     assert all(np.isfinite(summary["history"][-1][k]) for k in ("losses/policy_loss", "losses/value_loss"))
     agent, meta = load_agent(tmp_path / "checkpoint.pt")
     assert meta["network"]["obs_shape"] == [4, 84, 84]
+
+
+def test_shipped_agent_meets_the_solved_bar():
+    agent, meta = load_agent(Path(__file__).resolve().parent.parent / "envs" / "agents" / "flappy_features.pt")
+    assert meta["env_id"] == "proximal/FlappyBird-v0"
+    scores = evaluate_policy(agent, meta["env_id"], episodes=100, cap=500, seed=10_000)
+    assert np.mean(scores) >= 100
+    assert np.mean([s > 40 for s in scores]) >= 0.9
