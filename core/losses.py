@@ -280,6 +280,8 @@ def reduce_loss(
     """
     if mode not in LOSS_REDUCTIONS:
         raise ValueError(f"loss reduction mode must be one of {LOSS_REDUCTIONS}, got {mode!r}")
+    if mask is None and (mode != "constant" or x.dim() < 2):
+        return x.mean()  # every position is real: all modes but "constant" reduce to the plain mean
     if mask is None:
         mask = torch.ones_like(x)
     check_same_shape("x", x, mask=mask)

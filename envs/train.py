@@ -203,7 +203,8 @@ def train(
     finished = {"returns": torch.zeros((), device=device), "scores": torch.zeros((), device=device),
                 "count": torch.zeros((), device=device)}
     history: list[dict] = []
-    started, last_plot, steps_at_start = time.perf_counter(), 0.0, global_step
+    started, steps_at_start = time.perf_counter(), global_step
+    last_plot = started
     iteration = start_iteration
     with StopRequest() as stop:
         for iteration in range(start_iteration, config.num_iterations):
