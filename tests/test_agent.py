@@ -13,7 +13,7 @@ import torch
 
 from core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from core.checks import NonFiniteError
-from envs.evaluate import evaluate_policy, summarize
+from envs.evaluate import evaluate_policy, summarize, watch
 from envs.networks import ActorCritic
 from envs.train import CHECKPOINT_KIND, TrainConfig, load_agent, load_agent_weights, parse_config, train
 from envs.vector import make_vector_env
@@ -166,3 +166,13 @@ def test_shipped_agent_meets_the_solved_bar():
     scores = evaluate_policy(agent, meta["env_id"], episodes=100, cap=500, seed=10_000)
     assert np.mean(scores) >= 100
     assert np.mean([s > 40 for s in scores]) >= 0.9
+
+
+def test_watching_shows_the_agents_own_episode(tmp_path):
+    """The GIF and the window replay, in lock-step, the episode the evaluation scores."""
+    agent, meta = load_agent(Path(__file__).resolve().parent.parent / "envs" / "agents" / "flappy_features.pt")
+    for seed in (10_000, 10_003):
+        (evaluated,) = evaluate_policy(agent, meta["env_id"], episodes=1, cap=15, seed=seed)
+        shown = watch(agent, meta["env_id"], render="human", gif=str(tmp_path / "episode.gif"), seed=seed, cap=15)
+        assert shown == {"gif": evaluated, "human": evaluated}
+    assert (tmp_path / "episode.gif").stat().st_size > 0
