@@ -28,7 +28,7 @@ Notes followed
 Formula IDs: AC-1, AC-2. Check the note: E6 (what the value model's variance reduction is for).
 
 Run:  python -m lessons run 9 [--step] [--long] [--table1]
-    --table1            the miniature Table 1 on CartPole (33 runs, about 4 minutes on 2 busy cores)
+    --table1            the miniature Table 1 on CartPole (33 runs, about 5 minutes on 2 busy cores)
     --table1 --long     the same on CartPole and Flappy Bird (66 runs, about 12 minutes)
 
 Deviations from the papers
@@ -57,9 +57,12 @@ Deviations from the papers
 FORMULAS = ("AC-1", "AC-2")
 
 # %% Setup
+import contextlib
+import io
 import math
 import statistics
 import sys
+import textwrap
 import time
 
 import torch
@@ -171,7 +174,7 @@ N_ENVS, WINDOW = 64, 8  # 64 corridors, 8 steps each per iteration: 512 transiti
 # %% Step 1 — AC-1, the critic: regress V to r + γV(s′)
 lesson.step(
     "The critic (critic模型): regress V_ψ(s) to the one-step target, note 004",
-    "critic loss (V_ψ(s) − y)²,   y = r + γ V_ψ(s′)   (y held fixed; y = r at a terminal step)",
+    "critic loss (V_ψ(s) − y)²,   y = r + γV_ψ(s′) held fixed   (y = r when s′ is terminal)",
     "policy fixed here: uniform, π(left) = π(right) = ½",
     ids=["AC-1"])
 print("    The corridor:   exit +0.3 ◀ [0] [1] [2] [3] [4] ▶ exit +1      start in cell 1")
@@ -250,7 +253,8 @@ print(f"    The critic as a baseline divides the variance by {first / variances[
       f"by {first / variances['r + γV_ψ(s′) − V_ψ(s)']:.1f}.")
 bias, stderr = rows[2][1], rows[2][2]
 print(f"    The price: Â inherits the critic's error, a bias that more episodes do not remove (here {bias:.4f},")
-print(f"    {bias / stderr:.1f} standard errors); G_t has none. PPO's GAE(λ) (lesson 7) sits between the two.")
+print(f"    {bias / stderr:.1f} standard errors); G_t has none. GAE(λ) (lesson 7) moves between the two: λ = 1 is")
+print("    G_t − V, λ = 0 the one-step Â.")
 lesson.check_note(
     "E6",
     evidence=[
@@ -269,7 +273,7 @@ lesson.step(
     "Actor–critic: both learn at once, note 004 (方法4–6)",
     "critic: minimise (V_ψ(s) − (r + γV_ψ(s′)))²",
     "actor:  θ ← θ + α · mean_t[∇log π_θ(a_t|s_t) Â_t]",
-    "        Â_t = r_t + γV_ψ(s_{t+1}) − V_ψ(s_t)   (a number: no gradient flows into the critic)",
+    "        Â_t = r_t + γV_ψ(s_{t+1}) − V_ψ(s_t), a constant in the actor's gradient",
     ids=["AC-1"])
 V_star = optimal_values()
 g = lesson.generator(3)
@@ -302,7 +306,8 @@ for iteration in range(iterations + 1):
     actor_opt.step()
 table(["iteration", "J = V^π(start)", "max |V_ψ − V^π|", "π(→|0)", "π(→|1)", "π(→|2)", "π(→|3)", "π(→|4)"],
       rows, digits=3)
-print(f"\n    J* = V*(start) = {float(V_star[START]):.3f} (value iteration: always step right). "
+print("\n    π(→|s) is the probability of stepping right in cell s.")
+print(f"    J* = V*(start) = {float(V_star[START]):.3f} (value iteration: always step right). "
       f"The uniform policy gets {trace['J'][0]:.3f}:")
 print("    the +0.3 exit is one step away, the +1 exit four. The critic's values show the actor that the far")
 print("    exit is worth more, and the policy turns right; the critic keeps up with the moving policy.")
@@ -423,7 +428,8 @@ print(f"         minimise −L^CLIP(ε = {c.clip_coef}) + c₁(V − V^targ)² �
 print(f"      4. θ_old ← θ      ({c.update_epochs * nt // c.minibatch_size} Adam steps per iteration; learning rate "
       f"{c.learning_rate:g}, annealed to 0)\n")
 for name in ("losses/approx_kl", "losses/clipfrac", "losses/explained_variance", "losses/entropy"):
-    print(f"    {name.split('/')[1]:<19}{METRICS[name]}")
+    for i, line in enumerate(textwrap.wrap(METRICS[name], 68)):
+        print(f"    {name.split('/')[1] if i == 0 else '':<20}{line}")
 print(f"    (entropy of a uniform choice between CartPole's 2 actions: ln 2 = {math.log(2):.3f})")
 print("    Every line below averages the updates since the line before; 'return' averages the episodes that")
 print("    ended in them.\n")
@@ -460,11 +466,13 @@ started = time.perf_counter()
 flappy_run = train(flappy, stop_when=watch)
 flappy_seconds = time.perf_counter() - started
 flappy_greedy = evaluate_policy(flappy_run["agent"], resolve_env_id("flappy"), episodes=20, cap=100, seed=10_000)
-print(f"\n    {flappy_run['global_step']} steps in {flappy_seconds:.1f} s. Greedy evaluation on 20 new seeds "
-      f"(capped at 100 pipes): mean score {statistics.fmean(flappy_greedy):.1f}, best {max(flappy_greedy):.0f}.")
-print("    The first ~100 000 steps show nothing: every bird hits the first pipe, all returns are equal and the")
-print("    advantages are noise. Once a few birds slip through the gap, the return and the score start to rise.")
-print(f"    The preset's full run (python -m envs.train, {preset.total_steps:,} steps) goes on to play for minutes.")
+print(f"\n    {flappy_run['global_step']} steps in {flappy_seconds:.1f} s. "
+      "Greedy evaluation on 20 new seeds, capped at")
+print(f"    100 pipes: mean score {statistics.fmean(flappy_greedy):.1f}, best {max(flappy_greedy):.0f}.")
+print("    The first ~150 000 steps show nothing: nearly every bird hits the first pipe, the returns are all")
+print("    alike and the advantages are mostly noise. Once a few birds slip through the gap, the return and the")
+print("    score start to rise. For a bird that keeps going, run the preset in full:")
+print(f"    python -m envs.train ({preset.total_steps:,} steps).")
 
 fig, axes = plt.subplots(2, 5, figsize=(17, 6))
 for row, (game, run) in enumerate((("CartPole-v1", cartpole_run), ("Flappy Bird", flappy_run))):
@@ -475,7 +483,11 @@ for row, (game, run) in enumerate((("CartPole-v1", cartpole_run), ("Flappy Bird"
                                          ("losses/explained_variance", "explained variance"),
                                          ("losses/entropy", "entropy"))):
         points = [(s, h[name]) for s, h in zip(steps, history) if h.get(name) is not None]
-        axes[row, col].plot(*zip(*points), color=f"C{col}")
+        x, y = zip(*points)
+        axes[row, col].plot(x, y, color=f"C{col}", alpha=0.4 if col == 0 else 1.0)
+        if col == 0:  # the per-update mean return is noisy: add a running mean over 5 logged updates
+            smooth = [statistics.fmean(y[max(0, i - 4):i + 1]) for i in range(len(y))]
+            axes[row, col].plot(x, smooth, color="C0")
         axes[row, col].set(xlabel="environment steps", title=f"{game}: {label}")
         axes[row, col].grid(alpha=0.3)
 fig.suptitle("AC-2: the same PPO loop (envs.train.train) on two games")
@@ -483,7 +495,7 @@ lesson.save(fig, "ppo_cartpole_flappy.png")
 
 # %% Step 6 — AD-5 in the loop: where next_values comes from
 lesson.step(
-    "Episode ends in the loop (AD-5, lesson 7): terminated → bootstrap 0, truncated → V(final obs)",
+    "Episode ends in the loop (AD-5): terminated → 0, truncated → V(final obs)",
     "δ_t = r_t + γ(1 − terminated_t) V(s_{t+1}) − V(s_t)",
     "V(s_{t+1}) is V(step.final_obs): the state step t led to, also where the episode ended")
 rows, bootstrap = [], {}
@@ -536,7 +548,7 @@ if not TABLE1:
     table(["setting", "PPO paper (7 MuJoCo tasks × 3 seeds)"], [[name, paper] for name, _, paper in SETTINGS], digits=2)
     print("\n    The paper's numbers. Without a trust region, the many epochs of minibatch steps on one batch move")
     print("    the policy too far: −0.39 is worse than a random policy. Run this step for real with --table1")
-    print(f"    ({len(SETTINGS)} settings × {len(SEEDS)} seeds on CartPole, about 4 minutes on 2 busy cores;")
+    print(f"    ({len(SETTINGS)} settings × {len(SEEDS)} seeds on CartPole, about 5 minutes on 2 busy cores;")
     print("    with --long as well, Flappy Bird too, about 12 minutes).")
 else:
     started = time.perf_counter()
@@ -550,9 +562,11 @@ else:
             for seed in SEEDS:
                 run_config = TrainConfig(**{**preset_for(config["env_id"]), **config, **objective, **QUIET,
                                             "seed": seed, "out": str(lesson.out / "table1" / "run")})
-                scores.append(run_score(train(run_config)["history"]))
+                with contextlib.redirect_stderr(io.StringIO()):  # train() announces every run; one line per row here
+                    history = train(run_config)["history"]
+                scores.append(run_score(history))
             raw[game][name] = scores
-            print(f"      {name:<26} scores {', '.join(f'{s:6.1f}' for s in scores)}   "
+            print(f"      {name:<27} scores {', '.join(f'{s:6.1f}' for s in scores)}   "
                   f"({time.perf_counter() - started:.0f} s)", flush=True)
     table1_seconds = time.perf_counter() - started
     normalised: dict[str, dict[str, float]] = {}
@@ -566,10 +580,18 @@ else:
                     for name, _, paper in SETTINGS], digits=2)
     print(f"\n    {len(GAMES) * len(SETTINGS) * len(SEEDS)} runs in {table1_seconds:.0f} s. Score of a run: "
           "mean return over the last quarter of its updates.")
-    print("    Read the first row against the clipping rows: with ten epochs of minibatch steps per batch and a large")
-    print("    learning rate, plain ρÂ lets the policy run away from the data that justified the step. Clipping")
-    print("    keeps each sample's pull inside [1−ε, 1+ε] and does well across ε; the penalties need β or d_targ")
-    print("    to be right. That robustness, with nothing to adapt, is why clipping became the default.")
+    groups = {"clipping": [], "adaptive KL": [], "fixed KL": []}
+    for name in ours:
+        for group in groups:
+            if name.lower().startswith(group.split()[0]):
+                groups[group].append(ours[name])
+    print(f"    Normalised: no clipping {ours[SETTINGS[0][0]]:.2f}; "
+          + "; ".join(f"{group} {min(v):.2f}–{max(v):.2f}" for group, v in groups.items()) + ".")
+    print("    Read the first row against the clipping rows: with ten epochs of minibatch steps per batch and a")
+    print("    large learning rate, plain ρÂ lets the policy run away from the data that justified the step.")
+    print("    Clipping keeps each sample's pull inside [1−ε, 1+ε] and does well for every ε tried; a penalty")
+    print("    needs β (or d_targ) to suit the problem. Good results with nothing to tune or adapt: that is why")
+    print("    clipping became the default. (Three seeds are few: rows within about 0.1 of each other are a tie.)")
 
 fig, ax = plt.subplots(figsize=(9, 4.6))
 names = [name for name, _, _ in SETTINGS]
