@@ -29,7 +29,7 @@ Formula IDs: AC-1, AC-2. Check the note: E6 (what the value model's variance red
 
 Run:  python -m lessons run 9 [--step] [--long] [--table1]
     --table1            the miniature Table 1 on CartPole (33 runs, about 5 minutes on 2 busy cores)
-    --table1 --long     the same on CartPole and Flappy Bird (66 runs, about 12 minutes)
+    --table1 --long     the same on CartPole and Flappy Bird (66 runs, about 10 minutes)
 
 Deviations from the papers
     Steps 1–3 use a five-cell corridor with tabular actor and critic, trained with plain SGD,
@@ -158,7 +158,7 @@ def collect(theta, state, steps, g):
 
 
 def critic_step(critic, optimizer, batch, repeats=5):
-    """Regress V_ψ(s) to y = r + γV_ψ(s′) (0 after a terminal step), y held fixed; `repeats` SGD steps."""
+    """Regress V_ψ(s) to y = r + γV_ψ(s′) (y = r after a terminal step), y held fixed; `repeats` SGD steps."""
     cells, _, rewards, after, ended = batch
     for _ in range(repeats):
         with torch.no_grad():  # y = δ + V(s) = r + γ V(s′)
@@ -549,7 +549,7 @@ if not TABLE1:
     print("\n    The paper's numbers. Without a trust region, the many epochs of minibatch steps on one batch move")
     print("    the policy too far: −0.39 is worse than a random policy. Run this step for real with --table1")
     print(f"    ({len(SETTINGS)} settings × {len(SEEDS)} seeds on CartPole, about 5 minutes on 2 busy cores;")
-    print("    with --long as well, Flappy Bird too, about 12 minutes).")
+    print("    with --long as well, Flappy Bird too, about 10 minutes).")
 else:
     started = time.perf_counter()
     raw: dict[str, dict[str, list[float]]] = {game: {} for game in GAMES}
