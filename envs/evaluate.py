@@ -24,7 +24,7 @@ import torch
 from core.checkpoint import CheckpointError
 from envs.networks import ActorCritic
 from envs.train import load_agent
-from envs.vector import make_vector_env
+from envs.vector import make_vector_env, resolve_env_id
 
 
 @torch.no_grad()
@@ -42,6 +42,7 @@ def evaluate_policy(
     if episodes < 1:
         raise ValueError(f"episodes must be ≥ 1, got {episodes}")
     device = torch.device(device)
+    env_id = resolve_env_id(env_id)  # "flappy" → "proximal/FlappyBird-v0", so the cap applies
     if device.type == "cpu" and agent.arch != "cnn":
         torch.set_num_threads(1)  # batch-of-100 MLP steps: threads only add synchronisation
     kwargs = {"max_score": cap} if env_id.startswith("proximal/") and cap is not None else {}

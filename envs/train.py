@@ -185,7 +185,7 @@ def train(
         torch.set_num_threads(config.cpu_threads or (1 if agent.arch != "cnn" else os.cpu_count() or 1))
     optimizer = torch.optim.Adam(agent.parameters(), lr=config.learning_rate, eps=1e-5)
     kl_controller = make_kl_controller(config.kl_controller, config.kl_coef, config.kl_target) \
-        if config.objective != "clip" else None
+        if "kl_penalty" in config.objective else None
     shuffle = torch.Generator().manual_seed(config.seed)
     obs_dtype = torch.from_numpy(np.zeros(0, dtype=envs.single_observation_space.dtype)).dtype
     rollout = RolloutBuffer.allocate(config.num_steps, config.num_envs, obs_shape, obs_dtype=obs_dtype, device=device)
@@ -200,8 +200,7 @@ def train(
 
     metrics = MetricsWriter(out / "metrics.jsonl", append=resume is not None)
     progress = _progress_bar(config, start_iteration)
-    finished = {"returns": torch.zeros((), device=device), "scores": torch.zeros((), device=device),
-                "count": torch.zeros((), device=device)}
+    finished = {name: torch.zeros((), device=device) for name in ("returns", "scores", "lengths", "count")}
     history: list[dict] = []
     started, steps_at_start = time.perf_counter(), global_step
     last_plot = started
@@ -223,6 +222,7 @@ def train(
                     rollout.next_values[t] = agent.value(step.final_obs)
                 finished["returns"] += step.episode_return.sum()
                 finished["scores"] += step.episode_score.sum()
+                finished["lengths"] += step.episode_length.sum()
                 finished["count"] += step.game_over.sum()
                 obs = step.obs
             global_step += config.batch_size
@@ -237,6 +237,8 @@ def train(
             if count > 0:
                 stats["charts/episodic_return"] = float(finished["returns"]) / count
                 stats["charts/score"] = float(finished["scores"]) / count
+                stats["charts/episodic_length"] = float(finished["lengths"]) / count
+                stats["charts/episodes"] = count
                 for value in finished.values():
                     value.zero_()
             stats["charts/learning_rate"] = optimizer.param_groups[0]["lr"]

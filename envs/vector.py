@@ -37,6 +37,7 @@ class Step(NamedTuple):
     game_over: torch.Tensor  # (N,) bool: a whole game ended (on Atari a lost life ends an episode, not a game)
     episode_return: torch.Tensor  # (N,) the game's undiscounted, unclipped return where game_over, else 0
     episode_score: torch.Tensor  # (N,) the game's score (pipes for Flappy Bird; = return elsewhere)
+    episode_length: torch.Tensor  # (N,) the game's length in agent steps where game_over, else 0
 
 
 def resolve_env_id(env_id: str) -> str:
@@ -78,11 +79,13 @@ class AgentEnv:
         self.single_observation_space = env.single_observation_space
         self.single_action_space = env.single_action_space
         self._returns = torch.zeros(self.num_envs, device=device)
+        self._lengths = torch.zeros(self.num_envs, device=device)  # agent steps since the game started
         self.env_keeps_episode_stats = env_keeps_episode_stats
 
     def reset(self, seed: int | None = None) -> torch.Tensor:
         obs, _ = self.env.reset(seed=seed)
         self._returns.zero_()
+        self._lengths.zero_()
         return obs
 
     def step(self, actions: torch.Tensor) -> Step:
@@ -90,6 +93,7 @@ class AgentEnv:
         reward = reward.float()
         done = terminated | truncated
         self._returns += reward
+        self._lengths += 1
         final_info = info.get("final_info", {})
         if self.env_keeps_episode_stats:
             game_over = info["_final_info"]
@@ -98,9 +102,11 @@ class AgentEnv:
         else:
             game_over = done
             episode_return = episode_score = self._returns * done
+        episode_length = self._lengths * game_over
         self._returns.masked_fill_(done, 0.0)
+        self._lengths.masked_fill_(game_over, 0.0)
         return Step(obs, reward, terminated, truncated, info.get("final_obs", obs), game_over,
-                    episode_return, episode_score)
+                    episode_return, episode_score, episode_length)
 
     def state_dict(self) -> dict[str, Any] | None:
         return self.env.state_dict() if hasattr(self.env, "state_dict") else None

@@ -31,6 +31,9 @@ def test_short_cartpole_run_improves(tmp_path):
     after = np.mean(evaluate_policy(summary["agent"], "CartPole-v1", episodes=10, cap=None))
     assert after > 150, (returns[:3], after)
     assert (tmp_path / "metrics.jsonl").is_file() and (tmp_path / "learning_curve.png").is_file()
+    for h in summary["history"]:  # CartPole pays +1 per step: an episode's length is its return
+        if "charts/episodic_return" in h:
+            assert h["charts/episodic_length"] == pytest.approx(h["charts/episodic_return"])
 
 
 def test_checkpoint_round_trip_and_mismatch_errors(tmp_path):
