@@ -219,8 +219,8 @@ class BatchedFlappyBird(VectorEnv):
         self._speed_rot_flap = column([config.flap_speed, ROT_FLAP])
         self._pipe_speed = scalar(config.pipe_speed)
         self._shift_x = scalar(SHIFT_X)
-        self._gap_top_min = scalar(GAP_TOP_MIN)
         self._gap = scalar(gap)
+        self._gap_top_bottom_min = column([GAP_TOP_MIN, GAP_TOP_MIN + gap])  # (2, 1)
         self._mid = column(config.feature_mid.tolist())  # (12, 1)
         self._scale = torch.from_numpy(config.feature_scale).to(dev)  # (12,)
         self._half_x = float(SCREEN_W - config.feature_mid[0])  # 170: |x - 118| ≥ 170 is off screen
@@ -264,7 +264,7 @@ class BatchedFlappyBird(VectorEnv):
         self._draw_index = torch.zeros(3, n, dtype=index, device=dev)  # (3, N)
         self._draw_index_flat = self._draw_index.view(-1)
         self._drawn_offsets_flat = torch.zeros(3 * n, dtype=torch.uint8, device=dev)
-        self._drawn_offsets = self._drawn_offsets_flat.view(3, n)
+        self._drawn_offsets = self._drawn_offsets_flat.view(3, 1, n)  # (3 draws, 1, N)
 
         # ---- work tensors of `step`, allocated once (the step writes them with `out=`) -----
         # Conditions are float32 0/1 weights rather than bools: `lerp` by a 0/1 weight is an
@@ -282,10 +282,10 @@ class BatchedFlappyBird(VectorEnv):
         self._shifted = rows(15)  # (15, N)
         drawn = self._shifted[6:15].view(3, 3, n)  # (draw, x/top/bottom, N)
         drawn[:, 0] = PIPE_SPAWN_X
-        self._drawn_tops, self._drawn_bottoms = drawn[:, 1], drawn[:, 2]  # (3, N) each
+        self._drawn_gaps = drawn[:, 1:3]  # (3 draws, top/bottom, N)
         self._shifted_rows, self._shifted_pipes = self._shifted[0:6], self._shifted[0:9]
-        drawn_gaps = drawn[:, 1:3]  # (3 draws, top/bottom, N)
-        self._gaps_without_shift, self._gaps_with_shift = drawn_gaps[0:2], drawn_gaps[1:3]
+        self._gaps_without_shift = self._drawn_gaps[0:2]  # (2 pipes, top/bottom, N)
+        self._gaps_with_shift = self._drawn_gaps[1:3]
         # The tests of rules 7-8 are four "is v within [centre - half, centre + half]" tests,
         # done at once as |v - centre| ≤ half on a (2, 2, N) block, v being
         #   [[next pipe x, next pipe x],   in the bird's columns: 6 ≤ x ≤ 90; in the score window
@@ -415,8 +415,8 @@ class BatchedFlappyBird(VectorEnv):
         idx.bitwise_and_(self._draw_mask).add_(self._row_starts)  # positions in the flat table
         torch.index_select(self._table_flat, 0, self._draw_index_flat,
                            out=self._drawn_offsets_flat)  # (3 * N,) uint8
-        drawn_tops = torch.add(self._drawn_offsets, self._gap_top_min, out=self._drawn_tops)
-        torch.add(drawn_tops, self._gap, out=self._drawn_bottoms)  # (3, N)
+        # (3 draws, top/bottom, N): offset + [80, 80 + gap]
+        torch.add(self._drawn_offsets, self._gap_top_bottom_min, out=self._drawn_gaps)
         self._shifted_rows.copy_(self._pipes_after_shift)
         self._pipes.lerp_(self._shifted_pipes, shift)
         self._draws.add_(self._shift_count)
