@@ -83,7 +83,7 @@ _NEXT_X, _NEXT_TOP, _NEXT_BOTTOM = 3, 4, 5
 _Y, _SPEED, _ROT = 9, 10, 11
 _SCORE, _LENGTH, _RETURN = 12, 13, 14
 _STATE_ROWS = 15
-_PATCH_OBS_MIN_ENVS = 2048  # see `_patch_obs`: below this, one lerp is faster (measured)
+_SPARSE_RESET_MIN_ENVS = 2048  # see `_sparse_reset`: below this, lerps are faster (measured)
 
 
 class _FeatureWork(NamedTuple):
@@ -315,11 +315,11 @@ class BatchedFlappyBird(VectorEnv):
         self._passed, self._reward = self._increments[0], self._increments[2]
         self._restart = rows()  # (N,) 1.0 where the episode ended and the env restarts
         self._restart_column = self._restart[:, None]  # (N, 1)
-        # The obs of restarted envs: a lerp over (N, 12) by a weight that varies along the
-        # short axis runs one short loop per env; on a CPU with thousands of envs, copying
-        # final_obs and patching the few restarted rows is about twice as fast (boolean
-        # indexing waits for the device on CUDA, so never there).
-        self._patch_obs = self.device.type == "cpu" and n >= _PATCH_OBS_MIN_ENVS
+        # Autoreset by lerps over all envs, or, for thousands of envs on a CPU, by copying
+        # only the columns of the few envs that restart (a few percent per step): less memory
+        # traffic, at the price of a few more ops (a win only for wide batches) and of the
+        # list of those envs, which on CUDA would wait for the device (so never there).
+        self._sparse_reset = self.device.type == "cpu" and n >= _SPARSE_RESET_MIN_ENVS
         # Features (see `_features_of`).
         self._feature_work = self._new_feature_work(n) if obs_type == "features" else None
 
@@ -443,7 +443,6 @@ class BatchedFlappyBird(VectorEnv):
             if truncated.dim() == 2:
                 truncated = truncated.any(0)
         done = terminated | truncated  # (N,)
-        restart = self._restart.copy_(done)  # (N,) lerp weight: 1.0 where the env restarts
 
         # The observation at the end of this step, before any reset: `final_obs`.
         if self.obs_type == "features":
@@ -456,13 +455,18 @@ class BatchedFlappyBird(VectorEnv):
         # Autoreset (SAME_STEP): ended envs restart from the start column, with the next two
         # unused draws of their stream as the gap tops of their first two pipes.
         torch.lerp(self._gaps_without_shift, self._gaps_with_shift, shift, out=self._start_gaps)
-        self._state.lerp_(self._start, restart)
         self._draws.add_(done, alpha=2)
-        if self.obs_type == "features" and not self._patch_obs:
-            obs = torch.lerp(final_obs, self._first_obs, self._restart_column)  # (N, 12)
+        if self._sparse_reset:
+            restarting = done.nonzero().view(-1)  # (k,) the envs that restart
+            self._state.index_copy_(1, restarting, self._start.index_select(1, restarting))
+        else:
+            restart = self._restart.copy_(done)  # (N,) lerp weight: 1.0 where the env restarts
+            self._state.lerp_(self._start, restart)
+        if self.obs_type == "features" and self._sparse_reset:
+            obs = final_obs.clone()  # (N, 12)
+            obs[restarting] = self._first_obs
         elif self.obs_type == "features":
-            obs = final_obs.clone()
-            obs[done] = self._first_obs  # the few rows that restart
+            obs = torch.lerp(final_obs, self._first_obs, self._restart_column)  # (N, 12)
         else:
             # Viewed as int64 words (8 pixels each): a `where` on uint8 is ~15x slower on a CPU.
             words = torch.where(done[:, None], self._first_stack_words, final_obs.view(n, -1)
