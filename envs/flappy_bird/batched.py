@@ -83,7 +83,7 @@ _NEXT_X, _NEXT_TOP, _NEXT_BOTTOM = 3, 4, 5
 _Y, _SPEED, _ROT = 9, 10, 11
 _SCORE, _LENGTH, _RETURN = 12, 13, 14
 _STATE_ROWS = 15
-_SPARSE_RESET_MIN_ENVS = 2048  # see `_sparse_reset`: below this, lerps are faster (measured)
+_SPARSE_MIN_ENVS = 4096  # see `_sparse`: below this, working on all envs is faster (measured)
 
 
 class _FeatureWork(NamedTuple):
@@ -315,11 +315,13 @@ class BatchedFlappyBird(VectorEnv):
         self._passed, self._reward = self._increments[0], self._increments[2]
         self._restart = rows()  # (N,) 1.0 where the episode ended and the env restarts
         self._restart_column = self._restart[:, None]  # (N, 1)
-        # Autoreset by lerps over all envs, or, for thousands of envs on a CPU, by copying
-        # only the columns of the few envs that restart (a few percent per step): less memory
-        # traffic, at the price of a few more ops (a win only for wide batches) and of the
-        # list of those envs, which on CUDA would wait for the device (so never there).
-        self._sparse_reset = self.device.type == "cpu" and n >= _SPARSE_RESET_MIN_ENVS
+        # The end of a step touches only the envs whose episode ended or whose pipes shifted
+        # (a few percent): autoreset and the lookup of the next draws run over all envs, or,
+        # for thousands of envs on a CPU, over the list of those envs only. Less memory
+        # traffic (the table lookups are random reads), at the price of a few more ops (a win
+        # for wide batches only) and of making the list, which on CUDA would wait for the
+        # device (so never there).
+        self._sparse = self.device.type == "cpu" and n >= _SPARSE_MIN_ENVS
         # Features (see `_features_of`).
         self._feature_work = self._new_feature_work(n) if obs_type == "features" else None
 
@@ -360,13 +362,11 @@ class BatchedFlappyBird(VectorEnv):
             self._set_streams(seeds)
         elif self._table is None:
             self._set_streams(np.random.default_rng().integers(0, 2**63, size=n).tolist())
+        self._look_up_draws()
         self._state.copy_(self._start)
-        idx = (self._draws[:, None].long() + torch.arange(2, device=self.device)).bitwise_and_(
-            self.config.gap_table_size - 1)  # (N, 2)
-        tops = torch.gather(self._table, 1, idx).T.float().add_(GAP_TOP_MIN)  # (2, N)
-        self._pipes[4:9:3] = tops
-        self._pipes[5:9:3] = tops + self._gap
+        self._state[3:9].view(2, 3, n)[:, 1:3] = self._gaps_without_shift  # draws c, c+1
         self._draws.add_(2)
+        self._look_up_draws()
         self._needs_reset = False
         if self.obs_type == "features":
             obs = self._first_obs.expand(n, 12).clone()
@@ -406,20 +406,12 @@ class BatchedFlappyBird(VectorEnv):
         y.clamp_(0, GROUND_Y - BIRD_H)
         # 5. Scroll.
         self._pipe_x.sub_(self._pipe_speed)
-        # 6. Shift where the next pipe is behind the bird. Draws c, c+1, c+2 of each env's
-        # stream are looked up at once: c for a spawn now, and the first two unused ones for
-        # the next episode if this one ends (c, c+1 without a spawn, c+1, c+2 with one).
+        # 6. Shift where the next pipe is behind the bird; the new pipe's gap is draw c of the
+        # env's stream (c: draws used so far), looked up at the end of the previous step.
         shift = torch.lt(self._next_x, self._shift_x, out=self._shift)  # (N,) 0/1
-        torch.lt(self._next_x, self._shift_x, out=self._shift_count)
-        idx = torch.add(self._draws, self._draw_offsets, out=self._draw_index)  # (3, N)
-        idx.bitwise_and_(self._draw_mask).add_(self._row_starts)  # positions in the flat table
-        torch.index_select(self._table_flat, 0, self._draw_index_flat,
-                           out=self._drawn_offsets_flat)  # (3 * N,) uint8
-        # (3 draws, top/bottom, N): offset + [80, 80 + gap]
-        torch.add(self._drawn_offsets, self._gap_top_bottom_min, out=self._drawn_gaps)
+        shift_count = torch.lt(self._next_x, self._shift_x, out=self._shift_count)  # the same
         self._shifted_rows.copy_(self._pipes_after_shift)
         self._pipes.lerp_(self._shifted_pipes, shift)
-        self._draws.add_(self._shift_count)
         # 7. Crash: the ground, the ceiling ("crash" rule), or the box overlapping the next pipe;
         # 8. score on the frame the pipe's centre crosses the bird's centre (see `_tests`).
         torch.add(self._next_top, self._gap_centre, out=self._next_gap_centre)
@@ -453,16 +445,20 @@ class BatchedFlappyBird(VectorEnv):
         final_stats = self._stats.clone()  # (3, N)
 
         # Autoreset (SAME_STEP): ended envs restart from the start column, with the next two
-        # unused draws of their stream as the gap tops of their first two pipes.
+        # unused draws of their stream as the gap tops of their first two pipes (c, c+1
+        # without a spawn this step, c+1, c+2 with one).
         torch.lerp(self._gaps_without_shift, self._gaps_with_shift, shift, out=self._start_gaps)
-        self._draws.add_(done, alpha=2)
-        if self._sparse_reset:
+        self._draws.add_(shift_count).add_(done, alpha=2)  # draws used: c += shift + 2 * done
+        if self._sparse:
             restarting = done.nonzero().view(-1)  # (k,) the envs that restart
             self._state.index_copy_(1, restarting, self._start.index_select(1, restarting))
+            # Draws c, c+1, c+2 for the next step, looked up only where c changed.
+            self._look_up_draws(shift_count.bitwise_or_(done).nonzero().view(-1))
         else:
             restart = self._restart.copy_(done)  # (N,) lerp weight: 1.0 where the env restarts
             self._state.lerp_(self._start, restart)
-        if self.obs_type == "features" and self._sparse_reset:
+            self._look_up_draws()  # draws c, c+1, c+2 for the next step
+        if self.obs_type == "features" and self._sparse:
             obs = final_obs.clone()  # (N, 12)
             obs[restarting] = self._first_obs
         elif self.obs_type == "features":
@@ -524,6 +520,7 @@ class BatchedFlappyBird(VectorEnv):
         self._state.copy_(state["state"])
         self._draws.copy_(state["draws"])
         self._set_keys(state["keys"].to(self.device, torch.int64))
+        self._look_up_draws()
         if self.obs_type == "pixels":
             self._stack = state["stack"].to(self.device).clone()
         self._needs_reset = False
@@ -539,6 +536,26 @@ class BatchedFlappyBird(VectorEnv):
         self._keys = keys
         self._table = gap_table(keys, self.config)  # (N, gap_table_size)
         self._table_flat = self._table.view(-1)  # looked up with one flat index per draw
+
+    def _look_up_draws(self, envs: torch.Tensor | None = None) -> None:
+        """Gap tops and bottoms of draws c, c+1, c+2 of each env's stream into `_drawn_gaps`.
+
+        c is the number of draws used so far (`_draws`). `envs`: the (k,) int64 envs to update
+        (all when None): on a wide batch only the few whose c changed.
+        """
+        if envs is None:
+            idx = torch.add(self._draws, self._draw_offsets, out=self._draw_index)  # (3, N)
+            idx.bitwise_and_(self._draw_mask).add_(self._row_starts)  # in the flat table
+            torch.index_select(self._table_flat, 0, self._draw_index_flat,
+                               out=self._drawn_offsets_flat)  # (3 * N,) uint8
+            # (3 draws, top/bottom, N): offset + [80, 80 + gap]
+            torch.add(self._drawn_offsets, self._gap_top_bottom_min, out=self._drawn_gaps)
+            return
+        k = len(envs)
+        idx = self._draws.index_select(0, envs) + self._draw_offsets  # (3, k)
+        idx.bitwise_and_(self._draw_mask).add_(envs, alpha=self.config.gap_table_size)
+        offsets = torch.index_select(self._table_flat, 0, idx.view(-1)).view(3, 1, k)
+        self._drawn_gaps.index_copy_(2, envs, offsets + self._gap_top_bottom_min)
 
     def _flap_weight(self, actions: Any) -> torch.Tensor:
         """Check the actions and return them as float32 `(N,)` on the device (1.0 = flap)."""
