@@ -11,18 +11,29 @@ quantity (the 12 raw features, then score, episode length and return), updated i
 the rules of `rules.py` are written here (numbers as in its list):
 
 1-2. `[speed, rotation] += [gravity, -3]`, clamped to `[≤ max_fall_speed, ≥ -90]`, then
-     replaced by `[flap_speed, 45]` where the action is a flap (one op each on the `(2, N)`
-     rows).
+     replaced by `[flap_speed, 45]` where the action is a flap (ops on the `(2, N)` rows).
 3-4. `y += speed`, clamped to `[0, GROUND_Y - BIRD_H]`; where `y` went below 0 the speed is
      zeroed ("clamp") or the env crashes ("crash").
 5.   the x of all three pipes `-= pipe_speed` (one op on the `(3, N)` rows of pipe x).
 6.   where the next pipe is behind the bird, the 9 pipe rows are replaced by the shifted
-     ones plus a new pipe whose gap top is looked up in the env's table of pre-drawn heights.
-7-10. crash, score, reward and end are elementwise comparisons of `(N,)` rows.
+     ones plus a new pipe whose gap top comes from the env's table of pre-drawn heights.
+7-8. crash and score: four interval tests `|v - centre| ≤ half` at once on a `(2, 2, N)`
+     block (the next pipe's x within the bird's columns and within the score window, the
+     bird's y within the gap and on the ground), combined by arithmetic on 0/1 values.
+9-10. reward and end: a selection between the three float32 rewards, and comparisons of the
+     score and the episode length with their caps.
 
 No Python loop runs over envs and nothing is copied to the host (except the optional check of
 action values). All state values are whole numbers, which float32 holds exactly, so the
 arithmetic is exact and matches the single env's Python integers.
+
+Speed. A step is about fifty torch ops, each over whole rows. With a thousand envs on a CPU an
+op costs about as much to launch as to run, so the step uses as few ops as it can: constants
+are tensors made once (a Python number would be converted on every call), results go into
+preallocated tensors, and conditions are float32 0/1 weights (a `lerp` by such a weight is an
+exact selection). With thousands of envs on a CPU, the end of a step (autoreset and the
+lookup of the next random heights) works only on the few envs whose episode ended or whose
+pipes shifted.
 
 Autoreset (`metadata["autoreset_mode"] == AutoresetMode.SAME_STEP`): an env whose episode
 ends in a step is reset within that same step. The returned observation of that env is the
