@@ -569,7 +569,8 @@ class BatchedFlappyBird(VectorEnv):
         self._drawn_gaps.index_copy_(2, envs, offsets + self._gap_top_bottom_min)
 
     def _flap_weight(self, actions: Any) -> torch.Tensor:
-        """Check the actions and return them as float32 `(N,)` on the device (1.0 = flap)."""
+        """Check the actions; float32 `(N,)` on the device, 1.0 = flap (a work tensor of `step`,
+        overwritten by the next call)."""
         if not isinstance(actions, torch.Tensor):
             actions = torch.as_tensor(np.asarray(actions))
         if actions.shape != (self.num_envs,):
