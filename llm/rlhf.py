@@ -1,0 +1,342 @@
+"""Stage 3: PPO-RLHF (RM-6) — sample, score, shape with KL, GAE over tokens, PPO epochs.
+
+The loop of note 001 ("整个循环可以简单总结为"), one iteration per rollout batch:
+
+    1. sample prompts x and replies y ~ π_θ(·|x) with the KV cache             (`rollout`)
+    2. score: R_φ(x, y) on the reply's last real token; log π_θ and log π_ref per token;
+       per-token rewards r_t = −β·KL_t, plus the score on the last real token, minus a
+       penalty when there is no EOS                                            (`per_token_rewards`, RM-3)
+    3. values V_ψ(x, y_<t) from the value model (initialised from the reward model, RM-5);
+       advantages by GAE over tokens with γ = 1, λ = 0.95                      (`core.advantages.gae`)
+    4. PPO epochs on minibatches of replies: clipped surrogate, clipped value loss
+                                                                                (`core.ppo.ppo_update`)
+    5. update β from the measured KL (TR-3 adaptive or TR-4 proportional), repeat.
+
+The four models of note 004's figure: the policy π_θ (trained), the reference π_ref (the SFT
+model, frozen), the reward model R_φ (frozen) and the value model V_ψ (trained). Dropout is off
+in all of them.
+
+Deviations from InstructGPT/TRL: models trained from scratch; one optimiser over policy and
+value (two parameter groups, one global gradient clip); β adapted once per rollout by the
+PPO paper's doubling rule by default (TRL's default is the proportional rule, also available).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
+
+from core.advantages import gae
+from core.catalog import implements
+from core.checks import check_finite
+from core.kl import kl_estimate, make_kl_controller
+from core.losses import masked_whiten
+from core.ppo import Evaluation, PPOConfig, ppo_update
+from llm.config import PPOArgs
+from llm.model import GPT, disable_dropout
+from llm.reward_model import scalar_model_from
+from llm.rollout import (
+    Generation,
+    decode_replies,
+    encode_prompts,
+    generate,
+    last_token_scores,
+    reply_logprobs,
+    reply_values,
+)
+from llm.tasks import Task
+from llm.tokenizer import CharTokenizer
+
+__all__ = ["per_token_rewards", "init_value_model", "Rollout", "collect_rollout", "make_evaluate", "evaluate_policy", "train_ppo"]
+
+
+@implements("RM-3")
+def per_token_rewards(
+    scores: torch.Tensor,
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    beta: float,
+    kl_estimator: str = "k1",
+    ended: torch.Tensor | None = None,
+    missing_eos_penalty: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token shaped rewards of RLHF   (RM-3; notes 001, 002, 004; Ziegler et al. 2019).
+
+        r_t = −β · KL_t                                 for every reply token t
+        r_T += R_φ(x, y) − penalty·[no EOS]             on the last real token T (EOS if any)
+        KL_t = k1 = log π_θ(y_t|·) − log π_ref(y_t|·)   (or k2/k3, `core.kl.kl_estimate`)
+
+    so that Σ_t r_t = R_φ(x, y) − β Σ_t KL_t, the shaped reward r′(x, y) = R − β·KL of note 001
+    with the sequence KL written as the sum of per-token log-ratios (IS-2). The dense KL part
+    tells the critic *where* the reply drifted; the sparse score says how good it was.
+
+    The score goes on column `length − 1`, the last real token, not on column `length` (one
+    past it, the first PAD), a known off-by-one of popular implementations that hands the
+    reward to a masked-out position. A reply that ran out of budget without EOS has its score
+    lowered by `missing_eos_penalty`, otherwise the policy can learn to never stop.
+
+    Symbols → arguments: R_φ(x, y) → `scores` (B,); log π_θ → `logprobs` (B, T) (of the rollout
+    policy, no gradient); log π_ref → `ref_logprobs` (B, T); β → `beta`; `mask` (B, T) 1 on
+    real reply tokens, right-padded; `ended` (B,) bool, EOS seen. Returns (rewards (B, T),
+    kl (B, T)), both zero on padding.
+    """
+    mask = mask.to(logprobs.dtype)
+    kl = kl_estimate(logprobs, ref_logprobs, kl_estimator) * mask  # (B, T)
+    rewards = -beta * kl  # (B, T)
+    score = scores.to(rewards.dtype)
+    if ended is not None and missing_eos_penalty:
+        score = score - missing_eos_penalty * (~ended.bool()).to(score.dtype)
+    last = mask.sum(dim=1).long() - 1  # (B,) column of the last real token
+    if bool((last < 0).any()):
+        raise ValueError("every reply needs at least one real token")
+    rewards = rewards.clone()
+    rewards[torch.arange(rewards.shape[0], device=rewards.device), last] += score
+    return rewards * mask, kl
+
+
+@dataclass
+class Rollout:
+    """One rollout batch, everything PPO needs (all tensors on the run's device)."""
+
+    gen: Generation
+    prompts: list[str]
+    replies: list[str]
+    logprobs: torch.Tensor
+    """(B, R) log π_θ of the sampled tokens at sampling time (π_old)."""
+    ref_logprobs: torch.Tensor
+    """(B, R) log π_ref of the same tokens."""
+    values: torch.Tensor
+    """(B, R) V_ψ before each token."""
+    scores: torch.Tensor
+    """(B,) the reward signal before shaping: R_φ(x, y) or the task's verifier."""
+    gold: torch.Tensor
+    """(B,) hidden gold reward (for monitoring only)."""
+
+
+@torch.no_grad()
+def collect_rollout(
+    policy: GPT, ref: GPT | None, value_model: GPT | None, score_fn: Callable, task: Task,
+    tok: CharTokenizer, prompts: list[str], device, generator: torch.Generator | None = None,
+) -> Rollout:
+    """Steps 1–3 of the loop without the shaping: sample, then score every token of every reply.
+
+    `score_fn(gen, prompts, replies) -> (B,)` is the reward model or the verifier. `ref=None`
+    means no KL term (the reference is not even loaded; DR-2), `value_model=None` no critic.
+    """
+    ids, mask = encode_prompts(tok, prompts, policy.config.block_size, task.max_new_tokens, device)
+    gen = generate(policy, ids, mask, max_new_tokens=task.max_new_tokens, eos_id=tok.eos_id,
+                   pad_id=tok.pad_id, generator=generator)
+    replies = decode_replies(tok, gen)
+    input_ids, attention = gen.input_ids, gen.attention_mask
+    logprobs, _ = reply_logprobs(policy, input_ids, attention, gen.reply_ids, name="policy")
+    if ref is not None:
+        ref_logprobs, _ = reply_logprobs(ref, input_ids, attention, gen.reply_ids, name="reference model")
+    else:
+        ref_logprobs = logprobs.clone()
+    values = (reply_values(value_model, input_ids, attention, gen.reply_ids.shape[1])
+              if value_model is not None else torch.zeros_like(logprobs))
+    scores = score_fn(gen, prompts, replies).to(device)
+    check_finite(scores=scores)
+    ended = gen.ended.tolist()
+    gold = torch.tensor([task.gold_reward(p, r, e) for p, r, e in zip(prompts, replies, ended)])
+    mask_f = gen.reply_mask
+    return Rollout(gen, prompts, replies, logprobs * mask_f, ref_logprobs * mask_f, values * mask_f, scores, gold)
+
+
+def reward_model_scorer(reward_model: GPT) -> Callable:
+    """score_fn reading R_φ on the last real token of prompt + reply."""
+
+    def score(gen: Generation, prompts, replies) -> torch.Tensor:
+        attention = gen.attention_mask
+        scores = reward_model(gen.input_ids, attention_mask=attention)  # (B, P + R)
+        out = last_token_scores(scores, attention_mask=attention)  # (B,) on EOS
+        check_finite(**{"reward model scores": out})
+        return out
+
+    return score
+
+
+def gold_scorer(task: Task) -> Callable:
+    """score_fn using the task's own gold reward (a verifier, for the arithmetic task).
+    The missing-EOS case is left to `per_token_rewards`' penalty, as for the reward model."""
+
+    def score(gen: Generation, prompts, replies) -> torch.Tensor:
+        return torch.tensor([task.gold_reward(p, r, True) for p, r in zip(prompts, replies)])
+
+    return score
+
+
+def make_evaluate(policy: GPT, value_model: GPT | None) -> Callable[[dict], Evaluation]:
+    """The `evaluate(minibatch)` that `core.ppo.ppo_update` calls: recompute log π_θ, the
+    entropy and V_ψ for the stored reply tokens, with gradients."""
+
+    def evaluate(mb: dict[str, torch.Tensor]) -> Evaluation:
+        logprobs, entropy = reply_logprobs(policy, mb["input_ids"], mb["attention_mask"], mb["actions"],
+                                           with_entropy=True, name="policy")
+        values = None
+        if value_model is not None:
+            values = reply_values(value_model, mb["input_ids"], mb["attention_mask"], mb["actions"].shape[1])
+        return Evaluation(logprobs, entropy, values)
+
+    return evaluate
+
+
+@torch.no_grad()
+def evaluate_policy(
+    policy: GPT, task: Task, tok: CharTokenizer, n: int, seed: int, device, score_fn: Callable | None = None,
+    batch_size: int = 128,
+) -> dict:
+    """Mean gold reward (and proxy score) of replies sampled at temperature 1 for `n` fixed
+    prompts. The same prompts and sampling seed are used before and after RL."""
+    rng = random.Random(seed)
+    prompts = [task.sample_prompt(rng, "test") for _ in range(n)]
+    gen_rng = torch.Generator(device=device).manual_seed(seed)
+    golds, scores, lengths, ended, samples = [], [], [], [], []
+    for i in range(0, n, batch_size):
+        chunk = prompts[i : i + batch_size]
+        ids, mask = encode_prompts(tok, chunk, policy.config.block_size, task.max_new_tokens, device)
+        gen = generate(policy, ids, mask, max_new_tokens=task.max_new_tokens, eos_id=tok.eos_id,
+                       pad_id=tok.pad_id, generator=gen_rng)
+        replies = decode_replies(tok, gen)
+        golds += [task.gold_reward(p, r, e) for p, r, e in zip(chunk, replies, gen.ended.tolist())]
+        if score_fn is not None:
+            scores += score_fn(gen, chunk, replies).tolist()
+        lengths += gen.lengths.tolist()
+        ended += gen.ended.tolist()
+        samples += list(zip(chunk, replies))
+    return {
+        "gold_reward": sum(golds) / n,
+        "score": sum(scores) / n if scores else float("nan"),
+        "response_length": sum(lengths) / n,
+        "eos_rate": sum(ended) / n,
+        "samples": samples,
+        "golds": golds,
+    }
+
+
+def train_ppo(
+    config: PPOArgs, task: Task, tok: CharTokenizer, sft_model: GPT, reward_model: GPT | None,
+    device: torch.device, progress: bool = True, log=None, value_init: GPT | None = None,
+) -> tuple[GPT, GPT, dict]:
+    """PPO-RLHF from the SFT policy. Returns (policy, value model, stats).
+
+    `reward_model` None (or `config.reward_source == 'gold'`) scores with the task's verifier;
+    the value model then starts from the SFT body with a zero head instead of from R_φ.
+    `log(iteration, metrics)` receives the fixed metric names every iteration.
+    """
+    torch.manual_seed(config.seed + 4)
+    policy = disable_dropout(_copy(sft_model))
+    ref = disable_dropout(_copy(sft_model)).requires_grad_(False).eval()  # frozen π_ref
+    use_rm = config.reward_source == "rm"
+    if use_rm and reward_model is None:
+        raise ValueError("reward_source='rm' needs a reward model")
+    if use_rm:
+        reward_model = disable_dropout(reward_model).requires_grad_(False).eval()  # frozen R_φ
+        score_fn = reward_model_scorer(reward_model)
+        value_model = init_value_model(reward_model)  # RM-5
+    else:
+        score_fn = gold_scorer(task)
+        value_model = scalar_model_from(value_init or sft_model)
+    value_model = disable_dropout(value_model).requires_grad_(True)
+    policy.train(), value_model.train()  # dropout is 0 anyway; train() only for clarity
+
+    ppo_config = PPOConfig(
+        clip_coef=config.clip_coef, update_epochs=config.ppo_epochs, minibatch_size=config.ppo_minibatch_size,
+        batch_size=config.rollout_batch_size, norm_adv=True, clip_vloss=True, vf_clip_coef=config.vf_clip_coef,
+        vf_coef=config.vf_coef, ent_coef=config.ent_coef, max_grad_norm=config.max_grad_norm,
+        loss_reduction="token_mean",
+    )
+    optimizer = torch.optim.AdamW(
+        [{"params": policy.parameters(), "lr": config.ppo_lr},
+         {"params": value_model.parameters(), "lr": config.value_lr}],
+        weight_decay=0.0, betas=(0.9, 0.95), eps=1e-6,
+    )
+    controller = make_kl_controller(config.kl_kind, config.init_beta, config.target_kl, config.kl_horizon)
+    prompt_rng = random.Random(config.seed + 5)
+    sample_gen = torch.Generator(device=device).manual_seed(config.seed + 6)
+    shuffle_gen = torch.Generator().manual_seed(config.seed + 7)
+
+    history = []
+    adapting, since_update = False, 0
+    start = time.perf_counter()
+    bar = tqdm(range(config.ppo_iterations), desc="ppo", disable=not progress, leave=False)
+    for it in bar:
+        beta = float(controller.beta)
+        # 1–2. sample and score
+        prompts = [task.sample_prompt(prompt_rng) for _ in range(config.rollout_batch_size)]
+        ro = collect_rollout(policy, ref, value_model, score_fn, task, tok, prompts, device, sample_gen)
+        mask = ro.gen.reply_mask
+        rewards, kl = per_token_rewards(
+            ro.scores, ro.logprobs, ro.ref_logprobs, mask, beta=beta, kl_estimator=config.kl_estimator,
+            ended=ro.gen.ended, missing_eos_penalty=config.missing_eos_penalty,
+        )
+        if config.whiten_rewards:
+            rewards = masked_whiten(rewards, mask, shift_mean=False)
+        # 3. advantages over tokens: the reply ends (terminally) at its last real token
+        advantages = gae(rewards, ro.values, gamma=config.gamma, gae_lambda=config.gae_lambda, mask=mask)
+        returns = advantages + ro.values
+        # 4. PPO epochs (core.ppo)
+        batch = {
+            "input_ids": ro.gen.input_ids, "attention_mask": ro.gen.attention_mask, "actions": ro.gen.reply_ids,
+            "logprobs": ro.logprobs, "advantages": advantages, "returns": returns, "values": ro.values,
+            "mask": mask,
+        }
+        stats = ppo_update(make_evaluate(policy, value_model), batch, optimizer, ppo_config, generator=shuffle_gen)
+        # 5. β from the measured KL: the mean over replies of Σ_t (log π_θ − log π_ref)
+        seq_kl = float(((ro.logprobs - ro.ref_logprobs) * mask).sum(dim=1).mean())
+        if (config.target_kl and seq_kl >= config.target_kl / 1.5) or it + 1 >= config.kl_warmup:
+            adapting = True  # the policy has moved: from now on β follows the controller
+        if adapting:
+            since_update += 1
+            if since_update >= config.kl_update_every:
+                controller.update(seq_kl, config.rollout_batch_size * since_update)
+                since_update = 0
+        record = {
+            "rlhf/score": float(ro.scores.mean()),
+            "rlhf/gold_reward": float(ro.gold.mean()),
+            "rlhf/kl": seq_kl,
+            "rlhf/response_length": float(mask.sum(dim=1).mean()),
+            "rlhf/eos_rate": float(ro.gen.ended.float().mean()),
+            "rlhf/shaped_return": float((rewards * mask).sum(dim=1).mean()),
+            "charts/beta": beta,
+            **{k: v for k, v in stats.items() if k.startswith("losses/")},
+        }
+        if not all(math.isfinite(v) for k, v in record.items() if k != "losses/explained_variance"):
+            raise FloatingPointError(f"non-finite PPO statistics at iteration {it}: {record}")
+        history.append(record)
+        if log is not None:
+            log(it, record)
+        bar.set_postfix(score=f"{record['rlhf/score']:.2f}", gold=f"{record['rlhf/gold_reward']:.2f}",
+                        kl=f"{seq_kl:.2f}", beta=f"{beta:.3g}")
+    policy.eval(), value_model.eval()
+    return policy, value_model, {"seconds": time.perf_counter() - start, "history": history,
+                                 "final_beta": float(controller.beta)}
+
+
+@implements("RM-5")
+def init_value_model(reward_model: GPT) -> GPT:
+    """The value model V_ψ starts as a copy of the reward model R_φ   (RM-5; note 004).
+
+    Note 004: "参数是从RM上进行初始化的". Both read a prompt and a partial reply and output one
+    number per position, and R_φ already knows which replies are good, so V_ψ starts close to
+    the expected final score instead of at 0. The copy is trained; R_φ stays frozen. (Note 004
+    also says the value model lowers the variance "of the reward model" — it lowers the variance
+    of the policy gradient, erratum E6.)
+    """
+    if reward_model.head != "scalar":
+        raise ValueError("the value model is initialised from a scalar-head reward model")
+    return _copy(reward_model)
+
+
+def _copy(model: GPT) -> GPT:
+    clone = GPT(model.config, head=model.head).to(next(model.parameters()).device)
+    clone.load_state_dict(model.state_dict())
+    return clone

@@ -1,0 +1,85 @@
+"""Stage 1: supervised fine-tuning by next-token cross-entropy on demonstrations.
+
+The model starts from random weights (there is no pretrained model to download) and learns
+the task's demonstrations: `[BOS] prompt reply [EOS]`, loss on the reply tokens and EOS only,
+so the model learns to answer and to stop, not to write prompts. The result is the starting
+policy of RL, the frozen reference π_ref, and the initial weights of the reward model.
+
+Deviations from common recipes: training from scratch instead of fine-tuning a pretrained
+model, and a demonstrator that is a grammar rather than people.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from core.checks import check_finite
+from llm.config import SFTArgs, model_config
+from llm.model import GPT
+from llm.rollout import pad_sequences
+from llm.tasks import Task, sft_examples
+from llm.tokenizer import CharTokenizer
+
+__all__ = ["sft_loss", "train_sft", "lr_at"]
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int = 20, floor: float = 0.1) -> float:
+    """Linear warm-up to `peak`, then cosine decay to `floor`·peak at `total`."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def sft_loss(model: GPT, ids: torch.Tensor, reply_mask: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of the reply tokens (and EOS): −(1/|y|) Σ_t log π(y_t | x, y_<t).
+
+    ids (B, T) right-padded; reply_mask (B, T) marks the target tokens. Position t predicts
+    token t + 1, so logits[:, :-1] are scored against ids[:, 1:].
+    """
+    logits = model(ids[:, :-1])  # (B, T−1, V): causal attention, no mask needed (right padding)
+    targets, weights = ids[:, 1:], reply_mask[:, 1:]  # (B, T−1)
+    nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none")
+    return (nll * weights.reshape(-1)).sum() / weights.sum().clamp(min=1.0)
+
+
+def train_sft(
+    config: SFTArgs, task: Task, tok: CharTokenizer, device: torch.device, progress: bool = True, log=None
+) -> tuple[GPT, dict]:
+    """Train a fresh model on `config.sft_examples` demonstrations. Returns (model, stats).
+
+    `log(step, {"sft/loss": …})` receives the training loss every 10 steps.
+    """
+    torch.manual_seed(config.seed)
+    model = GPT(model_config(config, tok)).to(device)
+    data = sft_examples(task, config.sft_examples, seed=config.seed)
+    rng = random.Random(config.seed + 1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.sft_lr, weight_decay=0.01, betas=(0.9, 0.95))
+    model.train()
+    start = time.perf_counter()
+    bar = tqdm(range(config.sft_steps), desc="sft", disable=not progress, leave=False)
+    running = None
+    for step in bar:
+        batch = [data[rng.randrange(len(data))] for _ in range(config.sft_batch_size)]
+        ids, reply_mask, _ = pad_sequences(tok, [p for p, _ in batch], [r for _, r in batch],
+                                           model.config.block_size, device)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, config.sft_steps, config.sft_lr)
+        loss = sft_loss(model, ids, reply_mask)
+        check_finite(**{"SFT loss": loss})
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        running = loss.item() if running is None else 0.9 * running + 0.1 * loss.item()
+        bar.set_postfix(loss=f"{running:.3f}")
+        if log is not None and (step % 10 == 0 or step == config.sft_steps - 1):
+            log(step, {"sft/loss": loss.item()})
+    model.eval()
+    return model, {"final_loss": running, "params": model.num_params(), "seconds": time.perf_counter() - start}
