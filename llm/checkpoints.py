@@ -70,6 +70,8 @@ def load_stage(
         try:
             model.load_state_dict(weights)
         except RuntimeError as exc:
-            raise CheckpointError(f"checkpoint {path}: weights of {name!r} do not fit its architecture ({exc})") from exc
+            raise CheckpointError(
+                f"checkpoint {path}: weights of {name!r} do not fit its architecture ({exc})"
+            ) from exc
         models[name] = model.to(device)
     return models, meta

@@ -159,8 +159,8 @@ class PipelineConfig(PPOArgs, RMArgs, SFTArgs):
                 f"rollout_batch_size ({self.rollout_batch_size}) must be a multiple of "
                 f"ppo_minibatch_size ({self.ppo_minibatch_size})"
             )
-        for name in ("rm_steps", "rm_batch_size", "kl_update_every", "rollout_batch_size", "ppo_minibatch_size", "ppo_epochs",
-                     "sft_batch_size", "eval_prompts"):
+        for name in ("rm_steps", "rm_batch_size", "kl_update_every", "rollout_batch_size", "ppo_minibatch_size",
+                     "ppo_epochs", "sft_batch_size", "eval_prompts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
         if self.init_beta < 0 or (self.init_beta == 0 and self.kl_kind != "fixed"):

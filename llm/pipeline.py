@@ -231,7 +231,8 @@ def _write_report(path: Path, config, task, tok, before: dict, after: dict, stat
         f"# PPO-RLHF report: task '{config.task}'{' (' + config.tag + ')' if config.tag else ''}",
         "",
         f"β schedule {config.kl_kind} from {config.init_beta}, target KL {config.target_kl}, "
-        f"{config.ppo_iterations} iterations × {config.rollout_batch_size} replies, reward source {config.reward_source}.",
+        f"{config.ppo_iterations} iterations × {config.rollout_batch_size} replies, "
+        f"reward source {config.reward_source}.",
         "",
         "| | SFT policy | after PPO |",
         "|---|---|---|",

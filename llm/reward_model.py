@@ -64,7 +64,9 @@ def score_replies(
     return torch.cat(out)
 
 
-def pair_scores(reward_model: GPT, tok: CharTokenizer, pairs: list[PreferencePair], device) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_scores(
+    reward_model: GPT, tok: CharTokenizer, pairs: list[PreferencePair], device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(R(x, y⁺), R(x, y⁻)) for a list of pairs, both sides in one forward pass. Each (B,)."""
     prompts = [p.prompt for p in pairs] * 2
     replies = [p.chosen for p in pairs] + [p.rejected for p in pairs]

@@ -53,7 +53,10 @@ from llm.rollout import (
 from llm.tasks import Task
 from llm.tokenizer import CharTokenizer
 
-__all__ = ["per_token_rewards", "init_value_model", "Rollout", "collect_rollout", "make_evaluate", "evaluate_policy", "train_ppo"]
+__all__ = [
+    "per_token_rewards", "init_value_model", "Rollout", "collect_rollout", "make_evaluate", "evaluate_policy",
+    "train_ppo",
+]
 
 
 @implements("RM-3")
