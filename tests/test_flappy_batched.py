@@ -289,3 +289,12 @@ def test_agent_interface(device):
     assert 2.0 in ended_scores and 0.0 in ended_scores  # capped at 2 pipes; crashed at 0
     pixels = make_vector_env("flappy-pixels", 2, torch.device(device))
     assert pixels.reset(seed=0).shape == (2, 4, 84, 84)
+
+
+def test_wide_batch_path_equals_single_env(monkeypatch, device):
+    """Large CPU batches take a sparse path (only restarting columns are touched); force it at
+    N = 5 and replay the step-for-step comparison with the single env."""
+    from envs.flappy_bird import batched as batched_module
+
+    monkeypatch.setattr(batched_module, "_SPARSE_MIN_ENVS", 1)
+    test_batched_equals_single_env_step_for_step(100, {"ceiling": "crash", "max_score": 4}, device)
