@@ -19,6 +19,8 @@ from core.checks import check_positive, check_same_shape
 __all__ = [
     "categorical_kl",
     "kl_estimate",
+    "kl_regularized_objective",
+    "kl_regularized_optimum",
     "KL_ESTIMATORS",
     "KLController",
     "FixedKLController",
@@ -41,6 +43,36 @@ def categorical_kl(logits_q: torch.Tensor, logits_p: torch.Tensor) -> torch.Tens
     logq = F.log_softmax(logits_q, dim=-1)
     logp = F.log_softmax(logits_p, dim=-1)
     return (logq.exp() * (logq - logp)).sum(dim=-1)
+
+
+@implements("PG-1", "RM-4")
+def kl_regularized_objective(
+    logits: torch.Tensor, ref_logits: torch.Tensor, rewards: torch.Tensor, beta: float
+) -> torch.Tensor:
+    """E_{y∼π(·|x)}[r(x, y)] − β KL[π(·|x) ‖ π_ref(·|x)], exactly, for each prompt x   (RM-2's objective).
+
+    The RLHF objective of notes 000 and 001, for a policy small enough to enumerate its replies.
+    Averaging the result over prompts x ∼ D gives J (PG-1; D is the prompt distribution, not a
+    divergence: erratum E1). With β = 0 it is the reward alone and so is its gradient (RM-4).
+
+    Symbols → arguments: π → `logits` (..., Y), π_ref → `ref_logits` (..., Y), r(x, ·) →
+    `rewards` (..., Y), β → `beta`. Returns (...).
+    """
+    expected_reward = (F.softmax(logits, dim=-1) * rewards).sum(dim=-1)
+    return expected_reward - beta * categorical_kl(logits, ref_logits)
+
+
+@implements("RM-2")
+def kl_regularized_optimum(ref_logits: torch.Tensor, rewards: torch.Tensor, beta: float) -> torch.Tensor:
+    """Log-probabilities of π*(y|x) = π_ref(y|x) exp(r(x, y)/β) / Z(x)   (RM-2; notes 000, 001).
+
+    The maximiser of `kl_regularized_objective`: the reward moves the policy away from π_ref,
+    and β sets how far (erratum E2: π_ref anchors, it does not judge). Its value there is
+    β log Z(x). DPO (DP-1) inverts this relation to read a reward off a policy. β → 0 gives the
+    greedy policy, β → ∞ gives π_ref. Shapes as in `kl_regularized_objective`; returns (..., Y).
+    """
+    check_positive("beta", beta)
+    return F.log_softmax(F.log_softmax(ref_logits, dim=-1) + rewards / beta, dim=-1)
 
 
 KL_ESTIMATORS = ("k1", "k2", "k3")

@@ -29,6 +29,7 @@ __all__ = [
     "value_loss",
     "entropy_from_logits",
     "bradley_terry_loss",
+    "sequence_logprobs",
     "masked_mean",
     "masked_sum",
     "masked_var",
@@ -191,6 +192,18 @@ def bradley_terry_loss(chosen_scores: torch.Tensor, rejected_scores: torch.Tenso
     return -F.logsigmoid(chosen_scores - rejected_scores)
 
 
+@implements("IS-2")
+def sequence_logprobs(token_logprobs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """log π(y|x) = Σ_t log π(y_t | x, y_<t) over the real tokens of each reply   (IS-2, note 002).
+
+    Treating a whole reply as one action (note 002's LLM view), its probability is the product of
+    its tokens' probabilities, so the sequence ratio π_θ(y|x)/π_old(y|x) is exp(Σ_t token
+    log-ratios): pass the result to `ratio_surrogate`. Shapes: `token_logprobs` (B, T), `mask`
+    (B, T) or None; returns (B,).
+    """
+    return masked_sum(token_logprobs, mask, dim=-1)
+
+
 # ---------------------------------------------------------------------------------------------
 # Masked reductions
 # ---------------------------------------------------------------------------------------------
@@ -267,6 +280,8 @@ def reduce_loss(
     """
     if mode not in LOSS_REDUCTIONS:
         raise ValueError(f"loss reduction mode must be one of {LOSS_REDUCTIONS}, got {mode!r}")
+    if mask is None and (mode != "constant" or x.dim() < 2):
+        return x.mean()  # every position is real: all modes but "constant" reduce to the plain mean
     if mask is None:
         mask = torch.ones_like(x)
     check_same_shape("x", x, mask=mask)

@@ -30,7 +30,8 @@ METRICS: dict[str, str] = {
     "charts/learning_rate": "the optimiser's learning rate (annealed linearly to 0 by default)",
     "charts/beta": "the KL coefficient β (penalty objective or RLHF reward shaping)",
     "charts/episodic_return": "mean undiscounted return of the episodes that finished since the last log",
-    "charts/episodic_length": "mean length of those episodes, in steps",
+    "charts/episodic_length": "mean length of those episodes, in agent steps",
+    "charts/episodes": "number of episodes that finished since the last log",
     "charts/score": "mean game score (pipes for Flappy Bird) of those episodes",
     "charts/sps": "environment steps per second since the start of the run",
     # RLHF

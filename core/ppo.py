@@ -38,13 +38,14 @@ from core.losses import (
     explained_variance,
     kl_penalty_surrogate,
     masked_whiten,
+    ratio_surrogate,
     reduce_loss,
     value_loss,
 )
 
 __all__ = ["PPOConfig", "Evaluation", "ppo_update", "OBJECTIVES", "REQUIRED_BATCH_KEYS"]
 
-OBJECTIVES = ("clip", "kl_penalty", "clip+kl_penalty")
+OBJECTIVES = ("clip", "kl_penalty", "clip+kl_penalty", "ratio")
 REQUIRED_BATCH_KEYS = ("actions", "logprobs", "advantages", "returns", "values")
 
 
@@ -57,7 +58,8 @@ class PPOConfig:
     clip_coef_high: float | None = None
     """ε_high for DAPO's clip-higher (DA-1); None means the same as `clip_coef`."""
     objective: str = "clip"
-    """'clip' (CL-1), 'kl_penalty' (TR-2, needs a KL controller) or 'clip+kl_penalty'."""
+    """'clip' (CL-1), 'kl_penalty' (TR-2, needs a KL controller), 'clip+kl_penalty', or 'ratio': the plain
+    ρA of IS-1 with no trust region at all (the "no clipping or penalty" row of the PPO paper's Table 1)."""
     update_epochs: int = 4
     """K: passes over the batch per update."""
     minibatch_size: int = 256
@@ -165,7 +167,7 @@ def ppo_update(
     losses/explained_variance, losses/ref_kl (when used), charts/beta (with a controller),
     and ppo/epochs, ppo/minibatches (how much of the schedule ran before an early stop).
     """
-    uses_penalty = config.objective != "clip"
+    uses_penalty = config.objective in ("kl_penalty", "clip+kl_penalty")
     if uses_penalty and kl_controller is None:
         raise ValueError(f"objective {config.objective!r} needs a kl_controller (TR-3/TR-4)")
     missing = [k for k in REQUIRED_BATCH_KEYS if k not in batch]
@@ -215,6 +217,8 @@ def ppo_update(
             # The policy objective (to maximise), per action/token.
             if config.objective == "kl_penalty":
                 objective = torch.zeros_like(new.logprobs)
+            elif config.objective == "ratio":
+                objective = ratio_surrogate(new.logprobs, mb["logprobs"], advantages)
             else:
                 objective = clipped_surrogate(
                     new.logprobs, mb["logprobs"], advantages,

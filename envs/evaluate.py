@@ -24,7 +24,7 @@ import torch
 from core.checkpoint import CheckpointError
 from envs.networks import ActorCritic
 from envs.train import load_agent
-from envs.vector import make_vector_env
+from envs.vector import make_vector_env, resolve_env_id
 
 
 @torch.no_grad()
@@ -42,7 +42,10 @@ def evaluate_policy(
     if episodes < 1:
         raise ValueError(f"episodes must be ≥ 1, got {episodes}")
     device = torch.device(device)
-    kwargs = {"score_cap": cap} if env_id.startswith("proximal/") and cap is not None else {}
+    env_id = resolve_env_id(env_id)  # "flappy" → "proximal/FlappyBird-v0", so the cap applies
+    if device.type == "cpu" and agent.arch != "cnn":
+        torch.set_num_threads(1)  # batch-of-100 MLP steps: threads only add synchronisation
+    kwargs = {"max_score": cap} if env_id.startswith("proximal/") and cap is not None else {}
     envs = make_vector_env(env_id, episodes, device, **kwargs)
     agent = agent.to(device).eval()
     obs = envs.reset(seed=seed)
@@ -51,7 +54,7 @@ def evaluate_policy(
     for _ in range(max_steps):
         actions, _, _ = agent.act(obs, greedy=True)
         step = envs.step(actions)
-        ended = (step.terminated | step.truncated) & ~finished
+        ended = step.game_over & ~finished
         scores = torch.where(ended, step.episode_score, scores)
         finished |= ended
         if bool(finished.all()):
@@ -76,20 +79,54 @@ def summarize(scores: list[float], cap: int | None) -> dict:
     }
 
 
-def watch(agent: ActorCritic, env_id: str, *, render: str | None, gif: str | None, seed: int, cap: int | None) -> None:
-    """Play one greedy episode in a pygame window (`render='human'`) and/or save it as a GIF."""
-    from envs.flappy_bird import record_gif, run_episode
+def watch(agent: ActorCritic, env_id: str, *, render: str | None, gif: str | None, seed: int, cap: int | None) -> dict:
+    """Play one greedy episode in a pygame window (`render='human'`) and/or save it as a GIF.
 
-    def policy(obs):
-        return int(agent.act(torch.as_tensor(obs)[None], greedy=True)[0])
+    For Flappy Bird the agent sees exactly what it saw in training — the batched env's
+    observations (features, or the 84×84 frames rasterised on the device) — while a single
+    `FlappyBirdEnv` with the same seed draws the game: both play the same game step for step
+    (tested bit for bit), so the lock-step below shows the agent's own episode. Returns the
+    scores of what was shown: {"gif": …, "human": …}.
+    """
+    shown: dict = {}
+    from envs.flappy_bird.record import record_gif, run_episode
 
-    kwargs = {"score_cap": cap} if env_id.startswith("proximal/") and cap is not None else {}
+    if env_id.startswith("proximal/"):
+        kwargs = {"max_score": cap} if cap is not None else {}
+        display_id = "proximal/FlappyBird-v0"
+
+        def make_policy():
+            training_view = make_vector_env(env_id, 1, torch.device("cpu"), **kwargs)
+            state = {"obs": training_view.reset(seed=seed)}
+
+            def policy(_display_obs):
+                action = agent.act(state["obs"], greedy=True)[0]
+                state["obs"] = training_view.step(action).obs
+                return int(action)
+
+            return policy
+    else:
+        kwargs, display_id = {}, env_id
+        if env_id.startswith("ALE/"):
+            from envs.atari import make_atari_env
+
+            display_id = make_atari_env(env_id, render_mode="rgb_array" if gif else render)
+
+        def make_policy():
+            return lambda obs: int(agent.act(torch.as_tensor(obs)[None], greedy=True)[0])
+
     if gif:
-        record_gif(env_id, policy, gif, seed=seed, **kwargs)
-        print(f"saved {gif}", file=sys.stderr)
+        result = record_gif(display_id, make_policy(), gif, seed=seed, **kwargs)
+        shown["gif"] = result["score"] if result["score"] is not None else result["return"]
+        print(f"saved {gif}: {result['frames']} frames, score {shown['gif']}", file=sys.stderr)
     if render == "human":
-        score = run_episode(env_id, policy, seed=seed, render_mode="human", **kwargs)
-        print(f"score {score}", file=sys.stderr)
+        if not isinstance(display_id, str):
+            from envs.atari import make_atari_env
+
+            display_id = make_atari_env(env_id, render_mode="human")
+        shown["human"] = run_episode(display_id, make_policy(), seed=seed, render_mode="human", **kwargs)
+        print(f"score {shown['human']}", file=sys.stderr)
+    return shown
 
 
 def main(argv: list[str] | None = None) -> None:

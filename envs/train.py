@@ -55,13 +55,13 @@ class TrainConfig(PPOConfig):
     """Seeds torch, NumPy, Python and the environments."""
     device: str = "auto"
     """'auto' (CUDA when present), 'cpu' or 'cuda'."""
-    total_steps: int = 3_000_000
+    total_steps: int = 10_000_000
     """Environment steps to train for (over all parallel envs)."""
     num_envs: int = 64
     """N parallel environments (actors)."""
     num_steps: int = 128
     """T steps per env per rollout; a batch holds N·T transitions."""
-    learning_rate: float = 2.5e-4
+    learning_rate: float = 3e-3
     """Adam's learning rate at the start (annealed linearly to 0 when anneal_lr)."""
     anneal_lr: bool = True
     """Anneal the learning rate linearly to 0 over the run (detail 4)."""
@@ -89,7 +89,7 @@ class TrainConfig(PPOConfig):
     """Show a progress bar."""
     cpu_threads: int = 0
     """Torch CPU threads; 0 = auto: 1 for MLPs (small ops run fastest on one thread), all cores for the CNN."""
-    minibatch_size: int = 2048
+    minibatch_size: int = 1024
     """Rows per minibatch (overrides PPOConfig's default for game batches)."""
     ent_coef: float = 0.01
     """c₂: weight of the entropy bonus (CL-4)."""
@@ -185,7 +185,7 @@ def train(
         torch.set_num_threads(config.cpu_threads or (1 if agent.arch != "cnn" else os.cpu_count() or 1))
     optimizer = torch.optim.Adam(agent.parameters(), lr=config.learning_rate, eps=1e-5)
     kl_controller = make_kl_controller(config.kl_controller, config.kl_coef, config.kl_target) \
-        if config.objective != "clip" else None
+        if "kl_penalty" in config.objective else None
     shuffle = torch.Generator().manual_seed(config.seed)
     obs_dtype = torch.from_numpy(np.zeros(0, dtype=envs.single_observation_space.dtype)).dtype
     rollout = RolloutBuffer.allocate(config.num_steps, config.num_envs, obs_shape, obs_dtype=obs_dtype, device=device)
@@ -200,10 +200,10 @@ def train(
 
     metrics = MetricsWriter(out / "metrics.jsonl", append=resume is not None)
     progress = _progress_bar(config, start_iteration)
-    finished = {"returns": torch.zeros((), device=device), "scores": torch.zeros((), device=device),
-                "count": torch.zeros((), device=device)}
+    finished = {name: torch.zeros((), device=device) for name in ("returns", "scores", "lengths", "count")}
     history: list[dict] = []
-    started, last_plot, steps_at_start = time.perf_counter(), 0.0, global_step
+    started, steps_at_start = time.perf_counter(), global_step
+    last_plot = started
     iteration = start_iteration
     with StopRequest() as stop:
         for iteration in range(start_iteration, config.num_iterations):
@@ -220,10 +220,10 @@ def train(
                 rollout.terminations[t], rollout.truncations[t] = step.terminated, step.truncated
                 with torch.no_grad():  # V(s_{t+1}) of the true next state: the final obs where an episode ended
                     rollout.next_values[t] = agent.value(step.final_obs)
-                ended = (step.terminated | step.truncated).float()
-                finished["returns"] += (step.episode_return * ended).sum()
-                finished["scores"] += (step.episode_score * ended).sum()
-                finished["count"] += ended.sum()
+                finished["returns"] += step.episode_return.sum()
+                finished["scores"] += step.episode_score.sum()
+                finished["lengths"] += step.episode_length.sum()
+                finished["count"] += step.game_over.sum()
                 obs = step.obs
             global_step += config.batch_size
 
@@ -237,6 +237,8 @@ def train(
             if count > 0:
                 stats["charts/episodic_return"] = float(finished["returns"]) / count
                 stats["charts/score"] = float(finished["scores"]) / count
+                stats["charts/episodic_length"] = float(finished["lengths"]) / count
+                stats["charts/episodes"] = count
                 for value in finished.values():
                     value.zero_()
             stats["charts/learning_rate"] = optimizer.param_groups[0]["lr"]
@@ -289,7 +291,7 @@ def save_training_state(path, config, agent, optimizer, kl_controller, shuffle, 
     }
     if torch.cuda.is_available():
         state["cuda_rng"] = torch.cuda.get_rng_state_all()
-    if hasattr(envs, "state_dict"):
+    if envs.state_dict() is not None:
         state["env"] = envs.state_dict()
     meta = {
         "env_id": resolve_env_id(config.env_id),
@@ -312,7 +314,7 @@ def restore_state(payload, agent, optimizer, kl_controller, shuffle, envs, confi
     shuffle.set_state(state["shuffle_rng"])
     if kl_controller is not None and meta.get("beta") is not None:
         kl_controller.beta = meta["beta"]
-    if "env" in state and hasattr(envs, "load_state_dict"):
+    if "env" in state:
         envs.load_state_dict(state["env"])
         obs = state["obs"].to(device)
     else:
@@ -353,10 +355,15 @@ def plot_learning_curve(metrics_path: Path, png_path: Path) -> None:
         return
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     steps = [r["step"] for r in records]
-    axes[0].plot(steps, [r["charts/episodic_return"] for r in records])
-    axes[0].set(xlabel="environment steps", ylabel="episodic return", title="return")
-    axes[1].plot(steps, [r["charts/score"] for r in records], color="tab:green")
-    axes[1].set(xlabel="environment steps", ylabel="score (pipes)", title="score")
+    window = max(1, len(records) // 50)  # a running mean over ~2% of the run; raw values stay faint
+    for ax, key, color, label in ((axes[0], "charts/episodic_return", "tab:blue", "episodic return"),
+                                  (axes[1], "charts/score", "tab:green", "score (pipes)")):
+        values = [r[key] for r in records]
+        smooth = [sum(values[max(0, i - window + 1): i + 1]) / len(values[max(0, i - window + 1): i + 1])
+                  for i in range(len(values))]
+        ax.plot(steps, values, color=color, alpha=0.25, linewidth=0.8)
+        ax.plot(steps, smooth, color=color)
+        ax.set(xlabel="environment steps", ylabel=label, title=f"{label}, mean of episodes ending per update")
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()

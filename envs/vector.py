@@ -1,11 +1,12 @@
 """One tensor interface over every environment the agent trains on.
 
-The PPO loop sees `reset(seed) -> obs` and `step(actions) -> Step`, all torch tensors on the
+The PPO loop sees `reset(seed) -> obs` and `step(actions) -> Step`, torch tensors on the
 training device, whatever runs underneath:
 
-- our batched Flappy Bird, which already steps as tensors on the device (no host round trip);
-- any other gymnasium id through a gymnasium vector env (`SyncVectorEnv`) in SAME_STEP
-  autoreset mode, converted to tensors at the boundary.
+- our batched Flappy Bird (`envs.flappy_bird.BatchedFlappyBird`), which steps as tensors on
+  the device: on CUDA a rollout never copies anything to the host;
+- any other gymnasium id (CartPole, Atari, third-party ids) through a gymnasium vector env in
+  SAME_STEP autoreset mode, converted to tensors at the boundary (`envs.atari.TorchVectorEnv`).
 
 Autoreset: when an episode ends at step t, `Step.obs` is already the first observation of the
 next episode and `Step.final_obs` holds the observation the episode ended in (equal to `obs`
@@ -14,108 +15,132 @@ where nothing ended). The loop bootstraps a truncated episode from V(final_obs) 
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import gymnasium as gym
-import numpy as np
 import torch
 
-__all__ = ["Step", "GymVectorEnv", "make_vector_env", "FLAPPY_ALIASES", "resolve_env_id", "SUPPORTED_ACTION_SPACES"]
+__all__ = ["Step", "AgentEnv", "make_vector_env", "FLAPPY_ALIASES", "resolve_env_id"]
 
 FLAPPY_ALIASES = {
     "flappy": "proximal/FlappyBird-v0",
     "flappy-pixels": "proximal/FlappyBirdPixels-v0",
 }
-SUPPORTED_ACTION_SPACES = "Discrete (one categorical action per step)"
 
 
 class Step(NamedTuple):
     obs: torch.Tensor  # (N, *obs_shape): next observations, already reset where an episode ended
-    reward: torch.Tensor  # (N,) float32
+    reward: torch.Tensor  # (N,) float32, the reward the agent learns from (clipped on Atari)
     terminated: torch.Tensor  # (N,) bool
     truncated: torch.Tensor  # (N,) bool
-    final_obs: torch.Tensor  # (N, *obs_shape): the last observation of each episode that ended, else obs
-    episode_return: torch.Tensor  # (N,) undiscounted return of episodes that ended here (raw game reward)
-    episode_score: torch.Tensor  # (N,) game score of episodes that ended here (pipes; = return elsewhere)
+    final_obs: torch.Tensor  # (N, *obs_shape): the last observation where an episode ended, else obs
+    game_over: torch.Tensor  # (N,) bool: a whole game ended (on Atari a lost life ends an episode, not a game)
+    episode_return: torch.Tensor  # (N,) the game's undiscounted, unclipped return where game_over, else 0
+    episode_score: torch.Tensor  # (N,) the game's score (pipes for Flappy Bird; = return elsewhere)
+    episode_length: torch.Tensor  # (N,) the game's length in agent steps where game_over, else 0
 
 
 def resolve_env_id(env_id: str) -> str:
-    """Expand our short aliases and check the id is registered (importing Atari if needed)."""
+    """Expand our short aliases and check the id is registered (registering ours and ALE's)."""
     env_id = FLAPPY_ALIASES.get(env_id, env_id)
     if env_id.startswith("ALE/"):
-        import ale_py
+        from envs.atari import register_ale
 
-        gym.register_envs(ale_py)
-    if env_id.startswith("proximal/"):
-        import envs.flappy_bird  # noqa: F401  (registers our ids)
+        register_ale()
+    import envs  # noqa: F401  (registers the proximal/ ids)
+
     if env_id not in gym.registry:
-        close = [k for k in gym.registry if env_id.split("/")[-1].split("-")[0].lower() in k.lower()][:5]
+        stem = env_id.split("/")[-1].split("-")[0].lower()
+        close = [k for k in gym.registry if stem and stem in k.lower()][:5]
         hint = f"; similar registered ids: {close}" if close else ""
         raise ValueError(
-            f"unknown env id {env_id!r}{hint}. Our ids: {sorted(FLAPPY_ALIASES)} or their full names; "
-            "third-party ids need their package imported first"
+            f"unknown env id {env_id!r}{hint}. Ours: {sorted(FLAPPY_ALIASES)} or {sorted(FLAPPY_ALIASES.values())}; "
+            "any gymnasium id such as CartPole-v1 or ALE/Pong-v5; third-party ids need their package imported first"
         )
     return env_id
 
 
-class GymVectorEnv:
-    """A gymnasium vector env (SAME_STEP autoreset) behind the tensor interface."""
+class AgentEnv:
+    """A tensor vector env with SAME_STEP autoreset seen as `reset(seed) -> obs`, `step(a) -> Step`.
 
-    def __init__(self, vec_env: gym.vector.VectorEnv, device: torch.device):
-        if not isinstance(vec_env.single_action_space, gym.spaces.Discrete):
+    Wraps `BatchedFlappyBird` or `TorchVectorEnv`; both return `info["final_obs"]` as a full
+    tensor. With `env_keeps_episode_stats`, episode statistics come from `info["final_info"]`
+    (Flappy Bird's score; Atari's unclipped game return from RecordEpisodeStatistics, counted
+    when the last life is lost); otherwise rewards are summed here.
+    """
+
+    def __init__(self, env: gym.vector.VectorEnv, device: torch.device, env_keeps_episode_stats: bool = False):
+        if not isinstance(env.single_action_space, gym.spaces.Discrete):
             raise ValueError(
-                f"the agent supports {SUPPORTED_ACTION_SPACES} action spaces; this env has "
-                f"{vec_env.single_action_space}"
+                "the agent supports Discrete action spaces (one categorical action per step); "
+                f"this env has {env.single_action_space}"
             )
-        self.env, self.device = vec_env, device
-        self.num_envs = vec_env.num_envs
-        self.single_observation_space = vec_env.single_observation_space
-        self.single_action_space = vec_env.single_action_space
-        self._returns = np.zeros(self.num_envs)
-
-    def _tensor(self, array, dtype=None) -> torch.Tensor:
-        return torch.as_tensor(np.asarray(array), device=self.device, dtype=dtype)
+        self.env, self.device, self.num_envs = env, device, env.num_envs
+        self.single_observation_space = env.single_observation_space
+        self.single_action_space = env.single_action_space
+        self._returns = torch.zeros(self.num_envs, device=device)
+        self._lengths = torch.zeros(self.num_envs, device=device)  # agent steps since the game started
+        self.env_keeps_episode_stats = env_keeps_episode_stats
 
     def reset(self, seed: int | None = None) -> torch.Tensor:
         obs, _ = self.env.reset(seed=seed)
-        self._returns[:] = 0.0
-        return self._tensor(obs)
+        self._returns.zero_()
+        self._lengths.zero_()
+        return obs
 
     def step(self, actions: torch.Tensor) -> Step:
-        obs, reward, terminated, truncated, info = self.env.step(actions.cpu().numpy())
+        obs, reward, terminated, truncated, info = self.env.step(actions)
+        reward = reward.float()
         done = terminated | truncated
-        # Raw episode returns: RecordEpisodeStatistics (inside the Atari builder, before reward
-        # clipping and across lives) knows the game's true return; otherwise sum rewards here.
         self._returns += reward
-        episode_return = np.where(done, self._returns, 0.0)
+        self._lengths += 1
         final_info = info.get("final_info", {})
-        if "episode" in final_info and "_episode" in final_info:
-            episode_return = np.where(final_info["_episode"], final_info["episode"]["r"], 0.0)
-        self._returns[done] = 0.0
-        final_obs = obs
-        if "_final_obs" in info and info["_final_obs"].any():
-            final_obs = obs.copy()
-            for i in np.flatnonzero(info["_final_obs"]):
-                final_obs[i] = info["final_obs"][i]
-        ret = self._tensor(episode_return, torch.float32)
-        return Step(self._tensor(obs), self._tensor(reward, torch.float32), self._tensor(terminated),
-                    self._tensor(truncated), self._tensor(final_obs), ret, ret)
+        if self.env_keeps_episode_stats:
+            game_over = info["_final_info"]
+            episode_return = final_info["episode_return"] * game_over
+            episode_score = final_info.get("score", final_info["episode_return"]) * game_over
+        else:
+            game_over = done
+            episode_return = episode_score = self._returns * done
+        episode_length = self._lengths * game_over
+        self._returns.masked_fill_(done, 0.0)
+        self._lengths.masked_fill_(game_over, 0.0)
+        return Step(obs, reward, terminated, truncated, info.get("final_obs", obs), game_over,
+                    episode_return, episode_score, episode_length)
+
+    def state_dict(self) -> dict[str, Any] | None:
+        return self.env.state_dict() if hasattr(self.env, "state_dict") else None
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.env.load_state_dict(state)
 
     def close(self) -> None:
         self.env.close()
 
 
-def make_vector_env(env_id: str, num_envs: int, device: torch.device, **env_kwargs):
-    """Build `num_envs` copies of `env_id` behind the tensor interface (see the module docstring)."""
-    env_id = resolve_env_id(env_id)
-    if env_id.startswith("proximal/"):
-        from envs.flappy_bird import make_batched_flappy_for_agent
+def make_vector_env(env_id: str, num_envs: int, device: torch.device, **env_kwargs: Any) -> AgentEnv:
+    """Build `num_envs` copies of `env_id` behind the tensor interface (see the module docstring).
 
-        return make_batched_flappy_for_agent(env_id, num_envs, device, **env_kwargs)
+    `env_kwargs` go to the env: for Flappy Bird any `FlappyConfig` field (`max_score=500`,
+    `pipe_gap=...`) or `max_episode_steps`; for Atari, `make_atari_env`'s arguments.
+    """
+    env_id = resolve_env_id(env_id)
     autoreset = {"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}
+    if env_id.startswith("proximal/"):
+        from envs.flappy_bird.batched import make_batched_flappy
+
+
+        obs_type = "pixels" if "Pixels" in env_id else "features"
+        # our policies always give valid actions: skip the check, which would cost a host sync per step on CUDA
+        env = make_batched_flappy(num_envs, device=device, obs_type=obs_type, validate_actions=False, **env_kwargs)
+        return AgentEnv(env, device, env_keeps_episode_stats=True)
     if env_id.startswith("ALE/"):
         from envs.atari import make_atari_vector_env
 
-        return GymVectorEnv(make_atari_vector_env(env_id, num_envs, vector_kwargs=autoreset, **env_kwargs), device)
-    vec = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync", vector_kwargs=autoreset, **env_kwargs)
-    return GymVectorEnv(vec, device)
+        env = make_atari_vector_env(env_id, num_envs, device=device, **env_kwargs)
+        return AgentEnv(env, device, env_keeps_episode_stats=True)
+    from envs.atari import TorchVectorEnv
+
+    env = TorchVectorEnv(gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync",
+                                      vector_kwargs=autoreset, **env_kwargs), device)
+    return AgentEnv(env, device)

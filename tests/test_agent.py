@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 
 from core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from core.checks import NonFiniteError
-from envs.evaluate import evaluate_policy, summarize
+from envs.evaluate import evaluate_policy, summarize, watch
 from envs.networks import ActorCritic
 from envs.train import CHECKPOINT_KIND, TrainConfig, load_agent, load_agent_weights, parse_config, train
 from envs.vector import make_vector_env
@@ -24,13 +25,15 @@ FAST_CARTPOLE = dict(env_id="CartPole-v1", num_envs=8, num_steps=32, minibatch_s
 
 def test_short_cartpole_run_improves(tmp_path):
     config = TrainConfig(**FAST_CARTPOLE, total_steps=16_384, seed=3, out=str(tmp_path))
-    untrained = ActorCritic((4,), 2)
-    before = np.mean(evaluate_policy(untrained, "CartPole-v1", episodes=10, cap=None))
     summary = train(config)
+    returns = [h["charts/episodic_return"] for h in summary["history"] if "charts/episodic_return" in h]
+    assert np.mean(returns[:3]) < 40  # a near-uniform random policy balances ~20 steps
     after = np.mean(evaluate_policy(summary["agent"], "CartPole-v1", episodes=10, cap=None))
-    assert before < 50
-    assert after > 150, (before, after)
+    assert after > 150, (returns[:3], after)
     assert (tmp_path / "metrics.jsonl").is_file() and (tmp_path / "learning_curve.png").is_file()
+    for h in summary["history"]:  # CartPole pays +1 per step: an episode's length is its return
+        if "charts/episodic_return" in h:
+            assert h["charts/episodic_length"] == pytest.approx(h["charts/episodic_return"])
 
 
 def test_checkpoint_round_trip_and_mismatch_errors(tmp_path):
@@ -123,3 +126,56 @@ def test_nan_reward_stops_with_a_named_error(tmp_path):
                          out=str(tmp_path))
     with pytest.raises(NonFiniteError, match="rewards contains NaN"):
         train(config)
+
+
+FAST_FLAPPY = dict(env_id="flappy", num_envs=16, num_steps=32, minibatch_size=128, progress=False,
+                   plot_every_seconds=1e9, device="cpu", checkpoint_every=100)
+
+
+def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path):
+    """Stop after 3 of 6 updates, resume from the checkpoint: the final weights are identical."""
+    total = 16 * 32 * 6
+    straight = train(TrainConfig(**FAST_FLAPPY, total_steps=total, seed=5, out=str(tmp_path / "a")))
+    train(TrainConfig(**FAST_FLAPPY, total_steps=total, seed=5, out=str(tmp_path / "b")), stop_after_iterations=3)
+    checkpoint = load_checkpoint(tmp_path / "b" / "checkpoint.pt", kind=CHECKPOINT_KIND)
+    assert checkpoint["meta"]["iteration"] == 3 and "env" in checkpoint["state"]
+    config, resume_dir = parse_config(["--resume", str(tmp_path / "b")])
+    resumed = train(config, resume=load_checkpoint(tmp_path / "b" / "checkpoint.pt"))
+    assert resumed["global_step"] == straight["global_step"] == total
+    for (name, a), b in zip(straight["agent"].state_dict().items(), resumed["agent"].state_dict().values()):
+        assert torch.equal(a, b), name
+    # the metrics file continues where it stopped
+    steps = [json_line["step"] for json_line in map(__import__("json").loads, open(tmp_path / "b" / "metrics.jsonl"))]
+    assert steps == [16 * 32 * i for i in range(1, 7)]
+
+
+@pytest.mark.parametrize("env_id,kwargs", [
+    ("flappy-pixels", dict(num_envs=4, num_steps=16, minibatch_size=32)),
+    ("ALE/Pong-v5", dict(num_envs=2, num_steps=16, minibatch_size=16)),
+])
+def test_pixel_and_atari_smoke_runs(env_id, kwargs, tmp_path):
+    config = TrainConfig(env_id=env_id, **kwargs, arch="cnn", total_steps=2 * kwargs["num_envs"] * kwargs["num_steps"],
+                         progress=False, device="cpu", cpu_threads=1, out=str(tmp_path))
+    summary = train(config)
+    assert summary["agent"].arch == "cnn" and summary["global_step"] == config.total_steps
+    assert all(np.isfinite(summary["history"][-1][k]) for k in ("losses/policy_loss", "losses/value_loss"))
+    agent, meta = load_agent(tmp_path / "checkpoint.pt")
+    assert meta["network"]["obs_shape"] == [4, 84, 84]
+
+
+def test_shipped_agent_meets_the_solved_bar():
+    agent, meta = load_agent(Path(__file__).resolve().parent.parent / "envs" / "agents" / "flappy_features.pt")
+    assert meta["env_id"] == "proximal/FlappyBird-v0"
+    scores = evaluate_policy(agent, meta["env_id"], episodes=100, cap=500, seed=10_000)
+    assert np.mean(scores) >= 100
+    assert np.mean([s > 40 for s in scores]) >= 0.9
+
+
+def test_watching_shows_the_agents_own_episode(tmp_path):
+    """The GIF and the window replay, in lock-step, the episode the evaluation scores."""
+    agent, meta = load_agent(Path(__file__).resolve().parent.parent / "envs" / "agents" / "flappy_features.pt")
+    for seed in (10_000, 10_003):
+        (evaluated,) = evaluate_policy(agent, meta["env_id"], episodes=1, cap=15, seed=seed)
+        shown = watch(agent, meta["env_id"], render="human", gif=str(tmp_path / "episode.gif"), seed=seed, cap=15)
+        assert shown == {"gif": evaluated, "human": evaluated}
+    assert (tmp_path / "episode.gif").stat().st_size > 0

@@ -38,3 +38,8 @@ def test_requirements_pin_torch_to_a_cpu_installable_range():
     assert "<" in torch_line, "an unbounded torch pulls a multi-GB CUDA build"
     for package in ("gymnasium", "pygame", "numpy", "matplotlib", "pytest"):
         assert re.search(rf"^{package}\b", requirements, flags=re.M), package
+
+
+def test_readme_main_command_installs_and_trains():
+    (command,) = readme_block("main-command")
+    assert "-r requirements.txt" in command and command.endswith("-m envs.train")

@@ -1,0 +1,274 @@
+"""Atari games with the standard preprocessing of DQN and PPO, built from gymnasium wrappers.
+
+`make_atari_env("ALE/Breakout-v5")` returns one env whose observation is uint8
+`(4, 84, 84)`: the last 4 grey 84×84 frames, oldest first. The layers, innermost first:
+
+| Stage                                   | Done by                                   |
+|-----------------------------------------|-------------------------------------------|
+| true game score and length per game     | `gymnasium.wrappers.RecordEpisodeStatistics` |
+| no-op reset (up to 30 random NOOPs)     | `gymnasium.wrappers.AtariPreprocessing`   |
+| frame skip 4, max-pool of the last two  | `AtariPreprocessing`                      |
+| 84×84 grayscale                         | `AtariPreprocessing`                      |
+| a lost life ends the agent's episode    | `EpisodicLifeEnv` (here: gymnasium lacks it) |
+| press FIRE to start (if the game has it) | `FireResetEnv` (here: gymnasium lacks it) |
+| rewards clipped to [-1, 1]              | `gymnasium.wrappers.ClipReward`           |
+| 4-frame stack                           | `gymnasium.wrappers.FrameStackObservation` |
+
+This is the preprocessing of Mnih et al. (2015) and of the PPO paper's Atari runs (as in
+OpenAI Baselines and CleanRL's `ppo_atari.py`). ALE v5 ids are made with `frameskip=1` (the
+skipping happens in `AtariPreprocessing`) and, by default, without sticky actions
+(`repeat_action_probability=0.0`, as in those runs; pass 0.25 for the v5 default recommended
+by Machado et al. 2018). `RecordEpisodeStatistics` sits innermost, so `info["episode"]`
+reports whole games with unclipped scores, the number papers report.
+
+`make_atari_vector_env(env_id, num_envs)` runs N of them in a gymnasium vector env with
+SAME_STEP autoreset; with `device=...` it returns torch tensors and the same `info` layout as
+`envs.flappy_bird.BatchedFlappyBird` (a full `final_obs` tensor), so one PPO loop serves both
+(`envs.vector.make_vector_env` builds them this way). `TorchVectorEnv` does the same for any
+gymnasium vector env with SAME_STEP autoreset.
+
+ale-py ships the ROMs; `AtariPreprocessing` needs OpenCV (`opencv-python-headless`).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv, VectorEnv
+from gymnasium.wrappers import (
+    AtariPreprocessing,
+    ClipReward,
+    FrameStackObservation,
+    RecordEpisodeStatistics,
+)
+
+from core.device import resolve_device
+
+__all__ = [
+    "EpisodicLifeEnv",
+    "FireResetEnv",
+    "TorchVectorEnv",
+    "make_atari_env",
+    "make_atari_vector_env",
+    "register_ale",
+]
+
+
+def register_ale() -> None:
+    """Register the ALE ids (`ALE/Pong-v5`, ...) with gymnasium; safe to call twice."""
+    import ale_py
+
+    gym.register_envs(ale_py)
+
+
+class EpisodicLifeEnv(gym.Wrapper):
+    """A lost life ends the agent's episode (`terminated=True`); the game goes on.
+
+    Mnih et al. (2015): ending the episode at each lost life tells the value function that
+    losing a life is bad. `reset` after a lost life only takes one NOOP step and continues the
+    same game; the game itself is reset only when it is really over (or when `reset` is
+    given a seed). Gymnasium's `AtariPreprocessing(terminal_on_life_loss=True)` ends the
+    episode too but then resets the whole game, which is a different, harder task.
+    """
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        self.lives = 0
+        self.game_over = True
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.game_over = terminated or truncated
+        lives = self.env.unwrapped.ale.lives()
+        if 0 < lives < self.lives:
+            terminated = True  # a life lost, the game not over: end the agent's episode
+        self.lives = lives
+        return obs, reward, terminated, truncated, info
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        if self.game_over or seed is not None:
+            obs, info = self.env.reset(seed=seed, options=options)
+        else:
+            obs, _, terminated, truncated, info = self.env.step(0)  # NOOP: carry on playing
+            if terminated or truncated:
+                obs, info = self.env.reset(options=options)
+        self.game_over = False
+        self.lives = self.env.unwrapped.ale.lives()
+        return obs, info
+
+
+class FireResetEnv(gym.Wrapper):
+    """Press FIRE (then move) after every reset, for games that wait for it (Breakout)."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        meanings = env.unwrapped.get_action_meanings()
+        if len(meanings) < 3 or meanings[1] != "FIRE":
+            raise ValueError(f"FireResetEnv needs action 1 to be FIRE, got {meanings}")
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        obs, info = self.env.reset(seed=seed, options=options)
+        for action in (1, 2):  # FIRE, then a second action as Baselines does
+            obs, _, terminated, truncated, info = self.env.step(action)
+            if terminated or truncated:
+                obs, info = self.env.reset(options=options)
+        return obs, info
+
+
+def make_atari_env(
+    env_id: str = "ALE/Breakout-v5",
+    *,
+    frame_stack: int = 4,
+    noop_max: int = 30,
+    frame_skip: int = 4,
+    screen_size: int = 84,
+    episodic_life: bool = True,
+    fire_reset: bool | None = None,
+    clip_rewards: bool = True,
+    repeat_action_probability: float = 0.0,
+    render_mode: str | None = None,
+    **make_kwargs: Any,
+) -> gym.Env:
+    """One Atari env with the standard preprocessing (see the module docstring).
+
+    Args:
+        env_id: an ALE id such as "ALE/Pong-v5" or "ALE/Breakout-v5".
+        frame_stack: frames per observation (1 gives `(1, 84, 84)`).
+        noop_max: at most this many NOOP actions after a reset (random start states).
+        frame_skip: each action is repeated this many frames; the observation is the
+            pixel-wise max of the last two (removes the flicker of some games).
+        screen_size: side of the square grey observation.
+        episodic_life: end the agent's episode at each lost life.
+        fire_reset: press FIRE after a reset; None (default) does it when the game has FIRE.
+        clip_rewards: clip rewards to [-1, 1] (their sign, for Atari's whole-number scores).
+        repeat_action_probability: sticky actions (0.0: none; 0.25: ALE v5's default).
+        render_mode: passed to `gymnasium.make` ("rgb_array" shows the raw game frame).
+        make_kwargs: more arguments for `gymnasium.make` (e.g. `max_episode_steps`).
+
+    Seed it with `env.reset(seed=...)`, as any gymnasium env.
+    """
+    register_ale()
+    env = gym.make(
+        env_id,
+        frameskip=1,  # AtariPreprocessing does the skipping (and the max-pooling)
+        repeat_action_probability=repeat_action_probability,
+        render_mode=render_mode,
+        **make_kwargs,
+    )
+    env = RecordEpisodeStatistics(env)
+    env = AtariPreprocessing(
+        env,
+        noop_max=noop_max,
+        frame_skip=frame_skip,
+        screen_size=screen_size,
+        terminal_on_life_loss=False,  # EpisodicLifeEnv does it without resetting the game
+        grayscale_obs=True,
+        scale_obs=False,
+    )
+    if episodic_life:
+        env = EpisodicLifeEnv(env)
+    has_fire = "FIRE" in env.unwrapped.get_action_meanings()
+    if fire_reset or (fire_reset is None and has_fire):
+        env = FireResetEnv(env)
+    if clip_rewards:
+        env = ClipReward(env, -1.0, 1.0)
+    return FrameStackObservation(env, frame_stack)
+
+
+def make_atari_vector_env(
+    env_id: str,
+    num_envs: int,
+    *,
+    vectorization: str = "sync",
+    device: Any = None,
+    vector_kwargs: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> VectorEnv:
+    """`num_envs` copies of `make_atari_env(env_id, **kwargs)` in one vector env.
+
+    `vectorization`: "sync" (one process, the default: a laptop has few cores) or "async"
+    (one subprocess per env). `vector_kwargs` go to the vector env's constructor; autoreset
+    is SAME_STEP unless they say otherwise, like the Flappy Bird batched env. With `device`
+    ("cpu", "cuda", ...), the result is a `TorchVectorEnv`: torch tensors in and out,
+    `info["final_obs"]` a full tensor. Seed with `reset(seed=s)`: env i gets `s + i`.
+    """
+    if vectorization not in ("sync", "async"):
+        raise ValueError(f"vectorization must be 'sync' or 'async', got {vectorization!r}")
+    if not isinstance(num_envs, int) or num_envs < 1:
+        raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
+    vector_kwargs = {"autoreset_mode": AutoresetMode.SAME_STEP, **(vector_kwargs or {})}
+    fns = [partial(make_atari_env, env_id, **kwargs) for _ in range(num_envs)]
+    vector_cls = SyncVectorEnv if vectorization == "sync" else AsyncVectorEnv
+    venv = vector_cls(fns, **vector_kwargs)
+    return venv if device is None else TorchVectorEnv(venv, device)
+
+
+class TorchVectorEnv(VectorEnv):
+    """A NumPy vector env with SAME_STEP autoreset, seen through torch tensors on a device.
+
+    Returns what `BatchedFlappyBird` returns: obs, reward (float32), terminated, truncated
+    (bool) as tensors; `info["final_obs"]` is a full tensor (the final observation where an
+    episode ended, the returned observation elsewhere) with `info["_final_obs"]`;
+    `info["final_info"]` has "episode_return" (the unclipped game score) and
+    "episode_length" (in emulator frames), float32, for the envs in `info["_final_info"]`:
+    those whose whole game ended (from `RecordEpisodeStatistics`; with episodic life these
+    are fewer than the ended episodes).
+    """
+
+    def __init__(self, env: VectorEnv, device: Any):
+        if env.metadata.get("autoreset_mode") != AutoresetMode.SAME_STEP:
+            raise ValueError("TorchVectorEnv needs a vector env with SAME_STEP autoreset")
+        self.env = env
+        self.device = resolve_device(device)
+        self.num_envs = env.num_envs
+        self.metadata = dict(env.metadata)
+        self.render_mode = env.render_mode
+        self.single_observation_space = env.single_observation_space
+        self.single_action_space = env.single_action_space
+        self.observation_space = env.observation_space
+        self.action_space = env.action_space
+
+    def _tensor(self, array, dtype=None):
+        return torch.as_tensor(np.asarray(array), dtype=dtype, device=self.device)
+
+    def reset(self, *, seed=None, options=None):
+        obs, info = self.env.reset(seed=seed, options=options)
+        return self._tensor(obs), info
+
+    def step(self, actions):
+        if isinstance(actions, torch.Tensor):
+            actions = actions.detach().cpu().numpy()
+        obs, reward, terminated, truncated, info = self.env.step(actions)
+        done = np.logical_or(terminated, truncated)
+        final_obs = np.array(obs)  # a copy; NumPy, then one conversion to a tensor
+        for i in np.flatnonzero(done):
+            final_obs[i] = info["final_obs"][i]
+        # Whole games that ended this step: RecordEpisodeStatistics put "episode" in their
+        # step info, which SAME_STEP autoreset moved to info["final_info"].
+        episode = info.get("final_info", {}).get("episode")
+        if episode is None:
+            game_over = np.zeros(self.num_envs, bool)
+            ep_return = ep_length = np.zeros(self.num_envs, np.float32)
+        else:
+            game_over = np.asarray(info["final_info"]["_episode"], bool)
+            ep_return = np.where(game_over, episode["r"], 0).astype(np.float32)
+            ep_length = np.where(game_over, episode["l"], 0).astype(np.float32)
+        out_info = {
+            "final_obs": self._tensor(final_obs),
+            "_final_obs": self._tensor(done),
+            "final_info": {
+                "episode_return": self._tensor(ep_return),
+                "episode_length": self._tensor(ep_length),
+            },
+            "_final_info": self._tensor(game_over),
+        }
+        return (self._tensor(obs), self._tensor(reward, torch.float32), self._tensor(terminated),
+                self._tensor(truncated), out_info)
+
+    def close(self, **kwargs):
+        self.env.close(**kwargs)
+        self.closed = True

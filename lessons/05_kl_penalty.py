@@ -1,0 +1,226 @@
+"""Lesson 5 — The KL penalty and the adaptive β.
+
+What it teaches
+    PPO's first variant puts TRPO's constraint into the objective as a penalty −β·KL and takes
+    ordinary gradient steps. A fixed β is hard to choose: the KL an update produces depends on
+    the problem and drifts during training. The adaptive rule doubles β when the measured KL is
+    far above its target and halves it when far below, and it never touches the learning rate.
+    RLHF libraries use a smoother proportional version of the same controller.
+
+Notes followed
+    002_c297ee72da052b00.txt: "Problem: how to regularize": L^KL = E[ρA] − β E[KL[π_old, π_θ]],
+        "很难找到一个单一的 β 能够一直表现的很好" (no single β works well throughout);
+        "Adaptive KL Penalty Coefficient": the threshold d_target (阈值), raise β above
+        1.5·d_target, lower it below.
+    000_8217fa03f8526d4c.txt: the last paragraph: 懲罰項 (penalty term), 正則化項 (regulariser),
+        信賴域 (trust region), and the claim that the learning rate shrinks (縮小學習率).
+    004_27c6b9375ccb306e.txt: "PPO惩罚": the constraint moved into the objective like a
+        Lagrange multiplier (拉格朗日乘数法), with β adjusted during training.
+
+Formula IDs: TR-2, TR-3, TR-4. Check the note: E3 (β changes, the learning rate does not).
+
+Run:  python -m lessons run 5 [--step] [--long]
+
+Deviations from the papers
+    A contextual bandit (32 contexts × 6 actions, noisy rewards) trained by `core.ppo.ppo_update`
+    with the "kl_penalty" objective: Adam, 4 epochs of 4 minibatches per update. The KL in the
+    loss and the d fed to the controller are k3 estimates of KL[π_old‖π_θ] on the batch's
+    actions (lesson 8), as in `core.ppo`; the paper's d is the same quantity. The proportional
+    controller (TR-4) comes from Ziegler et al. 2019, not from the PPO paper.
+"""
+
+FORMULAS = ("TR-2", "TR-3", "TR-4")
+
+# %% Setup: a contextual bandit and a tabular policy with a value per context
+import torch
+import torch.nn.functional as F
+
+from core.advantages import gae
+from core.kl import AdaptiveKLController, FixedKLController, ProportionalKLController, categorical_kl
+from core.losses import kl_penalty_surrogate
+from core.ppo import Evaluation, PPOConfig, ppo_update
+from lessons._common import Lesson, plt, table
+
+lesson = Lesson(__doc__)
+torch.manual_seed(lesson.seed)
+
+N_CONTEXTS, N_ACTIONS, BATCH = 32, 6, 512
+REWARDS = 0.5 * torch.randn(N_CONTEXTS, N_ACTIONS, generator=lesson.generator(0))  # r(context, action)
+NOISE = 1.0  # each observed reward is r + NOISE·N(0, 1): the policy keeps moving for many updates
+
+
+class BanditPolicy(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.logits = torch.nn.Parameter(torch.zeros(N_CONTEXTS, N_ACTIONS))
+        self.values = torch.nn.Parameter(torch.zeros(N_CONTEXTS))
+
+    def evaluate(self, minibatch):
+        """What ppo_update needs: new log π of the stored actions, entropy, V."""
+        logp_all = F.log_softmax(self.logits[minibatch["obs"]], -1)  # (B, A)
+        logp = logp_all.gather(1, minibatch["actions"][:, None]).squeeze(1)  # (B,)
+        entropy = -(logp_all.exp() * logp_all).sum(-1)
+        return Evaluation(logp, entropy, self.values[minibatch["obs"]])
+
+    def expected_reward(self):
+        with torch.no_grad():
+            return float((F.softmax(self.logits, -1) * REWARDS).sum(-1).mean())
+
+
+def collect(policy, g):
+    contexts = torch.randint(0, N_CONTEXTS, (BATCH,), generator=g)
+    with torch.no_grad():
+        logp_all = F.log_softmax(policy.logits[contexts], -1)
+        actions = torch.multinomial(logp_all.exp(), 1, generator=g).squeeze(1)
+        rewards = REWARDS[contexts, actions] + NOISE * torch.randn(BATCH, generator=g)
+        values = policy.values[contexts]
+        logp = logp_all.gather(1, actions[:, None]).squeeze(1)
+    # one-step episodes: GAE over a time axis of length 1 gives A = r − V(context)
+    advantages = gae(rewards[:, None], values[:, None], gamma=1.0, gae_lambda=1.0).squeeze(1)
+    return {"obs": contexts, "actions": actions, "logprobs": logp, "values": values,
+            "advantages": advantages, "returns": advantages + values}
+
+
+def train(controller, updates, seed, lr=0.1):
+    """PPO with the KL-penalty objective; returns per-update KL, β, learning rate and J."""
+    policy = BanditPolicy()
+    optimizer = torch.optim.Adam(policy.parameters(), lr=lr)
+    config = PPOConfig(objective="kl_penalty", minibatch_size=128, update_epochs=4)
+    g = lesson.generator(seed)
+    trace = {"kl": [], "beta": [], "lr": [], "J": [policy.expected_reward()]}
+    for _ in range(updates):
+        trace["beta"].append(controller.beta)  # the β this update used
+        stats = ppo_update(policy.evaluate, collect(policy, g), optimizer, config, kl_controller=controller,
+                           generator=g)
+        trace["kl"].append(stats["ppo/kl_after_update"])  # d: measured after the update
+        trace["lr"].append(optimizer.param_groups[0]["lr"])
+        trace["J"].append(policy.expected_reward())
+    return trace
+
+
+UPDATES = 60 if lesson.long else 25
+TARGET = 0.01
+
+# %% Step 1 — TR-2: the penalised objective, value and gradient against a hand computation
+lesson.step("The KL-penalised surrogate, note 002", ids=["TR-2"])
+
+old_logits = torch.tensor([0.2, -0.1, 0.4])
+logits = torch.tensor([0.5, -0.3, 0.1], requires_grad=True)
+action, advantage, beta = 0, 1.5, 0.7
+logp = F.log_softmax(logits, -1)
+value = kl_penalty_surrogate(logp[action], F.log_softmax(old_logits, -1)[action], torch.tensor(advantage),
+                             categorical_kl(old_logits, logits), beta=beta)
+(grad,) = torch.autograd.grad(value, logits)
+# By hand: ρ = π(a)/π_old(a); KL[π_old‖π] = Σ π_old log(π_old/π);
+#   ∂(ρA)/∂θ_j = ρA(1[j=a] − π_j),   ∂KL/∂θ_j = π_j − π_old_j   (softmax logits θ)
+pi, pi_old = F.softmax(logits, -1).tolist(), F.softmax(old_logits, -1).tolist()
+rho = pi[action] / pi_old[action]
+kl_hand = sum(q * (torch.tensor(q).log() - torch.tensor(p).log()).item() for q, p in zip(pi_old, pi))
+value_hand = rho * advantage - beta * kl_hand
+grad_hand = [rho * advantage * ((j == action) - pi[j]) - beta * (pi[j] - pi_old[j]) for j in range(3)]
+table(["", "value", "∂/∂θ₀", "∂/∂θ₁", "∂/∂θ₂"],
+      [["core.losses.kl_penalty_surrogate + autograd", float(value.detach()), *grad.tolist()],
+       ["by hand", value_hand, *grad_hand]], digits=6)
+print(f"\n    ρ = {rho:.4f}, A = {advantage}, KL[π_old‖π_θ] = {kl_hand:.5f}, β = {beta}")
+print("    The penalty's gradient β(π − π_old) pulls every probability back toward π_old; its pull")
+print("    grows with the distance, like a spring, instead of TRPO's hard wall at δ.")
+
+# %% Step 2 — one fixed β is hard to choose
+lesson.step("A fixed β (很难找到一个单一的 β)",
+            "L^KLPEN = E[ρA] − β E[KL[π_old ‖ π_θ]]   with β constant",
+            ids=["TR-2"])
+
+fixed_runs = {beta: train(FixedKLController(beta), UPDATES, seed=1) for beta in (0.03, 0.3, 3.0)}
+rows = []
+for beta, trace in fixed_runs.items():
+    early, late = trace["kl"][:5], trace["kl"][-5:]
+    rows.append([beta, sum(early) / 5, sum(late) / 5, max(trace["kl"]) / min(trace["kl"]), trace["J"][-1]])
+best_possible = float(REWARDS.max(-1).values.mean())
+table(["fixed β", "KL, first 5 updates", "KL, last 5 updates", "max/min KL", f"J after {UPDATES}"], rows)
+print(f"\n    target d_targ = {TARGET}; J of the best policy = {best_possible:.3f}, of the uniform start = "
+      f"{fixed_runs[0.03]['J'][0]:.3f}.")
+print("    A small β lets early updates jump far past the target; a large β holds the policy back. And the")
+print("    KL an update produces is not constant during a run either, so the right β changes as training goes.")
+
+# %% Step 3 — TR-3: the adaptive β and the learning rate it leaves alone
+lesson.step("Adaptive KL penalty coefficient, note 002", ids=["TR-3"])
+
+# First the rule on its own, on hand-picked measurements:
+controller = AdaptiveKLController(beta=1.0, target_kl=TARGET)
+rows = []
+for d in (0.001, 0.05, 0.012, 0.02, 0.0066, 0.0067):
+    before = controller.beta
+    after = controller.update(d)
+    if d < TARGET / 1.5:
+        rule = "d < d_targ/1.5 → β/2"
+    elif d > 1.5 * TARGET:
+        rule = "d > 1.5·d_targ → 2β"
+    else:
+        rule = "in band → keep β"
+    rows.append([d, rule, before, after])
+table(["measured d", "rule (d_targ = 0.01)", "β before", "β after"], rows)
+
+# Then in training, starting from a β far too small:
+adaptive = train(AdaptiveKLController(beta=0.03, target_kl=TARGET), UPDATES, seed=1)
+warm = 8
+in_band = sum(TARGET / 2 <= d <= 2 * TARGET for d in adaptive["kl"][warm:]) / len(adaptive["kl"][warm:])
+median_late = sorted(adaptive["kl"][warm:])[len(adaptive["kl"][warm:]) // 2]
+first_kl, last_beta, last_J = adaptive["kl"][0], adaptive["beta"][-1], adaptive["J"][-1]
+print(f"\n    In training from β = 0.03: the first update moves KL = {first_kl:.3f}, far above the target.")
+print(f"    β climbs to {last_beta:.3g}; after {warm} updates the median KL is {median_late:.4f}, with {in_band:.0%}")
+print(f"    of the updates within [d_targ/2, 2·d_targ]. J after {UPDATES} updates: {last_J:.3f}.")
+
+doublings = sum(b2 == 2 * b1 for b1, b2 in zip(adaptive["beta"], adaptive["beta"][1:]))
+lesson.check_note(
+    "E3",
+    evidence=[
+        f"Over {UPDATES} updates the measured KL ranged from {min(adaptive['kl']):.4f} to {max(adaptive['kl']):.3f}; "
+        f"β was doubled {doublings} times after a KL above 1.5·d_targ and ended at {adaptive['beta'][-1]:.3g}.",
+        f"The optimiser's learning rate was {adaptive['lr'][0]} at every update "
+        f"(min {min(adaptive['lr'])}, max {max(adaptive['lr'])}).",
+        "The PPO paper's rule (its section 4) changes β and only β.",
+    ],
+    conclusion="Adaptive KL raises the penalty weight β when the KL passes 1.5·d_targ and lowers it below "
+               "d_targ/1.5; the learning rate stays as it is. Scaling the learning rate by the measured KL "
+               "is a different scheme that some libraries use.",
+)
+
+# %% Step 4 — TR-4: the proportional controller of RLHF
+lesson.step("A smoother β: the proportional controller (beyond the notes)", ids=["TR-4"])
+
+horizon = BATCH  # H: β may change by at most 0.2·n/H = 20% per update of n = 512 samples
+proportional = train(ProportionalKLController(beta=0.03, target_kl=TARGET, horizon=horizon), UPDATES, seed=1)
+# The same formula on its own: e is clipped to ±0.2, β moves by e·n/H.
+controller = ProportionalKLController(beta=1.0, target_kl=TARGET, horizon=horizon)
+rows = []
+for d in (0.05, 0.012, 0.008, 0.001):
+    before = controller.beta
+    rows.append([d, max(min(d / TARGET - 1, 0.2), -0.2), before, controller.update(d, BATCH)])
+table(["measured d", "e = clip(d/d_targ − 1, ±0.2)", "β before", "β after (n = 512)"], rows)
+late = proportional["kl"][len(proportional["kl"]) // 2:]
+print(f"\n    In training from β = 0.03: β ends at {proportional['beta'][-1]:.3g} after {UPDATES} updates; the")
+print(f"    median KL of the second half is {sorted(late)[len(late) // 2]:.4f}. Each update moves β by at most 20%,")
+print("    in proportion to the relative error, where the adaptive rule jumps by ×2 or ÷2: β glides instead")
+print("    of zig-zagging.")
+
+fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+for beta, trace in fixed_runs.items():
+    axes[0].plot(trace["kl"], lw=1, label=f"fixed β = {beta}")
+axes[0].plot(adaptive["kl"], "k-", lw=2, label="adaptive β (TR-3)")
+axes[0].plot(proportional["kl"], "k--", lw=1.5, label="proportional β (TR-4)")
+axes[0].axhspan(TARGET / 1.5, TARGET * 1.5, color="green", alpha=0.15, label="[d_targ/1.5, 1.5·d_targ]")
+axes[0].set_yscale("log")
+axes[0].set_xlabel("update")
+axes[0].set_ylabel("KL[π_old ‖ π_θ] after the update")
+axes[0].legend(fontsize=7)
+axes[1].step(range(UPDATES), adaptive["beta"], where="post", label="adaptive (×2 or ÷2)")
+axes[1].plot(proportional["beta"], label="proportional (smooth)")
+axes[1].set_yscale("log")
+axes[1].set_xlabel("update")
+axes[1].set_ylabel("β")
+axes[1].legend(fontsize=8)
+fig.suptitle("TR-2/3/4: the KL penalty with fixed, adaptive and proportional β")
+lesson.save(fig, "kl_penalty.png")
+
+# %%
+lesson.done()

@@ -1,0 +1,144 @@
+"""`python -m lessons`: list, run and check the coverage of the lessons.
+
+    python -m lessons [list]                       the lessons with their formula IDs
+    python -m lessons run N [N ...] [--step] ...   run lessons; --step, --long, --seed, --out are passed on
+    python -m lessons run --all                    run every lesson straight through
+    python -m lessons coverage [--only PG IS ...]  formula → lessons → tests; exit 1 if one lacks either
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+import time
+
+from lessons import discover, find, run_lesson
+
+
+def list_lessons() -> int:
+    lessons = discover()
+    print(f"{len(lessons)} lessons (python -m lessons run N [--step]):\n")
+    for lesson in lessons:
+        print(f"  {lesson.number:2d}  {lesson.title}")
+        print(f"      {lesson.name}.py · {', '.join(lesson.formulas)}")
+    return 0
+
+
+def run(numbers: list[int], run_all: bool, passed_on: list[str]) -> int:
+    try:
+        lessons = discover() if run_all else [find(n) for n in numbers]
+    except KeyError as error:
+        print(error.args[0], file=sys.stderr)
+        return 2
+    if not lessons:
+        print("name the lessons to run (python -m lessons run 1 3) or pass --all", file=sys.stderr)
+        return 2
+    timings = []
+    for lesson in lessons:
+        start = time.perf_counter()
+        run_lesson(lesson, passed_on)
+        timings.append((lesson, time.perf_counter() - start))
+    if len(lessons) > 1:
+        print("\nRan:")
+        for lesson, seconds in timings:
+            print(f"  {lesson.number:2d}  {lesson.name:<32} {seconds:6.1f} s")
+    return 0
+
+
+def _implemented_in_core() -> set[str]:
+    import core
+    from core.catalog import IMPLEMENTED
+
+    for module in pkgutil.iter_modules(core.__path__):
+        importlib.import_module(f"core.{module.name}")
+    return {fid for fid, where in IMPLEMENTED.items() if where}
+
+
+def coverage(only: list[str], implemented: bool) -> int:
+    from core.catalog import FORMULAS, marked_tests
+
+    lessons_of: dict[str, list[str]] = {fid: [] for fid in FORMULAS}
+    for lesson in discover():
+        for fid in lesson.formulas:
+            lessons_of.setdefault(fid, []).append(f"{lesson.number:02d}")
+    tests_of = marked_tests()
+    unknown = sorted(set(lessons_of) - set(FORMULAS))
+
+    selected = list(FORMULAS)
+    if only:
+        wanted = {w.upper() for part in only for w in part.split(",") if w}
+        selected = [fid for fid in selected if fid in wanted or fid.split("-")[0] in wanted]
+    if implemented:
+        in_core = _implemented_in_core()
+        selected = [fid for fid in selected if fid in in_core]
+
+    print(f"{'formula':<8} {'lessons':<12} tests")
+    print(f"{'-' * 7:<8} {'-' * 11:<12} {'-' * 40}")
+    no_lesson, no_test = [], []
+    for fid in selected:
+        lessons = ", ".join(lessons_of[fid]) or "—"
+        tests = ", ".join(t.removeprefix("test_").removesuffix(".py") for t in tests_of.get(fid, [])) or "—"
+        flags = []
+        if not lessons_of[fid]:
+            no_lesson.append(fid)
+            flags.append("no lesson")
+        if fid not in tests_of:
+            no_test.append(fid)
+            flags.append("no test")
+        mark = f"   ← {' and '.join(flags)}" if flags else ""
+        print(f"{fid:<8} {lessons:<12} {tests}{mark}")
+
+    complete = len(selected) - len(set(no_lesson) | set(no_test))
+    print(f"\n{complete} of {len(selected)} formulas have both a lesson and a marked test.")
+    if no_lesson:
+        print(f"Missing a lesson ({len(no_lesson)}): {', '.join(no_lesson)}")
+    if no_test:
+        print(f"Missing a marked test ({len(no_test)}): {', '.join(no_test)}")
+    if unknown:
+        print(f"Lessons declare IDs the catalog does not know: {', '.join(unknown)}")
+    return 1 if (no_lesson or no_test or unknown) else 0
+
+
+def split_run_arguments(argv: list[str]) -> tuple[list[int], bool, list[str]]:
+    """`run 1 3 --all --step --seed 2` → ([1, 3], True, ["--step", "--seed", "2"]).
+
+    Lesson numbers come first; everything after the first option goes to the lessons, so that
+    the value of `--seed 2` is never taken for a lesson number.
+    """
+    numbers: list[int] = []
+    rest = list(argv)
+    while rest and rest[0].isdigit():
+        numbers.append(int(rest.pop(0)))
+    run_all = "--all" in rest
+    return numbers, run_all, [a for a in rest if a != "--all"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = argparse.ArgumentParser(prog="python -m lessons", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("list", help="list the lessons with their formula IDs")
+    run_parser = commands.add_parser(
+        "run", help="run lessons: run N [N ...] or run --all",
+        epilog="Other options (--step, --long, --seed N, --out DIR) go to each lesson.")
+    run_parser.add_argument("numbers", nargs="*", type=int, help="lesson numbers")
+    run_parser.add_argument("--all", action="store_true", help="run every lesson")
+    cov_parser = commands.add_parser("coverage", help="formula → lessons → tests; exit 1 when one lacks either")
+    cov_parser.add_argument("--only", nargs="+", default=[], metavar="FAMILY_OR_ID",
+                            help="restrict to formula families or IDs, e.g. --only PG IS TR CL AD KL")
+    cov_parser.add_argument("--implemented", action="store_true",
+                            help="restrict to formulas that a function in core/ implements (@implements)")
+    if argv[:1] == ["run"] and not {"-h", "--help"} & set(argv):
+        return run(*split_run_arguments(argv[1:]))
+    args = parser.parse_args(argv)
+    if args.command in (None, "list"):
+        return list_lessons()
+    if args.command == "run":  # only reached with --help
+        return 0
+    return coverage(args.only, args.implemented)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

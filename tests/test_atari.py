@@ -1,0 +1,181 @@
+"""The Atari builders on Breakout (lives, FIRE) with the standard preprocessing."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("ale_py")
+
+from gymnasium.wrappers import (
+    AtariPreprocessing,
+    ClipReward,
+    FrameStackObservation,
+    RecordEpisodeStatistics,
+)
+
+from envs.atari import (
+    EpisodicLifeEnv,
+    FireResetEnv,
+    make_atari_env,
+    make_atari_vector_env,
+    register_ale,
+)
+
+GAME = "ALE/Breakout-v5"
+needs_cv2 = pytest.mark.skipif(
+    importlib.util.find_spec("cv2") is None,
+    reason="gymnasium's AtariPreprocessing needs OpenCV (opencv-python-headless)",
+)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """These tests move small tensors; a second intra-op thread only adds synchronisation,
+    which costs whole milliseconds per op when the machine's cores are busy elsewhere."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def wrappers_of(env):
+    found = []
+    while hasattr(env, "env"):
+        found.append(type(env))
+        env = env.env
+    return found
+
+
+@needs_cv2
+def test_standard_preprocessing_stack():
+    env = make_atari_env(GAME)
+    layers = wrappers_of(env)
+    for wrapper in (FrameStackObservation, ClipReward, FireResetEnv, EpisodicLifeEnv,
+                    AtariPreprocessing, RecordEpisodeStatistics):
+        assert wrapper in layers
+    # outermost first: stack, clip, fire, life, preprocessing, statistics
+    order = [layers.index(w) for w in (FrameStackObservation, ClipReward, FireResetEnv,
+                                       EpisodicLifeEnv, AtariPreprocessing,
+                                       RecordEpisodeStatistics)]
+    assert order == sorted(order)
+    assert env.unwrapped._frameskip == 1  # skipping happens in AtariPreprocessing
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (4, 84, 84) and obs.dtype == np.uint8
+    assert env.observation_space.shape == (4, 84, 84)
+    env.close()
+
+
+@needs_cv2
+def test_episodic_life_and_clipped_rewards():
+    env = make_atari_env(GAME)
+    env.reset(seed=0)
+    ale = env.unwrapped.ale
+    lives_at_start = ale.lives()
+    rng = np.random.default_rng(0)
+    rewards = []
+    for _ in range(2000):
+        obs, reward, terminated, truncated, info = env.step(int(rng.integers(4)))
+        rewards.append(reward)
+        if terminated:
+            break
+    assert terminated and ale.lives() == lives_at_start - 1  # one life lost, game not over
+    frame = ale.getEpisodeFrameNumber()
+    env.reset()
+    assert ale.lives() == lives_at_start - 1  # reset continued the same game ...
+    assert ale.getEpisodeFrameNumber() > frame  # ... from where it was
+    assert set(rewards) <= {-1.0, 0.0, 1.0}
+    env.reset(seed=1)  # a seed always starts a new game
+    assert ale.lives() == lives_at_start
+    env.close()
+
+
+@needs_cv2
+def test_options_switch_layers_off():
+    env = make_atari_env(GAME, frame_stack=1, episodic_life=False, clip_rewards=False,
+                         fire_reset=False)
+    layers = wrappers_of(env)
+    assert EpisodicLifeEnv not in layers and ClipReward not in layers
+    assert FireResetEnv not in layers
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (1, 84, 84)
+    env.close()
+
+
+@needs_cv2
+def test_vector_env_same_step_autoreset():
+    venv = make_atari_vector_env(GAME, 2)
+    assert venv.metadata["autoreset_mode"] == gym.vector.AutoresetMode.SAME_STEP
+    obs, _ = venv.reset(seed=0)
+    assert obs.shape == (2, 4, 84, 84) and obs.dtype == np.uint8
+    seen_end = False
+    for _ in range(400):
+        obs, reward, terminated, truncated, info = venv.step(venv.action_space.sample())
+        for i in np.flatnonzero(terminated | truncated):
+            seen_end = True
+            assert info["_final_obs"][i] and info["final_obs"][i].shape == (4, 84, 84)
+    assert seen_end
+    venv.close()
+
+
+@needs_cv2
+def test_vector_env_with_torch_tensors():
+    venv = make_atari_vector_env(GAME, 2, device="cpu")
+    obs, _ = venv.reset(seed=0)
+    assert isinstance(obs, torch.Tensor) and obs.shape == (2, 4, 84, 84)
+    assert obs.dtype == torch.uint8
+    seen_end = False
+    for _ in range(400):
+        obs, reward, terminated, truncated, info = venv.step(torch.randint(0, 4, (2,)))
+        assert reward.dtype == torch.float32 and terminated.dtype == torch.bool
+        assert info["final_obs"].shape == (2, 4, 84, 84)
+        done = terminated | truncated
+        assert torch.equal(info["_final_obs"], done)
+        assert torch.equal(info["final_obs"][~done], obs[~done])
+        seen_end |= bool(done.any())
+    assert seen_end
+    venv.close()
+
+
+@needs_cv2
+def test_agent_interface_over_atari():
+    from envs.vector import make_vector_env
+
+    envs = make_vector_env(GAME, 2, torch.device("cpu"))
+    obs = envs.reset(seed=0)
+    assert isinstance(obs, torch.Tensor) and obs.shape == (2, 4, 84, 84)
+    step = envs.step(torch.zeros(2, dtype=torch.long))
+    assert step.obs.shape == step.final_obs.shape == (2, 4, 84, 84)
+    envs.close()
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="vectorization"):
+        make_atari_vector_env(GAME, 2, vectorization="threads")
+    with pytest.raises(ValueError, match="num_envs"):
+        make_atari_vector_env(GAME, 0)
+
+
+def test_life_and_fire_wrappers_on_the_raw_game():
+    """The two wrappers written here, on ALE's own v5 env (frame skip 4, no OpenCV needed)."""
+    register_ale()
+    env = FireResetEnv(EpisodicLifeEnv(gym.make(GAME, repeat_action_probability=0.0)))
+    env.reset(seed=0)
+    ale = env.unwrapped.ale
+    lives = ale.lives()
+    rng = np.random.default_rng(1)
+    for _ in range(3000):
+        *_, terminated, truncated, _ = env.step(int(rng.integers(4)))
+        if terminated:
+            break
+    assert terminated and ale.lives() == lives - 1  # a life lost ends the agent's episode
+    frame = ale.getEpisodeFrameNumber()
+    env.reset()
+    assert ale.lives() == lives - 1 and ale.getEpisodeFrameNumber() > frame  # same game
+    env.close()
+    with pytest.raises(ValueError, match="FIRE"):
+        FireResetEnv(gym.make("ALE/Freeway-v5"))  # a game without a FIRE action

@@ -1,0 +1,141 @@
+"""The lessons: each runs straight through, declares catalog IDs, documents itself, shows its
+errata; the coverage matrix formula → lessons → tests holds for the topics the lessons cover."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import pytest
+import torch
+
+from core.catalog import ERRATA, FORMULAS, marked_tests
+from lessons import discover
+from lessons import run_lesson as run_in_process
+from lessons.__main__ import main, split_run_arguments
+from lessons._common import NOTES, Lesson
+
+LESSONS = discover()
+# The families the current lessons teach; each formula in them needs a lesson and a marked test.
+CORE_FAMILIES = ("PG", "IS", "TR", "CL", "AD", "KL")
+# Errata the lessons on these families show (E2, E6, E7 belong to the RLHF and DPO lessons).
+CORE_ERRATA = ("E1", "E3", "E4", "E5", "E8")
+
+
+def test_lessons_are_numbered_and_declare_known_formula_ids():
+    assert LESSONS, "no lessons found"
+    numbers = [lesson.number for lesson in LESSONS]
+    assert numbers == sorted(set(numbers))
+    for lesson in LESSONS:
+        assert lesson.formulas, lesson.name
+        unknown = [fid for fid in lesson.formulas if fid not in FORMULAS]
+        assert not unknown, f"{lesson.name} declares IDs the catalog does not know: {unknown}"
+        assert len(set(lesson.formulas)) == len(lesson.formulas), lesson.name
+
+
+@pytest.mark.parametrize("lesson", LESSONS, ids=[lesson.name for lesson in LESSONS])
+def test_lesson_docstring_and_cells(lesson):
+    source = lesson.path.read_text(encoding="utf-8")
+    doc = source.split('"""')[1]
+    assert doc.startswith(f"Lesson {lesson.number} — "), "the title names the lesson's number"
+    assert "lesson = Lesson(__doc__)" in source
+    for section in ("What it teaches", "Notes followed", "Formula IDs:", "Run:", "Deviations from the papers"):
+        assert section in doc, f"{lesson.name}: the docstring lacks '{section}'"
+    assert f"python -m lessons run {lesson.number}" in doc
+    listed = re.search(r"Formula IDs: ([^.]*)\.", doc).group(1)
+    assert tuple(re.findall(r"[A-Z]{2}-\d+", listed)) == lesson.formulas, "docstring IDs differ from FORMULAS"
+    cited = set(re.findall(r"\d{3}_[0-9a-f]{16}\.txt", doc))
+    assert cited and cited <= set(NOTES.values()), f"{lesson.name} cites unknown note files {cited}"
+    assert re.search(r"[\u4e00-\u9fff]", doc), "the notes' own Chinese terms belong beside the English ones"
+    assert source.count("# %%") >= 3, "steps are # %% cells"
+    for fid in lesson.formulas:  # each declared formula is shown by a step, not only listed
+        assert source.count(f'"{fid}"') >= 2, f"{lesson.name}: no step shows {fid}"
+
+
+def test_each_core_erratum_is_checked_by_a_lesson():
+    sources = {lesson.name: lesson.path.read_text(encoding="utf-8") for lesson in LESSONS}
+    for erratum in CORE_ERRATA:
+        assert erratum in ERRATA
+        shown_in = [name for name, text in sources.items() if f'check_note(\n    "{erratum}"' in text
+                    or f'check_note("{erratum}"' in text]
+        assert shown_in, f"no lesson shows the evidence for erratum {erratum}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lesson", LESSONS, ids=[lesson.name for lesson in LESSONS])
+def test_lesson_runs_straight_through(lesson, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))  # the default run never waits for input
+    threads = torch.get_num_threads()
+    try:
+        run_in_process(lesson, ["--out", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)  # a lesson runs on one thread; the other tests keep their setting
+    out = capsys.readouterr().out
+    assert "Step 1 ·" in out and f"{lesson.name}: " in out  # header of the first step, closing line
+    source = lesson.path.read_text(encoding="utf-8")
+    for erratum in re.findall(r'check_note\(\s*"(E\d)"', source):
+        assert f"Check the note · {erratum}" in out
+    saved = list((tmp_path / lesson.name).glob("*.png"))
+    assert len(saved) == source.count("lesson.save("), "every figure is saved under OUT/<lesson>/"
+
+
+def test_step_mode_pauses_after_each_step(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n\n\n"))
+    lesson = Lesson("Lesson 99 — a test.", "99_test.py", argv=["--step", "--out", str(tmp_path)])
+    lesson.step("first", "x = 1")
+    lesson.step("second", ids=["PG-2"])
+    lesson.done()
+    out = capsys.readouterr().out
+    assert out.count("Enter for the next step") == 2  # after step 1 and after the last step
+    assert FORMULAS["PG-2"].statement in out  # with no formula given, the catalog statement is shown
+    with pytest.raises(KeyError):
+        lesson.step("unknown", ids=["XX-1"])
+    # without __file__ (a notebook kernel) the title's number finds the lesson's file name
+    first = LESSONS[0]
+    assert Lesson(f"Lesson {first.number} — x", argv=["--out", str(tmp_path)]).name == first.name
+
+
+def test_run_arguments_keep_lesson_options_apart():
+    assert split_run_arguments(["1", "3", "--step", "--seed", "2"]) == ([1, 3], False, ["--step", "--seed", "2"])
+    assert split_run_arguments(["--all", "--long"]) == ([], True, ["--long"])
+
+
+def test_cli_refuses_an_unknown_lesson(capsys):
+    assert main(["run", str(max(lesson.number for lesson in LESSONS) + 1)]) == 2
+    assert "the lessons are" in capsys.readouterr().err
+
+
+def test_cli_lists_every_lesson(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for lesson in LESSONS:
+        assert lesson.title in out and ", ".join(lesson.formulas) in out
+
+
+def test_every_formula_a_lesson_declares_has_a_marked_test():
+    tested = marked_tests()
+    missing = sorted({fid for lesson in LESSONS for fid in lesson.formulas} - set(tested))
+    assert not missing, f"formulas shown by a lesson but verified by no marked test: {missing}"
+
+
+def test_core_topics_have_a_lesson_and_a_marked_test(capsys):
+    taught = {fid for lesson in LESSONS for fid in lesson.formulas}
+    tested = set(marked_tests())
+    family = [fid for fid in FORMULAS if fid.split("-")[0] in CORE_FAMILIES]
+    assert not [fid for fid in family if fid not in taught], "formulas of the core topics without a lesson"
+    assert not [fid for fid in family if fid not in tested], "formulas of the core topics without a marked test"
+    # the command line agrees
+    assert main(["coverage", "--only", *CORE_FAMILIES]) == 0
+    assert f"{len(family)} of {len(family)} formulas have both" in capsys.readouterr().out
+
+
+def test_plain_coverage_reports_honestly(capsys):
+    code = main(["coverage"])
+    out = capsys.readouterr().out
+    taught = {fid for lesson in LESSONS for fid in lesson.formulas}
+    tested = set(marked_tests())
+    incomplete = [fid for fid in FORMULAS if fid not in taught or fid not in tested]
+    assert code == (1 if incomplete else 0)
+    for fid in incomplete:
+        assert re.search(rf"^{fid} .*← no ", out, flags=re.MULTILINE), fid
+    assert f"{len(FORMULAS) - len(incomplete)} of {len(FORMULAS)} formulas have both" in out
