@@ -93,7 +93,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, .
             type=_none_or(converter) if optional else converter,
             default=default,
             metavar=field.name.upper(),
-            help=f"{docs.get(field.name, '')} (default: {default})",
+            # argparse formats help with %-interpolation; a literal % in a docstring must be doubled
+            help=f"{docs.get(field.name, '')} (default: {default})".replace("%", "%%"),
         )
 
 

@@ -142,7 +142,7 @@ class PipelineConfig(PPOArgs, RMArgs, SFTArgs):
     """Skip stages whose checkpoint exists in the run folder (resume after an interruption)."""
     progress: bool = True
     """Show progress bars."""
-    threads: int = 2
+    threads: int = 1
     """CPU threads for torch. On a CPU shared with other busy processes 1 can be several times
     faster than 2 (the threads wait for each other)."""
 
