@@ -276,3 +276,49 @@ def test_bad_inputs_name_the_problem(device):
         gae(torch.tensor([0.0, float("nan"), 0.0], device=device), r, gamma=0.9, gae_lambda=0.9)
     with pytest.raises(ValueError, match="group size 1"):
         group_advantages(torch.ones(4, 1, device=device))
+
+
+@formula("DA-2")
+def test_informative_groups_matches_a_loop(device):
+    from core.advantages import informative_groups
+
+    g = torch.Generator().manual_seed(3)
+    rewards = (torch.rand(200, 4, generator=g) < 0.5).float().to(device)  # 0/1 verifier, G = 4
+    keep = informative_groups(rewards)
+    for row, kept in zip(rewards.tolist(), keep.tolist()):
+        n_correct = sum(row)
+        assert kept == (0 < n_correct < 4)
+    assert 0 < keep.sum() < 200  # both kinds occur at this seed
+    # what it keeps never has an all-zero GRPO advantage; what it drops always does
+    adv = group_advantages(rewards)
+    assert (adv[keep].abs().sum(dim=1) > 0).all() and (adv[~keep] == 0).all()
+    with pytest.raises(ValueError, match="group size 1"):
+        informative_groups(rewards[:, :1])
+    with pytest.raises(ValueError, match="at least one group"):
+        informative_groups(rewards[:0])
+
+
+@formula("DA-4")
+def test_overlong_penalty_pieces_and_continuity(device):
+    from core.advantages import overlong_penalty
+
+    max_length, cache = 20, 4  # the ramp covers lengths 17..20
+    lengths = torch.arange(0, 26, device=device)
+    penalty = overlong_penalty(lengths, max_length, cache)
+    for n, p in zip(lengths.tolist(), penalty.tolist()):
+        if n <= 16:
+            assert p == 0.0
+        elif n <= 20:
+            assert p == pytest.approx((16 - n) / 4)
+        else:
+            assert p == -1.0
+    # continuous at both joints: the ramp reaches 0 at L_max − L_cache and −1 at L_max
+    eps = 1e-6
+    at = torch.tensor([16.0, 16.0 + eps, 20.0, 20.0 + eps], dtype=torch.float64, device=device)
+    values = overlong_penalty(at, max_length, cache).tolist()
+    assert values[0] == pytest.approx(values[1], abs=1e-5) and values[2] == pytest.approx(values[3], abs=1e-5)
+    assert values[2] == -1.0
+    with pytest.raises(ValueError, match="cache_length"):
+        overlong_penalty(lengths, max_length, 0)
+    with pytest.raises(ValueError, match="cache_length"):
+        overlong_penalty(lengths, max_length, 21)
