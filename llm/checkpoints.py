@@ -18,8 +18,10 @@ from llm.tokenizer import CharTokenizer
 
 __all__ = ["save_stage", "load_stage", "STAGE_KINDS"]
 
-# the kind written by each stage
-STAGE_KINDS = {"sft": "llm_sft", "rm": "llm_rm", "ppo": "llm_ppo"}
+# the kind written by each stage (the method stages store their trained policy as "policy")
+STAGE_KINDS = {
+    stage: f"llm_{stage}" for stage in ("sft", "rm", "ppo", "dpo", "ipo", "kto", "grpo", "dapo", "dr_grpo")
+}
 
 
 def save_stage(

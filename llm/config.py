@@ -20,6 +20,10 @@ __all__ = [
     "RMArgs",
     "PPOArgs",
     "PipelineConfig",
+    "ALGOS",
+    "PREFERENCE_ALGOS",
+    "GROUP_ALGOS",
+    "stages_of",
     "TASK_DEFAULTS",
     "resolve",
     "model_config",
@@ -132,10 +136,27 @@ class PPOArgs(ModelArgs):
     """Suffix of this PPO run's outputs (ppo-TAG.pt, metrics-TAG.jsonl), to keep several runs."""
 
 
+# The methods of the last stage. PPO needs the reward model; the direct preference methods learn
+# from the preference pairs themselves; the group methods score replies with the task's verifier.
+PREFERENCE_ALGOS = ("dpo", "ipo", "kto")
+GROUP_ALGOS = ("grpo", "dapo", "dr_grpo")
+ALGOS = ("ppo", *PREFERENCE_ALGOS, *GROUP_ALGOS)
+
+
+def stages_of(algo: str) -> list[str]:
+    """The stages of a full run with `algo`, in order; each writes `<stage>.pt`."""
+    return ["sft", "rm", "ppo"] if algo == "ppo" else ["sft", algo]
+
+
 @dataclass
 class PipelineConfig(PPOArgs, RMArgs, SFTArgs):
+    algo: str = "ppo"
+    """Method of the last stage: 'ppo' (SFT → reward model → PPO-RLHF), 'dpo', 'ipo', 'kto'
+    (SFT → direct preference optimisation on the task's pairs) or 'grpo', 'dapo', 'dr_grpo'
+    (SFT → group-relative RL on the verifier's reward)."""
     stage: str = "all"
-    """Stage to run: 'all', 'sft', 'rm' or 'ppo' (later stages load the earlier checkpoints)."""
+    """Stage to run: 'all', 'sft', 'rm' (PPO only) or the method's own stage, named like
+    --algo (later stages load the earlier checkpoints)."""
     out: str | None = None
     """Run folder for checkpoints, metrics, plots and the report (None: runs/llm-TASK)."""
     resume: bool = False
@@ -147,8 +168,13 @@ class PipelineConfig(PPOArgs, RMArgs, SFTArgs):
     faster than 2 (the threads wait for each other)."""
 
     def __post_init__(self) -> None:
-        if self.stage not in ("all", "sft", "rm", "ppo"):
-            raise ValueError(f"stage must be 'all', 'sft', 'rm' or 'ppo', got {self.stage!r}")
+        if self.algo not in ALGOS:
+            raise ValueError(f"algo must be one of {', '.join(ALGOS)}, got {self.algo!r}")
+        if self.stage != "all" and self.stage not in stages_of(self.algo):
+            raise ValueError(
+                f"stage must be 'all' or one of {stages_of(self.algo)} with --algo {self.algo}, "
+                f"got {self.stage!r}"
+            )
         if self.kl_kind not in ("fixed", "adaptive", "proportional"):
             raise ValueError(
                 f"kl_kind must be 'fixed', 'adaptive' or 'proportional', got {self.kl_kind!r}"

@@ -31,7 +31,7 @@ from core.config import add_arguments, config_to_dict, from_arguments
 from core.device import resolve_device, seed_everything
 from core.metrics import MetricsWriter
 from llm.checkpoints import STAGE_KINDS, load_stage, save_stage
-from llm.config import PipelineConfig, model_config, resolve
+from llm.config import PREFERENCE_ALGOS, PipelineConfig, model_config, resolve, stages_of
 from llm.model import GPT
 from llm.plots import plot_rlhf, read_ppo_history
 from llm.reward_model import score_replies, train_reward_model
@@ -96,11 +96,12 @@ def run_pipeline(config: PipelineConfig) -> dict:
     seed_everything(config.seed)
     _print_start(config, out, device, tok)
     expected = model_config(config, tok)
-    stages = ["sft", "rm", "ppo"] if config.stage == "all" else [config.stage]
+    all_stages = stages_of(config.algo)
+    stages = all_stages if config.stage == "all" else [config.stage]
     paths = {
         "sft": out / "sft.pt",
         "rm": out / "rm.pt",
-        "ppo": out / f"ppo{_suffix(config.tag)}.pt",
+        config.algo: out / f"{config.algo}{_suffix(config.tag)}.pt",
     }
     # a fresh full run (or a tagged PPO run, which has its own file) starts a new metrics file;
     # single stages and resumed runs append to the run's file
@@ -110,7 +111,7 @@ def run_pipeline(config: PipelineConfig) -> dict:
     log = writer.write
     summary: dict = {
         "task": config.task,
-        "seconds": {"sft": None, "rm": None, "ppo": None},
+        "seconds": {stage: None for stage in all_stages},
         "rm_gold_agreement": None,
         "gold_reward": {"sft": None, "final": None, "best": task.best_gold()},
         "kl": {"final": None, "target": config.target_kl},
@@ -118,7 +119,7 @@ def run_pipeline(config: PipelineConfig) -> dict:
     models: dict = {}
     current = None
     try:
-        for stage in ["sft", "rm", "ppo"]:
+        for stage in all_stages:
             current = stage
             run_it = stage in stages and not (config.resume and paths[stage].is_file())
             if stage in stages and not run_it:
@@ -184,7 +185,9 @@ def run_pipeline(config: PipelineConfig) -> dict:
             elif stage == "ppo":
                 if run_it:
                     _run_ppo(config, task, tok, device, out, paths, models, expected, summary, log)
-            if not run_it and paths[stage].is_file() and stage != "ppo":
+            elif run_it:  # the last stage of a direct preference or group method
+                _run_method(config, task, tok, device, out, paths, models, expected, summary, log)
+            if not run_it and paths[stage].is_file() and stage in ("sft", "rm"):
                 # a skipped or not-requested stage still reports what its checkpoint recorded
                 meta = _meta(paths[stage], stage)
                 if meta is not None:
@@ -314,6 +317,32 @@ def _run_ppo(config, task, tok, device, out: Path, paths, models, expected, summ
         f"in {stats['seconds']:.0f}s → {paths['ppo']}",
         file=sys.stderr,
     )
+
+
+def _run_method(config, task, tok, device, out: Path, paths, models, expected, summary, log) -> None:
+    """The last stage of a direct preference method (`llm.preference`) or a group method
+    (`llm.group`): train from the SFT model, save `<algo>.pt`, fill the summary.
+
+    Both modules expose `train(config, task, tok, sft, device, out, progress, log)` returning
+    (policy, stats); `stats` holds "seconds" and "summary", the entries this method adds to the
+    pipeline's last line.
+    """
+    sft = models.get("sft") or _load(paths["sft"], "sft", tok, expected, device, summary)["model"]
+    if config.algo in PREFERENCE_ALGOS:
+        from llm.preference import train
+    else:
+        from llm.group import train
+    policy, stats = train(config, task, tok, sft, device, out, progress=config.progress, log=log)
+    save_stage(
+        paths[config.algo],
+        STAGE_KINDS[config.algo],
+        {"policy": policy},
+        tok,
+        {"task": config.task, "config": config_to_dict(config), "seconds": stats["seconds"], "stats": stats["summary"]},
+    )
+    summary["algo"] = config.algo
+    summary["seconds"][config.algo] = stats["seconds"]
+    summary.update(stats["summary"])
 
 
 def _write_report(
