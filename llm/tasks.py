@@ -49,6 +49,7 @@ import itertools
 import math
 import random
 import re
+import zlib
 from dataclasses import dataclass
 
 __all__ = [
@@ -258,8 +259,11 @@ class ArithmeticTask(Task):
 
     @staticmethod
     def split_of(a: int, b: int) -> str:
-        # a fixed pseudo-random 80/20 split of the 10,000 problems
-        return "test" if (a * 7919 + b * 104729) % 5 == 0 else "train"
+        # a fixed pseudo-random 80/20 split of the 10,000 problems. A linear rule such as
+        # (7919a + 104729b) mod 5 is (4(a + b)) mod 5 and would put exactly the sums divisible by
+        # 5 in the test split, answers whose last digit (0 or 5) training never shows; CRC-32
+        # mixes the digits, so every last digit appears in both splits.
+        return "test" if zlib.crc32(f"{a}+{b}".encode()) % 5 == 0 else "train"
 
     def sample_prompt(self, rng: random.Random, split: str = "train") -> str:
         while True:

@@ -83,6 +83,16 @@ def test_arithmetic_gold_reward_hand_cases():
     assert task.best_gold() == 1.0
 
 
+def test_arithmetic_split_is_a_fifth_and_shows_every_last_digit_in_training():
+    task = get_task("arithmetic")
+    test = [(a, b) for a in range(100) for b in range(100) if task.split_of(a, b) == "test"]
+    assert 1800 <= len(test) <= 2200
+    # a split that depends on (a + b) mod 5 would hold out every answer ending in 0 or 5
+    train_digits = {(a + b) % 10 for a in range(100) for b in range(100) if task.split_of(a, b) == "train"}
+    test_digits = {(a + b) % 10 for a, b in test}
+    assert train_digits == test_digits == set(range(10))
+
+
 def test_generated_data_is_deterministic_and_pairs_follow_bradley_terry():
     task = get_task("reviews")
     assert sft_examples(task, 50, seed=3) == sft_examples(task, 50, seed=3)
