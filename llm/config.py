@@ -19,6 +19,7 @@ __all__ = [
     "SFTArgs",
     "RMArgs",
     "PPOArgs",
+    "GroupArgs",
     "PipelineConfig",
     "ALGOS",
     "PREFERENCE_ALGOS",
@@ -26,6 +27,8 @@ __all__ = [
     "stages_of",
     "TASK_DEFAULTS",
     "resolve",
+    "GROUP_DEFAULTS",
+    "resolve_group",
     "model_config",
 ]
 
@@ -136,6 +139,106 @@ class PPOArgs(ModelArgs):
     """Suffix of this PPO run's outputs (ppo-TAG.pt, metrics-TAG.jsonl), to keep several runs."""
 
 
+@dataclass
+class GroupArgs:
+    """The group-relative methods GRPO, DAPO and Dr. GRPO (`llm.group`). Fields left at None take
+    the default of the method chosen by --algo (`GROUP_DEFAULTS`, filled in by `resolve_group`)."""
+
+    group_size: int = 8
+    """G: replies sampled per prompt; the group's mean reward is the baseline (GR-1). At least 2."""
+    group_prompts: int = 64
+    """Groups (prompts) per batch; a batch holds group_prompts × group_size replies."""
+    group_iterations: int = 70
+    """Sample + update rounds."""
+    group_lr: float = 1e-4
+    """AdamW learning rate of the policy."""
+    group_warmup: int = 5
+    """Iterations of linear learning-rate warm-up (0: none)."""
+    group_epochs: int = 1
+    """Passes over each batch (with one minibatch per batch every ratio is 1 and clipping never acts)."""
+    group_minibatch_size: int = 128
+    """Replies per minibatch; several minibatches per batch make the later ones off-policy, where
+    the clip matters (not required to hold whole groups)."""
+    group_kl_coef: float | None = None
+    """β of the in-loss KL to the frozen reference π_ref (the SFT model), GR-2's −β·KL term.
+    0 builds no reference model at all (DR-2). None: GRPO 0.04, DAPO and Dr. GRPO 0."""
+    group_kl_estimator: str | None = None
+    """The per-token KL estimate of that term: 'k1', 'k2' or 'k3' (None: 'k3'). As a loss on
+    replies sampled from π_θ (KL-3): k1's expected gradient is zero, k2's is the gradient of
+    KL[π_θ‖π_ref] and k3's that of KL[π_ref‖π_θ]; GRPO uses k3."""
+    clip_low: float | None = None
+    """ε_low: the ratio is clipped below at 1 − ε_low (CL-1). None: 0.2."""
+    clip_high: float | None = None
+    """ε_high: the ratio is clipped above at 1 + ε_high, ≥ ε_low (DA-1's clip-higher).
+    None: DAPO 0.28, the others ε_low."""
+    loss_reduction: str | None = None
+    """Per-token terms to a scalar: 'seq_mean' (GRPO: 1/|o_i| per reply, GR-2), 'token_mean'
+    (DAPO: over every token of the batch, DA-3) or 'constant' (Dr. GRPO: divided by the reply
+    budget in tokens, DR-1). None: the method's own."""
+    scale_by_std: bool | None = None
+    """Divide the group-centred rewards by the group's std (GR-1); Dr. GRPO does not (DR-1).
+    None: the method's own."""
+    overlong_max: int | None = None
+    """L_max of DAPO's soft overlong penalty (DA-4), in reply tokens with EOS. None: the task's
+    reply budget."""
+    overlong_cache: int | None = None
+    """L_cache: the penalty ramps from 0 to −1 over the last L_cache tokens before L_max; 0 turns
+    it off. None: DAPO 2, the others 0."""
+    mask_truncated: bool | None = None
+    """Leave replies cut off by the budget (no EOS) out of the loss (DAPO's overlong filtering).
+    None: off for every method (DAPO's final recipe relies on the soft penalty)."""
+    dynamic_sampling: bool | None = None
+    """Keep only groups whose rewards differ and sample more prompts until the batch is full
+    (DA-2). None: on for DAPO, off for the others."""
+    sampling_rounds: int = 4
+    """With dynamic_sampling: at most this many rounds of group_prompts prompts per batch; a batch
+    still short after them is trained as it is (the share of groups dropped is logged)."""
+    group_eval_every: int = 10
+    """Iterations between held-out accuracy evaluations (also before the first and after the last)."""
+    group_eval_prompts: int = 500
+    """Held-out (test-split) prompts of the accuracy evaluation, answered greedily."""
+
+    def __post_init__(self) -> None:
+        for name in ("group_prompts", "group_iterations", "group_epochs", "group_minibatch_size",
+                     "sampling_rounds", "group_eval_every", "group_eval_prompts"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if self.group_size < 2:
+            raise ValueError(
+                f"group_size must be ≥ 2, got {self.group_size}: a group of one reply has no "
+                "relative advantage (its reward minus its own mean is 0)"
+            )
+        if self.group_warmup < 0:
+            raise ValueError(f"group_warmup must be ≥ 0, got {self.group_warmup}")
+        if not self.group_lr > 0:
+            raise ValueError(f"group_lr must be > 0, got {self.group_lr}")
+        if self.group_kl_coef is not None and not self.group_kl_coef >= 0:
+            raise ValueError(f"group_kl_coef (β) must be ≥ 0, got {self.group_kl_coef}")
+        if self.group_kl_estimator not in (None, "k1", "k2", "k3"):
+            raise ValueError(f"group_kl_estimator must be 'k1', 'k2' or 'k3', got {self.group_kl_estimator!r}")
+        for name in ("clip_low", "clip_high"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
+        if self.clip_low is not None and self.clip_high is not None and self.clip_high < self.clip_low:
+            raise ValueError(
+                f"clip_high (ε_high = {self.clip_high}) must be ≥ clip_low (ε_low = {self.clip_low})"
+            )
+        if self.loss_reduction not in (None, "seq_mean", "token_mean", "constant"):
+            raise ValueError(
+                f"loss_reduction must be 'seq_mean', 'token_mean' or 'constant', got {self.loss_reduction!r}"
+            )
+        if self.overlong_max is not None and self.overlong_max < 1:
+            raise ValueError(f"overlong_max must be ≥ 1, got {self.overlong_max}")
+        if self.overlong_cache is not None:
+            if self.overlong_cache < 0:
+                raise ValueError(f"overlong_cache must be ≥ 0, got {self.overlong_cache}")
+            if self.overlong_max is not None and self.overlong_cache > self.overlong_max:
+                raise ValueError(
+                    f"overlong_cache ({self.overlong_cache}) must be ≤ overlong_max ({self.overlong_max})"
+                )
+
+
 # The methods of the last stage. PPO needs the reward model; the direct preference methods learn
 # from the preference pairs themselves; the group methods score replies with the task's verifier.
 PREFERENCE_ALGOS = ("dpo", "ipo", "kto")
@@ -149,7 +252,7 @@ def stages_of(algo: str) -> list[str]:
 
 
 @dataclass
-class PipelineConfig(PPOArgs, RMArgs, SFTArgs):
+class PipelineConfig(GroupArgs, PPOArgs, RMArgs, SFTArgs):
     algo: str = "ppo"
     """Method of the last stage: 'ppo' (SFT → reward model → PPO-RLHF), 'dpo', 'ipo', 'kto'
     (SFT → direct preference optimisation on the task's pairs) or 'grpo', 'dapo', 'dr_grpo'
@@ -208,6 +311,7 @@ class PipelineConfig(PPOArgs, RMArgs, SFTArgs):
             )
         if self.tag and not self.tag.replace("-", "").replace("_", "").isalnum():
             raise ValueError(f"tag may hold letters, digits, '-' and '_' only, got {self.tag!r}")
+        GroupArgs.__post_init__(self)
 
 
 # Per-task defaults for the fields left at None. Why they differ: arithmetic replies are a few
@@ -229,6 +333,31 @@ def resolve(config):
     updates = {
         k: v for k, v in defaults.items() if hasattr(config, k) and getattr(config, k) is None
     }
+    return dataclasses.replace(config, **updates)
+
+
+# Per-method defaults of the GroupArgs fields left at None (Shao et al. 2024; Yu et al. 2025;
+# Liu et al. 2025). Fields not listed fall back to FALLBACK_GROUP; a clip_high not listed is ε_low.
+GROUP_DEFAULTS = {
+    "grpo": dict(group_kl_coef=0.04, loss_reduction="seq_mean", scale_by_std=True, overlong_cache=0,
+                 dynamic_sampling=False),
+    "dapo": dict(group_kl_coef=0.0, clip_high=0.28, loss_reduction="token_mean", scale_by_std=True,
+                 overlong_cache=2, dynamic_sampling=True),
+    "dr_grpo": dict(group_kl_coef=0.0, loss_reduction="constant", scale_by_std=False, overlong_cache=0,
+                    dynamic_sampling=False),
+}
+FALLBACK_GROUP = dict(group_kl_estimator="k3", clip_low=0.2, mask_truncated=False)
+
+
+def resolve_group(config, max_new_tokens: int):
+    """A copy of `config` with every None field of `GroupArgs` filled for `config.algo` (and the
+    task's reply budget `max_new_tokens` as the default L_max); validated again as a whole."""
+    if config.algo not in GROUP_DEFAULTS:
+        raise ValueError(f"algo must be one of {', '.join(GROUP_DEFAULTS)} for a group method, got {config.algo!r}")
+    defaults = {**FALLBACK_GROUP, **GROUP_DEFAULTS[config.algo], "overlong_max": max_new_tokens}
+    updates = {k: v for k, v in defaults.items() if getattr(config, k) is None}
+    if config.clip_high is None and "clip_high" not in updates:  # a symmetric clip: ε_high = ε_low
+        updates["clip_high"] = config.clip_low if config.clip_low is not None else updates["clip_low"]
     return dataclasses.replace(config, **updates)
 
 

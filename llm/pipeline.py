@@ -52,6 +52,14 @@ METRIC_DOCS = {
     "rlhf/eos_rate": "share of sampled replies that ended with EOS within the budget",
     "rlhf/shaped_return": "mean Σ_t r_t = score − β·KL − missing-EOS penalty per reply "
     "(what PPO maximises)",
+    # the group methods (llm.group); lengths are in tokens with EOS
+    "group/accuracy": "exact-match accuracy on held-out (test-split) prompts, greedy, every few iterations",
+    "group/train_reward": "mean reward of the replies sampled this iteration (checker + DAPO's overlong penalty)",
+    "group/train_accuracy": "share of the replies sampled this iteration that are right",
+    "group/wrong_length": "mean length of the wrong sampled replies (GRPO's 1/|o| favours long wrong ones, GR-3)",
+    "group/truncated_share": "share of sampled replies cut off by the budget without EOS",
+    "group/uniform_share": "share of sampled groups whose rewards were all equal (zero advantage, DA-2)",
+    "group/dropped_share": "share of sampled groups left out of the batch by dynamic sampling (DA-2); 0 without it",
 }
 
 

@@ -243,9 +243,10 @@ def evaluate_policy(
     device,
     score_fn: Callable | None = None,
     batch_size: int = 128,
+    temperature: float = 1.0,
 ) -> dict:
-    """Mean gold reward (and proxy score) of replies sampled at temperature 1 for `n` fixed
-    prompts. The same prompts and sampling seed are used before and after RL."""
+    """Mean gold reward (and proxy score) of replies sampled at `temperature` (0: greedy) for `n`
+    fixed prompts. The same prompts and sampling seed are used before and after RL."""
     rng = random.Random(seed)
     prompts = [task.sample_prompt(rng, "test") for _ in range(n)]
     gen_rng = torch.Generator(device=device).manual_seed(seed)
@@ -262,6 +263,7 @@ def evaluate_policy(
             max_new_tokens=task.max_new_tokens,
             eos_id=tok.eos_id,
             pad_id=tok.pad_id,
+            temperature=temperature,
             generator=gen_rng,
         )
         replies = decode_replies(tok, gen)
@@ -278,6 +280,7 @@ def evaluate_policy(
         "eos_rate": sum(ended) / n,
         "samples": samples,
         "golds": golds,
+        "lengths": lengths,
     }
 
 

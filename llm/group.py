@@ -1,0 +1,448 @@
+"""Group-relative RL on a verifiable reward: GRPO, DAPO and Dr. GRPO on the `arithmetic` task.
+
+No reward model and no critic. For each prompt q, sample a group of G replies o_1..o_G from the
+current policy π_old, score each with the task's checker (1 right, 0 a wrong number, −1 not a
+number or no EOS), and let the group be its own baseline. Every token of reply o_i gets the
+reply's advantage Â_i; the update is `core.ppo.ppo_update` with the method's choices passed as
+arguments (no copy of the loss lives here).
+
+    GRPO (GR-1, GR-2; Shao et al. 2024, DeepSeekMath):
+        Â_i = (r_i − mean(r_1..G)) / (std(r_1..G) + eps)
+        J = (1/G) Σ_i (1/|o_i|) Σ_t [ min(ρ_{i,t} Â_i, clip(ρ_{i,t}, 1 − ε, 1 + ε) Â_i) − β k3_{i,t} ]
+        ρ_{i,t} = π_θ(o_{i,t} | q, o_{i,<t}) / π_old(o_{i,t} | q, o_{i,<t}),  ε = 0.2
+        k3_{i,t} = π_ref/π_θ − log(π_ref/π_θ) − 1 on the sampled token, π_ref = the SFT model, β = 0.04
+    DAPO (DA-1..DA-4; Yu et al. 2025):
+        clip(ρ, 1 − ε_low, 1 + ε_high), ε_low = 0.2, ε_high = 0.28          clip-higher (DA-1)
+        keep only groups with rewards not all equal, sample more prompts
+        until the batch holds `group_prompts` of them                       dynamic sampling (DA-2)
+        J = (1/Σ_i |o_i|) Σ_i Σ_t min(…)                                     token-level loss (DA-3)
+        r_i ← r_i + R_len(|o_i|), the soft overlong penalty                 (DA-4);  β = 0
+    Dr. GRPO (DR-1, DR-2; Liu et al. 2025, "Understanding R1-Zero-Like Training"):
+        Â_i = r_i − mean(r_1..G)                                            (no std)
+        J = (1/(G·C)) Σ_i Σ_t min(…),  C = the reply budget in tokens       (no 1/|o_i|)
+        β = 0: no reference model is built or run at all                   (DR-2)
+
+Symbols → arguments (`llm.config.GroupArgs`): G → `group_size`, ε/ε_low → `clip_low`, ε_high →
+`clip_high`, β → `group_kl_coef`, the k-estimator → `group_kl_estimator`, the three reductions
+→ `loss_reduction` ('seq_mean', 'token_mean', 'constant'), the std → `scale_by_std`, L_max and
+L_cache of DA-4 → `overlong_max`, `overlong_cache`, DA-2 → `dynamic_sampling` (at most
+`sampling_rounds` rounds). `--algo grpo|dapo|dr_grpo` fills the fields left at None.
+
+Which KL estimator (KL-3). The in-loss term is differentiated on tokens sampled from π_θ, and
+then its expected gradient is not that of the quantity it estimates: k1 = log π_θ − log π_ref has
+zero expected gradient (the score function has mean zero), k2 = ½(log π_θ − log π_ref)² has the
+gradient of KL[π_θ‖π_ref], and k3 has the gradient of KL[π_ref‖π_θ], the forward KL. GRPO's k3
+therefore pulls π_θ to cover π_ref rather than to stay inside it; `group_kl_estimator k2`
+gives the reverse KL that note 001 writes. (PPO-RLHF puts k1 in the reward instead, as a number
+without gradient, where its unbiasedness is what counts.)
+
+Why the three differ (GR-3, DR-1). Under GRPO's 1/|o_i| each token of a long reply weighs less:
+a long wrong reply is penalised less per token than a short one, so wrong replies drift longer;
+the std divides by a small number when a group's rewards barely differ, up-weighting prompts
+that are nearly always right or nearly always wrong. DAPO weighs every token of the batch the
+same; Dr. GRPO removes both the length and the std division. `group/wrong_length` follows the
+mean length of wrong replies to show the length bias (a small effect here: replies are 2–4
+tokens).
+
+Metrics (`log(step, record)`, names documented in `core.metrics` and `llm.pipeline.METRIC_DOCS`):
+`rlhf/kl` (Σ_t log π_old − log π_ref per reply, only with a reference), `rlhf/response_length`,
+`losses/policy_loss`, `losses/clipfrac`, `losses/approx_kl`, `losses/ref_kl` (with β > 0),
+`losses/entropy` (the per-token mean entropy of the sampling policy on the batch: comparable
+between methods, unlike a figure reduced with each method's own reduction), and `group/…`:
+held-out accuracy every `group_eval_every` iterations, training reward and accuracy, the length
+of wrong replies, the shares of groups dropped and of replies truncated.
+
+Sources: note 004 (GRPO's three parts; DAPO's four changes; Dr. GRPO's removal of the length
+and std terms and of the KL; "GRPO 是使用 KL3 训练的"); Shao et al. 2024; Yu et al. 2025; Liu et
+al. 2025; Schulman 2020, "Approximating KL Divergence".
+
+Deviations from the papers, and why:
+- the policy is the project's SFT model trained from scratch, the reward the task's checker with
+  −1 for malformed replies (DeepSeekMath and Dr. GRPO score 1/0, DAPO ±1);
+- one batch is `group_prompts` × G replies, updated for `group_epochs` passes of minibatches of
+  replies (GRPO's μ inner steps); a minibatch need not hold whole groups, since the advantages
+  are computed once per batch;
+- DAPO's dynamic sampling stops after `sampling_rounds` rounds and trains on a short batch if it
+  is still not full (the reference code also caps its generation batches); the share of sampled
+  groups left out is logged;
+- DAPO's overlong penalty works on a 6-token budget with L_cache = 2 (length with EOS), so it
+  only touches replies longer than any right answer; a reply cut off without EOS already scores
+  −1 from the checker. Masking such replies out of the loss (`mask_truncated`) is off by default;
+- Dr. GRPO's constant C is the task's reply budget (the paper uses the generation budget);
+- held-out accuracy is measured with greedy decoding on test-split problems (RL trains on the
+  train split), the headline number; temperature-1 accuracy is reported beside it.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from core.advantages import group_advantages, informative_groups, overlong_penalty
+from core.losses import masked_mean
+from core.ppo import PPOConfig, ppo_update
+from llm.config import GroupArgs, resolve_group
+from llm.model import GPT, disable_dropout
+from llm.plots import plot_group
+from llm.rlhf import evaluate_policy, make_evaluate
+from llm.rollout import Generation, decode_replies, encode_prompts, generate, reply_logprobs
+from llm.tasks import Task
+from llm.tokenizer import CharTokenizer
+
+__all__ = [
+    "GroupBatch",
+    "sample_groups",
+    "reply_rewards",
+    "collect_groups",
+    "build_batch",
+    "group_ppo_config",
+    "build_reference",
+    "heldout_accuracy",
+    "train",
+]
+
+
+def _suffix(tag: str) -> str:
+    return f"-{tag}" if tag else ""
+
+
+@torch.no_grad()
+def sample_groups(
+    policy: GPT,
+    task: Task,
+    tok: CharTokenizer,
+    prompts: list[str],
+    group_size: int,
+    device,
+    generator: torch.Generator | None = None,
+) -> Generation:
+    """G replies to each of P prompts at temperature 1. Rows are prompt-major: row p·G + i is
+    reply i to prompt p, so `.view(P, G)` of any per-reply tensor gives the groups."""
+    repeated = [p for p in prompts for _ in range(group_size)]
+    ids, mask = encode_prompts(tok, repeated, policy.config.block_size, task.max_new_tokens, device)
+    return generate(
+        policy, ids, mask, max_new_tokens=task.max_new_tokens, eos_id=tok.eos_id, pad_id=tok.pad_id,
+        generator=generator,
+    )
+
+
+def reply_rewards(
+    task: Task, prompts: list[str], replies: list[str], gen: Generation, config: GroupArgs
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rewards (B,) of the replies: the task's checker, plus DAPO's soft overlong penalty
+    R_len(|o_i|) (DA-4) when `config.overlong_cache` > 0. Also returns `correct` (B,) bool.
+
+    |o_i| is the reply's length in tokens with EOS (`gen.lengths`); L_max → `overlong_max`,
+    L_cache → `overlong_cache`.
+    """
+    ended = gen.ended.tolist()
+    checker = torch.tensor([task.gold_reward(p, r, e) for p, r, e in zip(prompts, replies, ended)])  # (B,)
+    rewards = checker.clone()
+    if config.overlong_cache:
+        rewards = rewards + overlong_penalty(gen.lengths.cpu(), config.overlong_max, config.overlong_cache)
+    return rewards, checker == task.best_gold()
+
+
+def _take(gen: Generation, rows: torch.Tensor) -> Generation:
+    return Generation(gen.prompt_ids[rows], gen.prompt_mask[rows], gen.reply_ids[rows], gen.reply_mask[rows],
+                      gen.ended[rows])
+
+
+def _concat(gens: list[Generation], pad_id: int) -> Generation:
+    """Stack generations of different widths: prompts left-padded, replies right-padded."""
+    if len(gens) == 1:
+        return gens[0]
+    P = max(g.prompt_ids.shape[1] for g in gens)
+    R = max(g.reply_ids.shape[1] for g in gens)
+    F = torch.nn.functional
+    return Generation(
+        torch.cat([F.pad(g.prompt_ids, (P - g.prompt_ids.shape[1], 0), value=pad_id) for g in gens]),
+        torch.cat([F.pad(g.prompt_mask, (P - g.prompt_mask.shape[1], 0), value=0) for g in gens]),
+        torch.cat([F.pad(g.reply_ids, (0, R - g.reply_ids.shape[1]), value=pad_id) for g in gens]),
+        torch.cat([F.pad(g.reply_mask, (0, R - g.reply_mask.shape[1]), value=0.0) for g in gens]),
+        torch.cat([g.ended for g in gens]),
+    )
+
+
+@dataclass
+class GroupBatch:
+    """The groups one update trains on, and what was sampled to get them."""
+
+    gen: Generation
+    """B = P·G rows, prompt-major (row p·G + i is reply i to prompt p)."""
+    prompts: list[str]
+    """(B,) the prompt of each row."""
+    rewards: torch.Tensor
+    """(P, G) rewards of the kept groups (checker + overlong penalty)."""
+    sampled: dict
+    """Statistics of every reply sampled for this batch, kept or not: reward, accuracy, length,
+    wrong-reply length, truncated share, groups sampled, groups whose rewards were all equal,
+    rounds."""
+
+
+def collect_groups(
+    policy: GPT,
+    task: Task,
+    tok: CharTokenizer,
+    config: GroupArgs,
+    prompt_rng: random.Random,
+    device,
+    generator: torch.Generator | None = None,
+) -> GroupBatch:
+    """Sample `group_prompts` groups of `group_size` replies. With `dynamic_sampling` (DA-2) keep
+    only groups whose rewards are not all equal (`core.advantages.informative_groups`) and sample
+    rounds of fresh prompts until `group_prompts` groups are kept or `sampling_rounds` rounds
+    ran; extra groups of the last round are left out."""
+    G, P = config.group_size, config.group_prompts
+    kept_gens, kept_prompts, kept_rewards = [], [], []
+    all_rewards, all_correct, all_lengths, all_ended = [], [], [], []
+    n_kept = n_sampled = n_uniform = rounds = 0
+    while n_kept < P and rounds < (config.sampling_rounds if config.dynamic_sampling else 1):
+        prompts = [task.sample_prompt(prompt_rng) for _ in range(P)]
+        gen = sample_groups(policy, task, tok, prompts, G, device, generator)
+        rows_prompts = [p for p in prompts for _ in range(G)]
+        rewards, correct = reply_rewards(task, rows_prompts, decode_replies(tok, gen), gen, config)  # (P·G,)
+        groups = rewards.view(P, G)
+        informative = informative_groups(groups)  # (P,) bool
+        keep = informative if config.dynamic_sampling else torch.ones(P, dtype=torch.bool)
+        keep_idx = keep.nonzero().squeeze(1)[: P - n_kept]  # (k,) groups kept from this round
+        rows = (keep_idx[:, None] * G + torch.arange(G)).reshape(-1)  # (k·G,) their replies
+        kept_gens.append(_take(gen, rows.to(gen.reply_ids.device)))
+        kept_prompts += [rows_prompts[i] for i in rows.tolist()]
+        kept_rewards.append(groups[keep_idx])
+        all_rewards.append(rewards), all_correct.append(correct)
+        all_lengths.append(gen.lengths.cpu()), all_ended.append(gen.ended.cpu())
+        n_kept += len(keep_idx)
+        n_sampled += P
+        n_uniform += int((~informative).sum())
+        rounds += 1
+    rewards, correct = torch.cat(all_rewards), torch.cat(all_correct)
+    lengths, ended = torch.cat(all_lengths).float(), torch.cat(all_ended)
+    wrong = ~correct
+    sampled = {
+        "reward": float(rewards.mean()),
+        "accuracy": float(correct.float().mean()),
+        "length": float(lengths.mean()),
+        "wrong_length": float(lengths[wrong].mean()) if bool(wrong.any()) else float("nan"),
+        "truncated_share": float((~ended).float().mean()),
+        "groups": n_sampled,
+        "uniform_groups": n_uniform,
+        "kept_groups": n_kept,
+        "rounds": rounds,
+    }
+    return GroupBatch(_concat(kept_gens, tok.pad_id), kept_prompts, torch.cat(kept_rewards), sampled)
+
+
+def build_batch(
+    gen: Generation,
+    rewards: torch.Tensor,
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor | None,
+    config: GroupArgs,
+) -> dict[str, torch.Tensor]:
+    """The `core.ppo.ppo_update` batch of B = P·G replies of R tokens.
+
+    Â_i = `group_advantages`(rewards) (GR-1, or DR-1 without the std) is copied onto every real
+    token of reply i; `mask` (B, R) is the reply mask, with truncated replies zeroed when
+    `mask_truncated`. There is no critic: `values` and `returns` are zeros that only fill the
+    batch format (`vf_coef` is 0 and `evaluate` returns no values).
+    Shapes: `rewards` (P, G), `logprobs` and `ref_logprobs` (B, R) from the sampling policy and π_ref.
+    """
+    advantages = group_advantages(rewards, scale_by_std=config.scale_by_std).reshape(-1)  # (B,)
+    mask = gen.reply_mask.clone()  # (B, R)
+    if config.mask_truncated:
+        mask[~gen.ended] = 0.0  # a reply cut off by the budget was neither right nor wrong
+    advantages = advantages.to(mask.device)[:, None] * mask  # (B, R): the reply's Â on each token
+    zeros = torch.zeros_like(logprobs)  # (B, R)
+    batch = {
+        "input_ids": gen.input_ids,
+        "attention_mask": gen.attention_mask,
+        "actions": gen.reply_ids,
+        "logprobs": logprobs * mask,
+        "advantages": advantages,
+        "returns": zeros,
+        "values": zeros,
+        "mask": mask,
+    }
+    if ref_logprobs is not None:
+        batch["ref_logprobs"] = ref_logprobs * mask
+    return batch
+
+
+def group_ppo_config(config: GroupArgs, n_rows: int, max_new_tokens: int, max_grad_norm: float = 1.0) -> PPOConfig:
+    """The method's choices as `core.ppo.PPOConfig` arguments: clip ε_low/ε_high (CL-1, DA-1), the
+    reduction (GR-2 'seq_mean', DA-3 'token_mean', DR-1 'constant' with C = `max_new_tokens`),
+    the in-loss KL β·k (GR-2), no advantage normalisation (the group did it), no critic."""
+    return PPOConfig(
+        clip_coef=config.clip_low,
+        clip_coef_high=config.clip_high,
+        objective="clip",
+        update_epochs=config.group_epochs,
+        minibatch_size=min(config.group_minibatch_size, n_rows),
+        norm_adv=False,
+        clip_vloss=False,
+        vf_coef=0.0,
+        ent_coef=0.0,
+        max_grad_norm=max_grad_norm,
+        loss_reduction=config.loss_reduction,
+        loss_constant=float(max_new_tokens) if config.loss_reduction == "constant" else None,
+        ref_kl_coef=config.group_kl_coef,
+        ref_kl_estimator=config.group_kl_estimator,
+    )
+
+
+def _clone(model: GPT) -> GPT:
+    clone = GPT(model.config, head=model.head).to(next(model.parameters()).device)
+    clone.load_state_dict(model.state_dict())
+    return clone
+
+
+def build_reference(sft: GPT, kl_coef: float) -> GPT | None:
+    """The frozen π_ref (a copy of the SFT model) when β > 0; None when β = 0 (DR-2): no model is
+    built and no reference forward pass ever runs."""
+    if kl_coef == 0:
+        return None
+    return disable_dropout(_clone(sft)).requires_grad_(False).eval()
+
+
+def heldout_accuracy(
+    policy: GPT, task: Task, tok: CharTokenizer, n: int, seed: int, device, temperature: float = 0.0
+) -> dict:
+    """Exact-match accuracy on `n` test-split prompts (greedy with temperature 0), the mean gold
+    reward, the mean reply length and the mean length of wrong replies (tokens with EOS)."""
+    result = evaluate_policy(policy, task, tok, n, seed, device, temperature=temperature, batch_size=250)
+    right = [g == task.best_gold() for g in result["golds"]]
+    wrong_lengths = [length for length, r in zip(result["lengths"], right) if not r]
+    return {
+        "accuracy": sum(right) / n,
+        "gold_reward": result["gold_reward"],
+        "response_length": result["response_length"],
+        "wrong_length": sum(wrong_lengths) / len(wrong_lengths) if wrong_lengths else float("nan"),
+        "samples": result["samples"],
+    }
+
+
+def train(
+    config,
+    task: Task,
+    tok: CharTokenizer,
+    sft: GPT,
+    device: torch.device,
+    out: str | Path,
+    progress: bool = True,
+    log=None,
+) -> tuple[GPT, dict]:
+    """GRPO, DAPO or Dr. GRPO (`config.algo`) from the SFT model. Returns (policy, stats).
+
+    `config` is a `PipelineConfig` (its GroupArgs fields are filled for the algo here, its
+    `max_grad_norm` clips the gradient); `out` receives `<algo>[-TAG].png`; `log(step, record)`
+    receives the metrics every iteration. `stats` = {"seconds", "summary", "history"}, the
+    summary holding held-out accuracy SFT → final, gold reward, reply lengths, dropped share,
+    the final KL and the resolved settings.
+    """
+    start = time.perf_counter()
+    config = resolve_group(config, task.max_new_tokens)
+    torch.manual_seed(config.seed + 4)
+    policy = disable_dropout(_clone(sft)).train()
+    ref = build_reference(sft, config.group_kl_coef)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=config.group_lr, weight_decay=0.0, betas=(0.9, 0.95),
+                                  eps=1e-6)
+    evaluate = make_evaluate(policy, None)  # values=None: no critic
+    prompt_rng = random.Random(config.seed + 5)
+    sample_gen = torch.Generator(device=device).manual_seed(config.seed + 6)
+    shuffle_gen = torch.Generator().manual_seed(config.seed + 7)
+    eval_seed = config.seed + 100
+
+    def held_out(temperature: float = 0.0) -> dict:  # the same prompts every time
+        return heldout_accuracy(policy, task, tok, config.group_eval_prompts, eval_seed, device, temperature)
+
+    before, before_sampled = held_out(), held_out(1.0)
+    history: list[dict] = []
+    totals = {"groups": 0, "kept_groups": 0, "uniform_groups": 0, "rounds": 0}
+    bar = tqdm(range(config.group_iterations), desc=config.algo, disable=not progress, leave=False)
+    for it in bar:
+        # 1. sample groups and score them (with DAPO's filter and overlong penalty)
+        # a short linear warm-up: Adam's first steps move every weight by about lr whatever its
+        # gradient, and on noisy policy gradients that shakes the SFT model before it learns
+        for group in optimizer.param_groups:
+            group["lr"] = config.group_lr * min(1.0, (it + 1) / (config.group_warmup + 1))
+        gb = collect_groups(policy, task, tok, config, prompt_rng, device, sample_gen)
+        for key in totals:
+            totals[key] += gb.sampled[key]
+        gen = gb.gen
+        record = {
+            "group/train_reward": gb.sampled["reward"],
+            "group/train_accuracy": gb.sampled["accuracy"],
+            "rlhf/response_length": gb.sampled["length"],
+            "group/wrong_length": gb.sampled["wrong_length"],
+            "group/truncated_share": gb.sampled["truncated_share"],
+            "group/uniform_share": gb.sampled["uniform_groups"] / gb.sampled["groups"],
+            "group/dropped_share": 1.0 - gb.sampled["kept_groups"] / gb.sampled["groups"],
+        }
+        if gen.reply_ids.shape[0] > 0:
+            # 2. log π_old (and π_ref) of the sampled tokens, then the PPO epochs of core.ppo
+            with torch.no_grad():
+                logprobs, entropy = reply_logprobs(policy, gen.input_ids, gen.attention_mask, gen.reply_ids,
+                                                   with_entropy=True)  # (B, R) each
+                ref_logprobs = None
+                if ref is not None:
+                    ref_logprobs, _ = reply_logprobs(ref, gen.input_ids, gen.attention_mask, gen.reply_ids,
+                                                     name="reference model")  # (B, R)
+            batch = build_batch(gen, gb.rewards, logprobs, ref_logprobs, config)
+            ppo_config = group_ppo_config(config, gen.reply_ids.shape[0], task.max_new_tokens, config.max_grad_norm)
+            stats = ppo_update(evaluate, batch, optimizer, ppo_config, generator=shuffle_gen)
+            record.update({k: v for k, v in stats.items()
+                           if k in ("losses/policy_loss", "losses/approx_kl", "losses/clipfrac", "losses/ref_kl")})
+            record["losses/entropy"] = float(masked_mean(entropy, gen.reply_mask))
+            if ref_logprobs is not None:
+                record["rlhf/kl"] = float(((logprobs - ref_logprobs) * gen.reply_mask).sum(dim=1).mean())
+        if (it + 1) % config.group_eval_every == 0 or it + 1 == config.group_iterations:
+            evaluation = held_out()
+            record["group/accuracy"] = evaluation["accuracy"]
+        if not all(math.isfinite(v) for k, v in record.items() if k != "group/wrong_length"):
+            raise FloatingPointError(f"non-finite {config.algo} statistics at iteration {it}: {record}")
+        history.append({"step": it, **record})
+        if log is not None:
+            log(it, record)
+        bar.set_postfix(reward=f"{record['group/train_reward']:.2f}", acc=f"{record.get('group/accuracy', 0):.2f}")
+
+    policy.eval()
+    after, after_sampled = evaluation, held_out(1.0)
+    kls = [r["rlhf/kl"] for r in history[-10:] if "rlhf/kl" in r]
+    summary = {
+        "accuracy": {"sft": before["accuracy"], "final": after["accuracy"], "decoding": "greedy",
+                     "prompts": config.group_eval_prompts},
+        "accuracy_sampled": {"sft": before_sampled["accuracy"], "final": after_sampled["accuracy"],
+                             "temperature": 1.0},
+        "gold_reward": {"sft": before["gold_reward"], "final": after["gold_reward"], "best": task.best_gold()},
+        "response_length": {"sft": before["response_length"], "final": after["response_length"]},
+        "wrong_length": {"sft": before["wrong_length"], "final": after["wrong_length"]},
+        "dropped_share": 1.0 - totals["kept_groups"] / totals["groups"],
+        "uniform_share": totals["uniform_groups"] / totals["groups"],
+        "sampling_rounds": totals["rounds"] / config.group_iterations,
+        "kl": {"final": sum(kls) / len(kls) if kls else None, "beta": config.group_kl_coef},
+        "settings": {name: getattr(config, name) for name in GroupArgs.__dataclass_fields__},
+    }
+    suffix = _suffix(config.tag)
+    plot_group(
+        {f"{config.algo}{suffix}": history},
+        Path(out) / f"{config.algo}{suffix}.png",
+        sft_accuracy=before["accuracy"],
+        title=f"{config.algo} on '{config.task}': held-out accuracy {before['accuracy']:.1%} → {after['accuracy']:.1%}",
+    )
+    seconds = time.perf_counter() - start
+    print(
+        f"[llm.group] {config.algo}: held-out accuracy (greedy) {before['accuracy']:.3f} → {after['accuracy']:.3f}, "
+        f"reply length {before['response_length']:.2f} → {after['response_length']:.2f} "
+        f"(wrong {before['wrong_length']:.2f} → {after['wrong_length']:.2f}), "
+        f"groups dropped {summary['dropped_share']:.1%}, in {seconds:.0f}s",
+        file=sys.stderr,
+    )
+    return policy, {"seconds": seconds, "summary": summary, "history": history}
