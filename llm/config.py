@@ -148,7 +148,7 @@ class GroupArgs:
     """G: replies sampled per prompt; the group's mean reward is the baseline (GR-1). At least 2."""
     group_prompts: int = 64
     """Groups (prompts) per batch; a batch holds group_prompts × group_size replies."""
-    group_iterations: int = 70
+    group_iterations: int = 60
     """Sample + update rounds."""
     group_lr: float = 1e-4
     """AdamW learning rate of the policy."""
@@ -315,14 +315,16 @@ class PipelineConfig(GroupArgs, PPOArgs, RMArgs, SFTArgs):
 
 
 # Per-task defaults for the fields left at None. Why they differ: arithmetic replies are a few
-# tokens long and scored by a verifier, so its KL budget is smaller, and its SFT is kept short
-# so that the SFT model is only partly right.
+# tokens long and scored by a verifier, so its KL budget is smaller, and its SFT sees only 1000
+# demonstrations (a tenth of the problems) so that the SFT model is only partly right: it learns
+# the format and the leading digits but only part of the units digit (held-out greedy exact
+# match 29–64% over seeds 0–3).
 TASK_DEFAULTS = {
     "reviews": dict(
         sft_steps=300, sft_examples=40_000, ppo_iterations=80, target_kl=3.0, reward_source="rm"
     ),
     "arithmetic": dict(
-        sft_steps=400, sft_examples=4000, ppo_iterations=100, target_kl=1.0, reward_source="gold"
+        sft_steps=400, sft_examples=1000, ppo_iterations=100, target_kl=1.0, reward_source="gold"
     ),
 }
 

@@ -368,16 +368,19 @@ def train(
     totals = {"groups": 0, "kept_groups": 0, "uniform_groups": 0, "rounds": 0}
     bar = tqdm(range(config.group_iterations), desc=config.algo, disable=not progress, leave=False)
     for it in bar:
-        # 1. sample groups and score them (with DAPO's filter and overlong penalty)
         # a short linear warm-up: Adam's first steps move every weight by about lr whatever its
         # gradient, and on noisy policy gradients that shakes the SFT model before it learns
         for group in optimizer.param_groups:
             group["lr"] = config.group_lr * min(1.0, (it + 1) / (config.group_warmup + 1))
+        # 1. sample groups and score them (with DAPO's filter and overlong penalty)
         gb = collect_groups(policy, task, tok, config, prompt_rng, device, sample_gen)
         for key in totals:
             totals[key] += gb.sampled[key]
         gen = gb.gen
-        record = {
+        record = {}
+        if it % config.group_eval_every == 0:  # the policy that sampled this iteration's replies
+            record["group/accuracy"] = (before if it == 0 else held_out())["accuracy"]
+        record |= {
             "group/train_reward": gb.sampled["reward"],
             "group/train_accuracy": gb.sampled["accuracy"],
             "rlhf/response_length": gb.sampled["length"],
@@ -403,9 +406,6 @@ def train(
             record["losses/entropy"] = float(masked_mean(entropy, gen.reply_mask))
             if ref_logprobs is not None:
                 record["rlhf/kl"] = float(((logprobs - ref_logprobs) * gen.reply_mask).sum(dim=1).mean())
-        if (it + 1) % config.group_eval_every == 0 or it + 1 == config.group_iterations:
-            evaluation = held_out()
-            record["group/accuracy"] = evaluation["accuracy"]
         if not all(math.isfinite(v) for k, v in record.items() if k != "group/wrong_length"):
             raise FloatingPointError(f"non-finite {config.algo} statistics at iteration {it}: {record}")
         history.append({"step": it, **record})
@@ -414,8 +414,12 @@ def train(
         bar.set_postfix(reward=f"{record['group/train_reward']:.2f}", acc=f"{record.get('group/accuracy', 0):.2f}")
 
     policy.eval()
-    after, after_sampled = evaluation, held_out(1.0)
-    kls = [r["rlhf/kl"] for r in history[-10:] if "rlhf/kl" in r]
+    after, after_sampled = held_out(), held_out(1.0)
+    final = {"group/accuracy": after["accuracy"]}  # after the last update: one more point on the curve
+    history.append({"step": config.group_iterations, **final})
+    if log is not None:
+        log(config.group_iterations, final)
+    kls = [r["rlhf/kl"] for r in history[-11:] if "rlhf/kl" in r]
     summary = {
         "accuracy": {"sft": before["accuracy"], "final": after["accuracy"], "decoding": "greedy",
                      "prompts": config.group_eval_prompts},
