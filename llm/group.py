@@ -329,6 +329,28 @@ def heldout_accuracy(
     }
 
 
+def _describe(config, max_new_tokens: int) -> str:
+    """One line with the resolved settings of the method."""
+    kl = (f"β {config.group_kl_coef:g} ({config.group_kl_estimator} to π_ref)" if config.group_kl_coef > 0
+          else "β 0 (no reference model)")
+    reduction = config.loss_reduction + (f" (C = {max_new_tokens})" if config.loss_reduction == "constant" else "")
+    extras = []
+    if config.dynamic_sampling:
+        extras.append(f"dynamic sampling (≤ {config.sampling_rounds} rounds)")
+    if config.overlong_cache:
+        extras.append(f"overlong penalty (L_max {config.overlong_max}, L_cache {config.overlong_cache})")
+    if config.mask_truncated:
+        extras.append("truncated replies masked")
+    return (
+        f"[llm.group] {config.algo}: {config.group_iterations} iterations × {config.group_prompts} prompts × "
+        f"G={config.group_size} replies, {config.group_epochs} epoch(s) of {config.group_minibatch_size}-reply "
+        f"minibatches, lr {config.group_lr:g}; clip [1 − {config.clip_low:g}, 1 + {config.clip_high:g}], {kl}, "
+        f"reduction {reduction}, "
+        f"std {'on' if config.scale_by_std else 'off'}"
+        + "".join(f", {e}" for e in extras)
+    )
+
+
 def train(
     config,
     task: Task,
@@ -349,6 +371,7 @@ def train(
     """
     start = time.perf_counter()
     config = resolve_group(config, task.max_new_tokens)
+    print(_describe(config, task.max_new_tokens), file=sys.stderr)
     torch.manual_seed(config.seed + 4)
     policy = disable_dropout(_clone(sft)).train()
     ref = build_reference(sft, config.group_kl_coef)
