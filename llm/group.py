@@ -47,8 +47,9 @@ tokens).
 Metrics (`log(step, record)`, names documented in `core.metrics` and `llm.pipeline.METRIC_DOCS`):
 `rlhf/kl` (Σ_t log π_old − log π_ref per reply, only with a reference), `rlhf/response_length`,
 `losses/policy_loss`, `losses/clipfrac`, `losses/approx_kl`, `losses/ref_kl` (with β > 0),
-`losses/entropy` (the per-token mean entropy of the sampling policy on the batch: comparable
-between methods, unlike a figure reduced with each method's own reduction), and `group/…`:
+`losses/entropy` (the per-token mean entropy of the sampling policy on the batch, for DAPO the
+kept groups: comparable between methods, unlike a figure reduced with each method's own
+reduction), and `group/…` (over every sampled reply, kept or not):
 held-out accuracy every `group_eval_every` iterations, training reward and accuracy, the length
 of wrong replies, the shares of groups dropped and of replies truncated.
 

@@ -50,19 +50,20 @@ def plot_panels(
 ) -> Path:
     """One panel per (metric name(s), label), one line per run and metric (label → records).
 
-    A panel given several names draws each as its own line (e.g. the length of all replies and
-    of wrong ones). `decorate(ax, name)` adds reference lines to the panel of `name` (its first
-    name). Records without a metric are skipped, so metrics logged every few steps still draw.
+    A panel given several names draws each as its own line, solid, dashed, dotted (e.g. the
+    length of all replies and of wrong ones); a run keeps its colour in every panel.
+    `decorate(ax, name)` adds reference lines to the panel of `name` (its first name). Records
+    without a metric are skipped, so metrics logged every few steps still draw.
     """
     fig, axes = plt.subplots(1, len(panels), figsize=(4.25 * len(panels), 3.8))
     for ax, (names, label) in zip(axes, panels):
         names = (names,) if isinstance(names, str) else names
-        for run_label, records in runs.items():
-            for name in names:
+        for colour, (run_label, records) in enumerate(runs.items()):
+            for style, name in zip(("-", "--", ":"), names):
                 xs = [r.get("step", i) for i, r in enumerate(records) if r.get(name) is not None]
                 ys = [r[name] for r in records if r.get(name) is not None]
                 line_label = run_label if len(names) == 1 else f"{run_label}: {name.split('/')[-1]}"
-                ax.plot(xs, ys, label=line_label, lw=1.4)
+                ax.plot(xs, ys, label=line_label, lw=1.4, color=f"C{colour % 10}", ls=style)
         if decorate is not None:
             decorate(ax, names[0])
         ax.set_title(label, fontsize=10)
@@ -107,7 +108,7 @@ def plot_rlhf(
 GROUP_PANELS = [
     ("group/accuracy", "held-out exact match (greedy)"),
     ("group/train_reward", "mean reward of sampled replies"),
-    (("rlhf/response_length", "group/wrong_length"), "reply length in tokens: all, wrong"),
+    (("rlhf/response_length", "group/wrong_length"), "reply length in tokens: all (solid), wrong (dashed)"),
     ("losses/entropy", "entropy, nats per token"),
 ]
 
