@@ -392,8 +392,8 @@ def train(
     totals = {"groups": 0, "kept_groups": 0, "uniform_groups": 0, "rounds": 0}
     bar = tqdm(range(config.group_iterations), desc=config.algo, disable=not progress, leave=False)
     for it in bar:
-        # a short linear warm-up: Adam's first steps move every weight by about lr whatever its
-        # gradient, and on noisy policy gradients that shakes the SFT model before it learns
+        # a short linear warm-up: Adam's first steps move every weight by about lr whatever the
+        # size of its gradient, before its second-moment estimate has seen any noise
         for group in optimizer.param_groups:
             group["lr"] = config.group_lr * min(1.0, (it + 1) / (config.group_warmup + 1))
         # 1. sample groups and score them (with DAPO's filter and overlong penalty)
