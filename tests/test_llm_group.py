@@ -19,7 +19,7 @@ from llm.checkpoints import load_stage
 from llm.config import PipelineConfig, model_config, resolve, resolve_group
 from llm.model import GPT
 from llm.pipeline import main as pipeline_main
-from llm.rollout import Generation
+from llm.rollout import Generation, reply_logprobs
 from llm.sample import main as sample_main
 from llm.tasks import get_task
 from llm.tokenizer import CharTokenizer
@@ -132,6 +132,26 @@ def test_dynamic_sampling_batch_never_holds_an_all_equal_group(tok, task):
         uniform_without += int((~informative_groups(without.rewards)).sum())
     assert uniform_without > 0, "the check needs all-equal groups to occur without the filter"
     assert kept == 24 and sampled > kept  # some groups were dropped to fill every batch
+
+
+def test_groups_from_several_rounds_keep_their_log_probs_when_stacked(tok, task):
+    """Rounds of dynamic sampling have different prompt and reply widths; stacking them pads
+    prompts on the left and replies on the right, which must not change any log-prob."""
+    config = tiny_config("dapo")
+    policy = random_model(config, tok)
+    g = torch.Generator().manual_seed(0)
+    first = group.sample_groups(policy, task, tok, ["1+2="], 2, "cpu", g)  # short prompt
+    second = group.sample_groups(policy, task, tok, ["12+34=", "99+9="], 2, "cpu", g)
+    stacked = group._concat([first, second], tok.pad_id)
+    assert stacked.prompt_ids.shape[0] == 6
+    with torch.no_grad():
+        parts = [reply_logprobs(policy, gen.input_ids, gen.attention_mask, gen.reply_ids)[0] * gen.reply_mask
+                 for gen in (first, second)]
+        together = reply_logprobs(policy, stacked.input_ids, stacked.attention_mask, stacked.reply_ids)[0]
+    together = together * stacked.reply_mask
+    for rows, part in ((slice(0, 2), parts[0]), (slice(2, 6), parts[1])):
+        torch.testing.assert_close(together[rows, : part.shape[1]], part, rtol=1e-5, atol=1e-5)
+        assert float(together[rows, part.shape[1]:].abs().sum()) == 0.0
 
 
 @formula("DA-4")
