@@ -19,6 +19,7 @@ __all__ = [
     "SFTArgs",
     "RMArgs",
     "PPOArgs",
+    "PreferenceArgs",
     "PipelineConfig",
     "ALGOS",
     "PREFERENCE_ALGOS",
@@ -136,6 +137,32 @@ class PPOArgs(ModelArgs):
     """Suffix of this PPO run's outputs (ppo-TAG.pt, metrics-TAG.jsonl), to keep several runs."""
 
 
+@dataclass
+class PreferenceArgs(ModelArgs):
+    beta: float = 0.1
+    """β of DPO and KTO (> 0): the implicit reward is β·log π_θ/π_ref, so a smaller β lets the
+    policy move further from the reference before a pair counts as ranked."""
+    tau: float = 0.1
+    """τ of IPO (> 0): the log-ratio difference h of a pair is regressed to 1/(2τ)."""
+    pref_steps: int = 60
+    """Optimiser steps of the direct preference method."""
+    pref_batch_size: int = 32
+    """Preference pairs per step (KTO takes both replies of each pair, unpaired: twice as many
+    labelled replies, the same number of sequences)."""
+    pref_lr: float = 2e-4
+    """Peak AdamW learning rate of the policy (linear warm-up, cosine decay to 10%)."""
+    pref_pairs: int = 2000
+    """Labelled training pairs generated (the reward model's generator, seed and annotator)."""
+    pref_eval_pairs: int = 500
+    """Held-out pairs (another seed) for the implicit-reward accuracy at the end."""
+    pref_eval_every: int = 10
+    """Steps between evaluations of the gold reward and KL on sampled replies (the curve)."""
+    kto_desirable_weight: float = 1.0
+    """λ_D of KTO: weight of the desirable (chosen) replies."""
+    kto_undesirable_weight: float = 1.0
+    """λ_U of KTO: weight of the undesirable (rejected) replies."""
+
+
 # The methods of the last stage. PPO needs the reward model; the direct preference methods learn
 # from the preference pairs themselves; the group methods score replies with the task's verifier.
 PREFERENCE_ALGOS = ("dpo", "ipo", "kto")
@@ -149,7 +176,7 @@ def stages_of(algo: str) -> list[str]:
 
 
 @dataclass
-class PipelineConfig(PPOArgs, RMArgs, SFTArgs):
+class PipelineConfig(PreferenceArgs, PPOArgs, RMArgs, SFTArgs):
     algo: str = "ppo"
     """Method of the last stage: 'ppo' (SFT → reward model → PPO-RLHF), 'dpo', 'ipo', 'kto'
     (SFT → direct preference optimisation on the task's pairs) or 'grpo', 'dapo', 'dr_grpo'
@@ -206,6 +233,16 @@ class PipelineConfig(PPOArgs, RMArgs, SFTArgs):
             raise ValueError(
                 f"init_beta must be > 0 ({self.kl_kind} controller), got {self.init_beta}"
             )
+        if not self.beta > 0:
+            raise ValueError(f"beta (β of DPO and KTO) must be > 0, got {self.beta}")
+        if not self.tau > 0:
+            raise ValueError(f"tau (τ of IPO) must be > 0, got {self.tau}")
+        for name in ("pref_steps", "pref_batch_size", "pref_pairs", "pref_eval_pairs", "pref_eval_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        for name in ("pref_lr", "kto_desirable_weight", "kto_undesirable_weight"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.tag and not self.tag.replace("-", "").replace("_", "").isalnum():
             raise ValueError(f"tag may hold letters, digits, '-' and '_' only, got {self.tag!r}")
 

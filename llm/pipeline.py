@@ -52,6 +52,15 @@ METRIC_DOCS = {
     "rlhf/eos_rate": "share of sampled replies that ended with EOS within the budget",
     "rlhf/shaped_return": "mean Σ_t r_t = score − β·KL − missing-EOS penalty per reply "
     "(what PPO maximises)",
+    # direct preference methods (llm/preference.py); r_θ = log π_θ(y|x) − log π_ref(y|x)
+    "pref/loss": "DPO, IPO or KTO loss on the training batch (DP-1, DP-2, DP-3)",
+    "pref/accuracy": "share of the batch's pairs whose implicit reward ranks the chosen reply above the rejected "
+    "one (DPO, IPO; the held-out figure is in the summary)",
+    "pref/margin": "mean r_θ of the chosen (desirable) replies minus that of the rejected (undesirable) ones, "
+    "in nats: the mean h of DPO and IPO",
+    "pref/chosen_reward": "mean implicit reward β·r_θ of the chosen (desirable) replies (τ·r_θ for IPO)",
+    "pref/rejected_reward": "mean implicit reward β·r_θ of the rejected (undesirable) replies (τ·r_θ for IPO)",
+    "pref/kto_z0": "KTO's reference point z₀ = max(0, mean r_θ of the batch's mismatched pairs)",
 }
 
 

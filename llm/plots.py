@@ -1,4 +1,8 @@
-"""Plots of RLHF runs: proxy score, gold reward, KL and β over training (matplotlib, PNG)."""
+"""Plots of RLHF runs: proxy score, gold reward, KL and β over training (matplotlib, PNG).
+
+The panels are a list of (metric name, title): `PANELS` for PPO, `PREFERENCE_PANELS` for the
+direct preference methods (which have no proxy score and no β controller).
+"""
 
 from __future__ import annotations
 
@@ -10,13 +14,20 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-__all__ = ["plot_rlhf", "read_ppo_history"]
+__all__ = ["plot_rlhf", "read_ppo_history", "PANELS", "PREFERENCE_PANELS"]
 
 PANELS = [
     ("rlhf/score", "proxy score R_φ (reward model)"),
     ("rlhf/gold_reward", "gold reward (hidden)"),
     ("rlhf/kl", "KL to reference, nats per reply"),
     ("charts/beta", "β"),
+]
+
+PREFERENCE_PANELS = [
+    ("rlhf/gold_reward", "gold reward (hidden), sampled replies"),
+    ("rlhf/kl", "KL to reference, nats per reply"),
+    ("pref/margin", "log-ratio margin h, chosen − rejected (nats)"),
+    ("pref/loss", "training loss"),
 ]
 
 
@@ -46,10 +57,15 @@ def plot_rlhf(
     best_gold: float | None = None,
     sft_gold: float | None = None,
     title: str = "",
+    panels: list[tuple[str, str]] = PANELS,
+    xlabel: str = "PPO iteration",
+    lines: dict[str, tuple[float, str]] | None = None,
 ) -> Path:
-    """One panel per quantity, one line per run (label → list of per-iteration records)."""
-    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
-    for ax, (name, label) in zip(axes, PANELS):
+    """One panel per quantity of `panels`, one line per run (label → list of records with a
+    "step"; a record without a panel's metric is skipped in that panel). `lines` adds a dashed
+    horizontal line with a label to a panel: metric name → (value, label)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.25 * len(panels), 3.8), squeeze=False)
+    for ax, (name, label) in zip(axes[0], panels):
         for run_label, records in runs.items():
             xs = [r.get("step", i) for i, r in enumerate(records) if r.get(name) is not None]
             ys = [r[name] for r in records if r.get(name) is not None]
@@ -64,8 +80,10 @@ def plot_rlhf(
                 ax.axhline(best_gold, color="g", ls="--", lw=0.8, label="best reachable")
             if sft_gold is not None:
                 ax.axhline(sft_gold, color="gray", ls=":", lw=0.8, label="SFT policy")
+        if lines and name in lines:
+            ax.axhline(lines[name][0], color="k", ls="--", lw=0.8, label=lines[name][1])
         ax.set_title(label, fontsize=10)
-        ax.set_xlabel("PPO iteration")
+        ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     if title:
