@@ -139,24 +139,27 @@ class PPOArgs(ModelArgs):
 
 @dataclass
 class PreferenceArgs(ModelArgs):
-    beta: float = 0.1
+    beta: float = 1.0
     """β of DPO and KTO (> 0): the implicit reward is β·log π_θ/π_ref, so a smaller β lets the
-    policy move further from the reference before a pair counts as ranked."""
+    policy move further from the reference before a pair counts as ranked (the papers' 0.1 moved
+    this small model into misspelt replies: see llm/README.md)."""
     tau: float = 0.1
     """τ of IPO (> 0): the log-ratio difference h of a pair is regressed to 1/(2τ)."""
     pref_steps: int = 60
     """Optimiser steps of the direct preference method."""
     pref_batch_size: int = 32
-    """Preference pairs per step (KTO takes both replies of each pair, unpaired: twice as many
-    labelled replies, the same number of sequences)."""
+    """Examples per step: pairs for DPO and IPO, labelled replies for KTO (the pairs taken apart;
+    TRL counts the same way)."""
     pref_lr: float = 2e-4
     """Peak AdamW learning rate of the policy (linear warm-up, cosine decay to 10%)."""
     pref_pairs: int = 2000
-    """Labelled training pairs generated (the reward model's generator, seed and annotator)."""
-    pref_eval_pairs: int = 500
+    """Labelled training pairs generated (the reward model's generator, seeds and annotator);
+    training reads at most pref_steps × pref_batch_size of them (one pass) and cycles beyond."""
+    pref_eval_pairs: int = 256
     """Held-out pairs (another seed) for the implicit-reward accuracy at the end."""
-    pref_eval_every: int = 10
-    """Steps between evaluations of the gold reward and KL on sampled replies (the curve)."""
+    pref_eval_every: int = 15
+    """Steps between evaluations of the gold reward and the KL to π_ref on replies sampled for
+    eval_prompts fixed prompts (the curve of <algo>.png)."""
     kto_desirable_weight: float = 1.0
     """λ_D of KTO: weight of the desirable (chosen) replies."""
     kto_undesirable_weight: float = 1.0
@@ -243,6 +246,10 @@ class PipelineConfig(PreferenceArgs, PPOArgs, RMArgs, SFTArgs):
         for name in ("pref_lr", "kto_desirable_weight", "kto_undesirable_weight"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.pref_pairs < self.pref_batch_size:
+            raise ValueError(
+                f"pref_pairs ({self.pref_pairs}) must be ≥ pref_batch_size ({self.pref_batch_size})"
+            )
         if self.tag and not self.tag.replace("-", "").replace("_", "").isalnum():
             raise ValueError(f"tag may hold letters, digits, '-' and '_' only, got {self.tag!r}")
 

@@ -87,7 +87,6 @@ __all__ = [
     "check_pairs",
     "sequence_logps",
     "reference_logps",
-    "fixed_batches",
     "kl_scorer",
     "evaluate",
     "held_out_accuracy",
@@ -136,15 +135,6 @@ def reference_logps(
         for i in range(0, len(prompts), batch_size)
     ]
     return torch.cat(out)  # (N,) on `device`
-
-
-def fixed_batches(n: int, batch_size: int, rng: random.Random) -> list[list[int]]:
-    """Chunks of `batch_size` indices of one shuffled order of range(n); the remainder is dropped."""
-    if n < batch_size:
-        raise ValueError(f"{n} examples cannot fill one batch of {batch_size}")
-    order = list(range(n))
-    rng.shuffle(order)
-    return [order[i : i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
 
 
 def kl_scorer(policy: GPT, ref: GPT) -> Callable:
@@ -256,35 +246,41 @@ def train(
 
     policy = disable_dropout(copy.deepcopy(sft)).train()
     ref = disable_dropout(copy.deepcopy(sft)).requires_grad_(False).eval()  # frozen π_ref
-    rng = random.Random(config.seed + 31)
-    n = len(pairs)
-    prompts = [p.prompt for p in pairs]
-    # reference log-probs, once: π_ref never changes
-    ref_chosen = reference_logps(ref, tok, prompts, [p.chosen for p in pairs], device)  # (N,)
-    ref_rejected = reference_logps(ref, tok, prompts, [p.rejected for p in pairs], device)  # (N,)
+    # The training rows, in batch order: pairs for DPO and IPO; for KTO the pairs taken apart, one
+    # labelled reply per row (chosen → desirable, rejected → undesirable). One shuffle, then at most
+    # one pass: batch k is rows[k·B : (k + 1)·B], and a run longer than one pass cycles through them
+    # again. Only the rows training will see get reference log-probs.
     if algo == "kto":
-        # the pairs taken apart: rows 0…N−1 are the chosen replies (desirable), N…2N−1 the rejected
-        rows_prompt = prompts * 2
-        rows_reply = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-        rows_desirable = torch.cat([torch.ones(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)]).to(device)
-        rows_ref = torch.cat([ref_chosen, ref_rejected])  # (2N,)
-        batches = fixed_batches(2 * n, 2 * config.pref_batch_size, rng)
-        # mismatched partner of each row: the next row of its batch (cyclically)
-        partner = list(range(2 * n))
-        for b in batches:
-            for i, j in zip(b, b[1:] + b[:1]):
-                partner[i] = j
-        mismatched_reply = [rows_reply[partner[i]] for i in range(2 * n)]
-        rows_ref_mismatched = reference_logps(ref, tok, rows_prompt, mismatched_reply, device)  # (2N,)
+        rows = [(p.prompt, p.chosen, True) for p in pairs] + [(p.prompt, p.rejected, False) for p in pairs]
     else:
-        batches = fixed_batches(n, config.pref_batch_size, rng)
+        rows = [(p.prompt, p.chosen, p.rejected) for p in pairs]
+    B = config.pref_batch_size
+    if len(rows) < B:
+        raise ValueError(f"{len(rows)} training rows cannot fill one batch of pref_batch_size={B}")
+    random.Random(config.seed + 31).shuffle(rows)
+    n_batches = min(config.pref_steps, len(rows) // B)
+    rows = rows[: n_batches * B]
+    prompts = [r[0] for r in rows]
+    # reference log-probs, once: π_ref never changes
+    if algo == "kto":
+        replies = [r[1] for r in rows]
+        desirable = torch.tensor([r[2] for r in rows], dtype=torch.bool, device=device)  # (M,)
+        ref_logps = reference_logps(ref, tok, prompts, replies, device)  # (M,)
+        # KTO's mismatched pairs: prompt i with the reply of the next row of its batch (cyclically)
+        mismatched = [replies[k * B + (j + 1) % B] for k in range(n_batches) for j in range(B)]
+        ref_mismatched = reference_logps(ref, tok, prompts, mismatched, device)  # (M,)
+    else:
+        chosen, rejected = [r[1] for r in rows], [r[2] for r in rows]
+        ref_chosen = reference_logps(ref, tok, prompts, chosen, device)  # (M,)
+        ref_rejected = reference_logps(ref, tok, prompts, rejected, device)  # (M,)
     eval_ref_chosen = reference_logps(ref, tok, [p.prompt for p in eval_pairs], [p.chosen for p in eval_pairs], device)
     eval_ref_rejected = reference_logps(
         ref, tok, [p.prompt for p in eval_pairs], [p.rejected for p in eval_pairs], device
     )
     print(
-        f"[llm.preference] {algo}: {'τ' if algo == 'ipo' else 'β'} {coef:g}, {config.pref_steps} steps × "
-        f"{config.pref_batch_size} pairs from {n} (one pass: {len(batches)} steps), lr {config.pref_lr:g}; "
+        f"[llm.preference] {algo}: {'τ' if algo == 'ipo' else 'β'} {coef:g}, {config.pref_steps} steps × {B} "
+        f"{'labelled replies' if algo == 'kto' else 'pairs'} ({len(rows)} rows, {n_batches} steps a pass), "
+        f"lr {config.pref_lr:g}; reference log-probs in {time.perf_counter() - start:.1f}s"
         f"reference log-probs in {time.perf_counter() - start:.1f}s",
         file=sys.stderr,
     )
@@ -311,42 +307,34 @@ def train(
     last = before
     bar = tqdm(range(config.pref_steps), desc=algo, disable=not progress, leave=False)
     for step in bar:
-        batch = batches[step % len(batches)]
+        k = step % n_batches
+        batch = slice(k * B, (k + 1) * B)  # this step's rows
         lr = lr_at(step, config.pref_steps, config.pref_lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
         if algo == "kto":
-            policy_logps = sequence_logps(
-                policy, tok, [rows_prompt[i] for i in batch], [rows_reply[i] for i in batch], device
-            )  # (2B,)
+            policy_logps = sequence_logps(policy, tok, prompts[batch], replies[batch], device)  # (B,)
             with torch.no_grad():  # z₀ carries no gradient, so its forward pass needs none
-                mismatched = sequence_logps(
-                    policy, tok, [rows_prompt[i] for i in batch], [mismatched_reply[i] for i in batch], device
-                )  # (2B,)
-            z0 = kto_reference_point(mismatched, rows_ref_mismatched[batch])
-            desirable = rows_desirable[batch]  # (2B,)
+                policy_mismatched = sequence_logps(policy, tok, prompts[batch], mismatched[batch], device)  # (B,)
+            z0 = kto_reference_point(policy_mismatched, ref_mismatched[batch])
+            good = desirable[batch]  # (B,)
             losses = kto_loss(
                 policy_logps,
-                rows_ref[batch],
-                desirable,
+                ref_logps[batch],
+                good,
                 z0,
                 config.beta,
                 config.kto_desirable_weight,
                 config.kto_undesirable_weight,
-            )  # (2B,)
-            log_ratio = (policy_logps - rows_ref[batch]).detach()  # (2B,)
-            chosen_ratio, rejected_ratio = log_ratio[desirable], log_ratio[~desirable]
+            )  # (B,)
+            log_ratio = (policy_logps - ref_logps[batch]).detach()  # (B,)
+            chosen_ratio, rejected_ratio = log_ratio[good], log_ratio[~good]
             extra = {"pref/kto_z0": float(z0)}
         else:
-            chunk = [pairs[i] for i in batch]
             both = sequence_logps(
-                policy,
-                tok,
-                [p.prompt for p in chunk] * 2,
-                [p.chosen for p in chunk] + [p.rejected for p in chunk],
-                device,
+                policy, tok, prompts[batch] * 2, chosen[batch] + rejected[batch], device
             )  # (2B,): both sides in one forward pass
-            policy_chosen, policy_rejected = both[: len(chunk)], both[len(chunk) :]  # (B,) each
+            policy_chosen, policy_rejected = both[:B], both[B:]  # (B,) each
             loss_fn = ipo_loss if algo == "ipo" else dpo_loss
             losses = loss_fn(policy_chosen, policy_rejected, ref_chosen[batch], ref_rejected[batch], coef)  # (B,)
             chosen_ratio = (policy_chosen - ref_chosen[batch]).detach()  # (B,)
