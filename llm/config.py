@@ -147,7 +147,7 @@ class PreferenceArgs(ModelArgs):
     """τ of IPO (> 0): the log-ratio difference h of a pair is regressed to 1/(2τ)."""
     pref_steps: int = 60
     """Optimiser steps of the direct preference method."""
-    pref_batch_size: int = 32
+    pref_batch_size: int = 24
     """Examples per step: pairs for DPO and IPO, labelled replies for KTO (the pairs taken apart;
     TRL counts the same way)."""
     pref_lr: float = 2e-4

@@ -38,25 +38,31 @@ to Understand Learning from Human Preferences" (IPO); Ethayarajh et al. 2024, "K
 Alignment as Prospect Theoretic Optimization".
 
 Deviations from the papers, and why:
-- a model trained from scratch and generated pairs; the pairs are *off-policy* — written by the
+- a model trained from scratch and generated pairs. The pairs are *off-policy*: written by the
   annotator's writers of random mood (repeats, misspellings), not sampled from π_SFT as in the
-  DPO paper's experiments — so DPO can lower both replies of a pair and move probability to
-  replies no pair contains; the KL on sampled replies shows when that happens;
-- the reference log-probs of every training pair (and, for KTO, of every mismatched pair) are
+  DPO paper's controlled-sentiment experiment. DPO can then lower both replies of a pair and
+  move probability to replies no pair contains; the KL on sampled replies shows when it does;
+- the reference log-probs of every training row (and, for KTO, of every mismatched pair) are
   computed once before training (TRL's `precompute_ref_log_probs`): exact, since π_ref is
   frozen and dropout is off;
 - sums of token log-probs for all three (the papers' definition); TRL's "ipo" averages over
   tokens instead, which changes the scale of τ;
 - KTO's data is the pairs taken apart: every chosen reply is desirable, every rejected one
-  undesirable, one label per reply, shuffled so a batch holds no pairs by construction
-  (n_D = n_U, so λ_D = λ_U = 1 satisfies the paper's 1 ≤ λ_D n_D / λ_U n_U ≤ 4/3). z₀ uses
-  mismatched pairs inside each batch — prompt i with the reply of example i + 1 — and, as
-  the batches are fixed chunks of one shuffled order, their reference log-probs are
-  precomputed too (TRL also builds its mismatched pairs once, by shifting within a batch);
-- one pass over the pairs at the default sizes, batches taken in a fixed shuffled order (a
-  longer run cycles through them again), AdamW with a warm-up and cosine decay, gradient norm
-  clipped at 1; learning rates and β/τ scaled to a 1M-parameter model (the papers' 5e-7 and
-  β = 0.1 are for billion-parameter models), chosen by the runs reported in llm/README.md.
+  undesirable, one label per reply, shuffled (the two replies of a pair rarely share a batch);
+  n_D = n_U, so λ_D = λ_U = 1 meets the paper's 1 ≤ λ_D n_D / λ_U n_U ≤ 4/3. z₀ uses the
+  mismatched pairs of each batch — prompt i with the reply of example i + 1, cyclically — and
+  since the batches are fixed chunks of one shuffled order, their reference log-probs are
+  precomputed too (TRL also builds its mismatched pairs once, by shifting within a batch). A
+  KTO batch counts labelled replies, a DPO/IPO batch pairs (as TRL counts them), so at the
+  same pref_batch_size KTO reads half as many sequences per step;
+- at most one pass over the pairs at the default sizes, in a fixed shuffled order (a longer run
+  cycles through them again); AdamW with a linear warm-up and cosine decay, gradient norm
+  clipped at 1; no label smoothing (cDPO) and no added SFT term (RPO);
+- hyperparameters for a 1M-parameter model and a one-minute budget: β = 1 and τ = 0.1, peak
+  learning rate 2e-4, 60 steps × 24 (the DPO and KTO papers use β = 0.1 and learning rates near
+  1e-6 on models of billions of parameters). On these off-policy pairs a smaller β or a larger
+  learning rate moved the policy into misspelt replies, which the gold reward calls
+  ungrammatical (llm/README.md has the runs).
 """
 
 from __future__ import annotations
@@ -86,7 +92,7 @@ from llm.tokenizer import CharTokenizer
 __all__ = [
     "check_pairs",
     "sequence_logps",
-    "reference_logps",
+    "batched_logps",
     "kl_scorer",
     "evaluate",
     "held_out_accuracy",
@@ -126,12 +132,13 @@ def sequence_logps(model: GPT, tok: CharTokenizer, prompts: list[str], replies: 
 
 
 @torch.no_grad()
-def reference_logps(
-    ref: GPT, tok: CharTokenizer, prompts: list[str], replies: list[str], device, batch_size: int = 256
+def batched_logps(
+    model: GPT, tok: CharTokenizer, prompts: list[str], replies: list[str], device, batch_size: int = 256
 ) -> torch.Tensor:
-    """log π_ref(y|x) for many (prompt, reply) rows, in chunks, without gradients. Returns (N,)."""
+    """`sequence_logps` of many (prompt, reply) rows, in chunks of `batch_size`, without
+    gradients: the reference's log-probs before training, the policy's for evaluation. (N,)"""
     out = [
-        sequence_logps(ref, tok, prompts[i : i + batch_size], replies[i : i + batch_size], device)
+        sequence_logps(model, tok, prompts[i : i + batch_size], replies[i : i + batch_size], device)
         for i in range(0, len(prompts), batch_size)
     ]
     return torch.cat(out)  # (N,) on `device`
@@ -178,8 +185,8 @@ def held_out_accuracy(
     against the gold ranking where the gold rewards differ. β does not matter: only h's sign.
     At π_θ = π_ref every h is 0, so both figures start at 0 (no pair is ranked)."""
     prompts = [p.prompt for p in pairs]
-    chosen = reference_logps(policy, tok, prompts, [p.chosen for p in pairs], device, batch_size)  # (N,)
-    rejected = reference_logps(policy, tok, prompts, [p.rejected for p in pairs], device, batch_size)
+    chosen = batched_logps(policy, tok, prompts, [p.chosen for p in pairs], device, batch_size)  # (N,)
+    rejected = batched_logps(policy, tok, prompts, [p.rejected for p in pairs], device, batch_size)
     h = ((chosen - ref_chosen) - (rejected - ref_rejected)).cpu()  # (N,)
     gold_diff = torch.tensor([p.gold_chosen - p.gold_rejected for p in pairs])  # (N,)
     differs = gold_diff != 0
@@ -265,23 +272,22 @@ def train(
     if algo == "kto":
         replies = [r[1] for r in rows]
         desirable = torch.tensor([r[2] for r in rows], dtype=torch.bool, device=device)  # (M,)
-        ref_logps = reference_logps(ref, tok, prompts, replies, device)  # (M,)
+        ref_logps = batched_logps(ref, tok, prompts, replies, device)  # (M,)
         # KTO's mismatched pairs: prompt i with the reply of the next row of its batch (cyclically)
         mismatched = [replies[k * B + (j + 1) % B] for k in range(n_batches) for j in range(B)]
-        ref_mismatched = reference_logps(ref, tok, prompts, mismatched, device)  # (M,)
+        ref_mismatched = batched_logps(ref, tok, prompts, mismatched, device)  # (M,)
     else:
         chosen, rejected = [r[1] for r in rows], [r[2] for r in rows]
-        ref_chosen = reference_logps(ref, tok, prompts, chosen, device)  # (M,)
-        ref_rejected = reference_logps(ref, tok, prompts, rejected, device)  # (M,)
-    eval_ref_chosen = reference_logps(ref, tok, [p.prompt for p in eval_pairs], [p.chosen for p in eval_pairs], device)
-    eval_ref_rejected = reference_logps(
+        ref_chosen = batched_logps(ref, tok, prompts, chosen, device)  # (M,)
+        ref_rejected = batched_logps(ref, tok, prompts, rejected, device)  # (M,)
+    eval_ref_chosen = batched_logps(ref, tok, [p.prompt for p in eval_pairs], [p.chosen for p in eval_pairs], device)
+    eval_ref_rejected = batched_logps(
         ref, tok, [p.prompt for p in eval_pairs], [p.rejected for p in eval_pairs], device
     )
     print(
         f"[llm.preference] {algo}: {'τ' if algo == 'ipo' else 'β'} {coef:g}, {config.pref_steps} steps × {B} "
         f"{'labelled replies' if algo == 'kto' else 'pairs'} ({len(rows)} rows, {n_batches} steps a pass), "
-        f"lr {config.pref_lr:g}; reference log-probs in {time.perf_counter() - start:.1f}s"
-        f"reference log-probs in {time.perf_counter() - start:.1f}s",
+        f"lr {config.pref_lr:g}; reference log-probs in {time.perf_counter() - start:.1f}s",
         file=sys.stderr,
     )
 
@@ -375,7 +381,7 @@ def train(
         "kl": {"final": last["rlhf/kl"], "target": None},
         "preference": {
             "algo": algo,
-            "beta" if algo != "ipo" else "tau": coef,
+            "tau" if algo == "ipo" else "beta": coef,
             "held_out_accuracy": held_out["accuracy"],
             "held_out_gold_agreement": held_out["gold_agreement"],
             "held_out_pairs": held_out["pairs"],

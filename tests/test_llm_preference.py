@@ -14,7 +14,7 @@ from core.metrics import read_metrics
 from llm.checkpoints import STAGE_KINDS, load_stage
 from llm.config import PipelineConfig, resolve
 from llm.pipeline import main as pipeline_main
-from llm.preference import check_pairs, held_out_accuracy, kl_scorer, reference_logps, sequence_logps, train
+from llm.preference import batched_logps, check_pairs, held_out_accuracy, kl_scorer, sequence_logps, train
 from llm.rollout import decode_replies, encode_prompts, generate
 from llm.sample import main as sample_main
 from llm.tasks import PreferencePair, get_task, preference_pairs
@@ -108,8 +108,8 @@ def test_training_ranks_the_training_pairs(tiny_sft, algo, first_loss, min_accur
     assert sum(losses[-4:]) / 4 < 0.8 * first_loss
     ref = sft.eval()
     prompts = [p.prompt for p in pairs]
-    ref_chosen = reference_logps(ref, TOK, prompts, [p.chosen for p in pairs], CPU)
-    ref_rejected = reference_logps(ref, TOK, prompts, [p.rejected for p in pairs], CPU)
+    ref_chosen = batched_logps(ref, TOK, prompts, [p.chosen for p in pairs], CPU)
+    ref_rejected = batched_logps(ref, TOK, prompts, [p.rejected for p in pairs], CPU)
     assert held_out_accuracy(ref, TOK, pairs, ref_chosen, ref_rejected, CPU)["accuracy"] == 0.0  # all ties
     trained = held_out_accuracy(policy, TOK, pairs, ref_chosen, ref_rejected, CPU)
     assert trained["accuracy"] >= min_accuracy, trained
