@@ -385,6 +385,7 @@ def train(
             "held_out_accuracy": held_out["accuracy"],
             "held_out_gold_agreement": held_out["gold_agreement"],
             "held_out_pairs": held_out["pairs"],
+            "held_out_gold_pairs": held_out["gold_pairs"],
             "held_out_margin": held_out["margin"],
             "steps": config.pref_steps,
             "eval_seconds": eval_seconds,
