@@ -10,9 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from core.config import field_docs
 from core.metrics import read_metrics
 from llm.checkpoints import STAGE_KINDS, load_stage
-from llm.config import PipelineConfig, resolve
+from llm.config import PipelineConfig, PreferenceArgs, resolve
 from llm.pipeline import main as pipeline_main
 from llm.preference import batched_logps, check_pairs, held_out_accuracy, kl_scorer, sequence_logps, train
 from llm.rollout import decode_replies, encode_prompts, generate
@@ -275,3 +276,10 @@ def test_bad_hyperparameters_on_the_command_line(capsys):
     assert "beta (β of DPO and KTO) must be > 0" in capsys.readouterr().err
     with pytest.raises(ValueError, match="pref_pairs"):
         PipelineConfig(algo="dpo", pref_pairs=8, pref_batch_size=16)
+
+
+def test_every_preference_setting_has_a_docstring_for_the_command_line():
+    docs = field_docs(PipelineConfig)
+    names = [f.name for f in dataclasses.fields(PreferenceArgs)]
+    assert {"beta", "tau", "pref_steps", "kto_desirable_weight"} <= set(names)
+    assert all(docs.get(name) for name in names), [name for name in names if not docs.get(name)]
