@@ -189,7 +189,7 @@ ax.plot([-3, 3], [-3 + 0.5, 3 + 0.5], ":", color="gray", label="R = r* + b (b = 
 ax.set_xlabel("gold reward r*(y)")
 ax.set_ylabel("learned R_φ(y)")
 ax.set_title(f"RM-1: a Bradley–Terry reward model from {N_RM} noisy pairs")
-ax.legend(fontsize=8, loc="upper left")
+ax.legend(fontsize=8, loc="lower right")
 lesson.save(fig, "reward_model.png")
 
 # %% Step 4 — RM-2: the KL-regularised optimum, by gradient ascent and in closed form
@@ -243,7 +243,7 @@ print(f"    favourite, the ungrammatical reply, and the gold reward drops to {sw
 print(f"    π* returns to π_ref (KL → 0). The gold reward peaks in between (β = {best['beta']}: {best['gold']:.2f}):")
 print("    with an imperfect reward model, the KL term is what keeps the policy where R_φ is right.")
 
-fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
 fine = torch.logspace(-1.7, 2, 120).tolist()
 stack = torch.stack([kl_regularized_optimum(REF_LOGITS, R_phi, b).exp() for b in fine], 1)  # (Y, n)
 axes[0].stackplot(fine, stack.numpy(), labels=[r.strip() for r in REPLIES])
@@ -251,7 +251,7 @@ axes[0].set_xscale("log")
 axes[0].set_xlabel("β")
 axes[0].set_ylabel("π*(y)")
 axes[0].set_title("π* ∝ π_ref·exp(R_φ/β)")
-axes[0].legend(fontsize=6, loc="center right")
+axes[0].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
 frontier = [(float(categorical_kl(kl_regularized_optimum(REF_LOGITS, R_phi, b), REF_LOGITS)),
              float((kl_regularized_optimum(REF_LOGITS, R_phi, b).exp() * R_phi).sum()),
              float((kl_regularized_optimum(REF_LOGITS, R_phi, b).exp() * GOLD).sum())) for b in fine]
