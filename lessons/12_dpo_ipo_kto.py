@@ -256,6 +256,7 @@ log_ratio = torch.tensor([4.0, 0.3, -1.0, 2.0, 0.3, -3.0], dtype=f64, requires_g
 desirable = torch.tensor([True, True, True, False, False, False])
 loss = kto_loss(log_ratio, torch.zeros_like(log_ratio), desirable, z0, beta, lam_d, lam_u)
 (grad,) = torch.autograd.grad(loss.sum(), log_ratio)
+loss, log_ratio = loss.detach(), log_ratio.detach()
 rows = []
 for i in range(6):
     r, good = float(log_ratio[i]), bool(desirable[i])
@@ -293,7 +294,7 @@ ax.axvline(z0, ls="--", color="gray", label=f"z₀ = {z0}")
 ax.set_xlabel("r_θ = log π_θ(y|x)/π_ref(y|x)")
 ax.set_ylabel("value v (the loss is λ_y − v)")
 ax.set_title("DP-3: KTO's value function")
-ax.legend(fontsize=7)
+ax.legend(fontsize=7, loc="center right")
 lesson.save(fig, "kto_value.png")
 print("\n    The same three losses train the small language model: python -m llm.pipeline --algo dpo (or ipo, kto).")
 
