@@ -46,7 +46,7 @@ import torch.nn.functional as F
 
 from core.kl import categorical_kl, kl_regularized_objective, kl_regularized_optimum
 from core.losses import bradley_terry_loss
-from lessons._common import Lesson, plt, table
+from lessons._common import Lesson, plt, say, table
 
 lesson = Lesson(__doc__)
 f64 = torch.float64
@@ -101,17 +101,16 @@ for i in range(4):
                  float(grad_chosen[i]), -1 / (1 + math.exp(d))])
 table(["R⁺", "R⁻", "σ(R⁺ − R⁻)", "bradley_terry_loss", "log(1 + e^−d) by hand", "∂L/∂R⁺ (autograd)",
        "−σ(−d) by hand"], rows)
-print(f"\n    ∂L/∂R⁻ = {[round(float(v), 4) for v in grad_rejected]}: always −∂L/∂R⁺. The push is σ(−d),")
-print("    large when the model ranks the pair the wrong way (row 3), near 0 when it already agrees with the")
-print("    label (row 1).")
-print("    With equal scores (row 4) P = ½ and the loss is log 2 = 0.6931: the model has no opinion yet.")
+say(f"∂L/∂R⁻ = {[round(float(v), 4) for v in grad_rejected]}: always −∂L/∂R⁺. The push is σ(−d), large when",
+    "the model ranks the pair the wrong way (row 3), near 0 when it already agrees with the label (row 1).",
+    "With equal scores (row 4) P = ½ and the loss is log 2 = 0.6931: the model has no opinion yet.", blank=True)
 
 # %% Step 2 — RM-1: only differences count (shift invariance)
 lesson.step("Shift invariance: the loss sees only R⁺ − R⁻",
             "L(R + c) = −log σ((R⁺ + c) − (R⁻ + c)) = L(R)   for any constant c",
             ids=["RM-1"])
 rows = []
-for c in (0.0, -10.0, 3.0, 1000.0):
+for c in (0, -10, 3, 1000):
     rows.append([c, float(bradley_terry_loss(chosen + c, rejected + c).mean())])
 rows.append(["scale ×2 (not a shift)", float(bradley_terry_loss(2 * chosen, 2 * rejected).mean())])
 table(["c added to every score", "mean loss over the 4 pairs"], rows, digits=6)
@@ -121,11 +120,10 @@ b = torch.tensor(0.5, dtype=f64, requires_grad=True)
 ch, rj = annotate(200, lesson.generator(1))
 scores = FEATURES @ w + b
 (grad_w, grad_b) = torch.autograd.grad(bradley_terry_loss(scores[ch], scores[rj]).mean(), (w, b))
-print(f"\n    For R_φ(y) = w·f(y) + b on 200 labelled pairs: ∂L/∂w = {[round(float(v), 4) for v in grad_w]}, "
-      f"∂L/∂b = {float(grad_b):.1e}.")
-print("    The offset b gets no gradient at all: whatever it starts at, it stays. A reward model's zero is")
-print("    arbitrary (RLHF code often normalises scores for that reason); its scale is not: doubling every")
-print("    score changes the loss, and the labels' noise decides which scale fits.")
+say(f"For R_φ(y) = w·f(y) + b on 200 labelled pairs: ∂L/∂w = {[round(float(v), 4) for v in grad_w]},",
+    f"∂L/∂b = {float(grad_b):.1e}. The offset b gets no gradient at all: whatever it starts at, it stays.",
+    "A reward model's zero is arbitrary (RLHF code often normalises scores for that reason); its scale is",
+    "not: doubling every score changes the loss, and the labels' noise decides which scale fits.", blank=True)
 
 # %% Step 3 — RM-1: learning R_φ from noisy labels; accuracy and its ceiling
 lesson.step("Training R_φ on choice/reject pairs (choice和reject对), note 004",
@@ -163,22 +161,25 @@ for n in sizes:
     wrong = (margin.sign() != gold_gap.sign()) & differs
     with_blind = float(((test_chosen == BLIND) | (test_rejected == BLIND))[wrong].to(f64).mean())
     rows.append([kept, float(w_fit[0]), float(w_fit[1]), b_fit, train_loss, label_acc, agreement])
-table(["pairs", "w_pos", "w_neg", "b", "train loss", "held-out label acc.", "gold-ranking agreement"], rows, digits=3)
+table(["pairs (y_a ≠ y_b)", "w_pos", "w_neg", "b", "train loss", "held-out label acc.", "gold-ranking agreement"],
+      rows, digits=3)
 N_RM = sizes[-1]
 R_phi = models[N_RM]
-print(f"\n    Ceiling of label accuracy on the held-out pairs: E[σ(|r*(y_a) − r*(y_b)|)] = {ceiling:.3f}. The labels")
-print("    are noisy (a person sometimes prefers the worse reply), so no model scores 100% against them; measured")
-print(f"    against the gold ranking instead, the learned ranking is right on {agreement:.1%} of the pairs, and")
-print(f"    {with_blind:.0%} of the pairs it gets wrong contain the last reply (below). 30 pairs already give the")
-print("    ranking; the scale (w near ±1, set by the annotator's noise) needs more. b stays at 0.5 (step 2).")
+say(f"Ceiling of label accuracy on the held-out pairs: E[σ(|r*(y_a) − r*(y_b)|)] = {ceiling:.3f}. The",
+    "labels are noisy (a person sometimes prefers the worse reply), so no model scores 100% against them.",
+    f"Measured against the gold ranking instead, the learned ranking is right on {agreement:.1%} of the",
+    "pairs, and", "every pair it gets wrong contains" if with_blind == 1 else
+    f"{with_blind:.0%} of the pairs it gets wrong contain", "the last reply (below). A few dozen pairs",
+    "already give the ranking; the scale (w near ±1, set by the annotator's noise) needs more. b stays at",
+    "0.5 (step 2).", blank=True)
+print()
 table(["y", "reply", "R_φ(y)", "gold r*(y)"],
       [[i, repr(r), float(R_phi[i]), float(GOLD[i])] for i, r in enumerate(REPLIES)], digits=3)
-print(f"\n    R_φ is wrong on one reply: {REPLIES[BLIND]!r} has the most positive words, so the")
-print(f"    linear model rates it highest ({float(R_phi[BLIND]):.2f}), while the gold reward calls it ungrammatical "
-      f"({float(GOLD[BLIND]):.0f}).")
-print(f"    π_ref writes it {float(PI_REF[BLIND]):.1%} of the time, so the pairs hardly show it (where they do, it "
-      "loses, which")
-print("    is why w_pos settles below 1), and a counter of sentiment words cannot represent grammar anyway.")
+say(f"R_φ is wrong on one reply: {REPLIES[BLIND]!r} has the most positive words, so the linear model",
+    f"rates it highest ({float(R_phi[BLIND]):.2f}), while the gold reward calls it ungrammatical",
+    f"({float(GOLD[BLIND]):.0f}). π_ref writes it {float(PI_REF[BLIND]):.1%} of the time, so the pairs hardly show it",
+    "(where they do, it loses, which is why w_pos settles below 1), and a counter of sentiment words cannot",
+    "represent grammar anyway.", blank=True)
 
 fig, ax = plt.subplots(figsize=(6, 4.2))
 ax.scatter(GOLD, R_phi, s=40)
@@ -203,7 +204,7 @@ for start_name, start in (("π_ref", REF_LOGITS), ("uniform", torch.zeros(len(RE
     trace = []
     for _ in range(4000 if lesson.long else 1500):
         objective = kl_regularized_objective(theta, REF_LOGITS, R_phi, BETA)
-        trace.append(float(objective))
+        trace.append(float(objective.detach()))
         optimizer.zero_grad()
         (-objective).backward()  # ascent
         optimizer.step()
@@ -214,15 +215,15 @@ table(["y", "reply", "π_ref", "R_φ", "π* closed form", "ascent from π_ref", 
 value_closed = float(kl_regularized_objective(closed, REF_LOGITS, R_phi, BETA))
 beta_log_z = BETA * float(torch.logsumexp(REF_LOGITS + R_phi / BETA, 0))
 gap = max(float((p - closed.exp()).abs().max()) for p, _ in runs.values())
-print(f"\n    β = {BETA}. Largest |π_ascent − π*| over both starts: {gap:.1e} (the last digits of the least likely")
-print(f"    reply are the slowest to settle). Objective at π*: {value_closed:.6f};")
-print(f"    β·log Z = β·log Σ_y π_ref(y) e^(R_φ(y)/β) = {beta_log_z:.6f}: the optimum's value, as RM-2 says.")
-print(f"    Objective after ascent: {runs['π_ref'][1][-1]:.6f} and {runs['uniform'][1][-1]:.6f}: "
-      "no policy does better.")
+say(f"β = {BETA}. Largest |π_ascent − π*| over both starts: {gap:.1e} (the last digits of the least likely",
+    f"reply are the slowest to settle). Objective at π*: {value_closed:.6f}; β·log Z = β·log Σ_y π_ref(y)",
+    f"e^(R_φ(y)/β) = {beta_log_z:.6f}: the optimum's value, as RM-2 says. Objective after ascent:",
+    f"{runs['π_ref'][1][-1]:.6f} and {runs['uniform'][1][-1]:.6f}: no policy does better.", blank=True)
 
 # %% Step 5 — RM-2: the limits β → 0 and β → ∞
 lesson.step("β sets how far the policy moves: β → 0 and β → ∞",
-            "π*(y) = π_ref(y) e^(r(y)/β) / Z:   β → 0 ⇒ all mass on argmax_y r(y);   β → ∞ ⇒ π* → π_ref",
+            "π*(y) = π_ref(y) e^(r(y)/β) / Z",
+            "β → 0 ⇒ all the mass on argmax_y r(y);   β → ∞ ⇒ π* → π_ref",
             ids=["RM-2"])
 betas = [0.03, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 20.0, 100.0]
 sweep = []
@@ -237,11 +238,11 @@ table(["β", "π*(best grammatical)", f"π*({REPLIES[BLIND].strip()[:12]}…)", 
       digits=3)
 ref_gold, ref_proxy = float((PI_REF * GOLD).sum()), float((PI_REF * R_phi).sum())
 best = max(sweep, key=lambda s: s["gold"])
-print(f"\n    π_ref itself: E[R_φ] = {ref_proxy:.3f}, E[gold] = {ref_gold:.3f}, KL = 0.")
-print("    As β falls, π* leaves π_ref and E[R_φ] climbs all the way; β → 0 puts every bit of mass on R_φ's")
-print(f"    favourite, the ungrammatical reply, and the gold reward drops to {sweep[0]['gold']:.2f}. As β grows,")
-print(f"    π* returns to π_ref (KL → 0). The gold reward peaks in between (β = {best['beta']}: {best['gold']:.2f}):")
-print("    with an imperfect reward model, the KL term is what keeps the policy where R_φ is right.")
+say(f"π_ref itself: E[R_φ] = {ref_proxy:.3f}, E[gold] = {ref_gold:.3f}, KL = 0. As β falls, π* leaves π_ref and",
+    "E[R_φ] climbs all the way; β → 0 puts all the mass on R_φ's favourite, the ungrammatical reply, and",
+    f"the gold reward drops to {sweep[0]['gold']:.2f}. As β grows, π* returns to π_ref (KL → 0). The gold reward",
+    f"peaks in between (β = {best['beta']}: {best['gold']:.2f}): with an imperfect reward model, the KL term is what",
+    "keeps the policy where R_φ is right.", blank=True)
 
 fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
 fine = torch.logspace(-1.7, 2, 120).tolist()
@@ -300,11 +301,12 @@ other_ref = torch.randn(len(REPLIES), generator=lesson.generator(7), dtype=f64) 
 table(["θ_y", "∇(E[R] − 0·KL)", "same, other π_ref", "∇E[R] alone", f"∇(E[R] − {BETA}·KL)", "∇E[R] − β∇KL"],
       [[i, float(g_zero[i]), float(g_zero_other[i]), float(g_reward[i]), float(g_half[i]),
         float(g_reward[i] - BETA * g_kl[i])] for i in range(len(REPLIES))], digits=5)
-print(f"\n    β = 0: max |∇objective − ∇E[R]| = {float((g_zero - g_reward).abs().max()):.1e}, and the reference policy")
-print("    does not enter the gradient at all (columns 1 and 2 agree). The policy gradient of lesson 1 is the")
-print("    whole story then, and the reference model need not even be loaded (DR-2, lesson 13).")
-print(f"    β = {BETA}: the gradient gains −β∇KL, a pull back toward π_ref (max difference to the last column "
-      f"{float((g_half - (g_reward - BETA * g_kl)).abs().max()):.1e}).")
+say(f"β = 0: max |∇objective − ∇E[R]| = {float((g_zero - g_reward).abs().max()):.1e}, and the reference policy",
+    "does not enter the gradient at all (the columns '∇(E[R] − 0·KL)' and 'same, other π_ref' agree). The",
+    "policy gradient of lesson 1 is",
+    "the whole story then, and the reference model need not even be loaded (DR-2, lesson 13).",
+    f"With β = {BETA} the gradient gains −β∇KL, a pull back toward π_ref (max difference to the last column",
+    f"{float((g_half - (g_reward - BETA * g_kl)).abs().max()):.1e}).", blank=True)
 
 # %%
 lesson.done()
