@@ -52,7 +52,7 @@ from core.advantages import gae
 from core.kl import kl_estimate
 from core.losses import explained_variance
 from core.ppo import PPOConfig, ppo_update
-from lessons._common import Lesson, plt, table
+from lessons._common import Lesson, plt, say, table
 from llm.config import PipelineConfig, resolve
 from llm.model import disable_dropout
 from llm.reward_model import train_reward_model
@@ -108,8 +108,8 @@ rewards, kl = per_token_rewards(scores, logprobs, ref_logprobs, mask, beta=BETA,
                                 missing_eos_penalty=PENALTY)
 rows = []
 for i in range(3):
-    rows.append([f"reply {i}: KL_t", *kl[i].tolist()])
-    rows.append(["         r_t", *rewards[i].tolist()])
+    rows.append([f"reply {i}: KL_t", *(kl[i] + 0.0).tolist()])  # + 0.0 prints padding's −0.0 as 0.0
+    rows.append(["         r_t", *(rewards[i] + 0.0).tolist()])
 table(["", *[f"t={t}" for t in range(6)]], rows, digits=3)
 lengths = mask.sum(1).long()
 rows = []
@@ -123,13 +123,15 @@ table(["reply", "length", "EOS", "R_φ", "Σ KL_t", "Σ r_t", "R − βΣKL − 
 wrong = -BETA * kl
 for i in (0, 2):
     wrong[i, lengths[i]] += scores[i]
-print(f"\n    β = {BETA}, missing-EOS penalty {PENALTY}. The score sits on column length − 1, the last real token. Had")
-print("    it gone to column `length` (the first PAD, a known off-by-one), the mask would erase it: Σ r_t of")
-print(f"    replies 0 and 2 would be {[round(float(v), 3) for v in (wrong * mask).sum(1)[[0, 2]]]} instead of "
-      f"{[round(float(v), 3) for v in rewards.sum(1)[[0, 2]]]}.")
-print("    Reply 1 never ended: its score is lowered by the penalty, or the policy could learn never to stop.")
-print("    Sparse (note 002): the score arrives once, at the end. Dense: the KL term says at every token how")
-print("    far that token moved from π_ref. The sum is the same shaped reward r′ either way.")
+say(f"β = {BETA}, missing-EOS penalty {PENALTY}. The score sits on column length − 1, the last real token.",
+    "Had it gone to column `length` (the first PAD, a known off-by-one), the mask would erase it: Σ r_t of",
+    f"replies 0 and 2 would be {[round(float(v), 3) for v in (wrong * mask).sum(1)[[0, 2]]]} instead of",
+    f"{[round(float(v), 3) for v in rewards.sum(1)[[0, 2]]]}. Reply 1 never ended: its score is lowered by the",
+    "penalty, or the policy could learn never to stop. Sparse (note 002): the score arrives once, at the",
+    "end. Dense: the KL term says at every token how far that token moved from π_ref. The sum is the same",
+    "shaped reward r′ either way. Reply 0's Σ KL_t is negative: KL_t is the k1 estimate on the sampled",
+    "tokens (lesson 8), below 0 wherever π_θ gave a token less probability than π_ref; only its",
+    "expectation, the KL, is never negative.", blank=True)
 
 # %% Step 2 — the models: SFT policy (= π_ref) and the reward model R_φ
 lesson.step("Policy, reference and reward model (PPO的下半场, note 004)",
@@ -139,15 +141,14 @@ sft, sft_stats = train_sft(CONFIG, TASK, TOK, CPU, progress=False)
 reward_model, rm_stats = train_reward_model(CONFIG, TASK, TOK, sft, CPU, progress=False)
 score_fn = reward_model_scorer(reward_model)
 n_params = sft.num_params()
-print(f"    SFT: {CONFIG.sft_steps} steps, {n_params:,} parameters, final loss {sft_stats['final_loss']:.3f} "
-      f"({sft_stats['seconds']:.0f} s).")
-print(f"    Reward model: {CONFIG.rm_steps} steps × {CONFIG.rm_batch_size} pairs ({rm_stats['seconds']:.0f} s); "
-      f"on {rm_stats['gold_pairs']} held-out pairs it agrees with")
-print(f"    the gold ranking on {rm_stats['gold_agreement']:.1%} (label accuracy {rm_stats['label_accuracy']:.1%}; the "
-      "labels are noisy).")
 before = evaluate_policy(sft, TASK, TOK, CONFIG.eval_prompts, seed=1, device=CPU, score_fn=score_fn)
-print(f"    The SFT policy on {CONFIG.eval_prompts} test prompts: mean R_φ {before['score']:.3f}, mean gold "
-      f"{before['gold_reward']:.3f} (best reachable {TASK.best_gold():.0f}).")
+say(f"SFT: {CONFIG.sft_steps} steps, {n_params:,} parameters, final loss {sft_stats['final_loss']:.3f}",
+    f"({sft_stats['seconds']:.0f} s). Reward model: {CONFIG.rm_steps} steps × {CONFIG.rm_batch_size} pairs",
+    f"({rm_stats['seconds']:.0f} s); on {rm_stats['gold_pairs']} held-out pairs it agrees with the gold ranking on",
+    f"{rm_stats['gold_agreement']:.1%} (label accuracy {rm_stats['label_accuracy']:.1%}; the labels are noisy).",
+    f"The SFT policy on {CONFIG.eval_prompts} test prompts: mean R_φ {before['score']:.3f}, mean gold",
+    f"{before['gold_reward']:.3f} (best reachable {TASK.best_gold():.0f}). A few of its replies:")
+print()
 table(["prompt", "SFT reply", "gold"],
       [[p, show(r), g] for (p, r), g in list(zip(before["samples"], before["golds"]))[:4]], digits=1)
 
@@ -163,18 +164,24 @@ probe = collect_rollout(sft, sft, value_model, score_fn, TASK, TOK, [TASK.sample
 with torch.no_grad():
     same = float((value_model(probe.gen.input_ids, attention_mask=probe.gen.attention_mask)
                   - reward_model(probe.gen.input_ids, attention_mask=probe.gen.attention_mask)).abs().max())
-print(f"    {len(differences)} tensors, largest weight difference {max(differences):.1e}; on 8 sampled replies "
-      f"the outputs differ by at most {same:.1e}.")
-print("    A copy, not a view: the value model trains, the reward model stays frozen.")
-i = int(probe.gen.lengths.argmax())
+say(f"{len(differences)} tensors, largest weight difference {max(differences):.1e}; on 8 sampled replies",
+    f"the outputs differ by at most {same:.1e}. A copy, not a view: the value model trains, the reward",
+    "model stays frozen.")
+ended = probe.gen.ended
+i = int(((probe.gen.lengths - 12).abs() + 100 * (~ended)).argmin())  # an ended reply of about 12 tokens
 n = int(probe.gen.lengths[i])
 chars = [TOK.decode([t], stop_at_eos=False) if t != TOK.eos_id else "EOS" for t in probe.gen.reply_ids[i, :n].tolist()]
 print(f"\n    One reply, {probe.prompts[i]!r} →{probe.replies[i]!r}, R_φ = {float(probe.scores[i]):.3f}:")
-step = max(1, n // 10)
-table(["token t", *[repr(chars[t]) for t in range(0, n, step)]],
-      [["V_ψ(x, y_<t)", *[float(probe.values[i, t]) for t in range(0, n, step)]]], digits=2)
-print("\n    At the start V_ψ is the reward model read on each partial reply: a rough guess of the final")
-print("    score that already knows which words are good. PPO trains it toward the shaped return.")
+table(["token", *[repr(c) for c in chars]], [["V_ψ(x, y_<t)", *[float(probe.values[i, t]) for t in range(n)]]],
+      digits=2)
+values_i = probe.values[i, :n]
+say("At the start V_ψ is the reward model read on each partial reply. As a prediction of the final score it",
+    f"is poor: along the reply it swings between {float(values_i.min()):.2f} and {float(values_i.max()):.2f} while "
+    f"the score is {float(probe.scores[i]):.2f}, and only",
+    f"near the end, where the prefix is almost the whole reply, comes close ({float(values_i[-1]):.2f}). The reward",
+    "model was trained on whole replies that end in EOS, not on prefixes. What it brings is a body that",
+    "already tells good words from bad ones; PPO trains it toward the shaped return (steps 4 and 7 measure",
+    "how good a baseline it is).", blank=True)
 
 # %% Step 4 — RM-6: one turn of the loop, piece by piece
 lesson.step("One turn of the loop (整个循环, note 001)", ids=["RM-6"])
@@ -211,7 +218,8 @@ advantages = gae(rewards, ro.values, gamma=CONFIG.gamma, gae_lambda=CONFIG.gae_l
 returns = advantages + ro.values
 real = reply_mask.bool()
 print(f"       Â: mean {float(advantages[real].mean()):+.3f}, std {float(advantages[real].std()):.3f}; "
-      f"explained variance of V_ψ: {float(explained_variance(ro.values, returns, reply_mask)):.3f}")
+      f"explained variance of V_ψ: {float(explained_variance(ro.values, returns, reply_mask)):.3f} (below 0: "
+      "worse than a constant)")
 stage("4. PPO epochs on minibatches (clip, value loss; policy and critic)", "core.ppo.ppo_update")
 batch = {"input_ids": ro.gen.input_ids, "attention_mask": ro.gen.attention_mask, "actions": ro.gen.reply_ids,
          "logprobs": ro.logprobs, "advantages": advantages, "returns": returns, "values": ro.values,
@@ -225,8 +233,8 @@ ro2 = collect_rollout(policy, ref, critic, score_fn, TASK, TOK, prompts, CPU, le
 _, kl2 = per_token_rewards(ro2.scores, ro2.logprobs, ro2.ref_logprobs, ro2.gen.reply_mask, beta=CONFIG.init_beta)
 print(f"       the same prompts: mean R_φ {float(ro2.scores.mean()):.3f}, mean Σ_t KL_t {float(kl2.sum(1).mean()):.3f} "
       "(the policy has left π_ref)")
-print("\n    Four models (note 004): π_θ and V_ψ train, π_ref and R_φ are frozen. llm.rlhf.train_ppo runs this loop,")
-print("    and after each turn updates β from the measured KL (TR-3, lesson 5).")
+say("Four models (note 004): π_θ and V_ψ train, π_ref and R_φ are frozen. llm.rlhf.train_ppo runs this",
+    "loop, and after each turn updates β from the measured KL (TR-3, lesson 5).", blank=True)
 
 # %% Step 5 — RM-6: the loop for a few dozen iterations
 lesson.step("The loop: score and gold reward up, KL bounded",
@@ -240,21 +248,23 @@ table(["iteration", "R_φ (rlhf/score)", "gold", "KL to π_ref", "β", "Σ r_t",
         history[it]["charts/beta"], history[it]["rlhf/shaped_return"], history[it]["losses/explained_variance"],
         history[it]["rlhf/response_length"]] for it in shown], digits=3)
 after = evaluate_policy(policy, TASK, TOK, CONFIG.eval_prompts, seed=1, device=CPU, score_fn=score_fn)
-print(f"\n    {len(history)} iterations × {CONFIG.rollout_batch_size} replies in {run['seconds']:.0f} s. On the same "
-      f"{CONFIG.eval_prompts} test prompts, sampled at temperature 1:")
+say(f"{len(history)} iterations × {CONFIG.rollout_batch_size} replies in {run['seconds']:.0f} s. On the same",
+    f"{CONFIG.eval_prompts} test prompts, sampled at temperature 1:", blank=True)
+print()
 table(["", "mean R_φ", "mean gold", "EOS rate"],
       [["SFT policy (π_ref)", before["score"], before["gold_reward"], before["eos_rate"]],
        ["after PPO", after["score"], after["gold_reward"], after["eos_rate"]]], digits=3)
+print()
 table(["prompt", "SFT reply", "gold", "after PPO", "gold"],
       [[p, show(r0, 28), g0, show(r1, 28), g1] for (p, r0), g0, (_, r1), g1 in
        list(zip(before["samples"], before["golds"], after["samples"], after["golds"]))[:6]], digits=1)
-print(f"\n    R_φ rose by {after['score'] - before['score']:.2f} and the gold reward by "
-      f"{after['gold_reward'] - before['gold_reward']:.2f}. Where the two part, the reward model is wrong")
-print("    (it is small and saw few pairs) and the policy is drawn to its mistakes; the KL term holds that back.")
-print(f"    β follows the KL: halved when it falls below {CONFIG.target_kl:g}/1.5, doubled above "
-      f"1.5 × {CONFIG.target_kl:g} nats (every 3rd")
-print("    iteration, after a warm-up). `python -m llm.pipeline` is the full-size run; llm/README.md shows it, and")
-print("    the same run with β = 0, where the score keeps rising while the gold reward collapses.")
+say(f"R_φ rose by {after['score'] - before['score']:.2f} and the gold reward by",
+    f"{after['gold_reward'] - before['gold_reward']:.2f}. Where the two part, the reward model is wrong (it is",
+    "small and saw few pairs) and the policy is drawn to its mistakes; the KL term holds that back. β follows",
+    f"the KL: halved when it falls below {CONFIG.target_kl:g}/1.5, doubled above 1.5 × {CONFIG.target_kl:g} nats",
+    "(every 3rd iteration, after a warm-up). `python -m llm.pipeline` is the full-size run; llm/README.md",
+    "shows it, and the same run with β = 0, where the score keeps rising while the gold reward collapses.",
+    blank=True)
 
 iterations = range(len(history))
 fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
@@ -291,10 +301,12 @@ print(f"    {ro.prompts[i]!r} →{ro.replies[i]!r}   R_φ = {float(ro.scores[i])
 table(["t", "token", "log π_θ", "log π_ref", "KL_t", "r_t", "V_ψ", "Â_t"],
       [[t, repr(chars[t]), float(ro.logprobs[i, t]), float(ro.ref_logprobs[i, t]), float(kl[i, t]),
         float(rewards[i, t]), float(ro.values[i, t]), float(advantages[i, t])] for t in range(n)], digits=3)
-print(f"\n    Σ_t r_t = {float(rewards[i].sum()):.3f} = R_φ − β Σ_t KL_t = {float(ro.scores[i]):.3f} − "
-      f"{history[-1]['charts/beta']:.3g} × {float(kl[i].sum()):.3f} (a reply with the median KL of {len(prompts)}).")
-print("    The KL is paid where the policy changed its mind, at the tokens where log π_θ and log π_ref differ")
-print("    most: those are the choices PPO made. Â_t is what the value model did not see coming.")
+say(f"Σ_t r_t = {float(rewards[i].sum()):.3f} = R_φ − β Σ_t KL_t = {float(ro.scores[i]):.3f} −",
+    f"{history[-1]['charts/beta']:.3g} × {float(kl[i].sum()):.3f} (a reply with the median KL of {len(prompts)}).",
+    "The KL is paid where the policy changed its mind, at the tokens where log π_θ and log π_ref differ",
+    "most: those are the choices PPO made. Â_t is what the value model did not see coming; before EOS",
+    f"the trained V_ψ expects {float(ro.values[i, n - 1]):.2f}, close to the score {float(ro.scores[i]):.2f} that "
+    "arrives there.", blank=True)
 
 # %% Step 7 — check the note: what does the value model's variance reduction reduce?
 lesson.step("Check the note: the value model and variance (减少方差, note 004)",
@@ -327,11 +339,11 @@ for name, psi in psis.items():
     rows.append([name, float(psi[reply_mask.bool()].std()), variance[name], variance[name] / variance["G_t (no V_ψ)"]])
 table(["Ψ_t", "std of Ψ over tokens", "Var[ĝ_i] (sum over θ)", "relative"], rows, digits=3)
 names = list(psis)
-print(f"\n    {len(prompts)} replies of the trained policy, the same replies in every row. The trained value model")
-print(f"    as a baseline keeps {variance[names[2]] / variance[names[0]]:.0%} of the variance, and GAE "
-      f"{variance[names[3]] / variance[names[0]]:.0%} (at the price of some bias, lesson 7).")
-print("    Its starting point, the reward model read on partial replies, keeps "
-      f"{variance[names[1]] / variance[names[0]]:.0%}: a head start, not yet a baseline.")
+say(f"{len(prompts)} replies of the trained policy, the same replies in every row. The trained value model",
+    f"as a baseline keeps {variance[names[2]] / variance[names[0]]:.0%} of the variance, and GAE",
+    f"{variance[names[3]] / variance[names[0]]:.0%} (at the price of some bias, lesson 7). Its starting point,",
+    "the reward model read on partial replies, keeps",
+    f"{variance[names[1]] / variance[names[0]]:.0%}: a head start, not yet a baseline.", blank=True)
 lesson.check_note(
     "E6",
     evidence=[
