@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from core.kl import categorical_kl, kl_regularized_optimum
 from core.losses import bradley_terry_loss
 from core.preference import dpo_loss, implicit_rewards, ipo_loss, kto_loss, kto_reference_point, preference_margin
-from lessons._common import Lesson, plt, table
+from lessons._common import Lesson, plt, say, table
 
 lesson = Lesson(__doc__)
 f64 = torch.float64
@@ -95,13 +95,14 @@ for i in range(4):
                  -math.log(1 / (1 + math.exp(-beta * hi))), float(grad_w[i]), -beta / (1 + math.exp(beta * hi))])
 table(["pro_log_diff", "pro_log_diff_ref", "h", "dpo_loss", "BT, implicit", "by hand", "∂L/∂log π(y_w)",
        "−βσ(−βh)"], rows)
-print(f"\n    ∂L/∂log π(y_l) = {[round(float(v), 4) for v in grad_l]}: the opposite of ∂L/∂log π(y_w), pair by pair.")
-print(f"    β = {beta}. pro_log_diff = log π_θ(y_w) − log π_θ(y_l), pro_log_diff_ref the same under π_ref, and")
-print("    h = pro_log_diff − pro_log_diff_ref. The loss is −log σ(βh), the Bradley–Terry loss of lesson 10 with")
-print("    the implicit rewards β log π_θ/π_ref as scores (column 'BT, implicit': bradley_terry_loss of")
-print("    implicit_rewards). Its gradient raises log π(y_w) and lowers log π(y_l) by the same weight βσ(−βh):")
-print("    large when the policy still ranks the pair the wrong way (row 3), small once it agrees with the label")
-print("    (row 4). Row 2: the policy is π_ref, h = 0, the loss is log 2.")
+say(f"∂L/∂log π(y_l) = {[round(float(v), 4) for v in grad_l]}: the opposite of ∂L/∂log π(y_w), pair by pair.",
+    blank=True)
+say(f"β = {beta}. pro_log_diff = log π_θ(y_w) − log π_θ(y_l), pro_log_diff_ref the same under π_ref, and",
+    "h = pro_log_diff − pro_log_diff_ref. The loss is −log σ(βh), the Bradley–Terry loss of lesson 10 with",
+    "the implicit rewards β log π_θ/π_ref as scores (column 'BT, implicit': bradley_terry_loss of",
+    "implicit_rewards). Its gradient raises log π(y_w) and lowers log π(y_l) by the same weight βσ(−βh):",
+    "large when the policy still ranks the pair the wrong way (row 3), small once it agrees with the label",
+    "(row 4). Row 2: the policy is π_ref, h = 0, the loss is log 2.")
 
 # %% Step 2 — DP-1 on an enumerable toy: DPO's minimiser is the RM-2 optimum
 lesson.step("DPO reaches π* ∝ π_ref·exp(r/β) without a reward model (不再训练奖励模型)",
@@ -141,12 +142,12 @@ table(["reply", "r(y)", "π_ref", "π* (RM-2)", "DPO exact", *[f"n = {n}" for n 
         *[float(samples[n][i]) for n in sizes], float(implicit[i] - REWARD[i])] for i in range(K)], digits=4)
 gap = float((pi_exact - star).abs().max())
 log_z = float(torch.logsumexp(REF + REWARD / BETA, 0))
-print(f"\n    β = {BETA}. Exact expected loss: max |π_DPO − π*| = {gap:.1e}; the implicit reward equals r up to one")
-print(f"    constant (−β log Z = {-BETA * log_z:.4f}), the offset Bradley–Terry cannot see (lesson 10).")
-print("    From finite data the minimiser is noisy and converges as the dataset grows: max |π − π*| =")
-print("    " + ", ".join(f"{float((samples[n] - star).abs().max()):.3f}" for n in sizes) + f" for n = {sizes}.")
-print("    No reward model was trained and no reply was sampled from π_θ: the preference pairs and two models")
-print("    (model_gen, model_gen_ref) were enough.")
+say(f"β = {BETA}. Exact expected loss: max |π_DPO − π*| = {gap:.1e}; the implicit reward equals r up to one",
+    f"constant (−β log Z = {-BETA * log_z:.4f}), the offset Bradley–Terry cannot see (lesson 10). From finite",
+    "data the minimiser is noisy and converges as the dataset grows: max |π − π*| =",
+    ", ".join(f"{float((samples[n] - star).abs().max()):.3f}" for n in sizes) + f" for n = {sizes}.",
+    "No reward model was trained and no reply was sampled from π_θ: the preference pairs and two models",
+    "(model_gen, model_gen_ref) were enough.", blank=True)
 
 # %% Step 3 — check the note: does DPO compute a KL?
 lesson.step("Check the note: what DPO's loss is (计算KL散度?)",
@@ -208,13 +209,12 @@ for step in checkpoints:
     d, i = runs["DPO"][0][step], runs["IPO"][0][step]
     rows.append([step, d[0], d[1], d[2], i[0], i[1], i[2]])
 table(["step", "DPO: h", "DPO: KL", "DPO: π(y_l)", "IPO: h", "IPO: KL", "IPO: π(y_l)"], rows)
-print(f"\n    One pair, y_w = {REPLIES[1]!r} ≻ y_l = {REPLIES[4]!r}, labelled the same way every time (a deterministic")
-print(f"    preference). Gradient descent with step {lr}, β = {BETA}, τ = {TAU}. IPO settles at h = 1/(2τ) = "
-      f"{1 / (2 * TAU):g} within ten")
-print("    steps. DPO's margin keeps growing, by about the same amount for every tenfold more steps (h ~ log t);")
-print("    π(y_l) heads to 0 and the KL to π_ref grows with it, however small the loss already is. Nothing in")
-print("    DPO's loss holds the policy near π_ref once the data is deterministic; IPO's τ does (larger τ,")
-print("    smaller margin).")
+say(f"One pair, y_w = {REPLIES[1]!r} ≻ y_l = {REPLIES[4]!r}, labelled the same way every time (a",
+    f"deterministic preference). Gradient descent with step {lr}, β = {BETA}, τ = {TAU}. IPO settles at",
+    f"h = 1/(2τ) = {1 / (2 * TAU):g} within ten steps. DPO's margin keeps growing, by about the same amount for",
+    "every tenfold more steps (h ~ log t); π(y_l) heads to 0 and the KL to π_ref grows with it, however",
+    "small the loss already is. Nothing in DPO's loss holds the policy near π_ref once the data is",
+    "deterministic; IPO's τ does (larger τ, smaller margin).", blank=True)
 
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
 steps = range(1, checkpoints[-1] + 1)
@@ -248,8 +248,9 @@ for name, ref_mm in (("policy above π_ref on average", torch.tensor([-7.5, -7.0
     z0 = kto_reference_point(policy_mm, ref_mm)
     rows.append([name, float((policy_mm - ref_mm).detach().mean()), float(z0), z0.requires_grad])
 table(["mismatched batch", "mean log π_θ/π_ref", "z₀ = max(0, ·)", "z₀ carries a gradient"], rows)
-print("\n    The mean log-ratio is a k1 estimate of KL[π_θ‖π_ref] (lesson 8), and k1 can be negative; a KL cannot,")
-print("    so z₀ is clamped at 0. It is a baseline for judging, not something to optimise: detached.")
+say("The mean log-ratio is a k1 estimate of KL[π_θ‖π_ref] (lesson 8), and k1 can be negative; a KL cannot,",
+    "so z₀ is clamped at 0. It is a baseline for judging, not something to optimise: detached.", blank=True)
+print()
 
 z0, beta, lam_d, lam_u = 0.3, 1.0, 1.0, 1.5
 log_ratio = torch.tensor([4.0, 0.3, -1.0, 2.0, 0.3, -3.0], dtype=f64, requires_grad=True)  # r_θ = log π_θ/π_ref
@@ -264,10 +265,11 @@ for i in range(6):
     rows.append(["desirable" if good else "undesirable", r, v, (lam_d if good else lam_u) - v, float(loss[i]),
                  float(grad[i])])
 table(["label", "r_θ", "v by hand", "λ_y − v by hand", "kto_loss", "∂L/∂r_θ"], rows)
-print(f"\n    z₀ = {z0}, β = {beta}, λ_D = {lam_d}, λ_U = {lam_u}. A desirable reply gains when r_θ rises above z₀,")
-print("    an undesirable one when r_θ falls below it; the sigmoid saturates, so replies already far on the right")
-print("    side hardly pull any more (rows 1 and 6), as in prospect theory, where the value of gains and losses")
-print("    levels off.")
+say(f"z₀ = {z0}, β = {beta}, λ_D = {lam_d}, λ_U = {lam_u}. A desirable reply gains when r_θ rises above z₀,",
+    "an undesirable one when r_θ falls below it; the sigmoid saturates, so replies already far on the right",
+    "side hardly pull any more (rows 1 and 6), as in prospect theory, where the value of gains and losses",
+    "levels off.", blank=True)
+print()
 
 # The weights: with n_D desirable and n_U undesirable examples, each class pushes with n·λ·β·σ′.
 n_d, n_u = 20, 80
@@ -279,9 +281,9 @@ for lam_d_, lam_u_ in ((1.0, 1.0), (4.0, 1.0), (1.0, 0.25)):
                                    .sum(), r_theta)
     rows.append([lam_d_, lam_u_, (lam_d_ * n_d) / (lam_u_ * n_u), float(-g_all[:n_d].sum()), float(g_all[n_d:].sum())])
 table(["λ_D", "λ_U", "λ_D n_D / (λ_U n_U)", "push up, desirable", "push down, undesirable"], rows, digits=3)
-print(f"\n    {n_d} desirable and {n_u} undesirable examples, at the start (r_θ = 0 = z₀). With equal weights the")
-print("    undesirable class pushes four times as hard; the KTO paper sets the weights so that λ_D n_D ≈ λ_U n_U")
-print("    (it keeps the ratio in [1, 4/3]), and the two kinds of feedback count alike.")
+say(f"{n_d} desirable and {n_u} undesirable examples, at the start (r_θ = 0 = z₀). With equal weights the",
+    "undesirable class pushes four times as hard; the KTO paper sets the weights so that λ_D n_D ≈ λ_U n_U",
+    "(it keeps the ratio in [1, 4/3]), and the two kinds of feedback count alike.", blank=True)
 
 fig, ax = plt.subplots(figsize=(6, 3.8))
 grid = torch.linspace(-6, 6, 241, dtype=f64)
@@ -296,7 +298,8 @@ ax.set_ylabel("value v (the loss is λ_y − v)")
 ax.set_title("DP-3: KTO's value function")
 ax.legend(fontsize=7, loc="center right")
 lesson.save(fig, "kto_value.png")
-print("\n    The same three losses train the small language model: python -m llm.pipeline --algo dpo (or ipo, kto).")
+say("The same three losses train the small language model: python -m llm.pipeline --algo dpo (or ipo,",
+    "kto).", blank=True)
 
 # %%
 lesson.done()
