@@ -56,7 +56,7 @@ from core.advantages import group_advantages, informative_groups, overlong_penal
 from core.kl import kl_estimate
 from core.losses import clipped_surrogate, reduce_loss
 from core.ppo import Evaluation, PPOConfig, ppo_update
-from lessons._common import Lesson, plt, table
+from lessons._common import Lesson, plt, say, table
 from llm.config import ModelArgs, model_config
 from llm.model import GPT
 from llm.rlhf import collect_rollout, gold_scorer
@@ -78,7 +78,7 @@ grpo = group_advantages(rewards)
 by_hand = [(r - float(rewards.mean())) / (float(rewards.std()) + 1e-4) for r in rewards.tolist()]
 print(f"    rewards of a group of G = 6 replies: {rewards.tolist()}")
 print(f"    GRPO  group_advantages(r)                      {fmt_list(grpo)}")
-print(f"          (r − mean)/(std + 1e-4) by hand          {fmt_list(by_hand)}   (std: the unbiased one)")
+print(f"          (r − mean)/(std + 1e-4) by hand          {fmt_list(by_hand)}   (unbiased std)")
 print(f"    Dr.   group_advantages(r, scale_by_std=False)  {fmt_list(group_advantages(rewards, scale_by_std=False))}")
 G = 6
 rows = []
@@ -88,10 +88,10 @@ for k in range(G + 1):  # k of the G replies are right (reward 1), the rest wron
     rows.append([f"{k} of {G}", float(a_grpo[0]) if k else "—", float(a_grpo[-1]) if k < G else "—",
                  float(a_dr[0]) if k else "—", float(a_dr[-1]) if k < G else "—"])
 table(["right", "GRPO: Â right", "GRPO: Â wrong", "Dr. GRPO: Â right", "Dr. GRPO: Â wrong"], rows, digits=3)
-print("\n    0 of 6 or 6 of 6: every Â is 0, the group carries no signal (all right is the note's 全对 case).")
-print("    The std makes the lone right answer of a hard prompt (1 of 6) worth Â = 2.04 but a right answer")
-print("    of a 3-of-6 prompt 0.91: groups that barely differ are scaled up. Dr. GRPO keeps r − mean, so a")
-print("    right answer is worth more the harder the prompt, without the std's blow-up near 0 and 6.")
+say("0 of 6 or 6 of 6: every Â is 0, the group carries no signal (all right is the note's 全对 case).",
+    "The std makes the lone right answer of a hard prompt (1 of 6) worth Â = 2.04 but a right answer of a",
+    "3-of-6 prompt 0.91: groups that barely differ are scaled up. Dr. GRPO keeps r − mean, so a right",
+    "answer is worth more the harder the prompt, without the std's blow-up near 0 and 6.", blank=True)
 
 # %% Step 2 — GR-2: the GRPO objective, token by token
 BETA, EPS = 0.04, 0.2
@@ -118,15 +118,15 @@ for i in range(4):
 print(f"    G = 4 replies of lengths {lengths.tolist()}, ε = {EPS}, β = {BETA}, KL by k3 (lesson 8):")
 print(f"    reduce_loss(clipped_surrogate − β·k3, mask, mode='seq_mean') = {float(objective):.10f}")
 print(f"    plain loop over replies and tokens                           = {loop:.10f}")
-print("\n    In core.ppo this is PPOConfig(loss_reduction='seq_mean', ref_kl_coef=β, ref_kl_estimator='k3',")
-print("    vf_coef=0): the PPO update of lesson 9 with the group's Â and no critic. The KL to π_ref sits in the")
-print("    loss as k3, not in the reward as k1 as in PPO-RLHF (lesson 11; note 004: GRPO是使用KL3训练的).")
+say("In core.ppo this is PPOConfig(loss_reduction='seq_mean', ref_kl_coef=β, ref_kl_estimator='k3',",
+    "vf_coef=0): the PPO update of lesson 9 with the group's Â and no critic. The KL to π_ref sits in the",
+    "loss as k3, not in the reward as k1 as in PPO-RLHF (lesson 11; note 004: GRPO是使用KL3训练的).", blank=True)
 
 # %% Step 3 — GR-3, DA-3, DR-1: the three reductions and the weight of one token
 lesson.step("Who pays for a long wrong answer? Per-token weights of the three reductions",
-            "seq_mean   (GRPO, GR-2):    (1/G) Σ_i (1/|o_i|) Σ_t ℓ_{i,t}    weight of a token = 1/(G·|o_i|)",
-            "token_mean (DAPO, DA-3):    (1/Σ_i |o_i|) Σ_i Σ_t ℓ_{i,t}      weight = 1/Σ_i |o_i|",
-            "constant   (Dr. GRPO, DR-1): (1/(G·C)) Σ_i Σ_t ℓ_{i,t}          weight = 1/(G·C)",
+            "seq_mean   (GRPO, GR-2):     (1/G) Σ_i (1/|o_i|) Σ_t ℓ_it    a token weighs 1/(G·|o_i|)",
+            "token_mean (DAPO, DA-3):     (1/Σ_i |o_i|) Σ_i Σ_t ℓ_it      a token weighs 1/Σ_i |o_i|",
+            "constant   (Dr. GRPO, DR-1): (1/(G·C)) Σ_i Σ_t ℓ_it          a token weighs 1/(G·C)",
             ids=["GR-3", "DA-3", "DR-1"])
 lengths = torch.tensor([2, 4, 8, 16])
 T = int(lengths.max())
@@ -145,12 +145,12 @@ table(["|o_i|", "seq_mean: token", "reply", "token_mean: token", "reply", f"cons
         float(weights["token_mean"][i] * n), float(weights["constant"][i]), float(weights["constant"][i] * n)]
        for i, n in enumerate(lengths)], digits=4)
 ratio = float(weights["seq_mean"][0] / weights["seq_mean"][-1])
-print(f"\n    Â = {advantage} for all four (all wrong). ∂loss/∂log π > 0 pushes the token's probability down.")
-print("    Under seq_mean each reply carries the same total, spread over its tokens: a token of the 2-token")
-print(f"    answer is pushed down {ratio:.0f}× harder than a token of the 16-token one. Every token of a long wrong")
-print("    answer, the ones that made it long included, is punished less, and with Â > 0 a short right answer")
-print("    is rewarded more per token: the length bias (GRPO倾向更长的token). token_mean and constant give")
-print("    every token the same weight; the constant also does not change with the batch's lengths.")
+say(f"Â = {advantage} for all four (all wrong). ∂loss/∂log π > 0 pushes the token's probability down.",
+    "Under seq_mean each reply carries the same total, spread over its tokens: a token of the 2-token",
+    f"answer is pushed down {ratio:.0f}× harder than a token of the 16-token one. Every token of a long wrong",
+    "answer, the ones that made it long included, is punished less, and with Â > 0 a short right answer",
+    "is rewarded more per token: the length bias (GRPO倾向更长的token). token_mean and constant give",
+    "every token the same weight; the constant also does not change with the batch's lengths.", blank=True)
 
 fig, ax = plt.subplots(figsize=(6.5, 3.8))
 sizes = torch.arange(1, 33).double()
@@ -187,13 +187,12 @@ for ratio in (0.7, 0.8, 0.9, 1.0, 1.15, 1.2, 1.25, 1.28, 1.35):
     rows.append([ratio, sym_pos[1], asym_pos[1], sym_neg[1], asym_neg[1]])
 table(["ρ", "A>0: ∂/∂log π, ε = 0.2", f"A>0: ε_high = {EPS_HIGH}", "A<0: ε = 0.2", f"A<0: ε_high = {EPS_HIGH}"], rows,
       digits=3)
-print(f"\n    ε_low = {EPS_LOW}, ε_high = {EPS_HIGH} (DAPO's values). With A > 0 a token keeps its gradient up to")
-print(f"    ρ = {1 + EPS_HIGH} instead of {1 + EPS_LOW}; below 1 − ε_low nothing changes, and A < 0 is untouched "
-      "(its clip is at 1 − ε_low).")
-print("    Why it matters: the upper clip caps a token's new probability at π_old·(1 + ε). A likely token")
-print("    (π_old = 0.9) is capped at 1 either way, but an unlikely one (π_old = 0.01) can reach 0.0128 instead")
-print("    of 0.012 per update: rare tokens that turned out good can grow, and the policy's entropy falls")
-print("    less quickly (防止熵衰减).")
+say(f"ε_low = {EPS_LOW}, ε_high = {EPS_HIGH} (DAPO's values). With A > 0 a token keeps its gradient up to",
+    f"ρ = {1 + EPS_HIGH} instead of {1 + EPS_LOW}; below 1 − ε_low nothing changes, and A < 0 is untouched (its clip",
+    "is at 1 − ε_low). Why it matters: the upper clip caps a token's new probability at π_old·(1 + ε). A",
+    "likely token (π_old = 0.9) is capped at 1 either way, but an unlikely one (π_old = 0.01) can reach",
+    "0.0128 instead of 0.012 per update: rare tokens that turned out good can grow, and the policy's",
+    "entropy falls less quickly (防止熵衰减).", blank=True)
 
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
 grid = torch.linspace(0.5, 1.6, 221, dtype=f64)
@@ -212,7 +211,8 @@ lesson.save(fig, "clip_higher.png")
 # %% Step 5 — DA-2: dynamic sampling
 G = 8
 lesson.step("Dynamic sampling (动态采样, 对采样的数据做过滤)",
-            "keep a group only if 0 < #correct < G;   P(dropped) = p^G + (1 − p)^G for a prompt of accuracy p",
+            "keep a group only if 0 < #correct < G",
+            "a prompt the policy gets right with probability p: P(dropped) = p^G + (1 − p)^G",
             ids=["DA-2"])
 g = lesson.generator(5)
 n_groups = 20_000 if lesson.long else 4000
@@ -228,10 +228,10 @@ for p in accuracies:
     rows.append([p, share, theory, 1 / (1 - share), zero_adv])
 table(["accuracy p", "share dropped", "p^G + (1−p)^G", "groups sampled per kept group", "max |Â| of dropped"], rows,
       digits=3)
-print(f"\n    G = {G}, {n_groups} simulated groups per p. The dropped groups have Â = 0 for every reply: they add")
-print("    nothing to the gradient but, kept in the batch, would count in its average and shrink the update.")
-print("    On prompts the policy already solves (p → 1, the note's 全对) or cannot solve (p → 0), most groups")
-print("    are dropped, so DAPO samples more prompts until the batch is full of groups that teach something.")
+say(f"G = {G}, {n_groups} simulated groups per p. The dropped groups have Â = 0 for every reply: they add",
+    "nothing to the gradient but, kept in the batch, would count in its average and shrink the update.",
+    "On prompts the policy already solves (p → 1, the note's 全对) or cannot solve (p → 0), most groups are",
+    "dropped, so DAPO samples more prompts until the batch is full of groups that teach something.", blank=True)
 
 fig, ax = plt.subplots(figsize=(6, 3.6))
 fine = torch.linspace(0, 1, 201, dtype=f64)
@@ -259,14 +259,13 @@ table(["|y| (tokens)", "overlong_penalty", "by hand", "zone"],
       [[int(n), float(v), by_hand(int(n)),
         "no penalty" if n <= soft else ("linear ramp" if n <= L_MAX else "over the limit")]
        for n, v in zip(points, penalty)], digits=5)
-print(f"\n    L_max = {L_MAX}, L_cache = {L_CACHE} (DAPO's values): free up to {soft} tokens, then a ramp from 0 to −1")
 joints = overlong_penalty(torch.tensor([soft, soft + 1, L_MAX, L_MAX + 1]), L_MAX, L_CACHE).tolist()
-print(f"    over the last {L_CACHE}, and −1 beyond the limit. Continuous at both joints: {joints[0]:.5f} → "
-      f"{joints[1]:.5f} from")
-print(f"    {soft} to {soft + 1} tokens, {joints[2]:.3f} → {joints[3]:.3f} from {L_MAX} to {L_MAX + 1}: "
-      "one more token never costs more than 1/L_cache.")
-print("    A reply cut off at the limit would otherwise get the verifier's 'wrong' for what may be a right but")
-print("    unfinished answer (reward noise); the ramp teaches the policy to finish before the limit instead.")
+say(f"L_max = {L_MAX}, L_cache = {L_CACHE} (DAPO's values): free up to {soft} tokens, then a ramp from 0 to",
+    f"−1 over the last {L_CACHE}, and −1 beyond the limit. Continuous at both joints: {joints[0]:.5f} →",
+    f"{joints[1]:.5f} from {soft} to {soft + 1} tokens, {joints[2]:.3f} → {joints[3]:.3f} from {L_MAX} to {L_MAX + 1}:",
+    "one more token never costs more than 1/L_cache.", blank=True)
+say("A reply cut off at the limit would otherwise get the verifier's 'wrong' for what may be a right but",
+    "unfinished answer (reward noise); the ramp teaches the policy to finish before the limit instead.")
 
 fig, ax = plt.subplots(figsize=(6, 3.4))
 lengths_grid = torch.arange(12000, 24001, 16)
@@ -342,13 +341,13 @@ table(["rollout of 256 replies", "seconds (best of runs)", "reference weights in
       [["with π_ref", best["with π_ref"], f"{n_params:,} parameters, {4 * n_params / 1e6:.1f} MB (float32)"],
        ["without (β = 0)", best["without (β = 0)"], "none"]], digits=3)
 saved = 1 - best["without (β = 0)"] / best["with π_ref"]
-print("\n    Without the KL term the rollout skips the reference's forward pass over every sampled reply")
-print(f"    ({saved:.0%} of this rollout's time; generation is the rest) and never loads a second copy of the")
-print("    weights: for a 7-billion-parameter policy in bf16, 14 GB of memory. With ref=None, collect_rollout")
-print("    fills the reference log-probs with the policy's own, so the KL is exactly 0.")
-print("    Dropping it fits long-reasoning RL with a verifier, where the policy is meant to move far from the SFT")
-print("    model. With a learned reward model it is the KL that keeps the policy where the reward model is right")
-print("    (lesson 10, step 5; the β = 0 run in llm/README.md).")
+say("Without the KL term the rollout skips the reference's forward pass over every sampled reply",
+    f"({saved:.0%} of this rollout's time; generation is the rest) and never loads a second copy of the",
+    "weights: for a 7-billion-parameter policy in bf16, 14 GB of memory. With ref=None, collect_rollout",
+    "fills the reference log-probs with the policy's own, so the KL is exactly 0.", blank=True)
+say("Dropping it fits long-reasoning RL with a verifier, where the policy is meant to move far from the SFT",
+    "model. With a learned reward model it is the KL that keeps the policy where the reward model is right",
+    "(lesson 10, step 5; the β = 0 run in llm/README.md).")
 
 # %% Step 8 — GRPO, DAPO and Dr. GRPO on a bandit of answers with lengths
 lesson.step("The length bias in training: a bandit of answers (跟长度有关,会使得模型倾向于生成更长的文本)",
@@ -424,17 +423,16 @@ for it in (ITERATIONS // 6, ITERATIONS // 3, ITERATIONS - 1):
 table(["iteration", "method", "P(right)", "E[length | wrong]", "E[length | right]"], rows, digits=2)
 grpo_wrong = float(summary(results["GRPO"][0])[1][-1])
 grpo_right = float(summary(results["GRPO"][0])[2][-1])
-print("\n    Expected lengths under π, in tokens (20 at the uniform start). Under GRPO the wrong answers drift")
-print(f"    long ({grpo_wrong:.1f}) and the right ones short ({grpo_right:.1f}): the same Â, spread over 32 tokens "
-      "instead of 8,")
-print("    pushes a long answer's choice a quarter as hard. Under DAPO's token-level loss and Dr. GRPO's constant")
-print("    the two wrong answers are pushed alike, and so are the two right ones: their lengths stay put.")
-print(f"    DAPO kept only informative groups: it sampled {results['DAPO'][1]} groups to fill {ITERATIONS * GROUPS} "
-      "slots, most of them")
-print("    late, when nearly every group of this one prompt is all right (a real batch would draw other prompts).")
-print("    Dr. GRPO learns more slowly at this step size: without the std and with C = 32 its steps are")
-print("    smaller, its direction no worse.")
-print("    The real runs: python -m llm.pipeline --task arithmetic --algo grpo (or dapo, dr_grpo).")
+say("Expected lengths under π, in tokens (20 at the uniform start). Under GRPO the wrong answers drift",
+    f"long ({grpo_wrong:.1f}) and the right ones short ({grpo_right:.1f}): the same Â, spread over 32 tokens instead",
+    "of 8, pushes a long answer's choice a quarter as hard. Under DAPO's token-level loss and Dr. GRPO's",
+    "constant the two wrong answers are pushed alike, and so are the two right ones: their lengths stay put.",
+    f"DAPO kept only informative groups: it sampled {results['DAPO'][1]} groups to fill {ITERATIONS * GROUPS} slots, "
+    "most of them late,",
+    "when nearly every group of this one prompt is all right (a real batch would draw other prompts).",
+    "Dr. GRPO learns more slowly at this step size: without the std and with C = 32 its steps are smaller,",
+    "its direction no worse.", blank=True)
+say("The real runs: python -m llm.pipeline --task arithmetic --algo grpo (or dapo, dr_grpo).")
 
 fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
 for name in methods:
