@@ -32,9 +32,9 @@ Run:  python -m lessons run 12 [--step] [--long]
 Deviations from the papers
     One prompt and six enumerable replies; log π(y|x) of a reply is one number (a language
     model sums its tokens' log-probabilities, IS-2). Preference pairs are drawn from π_ref and
-    labelled by Bradley–Terry on a known reward with temperature 1. Steps 2 and 4 minimise the
-    exact expected loss over every pair (Adam, plain gradient descent for step 4's dynamics);
-    step 2 also fits finite samples. KTO's reference point is given as a batch of mismatched
+    labelled by Bradley–Terry on a known reward with temperature 1. Step 2 minimises the exact
+    expected loss over every pair with Adam, and also fits finite samples; step 4 follows plain
+    gradient descent on one pair, to show the losses' own pull. KTO's reference point is given as a batch of mismatched
     log-ratios rather than built from a dataset; the weights follow the KTO paper's rule
     λ_D n_D ≈ λ_U n_U.
 """
