@@ -256,7 +256,7 @@ table(["", "mean R_φ", "mean gold", "EOS rate"],
        ["after PPO", after["score"], after["gold_reward"], after["eos_rate"]]], digits=3)
 print()
 table(["prompt", "SFT reply", "gold", "after PPO", "gold"],
-      [[p, show(r0, 28), g0, show(r1, 28), g1] for (p, r0), g0, (_, r1), g1 in
+      [[p, show(r0), g0, show(r1), g1] for (p, r0), g0, (_, r1), g1 in
        list(zip(before["samples"], before["golds"], after["samples"], after["golds"]))[:6]], digits=1)
 say(f"R_φ rose by {after['score'] - before['score']:.2f} and the gold reward by",
     f"{after['gold_reward'] - before['gold_reward']:.2f}. Where the two part, the reward model is wrong (it is",
@@ -339,19 +339,21 @@ for name, psi in psis.items():
     rows.append([name, float(psi[reply_mask.bool()].std()), variance[name], variance[name] / variance["G_t (no V_ψ)"]])
 table(["Ψ_t", "std of Ψ over tokens", "Var[ĝ_i] (sum over θ)", "relative"], rows, digits=3)
 names = list(psis)
+start_share = variance[names[1]] / variance[names[0]]
 say(f"{len(prompts)} replies of the trained policy, the same replies in every row. The trained value model",
     f"as a baseline keeps {variance[names[2]] / variance[names[0]]:.0%} of the variance, and GAE",
     f"{variance[names[3]] / variance[names[0]]:.0%} (at the price of some bias, lesson 7). Its starting point,",
-    "the reward model read on partial replies, keeps",
-    f"{variance[names[1]] / variance[names[0]]:.0%}: a head start, not yet a baseline.", blank=True)
+    "the reward model read on partial replies,",
+    f"keeps {start_share:.0%}: a head start on what is good, not yet a baseline." if start_share <= 1 else
+    f"raises it to {start_share:.0%}: as a baseline it is worse than none until it is trained.", blank=True)
 lesson.check_note(
     "E6",
     evidence=[
         f"Scoring the same {len(prompts)} replies twice with R_φ gives the same numbers (largest difference "
         f"{float((rescored - ro.scores).abs().max()):.1e}): the reward model is a deterministic function; there is "
         "no variance in its computation to reduce.",
-        f"Var[ĝ_i] of the policy gradient: {variance[names[0]]:.3g} from the reward-to-go alone, "
-        f"{variance[names[2]]:.3g} with the trained value model as a baseline, which leaves the expected gradient "
+        f"Var[ĝ_i] of the policy gradient: {variance[names[0]]:,.0f} from the reward-to-go alone, "
+        f"{variance[names[2]]:,.0f} with the trained value model as a baseline, which leaves the expected gradient "
         "unchanged (lesson 2: a baseline that does not depend on the action keeps it).",
         f"The variance comes from sampling: which tokens were drawn, what they cost in KL, and a score spread of "
         f"{float(ro.scores.std()):.2f} across replies. V_ψ predicts the expected return of each partial reply, so "
