@@ -284,9 +284,10 @@ lesson.check_note(
         f"Let the judge speak alone (β → 0) and the policy goes wherever R_φ points, here to its blind spot "
         f"(gold {sweep[0]['gold']:.2f}); a moderate β holds it near π_ref, where R_φ was trained.",
     ],
-    conclusion="The reward model judges (评审): it says which replies are better. π_ref only anchors: the KL "
-               "term keeps the policy close to it so that it keeps what it knew (災難性遺忘) and stays where the "
-               "reward model can be trusted. Closeness to π_ref is a constraint paid for with β, not the goal.",
+    conclusion="The reward model is the judge (評審, the role note 000 gives π_ref): it says which replies are "
+               "better. π_ref only anchors: the KL term keeps the policy close to it so that it keeps what it knew "
+               "(災難性遺忘) and stays where the reward model can be trusted. Closeness to π_ref is a constraint "
+               "paid for with β, not the goal.",
 )
 
 # %% Step 7 — RM-4: with β = 0 the gradient is the reward's gradient
