@@ -91,8 +91,9 @@ for k in range(G + 1):  # k of the G replies are right (reward 1), the rest wron
 table(["right", "GRPO: Â right", "GRPO: Â wrong", "Dr. GRPO: Â right", "Dr. GRPO: Â wrong"], rows, digits=3)
 say("0 of 6 or 6 of 6: every Â is 0, the group carries no signal (all right is the note's 全对 case).",
     "The std makes the lone right answer of a hard prompt (1 of 6) worth Â = 2.04 but a right answer of a",
-    "3-of-6 prompt 0.91: groups that barely differ are scaled up. Dr. GRPO keeps r − mean, so a right",
-    "answer is worth more the harder the prompt, without the std's blow-up near 0 and 6.", blank=True)
+    "3-of-6 prompt 0.91: dividing by the std scales up groups whose rewards barely differ. Dr. GRPO keeps",
+    "r − mean: a right answer still counts more on a harder prompt, but no group is scaled up for being",
+    "nearly uniform.", blank=True)
 
 # %% Step 2 — GR-2: the GRPO objective, token by token
 BETA, EPS = 0.04, 0.2
@@ -190,10 +191,10 @@ table(["ρ", "A>0: ∂/∂log π, ε = 0.2", f"A>0: ε_high = {EPS_HIGH}", "A<0:
       digits=3)
 say(f"ε_low = {EPS_LOW}, ε_high = {EPS_HIGH} (DAPO's values). With A > 0 a token keeps its gradient up to",
     f"ρ = {1 + EPS_HIGH} instead of {1 + EPS_LOW}; below 1 − ε_low nothing changes, and A < 0 is untouched (its clip",
-    "is at 1 − ε_low). Why it matters: the upper clip caps a token's new probability at π_old·(1 + ε). A",
-    "likely token (π_old = 0.9) is capped at 1 either way, but an unlikely one (π_old = 0.01) can reach",
-    "0.0128 instead of 0.012 per update: rare tokens that turned out good can grow, and the policy's",
-    "entropy falls less quickly (防止熵衰减).", blank=True)
+    "is at 1 − ε_low). Why it matters: a token with A > 0 stops being pushed once its probability passes",
+    "π_old·(1 + ε_high). A likely token (π_old = 0.9) meets the ceiling of 1 first either way, but an",
+    "unlikely one (π_old = 0.01) is pushed up to 0.0128 instead of 0.012 per update: rare tokens that",
+    "turned out good can grow faster, and the policy's entropy falls less quickly (防止熵衰减).", blank=True)
 
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
 grid = torch.linspace(0.5, 1.6, 221, dtype=f64)
