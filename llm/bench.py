@@ -49,7 +49,7 @@ class BenchConfig:
     """Model depth (the pipeline's default)."""
     n_embd: int = 144
     """Model width (the pipeline's default)."""
-    threads: int = 2
+    threads: int = 1
     """CPU threads for torch."""
 
 

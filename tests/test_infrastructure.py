@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 from dataclasses import dataclass
@@ -145,3 +146,17 @@ class _Child(PPOConfig):
 def test_field_docs_include_base_classes():
     docs = field_docs(_Child)
     assert docs["extra"] == "An extra field." and "clip_coef" in docs
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["envs.train", "envs.evaluate", "envs.bench", "envs.bench_train", "envs.flappy_bird.play",
+     "llm.pipeline", "llm.sample", "llm.bench"],
+)
+def test_every_command_prints_its_help(module, capsys):
+    # argparse %-formats help text: a stray % in a field docstring used to crash --help
+    main = importlib.import_module(module).main
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    assert "usage:" in capsys.readouterr().out
