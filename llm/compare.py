@@ -57,13 +57,13 @@ class CompareConfig:
     """'auto', 'cpu' or 'cuda'."""
     threads: int = 1
     """CPU threads for torch (1 is fastest on a busy 2-core machine)."""
-    ppo_target_kls: str = "3,1.5"
+    ppo_target_kls: str = "3,1"
     """KL targets (nats per reply) of the PPO runs, comma-separated; the first is the default."""
-    ppo_iterations: int = 50
+    ppo_iterations: int = 40
     """PPO iterations per run (the pipeline's default is 80; fewer keep the comparison short)."""
-    pref_betas: str = "0.1,0.03,0.3"
+    pref_betas: str = "1,0.3,3"
     """β of the DPO and KTO runs, comma-separated; the first is the default."""
-    ipo_taus: str = "0.05,0.02,0.2"
+    ipo_taus: str = "0.1,0.03,0.3"
     """τ of the IPO runs, comma-separated; the first is the default."""
     progress: bool = False
     """Show the pipeline's progress bars."""

@@ -134,7 +134,8 @@ class PPOArgs(ModelArgs):
     eval_prompts: int = 256
     """Prompts for the before/after evaluation of the gold reward."""
     tag: str = ""
-    """Suffix of this PPO run's outputs (ppo-TAG.pt, metrics-TAG.jsonl), to keep several runs."""
+    """Suffix of the last stage's outputs (ppo-TAG.pt and metrics-TAG.jsonl; dpo-TAG.pt and
+    metrics-dpo-TAG.jsonl; ...), to keep several runs of a method side by side."""
 
 
 @dataclass

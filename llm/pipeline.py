@@ -83,15 +83,21 @@ def _print_start(
         f"{tok.vocab_size}; reply budget {task.max_new_tokens} tokens",
         file=sys.stderr,
     )
-    print(
-        f"[llm.pipeline] sft: {config.sft_steps} steps × {config.sft_batch_size}; "
-        f"rm: {config.rm_steps} steps × {config.rm_batch_size} pairs; "
-        f"ppo: {config.ppo_iterations} iterations × {config.rollout_batch_size} replies, "
-        f"{config.ppo_epochs} epochs, reward={config.reward_source}, "
-        f"β {config.kl_kind} from {config.init_beta}, target KL {config.target_kl}, "
-        f"estimator {config.kl_estimator}",
-        file=sys.stderr,
-    )
+    sft = f"[llm.pipeline] sft: {config.sft_steps} steps × {config.sft_batch_size}; "
+    if config.algo == "ppo":
+        last = (
+            f"rm: {config.rm_steps} steps × {config.rm_batch_size} pairs; "
+            f"ppo: {config.ppo_iterations} iterations × {config.rollout_batch_size} replies, "
+            f"{config.ppo_epochs} epochs, reward={config.reward_source}, "
+            f"β {config.kl_kind} from {config.init_beta}, target KL {config.target_kl}, "
+            f"estimator {config.kl_estimator}"
+        )
+    elif config.algo in PREFERENCE_ALGOS:
+        strength = f"τ {config.tau}" if config.algo == "ipo" else f"β {config.beta}"
+        last = f"{config.algo}: {config.pref_steps} steps × {config.pref_batch_size}, {strength}, lr {config.pref_lr}"
+    else:
+        last = f"{config.algo}: the group method's settings are printed when its stage starts"
+    print(sft + last, file=sys.stderr)
 
 
 def run_pipeline(config: PipelineConfig) -> dict:
@@ -112,10 +118,15 @@ def run_pipeline(config: PipelineConfig) -> dict:
         "rm": out / "rm.pt",
         config.algo: out / f"{config.algo}{_suffix(config.tag)}.pt",
     }
-    # a fresh full run (or a tagged PPO run, which has its own file) starts a new metrics file;
-    # single stages and resumed runs append to the run's file
-    append = config.resume or (config.stage != "all" and not config.tag)
-    metrics_path = out / f"metrics{_suffix(config.tag)}.jsonl"
+    # PPO runs log to metrics[-TAG].jsonl beside SFT and the reward model; every other method
+    # to its own metrics-ALGO[-TAG].jsonl. A fresh full run, a tagged run or a method's own stage
+    # starts a new file; a single SFT/RM/PPO stage and a resumed run append to the run's file.
+    if config.algo == "ppo":
+        metrics_path = out / f"metrics{_suffix(config.tag)}.jsonl"
+        append = config.resume or (config.stage != "all" and not config.tag)
+    else:
+        metrics_path = out / f"metrics-{config.algo}{_suffix(config.tag)}.jsonl"
+        append = config.resume or config.stage == "sft"
     writer = MetricsWriter(metrics_path, extra_names=tuple(METRIC_DOCS), append=append)
     log = writer.write
     summary: dict = {

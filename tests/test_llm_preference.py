@@ -192,14 +192,14 @@ def test_pipeline_stage_on_an_existing_run_writes_a_sampleable_checkpoint(tiny_s
     out, _ = tiny_sft
     sft_bytes = (out / "sft.pt").read_bytes()
     summary = pipeline_main([*TINY_ARGS, "--algo", "dpo", "--stage", "dpo", "--out", str(out)])
-    for name in ("dpo.pt", "dpo.png", "metrics.jsonl"):
+    for name in ("dpo.pt", "dpo.png", "metrics-dpo.jsonl"):
         assert (out / name).is_file(), name
     assert (out / "sft.pt").read_bytes() == sft_bytes  # reused, not retrained
     assert summary["algo"] == "dpo" and summary["seconds"]["dpo"] > 0
     assert set(summary["gold_reward"]) == {"sft", "final", "best"}
     assert summary["kl"]["target"] is None and summary["kl"]["final"] is not None
     assert "held_out_accuracy" in summary["preference"]
-    records = read_metrics(out / "metrics.jsonl")
+    records = read_metrics(out / "metrics-dpo.jsonl")
     train_records = [r for r in records if "pref/loss" in r]
     evals = [r for r in records if "rlhf/kl" in r]
     assert len(train_records) == 4 and [r["step"] for r in evals] == [0, 2, 4]
@@ -212,9 +212,9 @@ def test_pipeline_stage_on_an_existing_run_writes_a_sampleable_checkpoint(tiny_s
     assert len(lines) == 2
 
     # another β with a tag: its own checkpoint, plot and metrics; the untagged ones untouched
-    before = {name: (out / name).read_bytes() for name in ("dpo.pt", "dpo.png", "metrics.jsonl")}
+    before = {name: (out / name).read_bytes() for name in ("dpo.pt", "dpo.png", "metrics-dpo.jsonl")}
     pipeline_main([*TINY_ARGS, "--algo", "dpo", "--stage", "dpo", "--out", str(out), "--beta", "3", "--tag", "b3"])
-    for name in ("dpo-b3.pt", "dpo-b3.png", "metrics-b3.jsonl"):
+    for name in ("dpo-b3.pt", "dpo-b3.png", "metrics-dpo-b3.jsonl"):
         assert (out / name).is_file(), name
     assert {name: (out / name).read_bytes() for name in before} == before
     capsys.readouterr()
@@ -225,7 +225,7 @@ def test_kto_stage_logs_its_reference_point(tiny_sft, tmp_path):
     (tmp_path / "sft.pt").write_bytes((out / "sft.pt").read_bytes())
     summary = pipeline_main([*TINY_ARGS, "--algo", "kto", "--stage", "kto", "--out", str(tmp_path)])
     assert (tmp_path / "kto.pt").is_file() and (tmp_path / "kto.png").is_file()
-    records = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "pref/loss" in r]
+    records = [r for r in read_metrics(tmp_path / "metrics-kto.jsonl") if "pref/loss" in r]
     assert all(r["pref/kto_z0"] >= 0 for r in records)
     assert records[0]["pref/kto_z0"] == pytest.approx(0.0, abs=1e-5)  # π_θ = π_ref: the KL estimate is 0
     assert summary["preference"]["algo"] == "kto"
