@@ -5,8 +5,9 @@ A lesson script starts with `lesson = Lesson(__doc__)` (its docstring's "Lesson 
 it, so the cells also run in a notebook kernel that has no `__file__`) and then, cell by cell, calls
 `lesson.step(...)` (a heading and the formula; under `--step` it first waits for Enter, so the
 previous step's numbers stay on screen until the learner has read them), prints its numbers with
-`table(...)`, shows the evidence for an erratum with `lesson.check_note(...)`, saves figures with
-`lesson.save(fig, name)` and ends with `lesson.done()`.
+`table(...)` and its explanations with `say(...)` (one wrapped paragraph), shows the evidence for
+an erratum with `lesson.check_note(...)`, saves figures with `lesson.save(fig, name)` and ends with
+`lesson.done()`.
 
 Every lesson accepts the same options:
     --step      pause after each step until Enter (the default runs straight through)
@@ -35,7 +36,7 @@ import torch
 from core.catalog import ERRATA, FORMULAS
 from core.device import seed_everything
 
-__all__ = ["Lesson", "NOTES", "table", "fmt", "plt", "ROOT"]
+__all__ = ["Lesson", "NOTES", "table", "say", "fmt", "plt", "ROOT"]
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "runs" / "lessons"
@@ -227,3 +228,16 @@ def table(headers: Sequence[str], rows: Iterable[Sequence], digits: int = 4, ind
     print(pad + "  ".join("-" * w for w in widths))
     for row in cells:
         print(pad + "  ".join(c.rjust(w) for c, w in zip(row, widths)))
+
+
+def say(*sentences: str, indent: int = 4, blank: bool = False) -> None:
+    """Print `sentences` as one paragraph wrapped at the lesson's text width (100 columns).
+
+    Numbers are formatted by the caller (f-strings); `blank=True` puts an empty line before it.
+    """
+    if blank:
+        print()
+    text = " ".join(s.strip() for s in sentences if s.strip())
+    pad = " " * indent
+    print(textwrap.fill(text, 100, initial_indent=pad, subsequent_indent=pad, break_on_hyphens=False,
+                        break_long_words=False))

@@ -19,6 +19,7 @@ __all__ = [
     "SFTArgs",
     "RMArgs",
     "PPOArgs",
+    "PreferenceArgs",
     "GroupArgs",
     "PipelineConfig",
     "ALGOS",
@@ -136,7 +137,37 @@ class PPOArgs(ModelArgs):
     eval_prompts: int = 256
     """Prompts for the before/after evaluation of the gold reward."""
     tag: str = ""
-    """Suffix of this PPO run's outputs (ppo-TAG.pt, metrics-TAG.jsonl), to keep several runs."""
+    """Suffix of the last stage's outputs (ppo-TAG.pt and metrics-TAG.jsonl; dpo-TAG.pt and
+    metrics-dpo-TAG.jsonl; ...), to keep several runs of a method side by side."""
+
+
+@dataclass
+class PreferenceArgs(ModelArgs):
+    beta: float = 1.0
+    """β of DPO and KTO (> 0): the implicit reward is β·log π_θ/π_ref, so a smaller β lets the
+    policy move further from the reference before a pair counts as ranked (the papers' 0.1 moved
+    this small model into misspelt replies: see llm/README.md)."""
+    tau: float = 0.1
+    """τ of IPO (> 0): the log-ratio difference h of a pair is regressed to 1/(2τ)."""
+    pref_steps: int = 60
+    """Optimiser steps of the direct preference method."""
+    pref_batch_size: int = 24
+    """Examples per step: pairs for DPO and IPO, labelled replies for KTO (the pairs taken apart;
+    TRL counts the same way)."""
+    pref_lr: float = 2e-4
+    """Peak AdamW learning rate of the policy (linear warm-up, cosine decay to 10%)."""
+    pref_pairs: int = 2000
+    """Labelled training pairs generated (the reward model's generator, seeds and annotator);
+    training reads at most pref_steps × pref_batch_size of them (one pass) and cycles beyond."""
+    pref_eval_pairs: int = 256
+    """Held-out pairs (another seed) for the implicit-reward accuracy at the end."""
+    pref_eval_every: int = 15
+    """Steps between evaluations of the gold reward and the KL to π_ref on replies sampled for
+    eval_prompts fixed prompts (the curve of <algo>.png)."""
+    kto_desirable_weight: float = 1.0
+    """λ_D of KTO: weight of the desirable (chosen) replies."""
+    kto_undesirable_weight: float = 1.0
+    """λ_U of KTO: weight of the undesirable (rejected) replies."""
 
 
 @dataclass
@@ -252,7 +283,7 @@ def stages_of(algo: str) -> list[str]:
 
 
 @dataclass
-class PipelineConfig(GroupArgs, PPOArgs, RMArgs, SFTArgs):
+class PipelineConfig(GroupArgs, PreferenceArgs, PPOArgs, RMArgs, SFTArgs):
     algo: str = "ppo"
     """Method of the last stage: 'ppo' (SFT → reward model → PPO-RLHF), 'dpo', 'ipo', 'kto'
     (SFT → direct preference optimisation on the task's pairs) or 'grpo', 'dapo', 'dr_grpo'
@@ -308,6 +339,20 @@ class PipelineConfig(GroupArgs, PPOArgs, RMArgs, SFTArgs):
         if self.init_beta < 0 or (self.init_beta == 0 and self.kl_kind != "fixed"):
             raise ValueError(
                 f"init_beta must be > 0 ({self.kl_kind} controller), got {self.init_beta}"
+            )
+        if not self.beta > 0:
+            raise ValueError(f"beta (β of DPO and KTO) must be > 0, got {self.beta}")
+        if not self.tau > 0:
+            raise ValueError(f"tau (τ of IPO) must be > 0, got {self.tau}")
+        for name in ("pref_steps", "pref_batch_size", "pref_pairs", "pref_eval_pairs", "pref_eval_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        for name in ("pref_lr", "kto_desirable_weight", "kto_undesirable_weight"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.pref_pairs < self.pref_batch_size:
+            raise ValueError(
+                f"pref_pairs ({self.pref_pairs}) must be ≥ pref_batch_size ({self.pref_batch_size})"
             )
         if self.tag and not self.tag.replace("-", "").replace("_", "").isalnum():
             raise ValueError(f"tag may hold letters, digits, '-' and '_' only, got {self.tag!r}")

@@ -52,6 +52,15 @@ METRIC_DOCS = {
     "rlhf/eos_rate": "share of sampled replies that ended with EOS within the budget",
     "rlhf/shaped_return": "mean Σ_t r_t = score − β·KL − missing-EOS penalty per reply "
     "(what PPO maximises)",
+    # direct preference methods (llm/preference.py); r_θ = log π_θ(y|x) − log π_ref(y|x)
+    "pref/loss": "DPO, IPO or KTO loss on the training batch (DP-1, DP-2, DP-3)",
+    "pref/accuracy": "share of the batch's pairs whose implicit reward ranks the chosen reply above the rejected "
+    "one (DPO, IPO; the held-out figure is in the summary)",
+    "pref/margin": "mean r_θ of the chosen (desirable) replies minus that of the rejected (undesirable) ones, "
+    "in nats: the mean h of DPO and IPO",
+    "pref/chosen_reward": "mean implicit reward β·r_θ of the chosen (desirable) replies (τ·r_θ for IPO)",
+    "pref/rejected_reward": "mean implicit reward β·r_θ of the rejected (undesirable) replies (τ·r_θ for IPO)",
+    "pref/kto_z0": "KTO's reference point z₀ = max(0, mean r_θ of the batch's mismatched pairs)",
     # the group methods (llm.group); lengths are in tokens with EOS
     "group/accuracy": "exact-match accuracy on held-out (test-split) prompts, greedy, every few iterations",
     "group/train_reward": "mean reward of the replies sampled this iteration (checker + DAPO's overlong penalty)",
@@ -82,15 +91,21 @@ def _print_start(
         f"{tok.vocab_size}; reply budget {task.max_new_tokens} tokens",
         file=sys.stderr,
     )
-    print(
-        f"[llm.pipeline] sft: {config.sft_steps} steps × {config.sft_batch_size}; "
-        f"rm: {config.rm_steps} steps × {config.rm_batch_size} pairs; "
-        f"ppo: {config.ppo_iterations} iterations × {config.rollout_batch_size} replies, "
-        f"{config.ppo_epochs} epochs, reward={config.reward_source}, "
-        f"β {config.kl_kind} from {config.init_beta}, target KL {config.target_kl}, "
-        f"estimator {config.kl_estimator}",
-        file=sys.stderr,
-    )
+    sft = f"[llm.pipeline] sft: {config.sft_steps} steps × {config.sft_batch_size}; "
+    if config.algo == "ppo":
+        last = (
+            f"rm: {config.rm_steps} steps × {config.rm_batch_size} pairs; "
+            f"ppo: {config.ppo_iterations} iterations × {config.rollout_batch_size} replies, "
+            f"{config.ppo_epochs} epochs, reward={config.reward_source}, "
+            f"β {config.kl_kind} from {config.init_beta}, target KL {config.target_kl}, "
+            f"estimator {config.kl_estimator}"
+        )
+    elif config.algo in PREFERENCE_ALGOS:
+        strength = f"τ {config.tau}" if config.algo == "ipo" else f"β {config.beta}"
+        last = f"{config.algo}: {config.pref_steps} steps × {config.pref_batch_size}, {strength}, lr {config.pref_lr}"
+    else:
+        last = f"{config.algo}: the group method's settings are printed when its stage starts"
+    print(sft + last, file=sys.stderr)
 
 
 def run_pipeline(config: PipelineConfig) -> dict:
@@ -111,10 +126,15 @@ def run_pipeline(config: PipelineConfig) -> dict:
         "rm": out / "rm.pt",
         config.algo: out / f"{config.algo}{_suffix(config.tag)}.pt",
     }
-    # a fresh full run (or a tagged PPO run, which has its own file) starts a new metrics file;
-    # single stages and resumed runs append to the run's file
-    append = config.resume or (config.stage != "all" and not config.tag)
-    metrics_path = out / f"metrics{_suffix(config.tag)}.jsonl"
+    # PPO runs log to metrics[-TAG].jsonl beside SFT and the reward model; every other method
+    # to its own metrics-ALGO[-TAG].jsonl. A fresh full run, a tagged run or a method's own stage
+    # starts a new file; a single SFT/RM/PPO stage and a resumed run append to the run's file.
+    if config.algo == "ppo":
+        metrics_path = out / f"metrics{_suffix(config.tag)}.jsonl"
+        append = config.resume or (config.stage != "all" and not config.tag)
+    else:
+        metrics_path = out / f"metrics-{config.algo}{_suffix(config.tag)}.jsonl"
+        append = config.resume or config.stage == "sft"
     writer = MetricsWriter(metrics_path, extra_names=tuple(METRIC_DOCS), append=append)
     log = writer.write
     summary: dict = {

@@ -1,5 +1,9 @@
-"""Plots of RLHF runs (proxy score, gold reward, KL and β) and of the group methods (held-out
-accuracy, reward, reply lengths, entropy) over training (matplotlib, PNG)."""
+"""Plots of RLHF runs: proxy score, gold reward, KL and β over training (matplotlib, PNG).
+
+The panels are a list of (metric name, title): `PANELS` for PPO, `PREFERENCE_PANELS` for the
+direct preference methods (which have no proxy score and no β controller), `GROUP_PANELS` for
+the group methods (held-out accuracy, training reward, reply lengths, entropy).
+"""
 
 from __future__ import annotations
 
@@ -11,13 +15,28 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-__all__ = ["plot_panels", "plot_rlhf", "plot_group", "read_ppo_history"]
+__all__ = ["plot_rlhf", "plot_group", "read_ppo_history", "PANELS", "PREFERENCE_PANELS", "GROUP_PANELS"]
 
 PANELS = [
     ("rlhf/score", "proxy score R_φ (reward model)"),
     ("rlhf/gold_reward", "gold reward (hidden)"),
     ("rlhf/kl", "KL to reference, nats per reply"),
     ("charts/beta", "β"),
+]
+
+PREFERENCE_PANELS = [
+    ("rlhf/gold_reward", "gold reward (hidden), sampled replies"),
+    ("rlhf/kl", "KL to reference, nats per reply"),
+    ("pref/margin", "log-ratio margin h, chosen − rejected (nats)"),
+    ("pref/loss", "training loss"),
+]
+
+GROUP_PANELS = [
+    ("group/accuracy", "held-out exact match (greedy)"),
+    ("group/train_reward", "mean reward of sampled replies"),
+    ("rlhf/response_length", "mean reply length (tokens)"),
+    ("group/wrong_length", "mean length of wrong replies (GR-3)"),
+    ("losses/entropy", "entropy, nats per token"),
 ]
 
 
@@ -39,33 +58,39 @@ def read_ppo_history(path: str | Path) -> list[dict]:
     return out
 
 
-def plot_panels(
+def plot_rlhf(
     runs: dict[str, list[dict]],
-    panels: list[tuple[str | tuple[str, ...], str]],
     path: str | Path,
     *,
+    target_kl: float | None = None,
+    best_gold: float | None = None,
+    sft_gold: float | None = None,
     title: str = "",
-    xlabel: str = "iteration",
-    decorate=None,
+    panels: list[tuple[str, str]] = PANELS,
+    xlabel: str = "PPO iteration",
+    lines: dict[str, tuple[float, str]] | None = None,
 ) -> Path:
-    """One panel per (metric name(s), label), one line per run and metric (label → records).
-
-    A panel given several names draws each as its own line, solid, dashed, dotted (e.g. the
-    length of all replies and of wrong ones); a run keeps its colour in every panel.
-    `decorate(ax, name)` adds reference lines to the panel of `name` (its first name). Records
-    without a metric are skipped, so metrics logged every few steps still draw.
-    """
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.25 * len(panels), 3.8))
-    for ax, (names, label) in zip(axes, panels):
-        names = (names,) if isinstance(names, str) else names
-        for colour, (run_label, records) in enumerate(runs.items()):
-            for style, name in zip(("-", "--", ":"), names):
-                xs = [r.get("step", i) for i, r in enumerate(records) if r.get(name) is not None]
-                ys = [r[name] for r in records if r.get(name) is not None]
-                line_label = run_label if len(names) == 1 else f"{run_label}: {name.split('/')[-1]}"
-                ax.plot(xs, ys, label=line_label, lw=1.4, color=f"C{colour % 10}", ls=style)
-        if decorate is not None:
-            decorate(ax, names[0])
+    """One panel per quantity of `panels`, one line per run (label → list of records with a
+    "step"; a record without a panel's metric is skipped in that panel). `lines` adds a dashed
+    horizontal line with a label to a panel: metric name → (value, label)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.25 * len(panels), 3.8), squeeze=False)
+    for ax, (name, label) in zip(axes[0], panels):
+        for run_label, records in runs.items():
+            xs = [r.get("step", i) for i, r in enumerate(records) if r.get(name) is not None]
+            ys = [r[name] for r in records if r.get(name) is not None]
+            ax.plot(xs, ys, label=run_label, lw=1.4)
+        if name == "rlhf/kl" and target_kl:
+            ax.axhline(target_kl, color="k", ls="--", lw=0.8, label="target")
+            ax.axhspan(
+                0.5 * target_kl, 2 * target_kl, color="k", alpha=0.06, label="0.5×–2× target"
+            )
+        if name == "rlhf/gold_reward":
+            if best_gold is not None:
+                ax.axhline(best_gold, color="g", ls="--", lw=0.8, label="best reachable")
+            if sft_gold is not None:
+                ax.axhline(sft_gold, color="gray", ls=":", lw=0.8, label="SFT policy")
+        if lines and name in lines:
+            ax.axhline(lines[name][0], color="k", ls="--", lw=0.8, label=lines[name][1])
         ax.set_title(label, fontsize=10)
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
@@ -79,48 +104,9 @@ def plot_panels(
     return path
 
 
-def plot_rlhf(
-    runs: dict[str, list[dict]],
-    path: str | Path,
-    *,
-    target_kl: float | None = None,
-    best_gold: float | None = None,
-    sft_gold: float | None = None,
-    title: str = "",
-) -> Path:
-    """One panel per quantity, one line per run (label → list of per-iteration records)."""
-
-    def decorate(ax, name: str) -> None:
-        if name == "rlhf/kl" and target_kl:
-            ax.axhline(target_kl, color="k", ls="--", lw=0.8, label="target")
-            ax.axhspan(
-                0.5 * target_kl, 2 * target_kl, color="k", alpha=0.06, label="0.5×–2× target"
-            )
-        if name == "rlhf/gold_reward":
-            if best_gold is not None:
-                ax.axhline(best_gold, color="g", ls="--", lw=0.8, label="best reachable")
-            if sft_gold is not None:
-                ax.axhline(sft_gold, color="gray", ls=":", lw=0.8, label="SFT policy")
-
-    return plot_panels(runs, PANELS, path, title=title, xlabel="PPO iteration", decorate=decorate)
-
-
-GROUP_PANELS = [
-    ("group/accuracy", "held-out exact match (greedy)"),
-    ("group/train_reward", "mean reward of sampled replies"),
-    (("rlhf/response_length", "group/wrong_length"), "reply length in tokens: all (solid), wrong (dashed)"),
-    ("losses/entropy", "entropy, nats per token"),
-]
-
-
 def plot_group(
     runs: dict[str, list[dict]], path: str | Path, *, sft_accuracy: float | None = None, title: str = ""
 ) -> Path:
-    """Held-out accuracy, training reward, reply length (all and wrong replies: GR-3's length
-    bias) and entropy over the iterations of the group methods (`llm.group`)."""
-
-    def decorate(ax, name: str) -> None:
-        if name == "group/accuracy" and sft_accuracy is not None:
-            ax.axhline(sft_accuracy, color="gray", ls=":", lw=0.8, label="SFT policy")
-
-    return plot_panels(runs, GROUP_PANELS, path, title=title, decorate=decorate)
+    """`GROUP_PANELS` over the iterations of the group methods (`llm.group`), one line per run."""
+    lines = {"group/accuracy": (sft_accuracy, "SFT policy")} if sft_accuracy is not None else None
+    return plot_rlhf(runs, path, title=title, panels=GROUP_PANELS, xlabel="iteration", lines=lines)

@@ -297,19 +297,20 @@ def test_pipeline_stage_writes_a_checkpoint_llm_sample_can_load(tiny_sft, tok, c
     sft_bytes = (out / "sft.pt").read_bytes()
     summary = pipeline_main([*TINY_ARGS, "--algo", "grpo", "--stage", "grpo", "--out", str(out)])
     assert (out / "sft.pt").read_bytes() == sft_bytes  # reused, not retrained
-    for name in ("grpo.pt", "grpo.png", "metrics.jsonl"):
+    for name in ("grpo.pt", "grpo.png", "metrics-grpo.jsonl"):
         assert (out / name).is_file(), name
     assert summary["algo"] == "grpo" and summary["seconds"]["grpo"] > 0
     assert set(summary["accuracy"]) >= {"sft", "final"}
     assert 0.0 <= summary["accuracy"]["final"] <= 1.0
     assert summary["gold_reward"]["best"] == 1.0
-    records = [r for r in read_metrics(out / "metrics.jsonl") if "group/train_reward" in r]
+    records = [r for r in read_metrics(out / "metrics-grpo.jsonl") if "group/train_reward" in r]
     assert len(records) == 3
     for name in ("rlhf/kl", "rlhf/response_length", "losses/policy_loss", "losses/entropy", "losses/clipfrac",
                  "losses/approx_kl", "group/wrong_length", "group/dropped_share", "group/truncated_share"):
         assert name in records[-1], name
     # held-out accuracy before iterations 0 and 2 (every 2) and after the last one
-    accuracy = [(r["step"], r["group/accuracy"]) for r in read_metrics(out / "metrics.jsonl") if "group/accuracy" in r]
+    accuracy = [(r["step"], r["group/accuracy"]) for r in read_metrics(out / "metrics-grpo.jsonl")
+                if "group/accuracy" in r]
     assert [step for step, _ in accuracy] == [0, 2, 3]
     assert accuracy[0][1] == summary["accuracy"]["sft"] and accuracy[-1][1] == summary["accuracy"]["final"]
     models, meta = load_stage(out / "grpo.pt", tok)
@@ -322,7 +323,7 @@ def test_pipeline_stage_writes_a_checkpoint_llm_sample_can_load(tiny_sft, tok, c
 def test_tagged_stage_keeps_its_own_outputs(tiny_sft):
     out = tiny_sft
     summary = pipeline_main([*TINY_ARGS, "--algo", "dr_grpo", "--stage", "dr_grpo", "--tag", "t1", "--out", str(out)])
-    for name in ("dr_grpo-t1.pt", "dr_grpo-t1.png", "metrics-t1.jsonl"):
+    for name in ("dr_grpo-t1.pt", "dr_grpo-t1.png", "metrics-dr_grpo-t1.jsonl"):
         assert (out / name).is_file(), name
     assert not (out / "dr_grpo.pt").exists()
     assert summary["kl"]["final"] is None and summary["settings"]["loss_reduction"] == "constant"
