@@ -126,16 +126,15 @@ def run_pipeline(config: PipelineConfig) -> dict:
         "rm": out / "rm.pt",
         config.algo: out / f"{config.algo}{_suffix(config.tag)}.pt",
     }
-    # PPO runs log to metrics[-TAG].jsonl beside SFT and the reward model; every other method
-    # to its own metrics-ALGO[-TAG].jsonl. A fresh full run, a tagged run or a method's own stage
-    # starts a new file; a single SFT/RM/PPO stage and a resumed run append to the run's file.
-    if config.algo == "ppo":
-        metrics_path = out / f"metrics{_suffix(config.tag)}.jsonl"
-        append = config.resume or (config.stage != "all" and not config.tag)
-    else:
-        metrics_path = out / f"metrics-{config.algo}{_suffix(config.tag)}.jsonl"
-        append = config.resume or config.stage == "sft"
-    writer = MetricsWriter(metrics_path, extra_names=tuple(METRIC_DOCS), append=append)
+    # SFT, the reward model and PPO log to metrics[-TAG].jsonl; every other method's own stage
+    # to metrics-ALGO[-TAG].jsonl. A fresh full run or a tagged run starts a new file; a single
+    # stage and a resumed run append to the run's file (a method's own stage starts its file anew).
+    tagged = config.tag and config.algo == "ppo"
+    writer = MetricsWriter(
+        out / f"metrics{_suffix(config.tag) if tagged else ''}.jsonl",
+        extra_names=tuple(METRIC_DOCS),
+        append=config.resume or (config.stage != "all" and not tagged),
+    )
     log = writer.write
     summary: dict = {
         "task": config.task,
@@ -214,7 +213,7 @@ def run_pipeline(config: PipelineConfig) -> dict:
                 if run_it:
                     _run_ppo(config, task, tok, device, out, paths, models, expected, summary, log)
             elif run_it:  # the last stage of a direct preference or group method
-                _run_method(config, task, tok, device, out, paths, models, expected, summary, log)
+                _run_method(config, task, tok, device, out, paths, models, expected, summary)
             if not run_it and paths[stage].is_file() and stage in ("sft", "rm"):
                 # a skipped or not-requested stage still reports what its checkpoint recorded
                 meta = _meta(paths[stage], stage)
@@ -347,7 +346,7 @@ def _run_ppo(config, task, tok, device, out: Path, paths, models, expected, summ
     )
 
 
-def _run_method(config, task, tok, device, out: Path, paths, models, expected, summary, log) -> None:
+def _run_method(config, task, tok, device, out: Path, paths, models, expected, summary) -> None:
     """The last stage of a direct preference method (`llm.preference`) or a group method
     (`llm.group`): train from the SFT model, save `<algo>.pt`, fill the summary.
 
@@ -360,7 +359,10 @@ def _run_method(config, task, tok, device, out: Path, paths, models, expected, s
         from llm.preference import train
     else:
         from llm.group import train
-    policy, stats = train(config, task, tok, sft, device, out, progress=config.progress, log=log)
+    with MetricsWriter(
+        out / f"metrics-{config.algo}{_suffix(config.tag)}.jsonl", extra_names=tuple(METRIC_DOCS), append=config.resume
+    ) as method_writer:
+        policy, stats = train(config, task, tok, sft, device, out, progress=config.progress, log=method_writer.write)
     save_stage(
         paths[config.algo],
         STAGE_KINDS[config.algo],

@@ -16,15 +16,10 @@ from lessons.__main__ import main, split_run_arguments
 from lessons._common import NOTES, Lesson
 
 LESSONS = discover()
-# The families whose every formula has a lesson and a marked test. DR joins once DR-2 has its marked
-# test (it comes with the group-relative methods of llm/); until then the full-coverage test below
-# names it as the one formula still pending.
-CORE_FAMILIES = ("PG", "IS", "TR", "CL", "AD", "KL", "RM", "DP", "GR", "DA", "AC")
+# The families of the catalog: every formula in them has a lesson and a marked test.
+CORE_FAMILIES = ("PG", "IS", "TR", "CL", "AD", "KL", "RM", "DP", "GR", "DA", "DR", "AC")
 # Every erratum of the notes is shown by a lesson.
 CORE_ERRATA = ("E1", "E2", "E3", "E4", "E5", "E6", "E7", "E8")
-# Formulas whose marked test is known to be missing on this branch (DR-2: "the β = 0 path loads no
-# reference model", tested with llm/group.py). Nothing else may be missing.
-PENDING_TESTS = {"DR-2"}
 
 
 def test_lessons_are_numbered_and_declare_known_formula_ids():
@@ -119,7 +114,7 @@ def test_cli_lists_every_lesson(capsys):
 
 def test_every_formula_a_lesson_declares_has_a_marked_test():
     tested = marked_tests()
-    missing = sorted({fid for lesson in LESSONS for fid in lesson.formulas} - set(tested) - PENDING_TESTS)
+    missing = sorted({fid for lesson in LESSONS for fid in lesson.formulas} - set(tested))
     assert not missing, f"formulas shown by a lesson but verified by no marked test: {missing}"
 
 
@@ -152,17 +147,9 @@ def test_every_formula_has_a_lesson():
     assert not missing, f"formulas without a lesson: {missing}"
 
 
-def _untested() -> set[str]:
-    return set(FORMULAS) - set(marked_tests())
-
-
-@pytest.mark.xfail(
-    condition=bool(_untested()) and _untested() <= PENDING_TESTS,
-    reason=f"marked tests still to come for {sorted(PENDING_TESTS)}",
-    strict=True,
-)
 def test_full_coverage_every_formula_has_a_lesson_and_a_marked_test(capsys):
     """The whole catalog: `python -m lessons coverage` exits 0 and reports every formula complete."""
-    assert not _untested(), f"formulas without a marked test: {sorted(_untested())}"
+    untested = set(FORMULAS) - set(marked_tests())
+    assert not untested, f"formulas without a marked test: {sorted(untested)}"
     assert main(["coverage"]) == 0
     assert f"{len(FORMULAS)} of {len(FORMULAS)} formulas have both" in capsys.readouterr().out

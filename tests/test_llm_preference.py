@@ -195,6 +195,7 @@ def test_pipeline_stage_on_an_existing_run_writes_a_sampleable_checkpoint(tiny_s
     for name in ("dpo.pt", "dpo.png", "metrics-dpo.jsonl"):
         assert (out / name).is_file(), name
     assert (out / "sft.pt").read_bytes() == sft_bytes  # reused, not retrained
+    assert any("sft/loss" in r for r in read_metrics(out / "metrics.jsonl"))  # SFT's curve kept apart, intact
     assert summary["algo"] == "dpo" and summary["seconds"]["dpo"] > 0
     assert set(summary["gold_reward"]) == {"sft", "final", "best"}
     assert summary["kl"]["target"] is None and summary["kl"]["final"] is not None
