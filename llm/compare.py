@@ -12,7 +12,8 @@ al. 2023, Fig. 2): how much gold reward a method buys per nat of drift from π_r
 
 `arithmetic` (verifiable reward): one SFT model, then GRPO, DAPO and Dr. GRPO; curves of
 held-out exact-match accuracy, mean reply length, mean length of *wrong* replies (GR-3's
-length bias), entropy and the share of groups dynamic sampling dropped (DA-2).
+length bias), entropy and the share of groups whose rewards are all equal (zero advantage,
+what DAPO's dynamic sampling drops, DA-2).
 
 Outputs under `--out` (default runs/llm-compare): the runs' checkpoints and metrics in
 `reviews/` and `arithmetic/`, `frontier.png`, `group_methods.png`, `compare.json`. The last
@@ -163,7 +164,7 @@ GROUP_PANELS = [
     ("rlhf/response_length", "mean reply length (tokens)"),
     ("group/wrong_length", "mean length of wrong replies"),
     ("losses/entropy", "entropy (nats per token)"),
-    ("group/dropped_share", "share of groups dropped (DA-2)"),
+    ("group/uniform_share", "share of groups all right or all wrong (DA-2)"),
 ]
 
 
