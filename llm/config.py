@@ -26,6 +26,7 @@ __all__ = [
     "PREFERENCE_ALGOS",
     "GROUP_ALGOS",
     "stages_of",
+    "tag_suffix",
     "TASK_DEFAULTS",
     "resolve",
     "GROUP_DEFAULTS",
@@ -275,6 +276,11 @@ class GroupArgs:
 PREFERENCE_ALGOS = ("dpo", "ipo", "kto")
 GROUP_ALGOS = ("grpo", "dapo", "dr_grpo")
 ALGOS = ("ppo", *PREFERENCE_ALGOS, *GROUP_ALGOS)
+
+
+def tag_suffix(tag: str) -> str:
+    """'-TAG' for a tagged run's file names (ppo-TAG.pt, metrics-dpo-TAG.jsonl), '' otherwise."""
+    return f"-{tag}" if tag else ""
 
 
 def stages_of(algo: str) -> list[str]:

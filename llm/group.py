@@ -89,8 +89,8 @@ from tqdm import tqdm
 from core.advantages import group_advantages, informative_groups, overlong_penalty
 from core.losses import masked_mean
 from core.ppo import PPOConfig, ppo_update
-from llm.config import GroupArgs, resolve_group
-from llm.model import GPT, disable_dropout
+from llm.config import GroupArgs, resolve_group, tag_suffix
+from llm.model import GPT, copy_model, disable_dropout
 from llm.plots import plot_group
 from llm.rlhf import evaluate_policy, make_evaluate
 from llm.rollout import Generation, decode_replies, encode_prompts, generate, reply_logprobs
@@ -108,10 +108,6 @@ __all__ = [
     "heldout_accuracy",
     "train",
 ]
-
-
-def _suffix(tag: str) -> str:
-    return f"-{tag}" if tag else ""
 
 
 @torch.no_grad()
@@ -299,18 +295,12 @@ def group_ppo_config(config: GroupArgs, n_rows: int, max_new_tokens: int, max_gr
     )
 
 
-def _clone(model: GPT) -> GPT:
-    clone = GPT(model.config, head=model.head).to(next(model.parameters()).device)
-    clone.load_state_dict(model.state_dict())
-    return clone
-
-
 def build_reference(sft: GPT, kl_coef: float) -> GPT | None:
     """The frozen π_ref (a copy of the SFT model) when β > 0; None when β = 0 (DR-2): no model is
     built and no reference forward pass ever runs."""
     if kl_coef == 0:
         return None
-    return disable_dropout(_clone(sft)).requires_grad_(False).eval()
+    return disable_dropout(copy_model(sft)).requires_grad_(False).eval()
 
 
 def heldout_accuracy(
@@ -374,7 +364,7 @@ def train(
     config = resolve_group(config, task.max_new_tokens)
     print(_describe(config, task.max_new_tokens), file=sys.stderr)
     torch.manual_seed(config.seed + 4)
-    policy = disable_dropout(_clone(sft)).train()
+    policy = disable_dropout(copy_model(sft)).train()
     ref = build_reference(sft, config.group_kl_coef)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=config.group_lr, weight_decay=0.0, betas=(0.9, 0.95),
                                   eps=1e-6)
@@ -458,7 +448,7 @@ def train(
         "kl": {"final": sum(kls) / len(kls) if kls else None, "beta": config.group_kl_coef},
         "settings": {name: getattr(config, name) for name in GroupArgs.__dataclass_fields__},
     }
-    suffix = _suffix(config.tag)
+    suffix = tag_suffix(config.tag)
     plot_group(
         {f"{config.algo}{suffix}": history},
         Path(out) / f"{config.algo}{suffix}.png",

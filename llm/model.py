@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["GPTConfig", "GPT", "KVCache", "disable_dropout", "check_architecture"]
+__all__ = ["GPTConfig", "GPT", "KVCache", "copy_model", "disable_dropout", "check_architecture"]
 
 
 @dataclass
@@ -230,6 +230,15 @@ class GPT(nn.Module):
     def arch(self) -> dict:
         """Architecture as plain values, stored in checkpoints and checked on load."""
         return {"config": asdict(self.config), "head": self.head}
+
+
+def copy_model(model: GPT) -> GPT:
+    """An independent copy (same device, weights and head): the policy, π_ref and the value
+    model each start from an earlier stage's weights and must not share them. Built afresh
+    and loaded, so nothing but the architecture and the weights carries over."""
+    clone = GPT(model.config, head=model.head).to(next(model.parameters()).device)
+    clone.load_state_dict(model.state_dict())
+    return clone
 
 
 def disable_dropout(model: nn.Module) -> nn.Module:

@@ -31,7 +31,7 @@ from core.config import add_arguments, config_to_dict, from_arguments
 from core.device import resolve_device, seed_everything
 from core.metrics import MetricsWriter
 from llm.checkpoints import STAGE_KINDS, load_stage, save_stage
-from llm.config import PREFERENCE_ALGOS, PipelineConfig, model_config, resolve, stages_of
+from llm.config import PREFERENCE_ALGOS, PipelineConfig, model_config, resolve, stages_of, tag_suffix
 from llm.model import GPT
 from llm.plots import plot_rlhf, read_ppo_history
 from llm.reward_model import score_replies, train_reward_model
@@ -70,10 +70,6 @@ METRIC_DOCS = {
     "group/uniform_share": "share of sampled groups whose rewards were all equal (zero advantage, DA-2)",
     "group/dropped_share": "share of sampled groups left out of the batch by dynamic sampling (DA-2); 0 without it",
 }
-
-
-def _suffix(tag: str) -> str:
-    return f"-{tag}" if tag else ""
 
 
 def _print_start(
@@ -124,14 +120,14 @@ def run_pipeline(config: PipelineConfig) -> dict:
     paths = {
         "sft": out / "sft.pt",
         "rm": out / "rm.pt",
-        config.algo: out / f"{config.algo}{_suffix(config.tag)}.pt",
+        config.algo: out / f"{config.algo}{tag_suffix(config.tag)}.pt",
     }
     # SFT, the reward model and PPO log to metrics[-TAG].jsonl; every other method's own stage
     # to metrics-ALGO[-TAG].jsonl. A fresh full run or a tagged run starts a new file; a single
     # stage and a resumed run append to the run's file (a method's own stage starts its file anew).
     tagged = config.tag and config.algo == "ppo"
     writer = MetricsWriter(
-        out / f"metrics{_suffix(config.tag) if tagged else ''}.jsonl",
+        out / f"metrics{tag_suffix(config.tag) if tagged else ''}.jsonl",
         extra_names=tuple(METRIC_DOCS),
         append=config.resume or (config.stage != "all" and not tagged),
     )
@@ -320,7 +316,7 @@ def _run_ppo(config, task, tok, device, out: Path, paths, models, expected, summ
     summary["kl"]["final"] = kl_final
     summary["gap_closed"] = closed
 
-    suffix = _suffix(config.tag)
+    suffix = tag_suffix(config.tag)
     runs = {f"ppo{suffix or ''} ({config.kl_kind} β={config.init_beta:g})": history}
     if config.tag:
         default_history = read_ppo_history(out / "metrics.jsonl")
@@ -359,9 +355,8 @@ def _run_method(config, task, tok, device, out: Path, paths, models, expected, s
         from llm.preference import train
     else:
         from llm.group import train
-    with MetricsWriter(
-        out / f"metrics-{config.algo}{_suffix(config.tag)}.jsonl", extra_names=tuple(METRIC_DOCS), append=config.resume
-    ) as method_writer:
+    metrics_path = out / f"metrics-{config.algo}{tag_suffix(config.tag)}.jsonl"
+    with MetricsWriter(metrics_path, extra_names=tuple(METRIC_DOCS), append=config.resume) as method_writer:
         policy, stats = train(config, task, tok, sft, device, out, progress=config.progress, log=method_writer.write)
     save_stage(
         paths[config.algo],

@@ -67,7 +67,6 @@ Deviations from the papers, and why:
 
 from __future__ import annotations
 
-import copy
 import random
 import sys
 import time
@@ -80,8 +79,8 @@ from tqdm import tqdm
 from core.checks import check_finite
 from core.losses import sequence_logprobs
 from core.preference import dpo_loss, ipo_loss, kto_loss, kto_reference_point
-from llm.config import PREFERENCE_ALGOS
-from llm.model import GPT, disable_dropout
+from llm.config import PREFERENCE_ALGOS, tag_suffix
+from llm.model import GPT, copy_model, disable_dropout
 from llm.plots import PREFERENCE_PANELS, plot_rlhf
 from llm.rlhf import evaluate_policy
 from llm.rollout import Generation, pad_sequences, reply_logprobs, token_logprobs
@@ -200,10 +199,6 @@ def held_out_accuracy(
     }
 
 
-def _suffix(tag: str) -> str:
-    return f"-{tag}" if tag else ""
-
-
 def train(
     config,
     task: Task,
@@ -251,8 +246,8 @@ def train(
     # the coefficient of the implicit reward: β for DPO and KTO, τ for IPO (its KL coefficient)
     coef = config.tau if algo == "ipo" else config.beta
 
-    policy = disable_dropout(copy.deepcopy(sft)).train()
-    ref = disable_dropout(copy.deepcopy(sft)).requires_grad_(False).eval()  # frozen π_ref
+    policy = disable_dropout(copy_model(sft)).train()
+    ref = disable_dropout(copy_model(sft)).requires_grad_(False).eval()  # frozen π_ref
     # The training rows, in batch order: pairs for DPO and IPO; for KTO the pairs taken apart, one
     # labelled reply per row (chosen → desirable, rejected → undesirable). One shuffle, then at most
     # one pass: batch k is rows[k·B : (k + 1)·B], and a run longer than one pass cycles through them
@@ -394,7 +389,7 @@ def train(
         },
     }
     if out is not None:
-        name = f"{algo}{_suffix(config.tag)}"
+        name = f"{algo}{tag_suffix(config.tag)}"
         plot_rlhf(
             {f"{name} ({'τ' if algo == 'ipo' else 'β'}={coef:g})": history},
             Path(out) / f"{name}.png",

@@ -39,7 +39,7 @@ from core.kl import kl_estimate, make_kl_controller
 from core.losses import masked_whiten
 from core.ppo import Evaluation, PPOConfig, ppo_update
 from llm.config import PPOArgs
-from llm.model import GPT, disable_dropout
+from llm.model import GPT, copy_model, disable_dropout
 from llm.reward_model import scalar_model_from
 from llm.rollout import (
     Generation,
@@ -301,8 +301,8 @@ def train_ppo(
     `log(iteration, metrics)` receives the fixed metric names every iteration.
     """
     torch.manual_seed(config.seed + 4)
-    policy = disable_dropout(_copy(sft_model))
-    ref = disable_dropout(_copy(sft_model)).requires_grad_(False).eval()  # frozen π_ref
+    policy = disable_dropout(copy_model(sft_model))
+    ref = disable_dropout(copy_model(sft_model)).requires_grad_(False).eval()  # frozen π_ref
     use_rm = config.reward_source == "rm"
     if use_rm and reward_model is None:
         raise ValueError("reward_source='rm' needs a reward model")
@@ -442,10 +442,4 @@ def init_value_model(reward_model: GPT) -> GPT:
     """
     if reward_model.head != "scalar":
         raise ValueError("the value model is initialised from a scalar-head reward model")
-    return _copy(reward_model)
-
-
-def _copy(model: GPT) -> GPT:
-    clone = GPT(model.config, head=model.head).to(next(model.parameters()).device)
-    clone.load_state_dict(model.state_dict())
-    return clone
+    return copy_model(reward_model)
