@@ -103,27 +103,29 @@ def _run(config: CompareConfig, **fields) -> dict:
 def compare_reviews(config: CompareConfig, out: Path) -> dict:
     """SFT + RM once, then PPO, DPO, IPO, KTO at each setting: the frontier points."""
     base = dict(task="reviews", out=str(out))
-    first = _run(config, **base, stage="sft")
+    _run(config, **base, stage="sft")
     _run(config, **base, stage="rm")
-    points: dict[str, list[dict]] = {}
-    for target in _floats(config.ppo_target_kls, "ppo_target_kls"):
-        s = _run(config, **base, stage="ppo", target_kl=target, ppo_iterations=config.ppo_iterations,
-                 tag=f"kl{_tag(target)}")
-        points.setdefault("ppo", []).append(
-            dict(setting=f"target KL {target:g}", kl=s["kl"]["final"], gold=s["gold_reward"]["final"])
-        )
-        sft_gold = s["gold_reward"]["sft"]
-    settings = {"dpo": ("beta", config.pref_betas), "ipo": ("tau", config.ipo_taus), "kto": ("beta", config.pref_betas)}
+    runs = [  # (method, the setting's label, pipeline fields)
+        ("ppo", f"target KL {t:g}", dict(stage="ppo", target_kl=t, ppo_iterations=config.ppo_iterations,
+                                          tag=f"kl{_tag(t)}"))
+        for t in _floats(config.ppo_target_kls, "ppo_target_kls")
+    ]
+    strengths = {"dpo": ("beta", "β", config.pref_betas), "ipo": ("tau", "τ", config.ipo_taus),
+                 "kto": ("beta", "β", config.pref_betas)}
     for algo in PREFERENCE_ALGOS:
-        name, values = settings[algo]
-        for value in _floats(values, name):
-            s = _run(config, **base, algo=algo, stage=algo, **{name: value}, tag=f"{name}{_tag(value)}")
-            points.setdefault(algo, []).append(
-                dict(setting=f"{'β' if name == 'beta' else 'τ'} {value:g}", kl=s["kl"]["final"],
-                     gold=s["gold_reward"]["final"])
-            )
-    del first
-    return {"sft": sft_gold, "best": s["gold_reward"]["best"], "points": points}
+        field, symbol, values = strengths[algo]
+        runs += [
+            (algo, f"{symbol} {v:g}", {"algo": algo, "stage": algo, field: v, "tag": f"{field}{_tag(v)}"})
+            for v in _floats(values, field)
+        ]
+    points: dict[str, list[dict]] = {}
+    for algo, setting, fields in runs:
+        summary = _run(config, **base, **fields)
+        points.setdefault(algo, []).append(
+            dict(setting=setting, kl=summary["kl"]["final"], gold=summary["gold_reward"]["final"])
+        )
+    gold = summary["gold_reward"]  # the SFT policy's and the best reachable are the same in every run
+    return {"sft": gold["sft"], "best": gold["best"], "points": points}
 
 
 def compare_arithmetic(config: CompareConfig, out: Path) -> dict:
