@@ -1,9 +1,18 @@
-"""Command lines generated from config dataclasses.
+"""Command lines generated from config dataclasses, and the resolved configuration of a run.
 
 Every entry point has one dataclass whose fields carry a docstring (a string literal right
 after the field, as in CleanRL's `Args`). `add_arguments` turns the fields into `--kebab-case`
-options with that text as help; `from_arguments` builds the dataclass back, so validation in
+options with that text as help: a `bool` field becomes `--flag/--no-flag`, a `Literal[...]`
+field lists its values (argparse refuses any other with one line naming the flag). Defaults
+live in the dataclass only; `from_arguments` builds the dataclass back, so validation in
 `__post_init__` runs on what the user typed and names the field at fault.
+
+A front end whose defaults differ by task (a preset table) gives those fields the default
+`None` ("the preset's value") and fills them once with `dataclasses.replace`; `given_flags`
+tells which fields the command line set, without parser tricks.
+
+Every run prints its resolved configuration (`format_config`) and saves it beside its
+metrics (`save_config`, `config.json`).
 """
 
 from __future__ import annotations
@@ -12,12 +21,25 @@ import argparse
 import ast
 import dataclasses
 import inspect
+import json
+import os
 import textwrap
 import types
 import typing
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any, Literal, TypeVar
 
-__all__ = ["field_docs", "add_arguments", "from_arguments", "config_to_dict"]
+__all__ = [
+    "field_docs",
+    "field_choices",
+    "check_choices",
+    "add_arguments",
+    "from_arguments",
+    "given_flags",
+    "config_to_dict",
+    "format_config",
+    "save_config",
+]
 
 C = TypeVar("C")
 
@@ -45,27 +67,33 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def _parse_bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
-
-
-def _scalar_type(annotation: Any) -> tuple[Any, bool]:
-    """(converter, optional) for a field annotation such as `float | None`."""
+def _unwrap_optional(annotation: Any) -> tuple[Any, bool]:
+    """(the annotation without `| None`, whether None was allowed)."""
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        converter, _ = _scalar_type(args[0])
-        return converter, True
-    if annotation is bool:
-        return _parse_bool, False
-    if annotation in (int, float, str):
-        return annotation, False
-    return str, False
+        return args[0], len(args) < len(typing.get_args(annotation))
+    return annotation, False
+
+
+def field_choices(cls: type) -> dict[str, tuple]:
+    """Field name → the values its `Literal[...]` annotation allows (fields of other types are absent)."""
+    hints = typing.get_type_hints(cls)
+    choices = {}
+    for field in dataclasses.fields(cls):
+        inner, _ = _unwrap_optional(hints[field.name])
+        if typing.get_origin(inner) is Literal:
+            choices[field.name] = typing.get_args(inner)
+    return choices
+
+
+def check_choices(config: Any) -> None:
+    """Raise ValueError naming the first `Literal` field whose value is not one it allows
+    (None passes where the annotation allows it: "the preset's value")."""
+    for name, allowed in field_choices(type(config)).items():
+        value = getattr(config, name)
+        if value is not None and value not in allowed:
+            raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
 
 
 def _none_or(converter):
@@ -76,35 +104,91 @@ def _none_or(converter):
     return convert
 
 
+def _default_of(field: dataclasses.Field) -> Any:
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return field.default_factory()  # type: ignore[misc]
+    return None
+
+
 def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
-    """Add one `--field-name` option per dataclass field, help text from its docstring."""
+    """Add one `--field-name` option per dataclass field, help text from its docstring.
+
+    `bool` → `--flag/--no-flag`; `Literal["a", "b"]` → `{a,b}`; `X | None` also accepts `none`.
+    A field whose default is None shows "(default: the preset's value)" when its docstring says so.
+    """
     docs = field_docs(cls)
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
-        if field.name in skip:
+        if field.name in skip or not field.init:
             continue
-        converter, optional = _scalar_type(hints[field.name])
-        default = field.default if field.default is not dataclasses.MISSING else None
-        if field.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            default = field.default_factory()  # type: ignore[misc]
+        inner, optional = _unwrap_optional(hints[field.name])
+        default = _default_of(field)
+        flag = "--" + field.name.replace("_", "-")
+        # argparse formats help with %-interpolation; a literal % in a docstring must be doubled
+        help_text = f"{docs.get(field.name, '')} (default: {default})".replace("%", "%%")
+        if inner is bool:
+            parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=default,
+                                help=help_text)
+            continue
+        kwargs: dict[str, Any] = {}
+        if typing.get_origin(inner) is Literal:
+            values = typing.get_args(inner)
+            kwargs["choices"] = [*values, None] if optional else list(values)
+            converter = type(values[0])
+            kwargs["metavar"] = "{" + ",".join(map(str, values)) + "}"
+        else:
+            converter = inner if inner in (int, float, str) else str
+            kwargs["metavar"] = field.name.upper()
         parser.add_argument(
-            "--" + field.name.replace("_", "-"),
+            flag,
             dest=field.name,
             type=_none_or(converter) if optional else converter,
             default=default,
-            metavar=field.name.upper(),
-            # argparse formats help with %-interpolation; a literal % in a docstring must be doubled
-            help=f"{docs.get(field.name, '')} (default: {default})".replace("%", "%%"),
+            help=help_text,
+            **kwargs,
         )
 
 
 def from_arguments(cls: type[C], args: argparse.Namespace, **overrides: Any) -> C:
     """Build `cls` from parsed arguments (fields absent from `args` keep their defaults)."""
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+              if f.init and hasattr(args, f.name)}
     values.update(overrides)
     return cls(**values)
+
+
+def given_flags(argv: list[str], parser: argparse.ArgumentParser) -> set[str]:
+    """The destinations of the options that appear in `argv` (what the user typed, as opposed to
+    a default): used to name the flags a `--resume` ignores."""
+    given = set()
+    for action in parser._actions:
+        for option in action.option_strings:
+            if any(arg == option or arg.startswith(option + "=") for arg in argv):
+                given.add(action.dest)
+    return given
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
     """A dataclass as a plain dict (safe to store in a checkpoint's meta or a JSON line)."""
     return dataclasses.asdict(config)
+
+
+def format_config(config: Any, title: str = "configuration") -> str:
+    """The resolved configuration as aligned `name = value` lines, for the start of a run."""
+    values = config_to_dict(config)
+    width = max(map(len, values), default=0)
+    lines = [f"{title}:"] + [f"  {name:<{width}} = {value!r}" for name, value in values.items()]
+    return "\n".join(lines)
+
+
+def save_config(config: Any, folder: str | os.PathLike, name: str = "config.json") -> Path:
+    """Write the resolved configuration as `folder/config.json` (atomically) and return its path."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(config_to_dict(config), indent=2, default=str) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path

@@ -8,7 +8,7 @@ Ziegler et al. 2019 (the proportional controller of RLHF).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol, get_args
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,9 @@ __all__ = [
     "kl_regularized_objective",
     "kl_regularized_optimum",
     "KL_ESTIMATORS",
+    "KLEstimator",
+    "KL_CONTROLLERS",
+    "KLControllerKind",
     "KLController",
     "FixedKLController",
     "AdaptiveKLController",
@@ -75,7 +78,10 @@ def kl_regularized_optimum(ref_logits: torch.Tensor, rewards: torch.Tensor, beta
     return F.log_softmax(F.log_softmax(ref_logits, dim=-1) + rewards / beta, dim=-1)
 
 
-KL_ESTIMATORS = ("k1", "k2", "k3")
+KLEstimator = Literal["k1", "k2", "k3"]
+KL_ESTIMATORS = get_args(KLEstimator)
+KLControllerKind = Literal["fixed", "adaptive", "proportional"]
+KL_CONTROLLERS = get_args(KLControllerKind)
 
 
 @implements("KL-2", "KL-3")
@@ -141,27 +147,27 @@ class AdaptiveKLController:
     (note 000 says the learning rate shrinks: erratum E3). 1.5 and 2 are the paper's choices;
     it reports the algorithm is not sensitive to them.
 
-    Symbols → fields: β → `beta`, d_targ → `target_kl`, 1.5 → `tolerance`, 2 → `factor`.
+    Symbols → fields: β → `beta`, d_targ → `target`, 1.5 → `tolerance`, 2 → `factor`.
     `n_steps` is accepted for the common interface and ignored.
     """
 
     beta: float
-    target_kl: float
+    target: float
     tolerance: float = 1.5
     factor: float = 2.0
 
     def __post_init__(self) -> None:
         check_positive("beta", self.beta)
-        check_positive("target_kl", self.target_kl)
+        check_positive("target", self.target)
         if self.tolerance <= 1.0:
             raise ValueError(f"tolerance must be > 1, got {self.tolerance!r}")
         if self.factor <= 1.0:
             raise ValueError(f"factor must be > 1, got {self.factor!r}")
 
     def update(self, measured_kl: float, n_steps: int = 1) -> float:
-        if measured_kl < self.target_kl / self.tolerance:
+        if measured_kl < self.target / self.tolerance:
             self.beta /= self.factor
-        elif measured_kl > self.target_kl * self.tolerance:
+        elif measured_kl > self.target * self.tolerance:
             self.beta *= self.factor
         return self.beta
 
@@ -177,34 +183,40 @@ class ProportionalKLController:
     n/H per update, where n is the number of samples (steps, replies) since the last update and
     H the horizon over which the error is corrected.
 
-    Symbols → fields: β → `beta`, d_targ → `target_kl`, H → `horizon`; n → `n_steps` of update.
+    Symbols → fields: β → `beta`, d_targ → `target`, H → `horizon`; n → `n_steps` of update.
     """
 
     beta: float
-    target_kl: float
+    target: float
     horizon: float = 10_000.0
 
     def __post_init__(self) -> None:
         check_positive("beta", self.beta)
-        check_positive("target_kl", self.target_kl)
+        check_positive("target", self.target)
         check_positive("horizon", self.horizon)
 
     def update(self, measured_kl: float, n_steps: int) -> float:
-        error = min(max(measured_kl / self.target_kl - 1.0, -0.2), 0.2)
+        error = min(max(measured_kl / self.target - 1.0, -0.2), 0.2)
         self.beta *= 1.0 + error * n_steps / self.horizon
         return self.beta
 
 
 def make_kl_controller(
-    kind: str, init_beta: float, target_kl: float | None = None, horizon: float = 10_000.0
+    kind: KLControllerKind, beta: float, target: float | None = None, horizon: float = 10_000.0
 ) -> KLController:
-    """Build a controller by name: "fixed", "adaptive" (TR-3) or "proportional" (TR-4)."""
+    """Build a controller by name: "fixed", "adaptive" (TR-3) or "proportional" (TR-4).
+
+    `beta` is the initial β, `target` the d_targ the controller steers the measured KL to (not
+    needed by "fixed"), `horizon` the H of the proportional controller. Which KL it measures is
+    the caller's: KL[π_old‖π_θ] for PPO's penalty objective (config fields `kl_coef`,
+    `kl_controller`, `kl_controller_target`), KL[π_θ‖π_ref] for RLHF (`ref_kl_coef`,
+    `ref_kl_controller`, `ref_kl_controller_target`)."""
     if kind == "fixed":
-        return FixedKLController(init_beta)
-    if target_kl is None:
-        raise ValueError(f"the {kind!r} KL controller needs target_kl")
+        return FixedKLController(beta)
+    if target is None:
+        raise ValueError(f"the {kind!r} KL controller needs target")
     if kind == "adaptive":
-        return AdaptiveKLController(init_beta, target_kl)
+        return AdaptiveKLController(beta, target)
     if kind == "proportional":
-        return ProportionalKLController(init_beta, target_kl, horizon)
+        return ProportionalKLController(beta, target, horizon)
     raise ValueError(f"unknown KL controller {kind!r}: expected 'fixed', 'adaptive' or 'proportional'")

@@ -15,6 +15,8 @@ ratio); Schulman et al. 2017 (PPO, eqs. 6–9); Yu et al. 2025 (DAPO); Liu et al
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 import torch.nn.functional as F
 
@@ -36,6 +38,7 @@ __all__ = [
     "masked_whiten",
     "reduce_loss",
     "LOSS_REDUCTIONS",
+    "LossReduction",
     "approx_kl",
     "clip_fraction",
     "explained_variance",
@@ -253,7 +256,8 @@ def masked_whiten(
     return whitened if mask is None else whitened * mask.to(x.dtype)
 
 
-LOSS_REDUCTIONS = ("token_mean", "seq_mean", "constant")
+LossReduction = Literal["token_mean", "seq_mean", "constant"]
+LOSS_REDUCTIONS = get_args(LossReduction)
 
 
 @implements("GR-2", "DA-3", "DR-1", "GR-3")

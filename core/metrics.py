@@ -22,13 +22,14 @@ METRICS: dict[str, str] = {
     "losses/approx_kl": "mean k3 estimate of KL[π_old‖π_θ] while updating; large values mean big policy moves",
     "losses/clipfrac": "share of ratios outside [1 − ε, 1 + ε_high]; how often clipping was active",
     "losses/explained_variance": "1 − Var[V^targ − V]/Var[V^targ] of the rollout's values; 1 is a perfect critic",
-    "losses/ref_kl": "the in-loss KL to the reference policy (GRPO's β·k3 term), when used",
+    "losses/ref_kl": "in-loss KL to the reference policy π_ref (GRPO's k3 term, weight ref_kl_coef), when used",
     "ppo/epochs": "epochs actually run (fewer than configured after an early stop at target_kl)",
     "ppo/minibatches": "minibatch updates actually run",
     "ppo/kl_after_update": "KL[π_old‖π_θ] measured on the whole batch after the update (input to the β controller)",
     # Charts
     "charts/learning_rate": "the optimiser's learning rate (annealed linearly to 0 by default)",
-    "charts/beta": "the KL coefficient β (penalty objective or RLHF reward shaping)",
+    "charts/kl_coef": "β of the penalty on KL[π_old‖π_θ] (kl_penalty objective, TR-2/TR-3) this update",
+    "charts/ref_kl_coef": "β of the KL to the reference policy π_ref (RLHF reward shaping or GRPO's in-loss term)",
     "charts/episodic_return": "mean undiscounted return of the episodes that finished since the last log",
     "charts/episodic_length": "mean length of those episodes, in agent steps",
     "charts/episodes": "number of episodes that finished since the last log",
@@ -37,7 +38,7 @@ METRICS: dict[str, str] = {
     # RLHF
     "rlhf/score": "mean reward-model score R_φ of the sampled replies (the proxy reward)",
     "rlhf/gold_reward": "mean hidden gold reward of the sampled replies (what we actually want)",
-    "rlhf/kl": "mean per-reply KL estimate Σ_t (log π_θ − log π_ref) to the reference model",
+    "rlhf/ref_kl": "mean per-reply KL estimate Σ_t (log π_θ − log π_ref) to the reference model π_ref",
     "rlhf/response_length": "mean reply length in tokens",
 }
 

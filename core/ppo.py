@@ -23,15 +23,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Literal, NamedTuple, get_args
 
 import torch
 
 from core.catalog import implements
 from core.checks import check_finite, check_positive, check_same_shape
-from core.kl import KL_ESTIMATORS, KLController, kl_estimate
+from core.config import check_choices
+from core.kl import KLController, KLEstimator, kl_estimate
 from core.losses import (
-    LOSS_REDUCTIONS,
+    LossReduction,
     approx_kl,
     clip_fraction,
     clipped_surrogate,
@@ -45,7 +46,8 @@ from core.losses import (
 
 __all__ = ["PPOConfig", "Evaluation", "ppo_update", "OBJECTIVES", "REQUIRED_BATCH_KEYS"]
 
-OBJECTIVES = ("clip", "kl_penalty", "clip+kl_penalty", "ratio")
+Objective = Literal["clip", "kl_penalty", "clip+kl_penalty", "ratio"]
+OBJECTIVES = get_args(Objective)
 REQUIRED_BATCH_KEYS = ("actions", "logprobs", "advantages", "returns", "values")
 
 
@@ -57,7 +59,7 @@ class PPOConfig:
     """ε (ε_low): the ratio is clipped to [1 − ε, 1 + ε_high] (CL-1)."""
     clip_coef_high: float | None = None
     """ε_high for DAPO's clip-higher (DA-1); None means the same as `clip_coef`."""
-    objective: str = "clip"
+    objective: Objective = "clip"
     """'clip' (CL-1), 'kl_penalty' (TR-2, needs a KL controller), 'clip+kl_penalty', or 'ratio': the plain
     ρA of IS-1 with no trust region at all (the "no clipping or penalty" row of the PPO paper's Table 1)."""
     update_epochs: int = 4
@@ -80,16 +82,17 @@ class PPOConfig:
     """Global gradient-norm clip (detail 11); None disables it."""
     target_kl: float | None = None
     """Stop the epochs early once the mean approx_kl of an epoch passes this; None never stops."""
-    loss_reduction: str = "token_mean"
+    loss_reduction: LossReduction = "token_mean"
     """How per-token terms become a scalar: 'token_mean' (DA-3), 'seq_mean' (GR-2), 'constant' (DR-1)."""
     loss_constant: float | None = None
     """C of the 'constant' reduction (for example the generation budget in tokens)."""
     ref_kl_coef: float = 0.0
     """β_ref of an in-loss KL to a reference policy (GRPO's −β·k3 term, GR-2); needs batch['ref_logprobs']."""
-    ref_kl_estimator: str = "k3"
+    ref_kl_estimator: KLEstimator = "k3"
     """Which estimator (KL-2) the in-loss KL uses: 'k1', 'k2' or 'k3'."""
 
     def __post_init__(self) -> None:
+        check_choices(self)
         check_positive("clip_coef", self.clip_coef)
         if self.clip_coef_high is not None:
             check_positive("clip_coef_high", self.clip_coef_high)
@@ -98,8 +101,6 @@ class PPOConfig:
                     f"clip_coef_high (ε_high = {self.clip_coef_high}) must be ≥ clip_coef "
                     f"(ε_low = {self.clip_coef})"
                 )
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         for name in ("update_epochs", "minibatch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -117,14 +118,10 @@ class PPOConfig:
             check_positive("max_grad_norm", self.max_grad_norm)
         if self.target_kl is not None:
             check_positive("target_kl", self.target_kl)
-        if self.loss_reduction not in LOSS_REDUCTIONS:
-            raise ValueError(f"loss_reduction must be one of {LOSS_REDUCTIONS}, got {self.loss_reduction!r}")
         if self.loss_reduction == "constant":
             if self.loss_constant is None:
                 raise ValueError("loss_constant must be set when loss_reduction is 'constant'")
             check_positive("loss_constant", self.loss_constant)
-        if self.ref_kl_estimator not in KL_ESTIMATORS:
-            raise ValueError(f"ref_kl_estimator must be one of {KL_ESTIMATORS}, got {self.ref_kl_estimator!r}")
 
 
 class Evaluation(NamedTuple):
@@ -164,7 +161,8 @@ def ppo_update(
 
     Returns floats under the fixed metric names (`core.metrics.METRICS`): losses/policy_loss,
     losses/value_loss, losses/entropy, losses/approx_kl, losses/clipfrac,
-    losses/explained_variance, losses/ref_kl (when used), charts/beta (with a controller),
+    losses/explained_variance, losses/ref_kl (when used), charts/kl_coef (β of the penalty on
+      KL[π_old‖π_θ], with a controller),
     and ppo/epochs, ppo/minibatches (how much of the schedule ran before an early stop).
     """
     uses_penalty = config.objective in ("kl_penalty", "clip+kl_penalty")
@@ -284,7 +282,7 @@ def ppo_update(
     stats["ppo/epochs"] = float(epochs_run)
     stats["ppo/minibatches"] = float(minibatches_run)
     if kl_controller is not None:
-        stats["charts/beta"] = beta
+        stats["charts/kl_coef"] = beta
         if uses_penalty:
             # TR-3: measure d = E[KL[π_old‖π_θ]] once the update is done, then adapt β for the next.
             stats["ppo/kl_after_update"] = _mean_kl_after_update(evaluate, batch, config.minibatch_size)

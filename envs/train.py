@@ -77,8 +77,8 @@ class TrainConfig(PPOConfig):
     """β schedule for the kl_penalty objective: 'adaptive' (TR-3), 'proportional' (TR-4) or 'fixed'."""
     kl_coef: float = 1.0
     """Initial β of the kl_penalty objective."""
-    kl_target: float = 0.01
-    """d_targ of the adaptive/proportional β controller."""
+    kl_controller_target: float = 0.01
+    """d_targ: the KL[π_old‖π_θ] per update the adaptive/proportional β controller steers to."""
     out: str = "runs/flappy"
     """Output folder: metrics.jsonl, learning_curve.png, checkpoint.pt."""
     checkpoint_every: int = 25
@@ -184,7 +184,7 @@ def train(
     if device.type == "cpu":
         torch.set_num_threads(config.cpu_threads or (1 if agent.arch != "cnn" else os.cpu_count() or 1))
     optimizer = torch.optim.Adam(agent.parameters(), lr=config.learning_rate, eps=1e-5)
-    kl_controller = make_kl_controller(config.kl_controller, config.kl_coef, config.kl_target) \
+    kl_controller = make_kl_controller(config.kl_controller, config.kl_coef, config.kl_controller_target) \
         if "kl_penalty" in config.objective else None
     shuffle = torch.Generator().manual_seed(config.seed)
     obs_dtype = torch.from_numpy(np.zeros(0, dtype=envs.single_observation_space.dtype)).dtype

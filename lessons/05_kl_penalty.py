@@ -146,7 +146,7 @@ print("    KL an update produces is not constant during a run either, so the rig
 lesson.step("Adaptive KL penalty coefficient, note 002", ids=["TR-3"])
 
 # First the rule on its own, on hand-picked measurements:
-controller = AdaptiveKLController(beta=1.0, target_kl=TARGET)
+controller = AdaptiveKLController(beta=1.0, target=TARGET)
 rows = []
 for d in (0.001, 0.05, 0.012, 0.02, 0.0066, 0.0067):
     before = controller.beta
@@ -161,7 +161,7 @@ for d in (0.001, 0.05, 0.012, 0.02, 0.0066, 0.0067):
 table(["measured d", "rule (d_targ = 0.01)", "β before", "β after"], rows)
 
 # Then in training, starting from a β far too small:
-adaptive = train(AdaptiveKLController(beta=0.03, target_kl=TARGET), UPDATES, seed=1)
+adaptive = train(AdaptiveKLController(beta=0.03, target=TARGET), UPDATES, seed=1)
 warm = 8
 in_band = sum(TARGET / 2 <= d <= 2 * TARGET for d in adaptive["kl"][warm:]) / len(adaptive["kl"][warm:])
 median_late = sorted(adaptive["kl"][warm:])[len(adaptive["kl"][warm:]) // 2]
@@ -189,9 +189,9 @@ lesson.check_note(
 lesson.step("A smoother β: the proportional controller (beyond the notes)", ids=["TR-4"])
 
 horizon = BATCH  # H: β may change by at most 0.2·n/H = 20% per update of n = 512 samples
-proportional = train(ProportionalKLController(beta=0.03, target_kl=TARGET, horizon=horizon), UPDATES, seed=1)
+proportional = train(ProportionalKLController(beta=0.03, target=TARGET, horizon=horizon), UPDATES, seed=1)
 # The same formula on its own: e is clipped to ±0.2, β moves by e·n/H.
-controller = ProportionalKLController(beta=1.0, target_kl=TARGET, horizon=horizon)
+controller = ProportionalKLController(beta=1.0, target=TARGET, horizon=horizon)
 rows = []
 for d in (0.05, 0.012, 0.008, 0.001):
     before = controller.beta

@@ -525,7 +525,8 @@ SETTINGS = (
     [("No clipping or penalty", dict(objective="ratio"), -0.39)]
     + [(f"Clipping, ε = {eps}", dict(objective="clip", clip_coef=eps), paper)
        for eps, paper in ((0.1, 0.76), (0.2, 0.82), (0.3, 0.70))]
-    + [(f"Adaptive KL, d_targ = {d}", dict(objective="kl_penalty", kl_controller="adaptive", kl_target=d), paper)
+    + [(f"Adaptive KL, d_targ = {d}", dict(objective="kl_penalty", kl_controller="adaptive",
+                                                   kl_controller_target=d), paper)
        for d, paper in ((0.003, 0.68), (0.01, 0.74), (0.03, 0.71))]
     + [(f"Fixed KL, β = {b:g}", dict(objective="kl_penalty", kl_controller="fixed", kl_coef=b), paper)
        for b, paper in ((0.3, 0.62), (1.0, 0.71), (3.0, 0.72), (10.0, 0.69))]

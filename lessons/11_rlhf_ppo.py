@@ -244,8 +244,8 @@ history = run["history"]
 every = max(1, len(history) // 8)
 shown = sorted(set(range(0, len(history), every)) | {len(history) - 1})
 table(["iteration", "R_φ (rlhf/score)", "gold", "KL to π_ref", "β", "Σ r_t", "expl. var.", "length"],
-      [[it, history[it]["rlhf/score"], history[it]["rlhf/gold_reward"], history[it]["rlhf/kl"],
-        history[it]["charts/beta"], history[it]["rlhf/shaped_return"], history[it]["losses/explained_variance"],
+      [[it, history[it]["rlhf/score"], history[it]["rlhf/gold_reward"], history[it]["rlhf/ref_kl"],
+        history[it]["charts/ref_kl_coef"], history[it]["rlhf/shaped_return"], history[it]["losses/explained_variance"],
         history[it]["rlhf/response_length"]] for it in shown], digits=3)
 after = evaluate_policy(policy, TASK, TOK, CONFIG.eval_prompts, seed=1, device=CPU, score_fn=score_fn)
 say(f"{len(history)} iterations × {CONFIG.rollout_batch_size} replies in {run['seconds']:.0f} s. On the same",
@@ -272,11 +272,11 @@ axes[0].plot(iterations, [h["rlhf/score"] for h in history], label="R_φ (reward
 axes[0].plot(iterations, [h["rlhf/gold_reward"] for h in history], label="gold reward")
 axes[0].set_title("mean reward of the sampled replies")
 axes[0].legend(fontsize=8)
-axes[1].plot(iterations, [h["rlhf/kl"] for h in history], color="C2")
+axes[1].plot(iterations, [h["rlhf/ref_kl"] for h in history], color="C2")
 axes[1].axhline(CONFIG.target_kl, ls="--", color="gray", label="target KL")
 axes[1].set_title("KL to π_ref per reply (nats)")
 axes[1].legend(fontsize=8)
-axes[2].step(iterations, [h["charts/beta"] for h in history], where="post", color="C3")
+axes[2].step(iterations, [h["charts/ref_kl_coef"] for h in history], where="post", color="C3")
 axes[2].set_title("β (adaptive, TR-3)")
 for ax in axes:
     ax.set_xlabel("PPO iteration")
@@ -288,7 +288,8 @@ lesson.step("Where the KL is paid: one reply of the trained policy, token by tok
 prompts = [TASK.sample_prompt(rng) for _ in range(128 if lesson.long else 64)]
 ro = collect_rollout(policy, sft, critic, score_fn, TASK, TOK, prompts, CPU, lesson.generator(6))
 reply_mask = ro.gen.reply_mask
-rewards, kl = per_token_rewards(ro.scores, ro.logprobs, ro.ref_logprobs, reply_mask, beta=history[-1]["charts/beta"],
+rewards, kl = per_token_rewards(ro.scores, ro.logprobs, ro.ref_logprobs, reply_mask,
+                                beta=history[-1]["charts/ref_kl_coef"],
                                 ended=ro.gen.ended, missing_eos_penalty=CONFIG.missing_eos_penalty)
 advantages = gae(rewards, ro.values, gamma=CONFIG.gamma, gae_lambda=CONFIG.gae_lambda, mask=reply_mask)
 seq_kl = kl.sum(1)
@@ -297,12 +298,13 @@ i = int(typical.argmin())
 n = int(ro.gen.lengths[i])
 chars = [TOK.decode([t], stop_at_eos=False) if t != TOK.eos_id else "EOS" for t in ro.gen.reply_ids[i, :n].tolist()]
 print(f"    {ro.prompts[i]!r} →{ro.replies[i]!r}   R_φ = {float(ro.scores[i]):.3f}, "
-      f"β = {history[-1]['charts/beta']:.3g}")
+      f"β = {history[-1]['charts/ref_kl_coef']:.3g}")
 table(["t", "token", "log π_θ", "log π_ref", "KL_t", "r_t", "V_ψ", "Â_t"],
       [[t, repr(chars[t]), float(ro.logprobs[i, t]), float(ro.ref_logprobs[i, t]), float(kl[i, t]),
         float(rewards[i, t]), float(ro.values[i, t]), float(advantages[i, t])] for t in range(n)], digits=3)
 say(f"Σ_t r_t = {float(rewards[i].sum()):.3f} = R_φ − β Σ_t KL_t = {float(ro.scores[i]):.3f} −",
-    f"{history[-1]['charts/beta']:.3g} × {float(kl[i].sum()):.3f} (a reply with the median KL of {len(prompts)}).",
+    f"{history[-1]['charts/ref_kl_coef']:.3g} × "
+    f"{float(kl[i].sum()):.3f} (a reply with the median KL of {len(prompts)}).",
     "The KL is paid where the policy changed its mind, at the tokens where log π_θ and log π_ref differ",
     "most: those are the choices PPO made. Â_t is what the value model did not see coming; before EOS",
     f"the trained V_ψ expects {float(ro.values[i, n - 1]):.2f}, close to the score {float(ro.scores[i]):.2f} that "

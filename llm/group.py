@@ -45,7 +45,7 @@ mean length of wrong replies to show the length bias (a small effect here: repli
 tokens).
 
 Metrics (`log(step, record)`, names documented in `core.metrics` and `llm.pipeline.METRIC_DOCS`):
-`rlhf/kl` (Σ_t log π_old − log π_ref per reply, only with a reference), `rlhf/response_length`,
+`rlhf/ref_kl` (Σ_t log π_old − log π_ref per reply, only with a reference), `rlhf/response_length`,
 `losses/policy_loss`, `losses/clipfrac`, `losses/approx_kl`, `losses/ref_kl` (with β > 0),
 `losses/entropy` (the per-token mean entropy of the sampling policy on the batch, for DAPO the
 kept groups: comparable between methods, unlike a figure reduced with each method's own
@@ -419,7 +419,7 @@ def train(
                            if k in ("losses/policy_loss", "losses/approx_kl", "losses/clipfrac", "losses/ref_kl")})
             record["losses/entropy"] = float(masked_mean(entropy, gen.reply_mask))
             if ref_logprobs is not None:
-                record["rlhf/kl"] = float(((logprobs - ref_logprobs) * gen.reply_mask).sum(dim=1).mean())
+                record["rlhf/ref_kl"] = float(((logprobs - ref_logprobs) * gen.reply_mask).sum(dim=1).mean())
         if not all(math.isfinite(v) for k, v in record.items() if k != "group/wrong_length"):
             raise FloatingPointError(f"non-finite {config.algo} statistics at iteration {it}: {record}")
         history.append({"step": it, **record})
@@ -433,7 +433,7 @@ def train(
     history.append({"step": config.group_iterations, **final})
     if log is not None:
         log(config.group_iterations, final)
-    kls = [r["rlhf/kl"] for r in history[-11:] if "rlhf/kl" in r]
+    kls = [r["rlhf/ref_kl"] for r in history[-11:] if "rlhf/ref_kl" in r]
     summary = {
         "accuracy": {"sft": before["accuracy"], "final": after["accuracy"], "decoding": "greedy",
                      "prompts": config.group_eval_prompts},

@@ -43,7 +43,7 @@ from llm.tokenizer import CharTokenizer
 __all__ = ["run_pipeline", "main", "METRIC_DOCS"]
 
 # Metric names of this front end beyond the shared ones of `core.metrics.METRICS` (where
-# rlhf/score, rlhf/gold_reward, rlhf/kl, rlhf/response_length, charts/beta and the PPO losses
+# rlhf/score, rlhf/gold_reward, rlhf/ref_kl, rlhf/response_length, charts/ref_kl_coef and the PPO losses
 # are documented). With reward_source='gold', rlhf/score is the verifier's reward.
 METRIC_DOCS = {
     "sft/loss": "cross-entropy of the reply tokens (and EOS) on a training batch",
@@ -276,7 +276,7 @@ def _run_ppo(config, task, tok, device, out: Path, paths, models, expected, summ
     )
     history = stats["history"]
     tail = history[-10:]
-    kl_final = sum(r["rlhf/kl"] for r in tail) / len(tail)
+    kl_final = sum(r["rlhf/ref_kl"] for r in tail) / len(tail)
     best = task.best_gold()
     gap = best - before["gold_reward"]
     closed = (after["gold_reward"] - before["gold_reward"]) / gap if gap > 0 else float("nan")
@@ -284,7 +284,7 @@ def _run_ppo(config, task, tok, device, out: Path, paths, models, expected, summ
     if config.target_kl:
         later = history[len(history) // 4 :]
         in_band = sum(
-            0.5 * config.target_kl <= r["rlhf/kl"] <= 2 * config.target_kl for r in later
+            0.5 * config.target_kl <= r["rlhf/ref_kl"] <= 2 * config.target_kl for r in later
         ) / len(later)
     ppo_stats = {
         "gold_sft": before["gold_reward"],

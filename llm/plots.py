@@ -20,13 +20,13 @@ __all__ = ["plot_rlhf", "plot_group", "read_ppo_history", "PANELS", "PREFERENCE_
 PANELS = [
     ("rlhf/score", "proxy score R_φ (reward model)"),
     ("rlhf/gold_reward", "gold reward (hidden)"),
-    ("rlhf/kl", "KL to reference, nats per reply"),
-    ("charts/beta", "β"),
+    ("rlhf/ref_kl", "KL to reference, nats per reply"),
+    ("charts/ref_kl_coef", "β"),
 ]
 
 PREFERENCE_PANELS = [
     ("rlhf/gold_reward", "gold reward (hidden), sampled replies"),
-    ("rlhf/kl", "KL to reference, nats per reply"),
+    ("rlhf/ref_kl", "KL to reference, nats per reply"),
     ("pref/margin", "log-ratio margin h, chosen − rejected (nats)"),
     ("pref/loss", "training loss"),
 ]
@@ -79,7 +79,7 @@ def plot_rlhf(
             xs = [r.get("step", i) for i, r in enumerate(records) if r.get(name) is not None]
             ys = [r[name] for r in records if r.get(name) is not None]
             ax.plot(xs, ys, label=run_label, lw=1.4)
-        if name == "rlhf/kl" and target_kl:
+        if name == "rlhf/ref_kl" and target_kl:
             ax.axhline(target_kl, color="k", ls="--", lw=0.8, label="target")
             ax.axhspan(
                 0.5 * target_kl, 2 * target_kl, color="k", alpha=0.06, label="0.5×–2× target"

@@ -28,7 +28,7 @@ are τ r_θ. The losses live in `core.preference`; this module only feeds them.
 
 Erratum E7. Note 004 says DPO "computes a KL divergence" of the two differences (计算KL散度) and
 builds the loss from it. It does not: the loss is a log-sigmoid of a *difference of log-ratios*,
-−log σ(β h), and no KL is computed anywhere in training. The KL reported here (`rlhf/kl`) is a
+−log σ(β h), and no KL is computed anywhere in training. The KL reported here (`rlhf/ref_kl`) is a
 separate measurement on replies sampled from π_θ — k1, the mean over replies of
 log π_θ(y|x) − log π_ref(y|x) with y ~ π_θ — to see how far the policy went, as for PPO.
 
@@ -163,7 +163,7 @@ def evaluate(policy: GPT, ref: GPT, task: Task, tok: CharTokenizer, n: int, seed
     result = evaluate_policy(policy, task, tok, n, seed, device, score_fn=kl_scorer(policy, ref))
     return {
         "rlhf/gold_reward": result["gold_reward"],
-        "rlhf/kl": result["score"],  # the scorer above returns each reply's log-ratio
+        "rlhf/ref_kl": result["score"],  # the scorer above returns each reply's log-ratio
         "rlhf/response_length": result["response_length"],
         "rlhf/eos_rate": result["eos_rate"],
     }
@@ -365,7 +365,7 @@ def train(
             loss=f"{loss.item():.3f}",
             h=f"{margin:.2f}",
             gold=f"{last['rlhf/gold_reward']:.2f}",
-            kl=f"{last['rlhf/kl']:.2f}",
+            kl=f"{last['rlhf/ref_kl']:.2f}",
         )
     policy.eval()
     held_out = held_out_accuracy(policy, tok, eval_pairs, eval_ref_chosen, eval_ref_rejected, device)
@@ -373,7 +373,7 @@ def train(
     best = task.best_gold()
     summary = {
         "gold_reward": {"sft": before["rlhf/gold_reward"], "final": last["rlhf/gold_reward"], "best": best},
-        "kl": {"final": last["rlhf/kl"], "target": None},
+        "kl": {"final": last["rlhf/ref_kl"], "target": None},
         "preference": {
             "algo": algo,
             "tau" if algo == "ipo" else "beta": coef,
@@ -402,7 +402,7 @@ def train(
         )
     print(
         f"[llm.preference] {algo}: gold reward {before['rlhf/gold_reward']:.3f} → {last['rlhf/gold_reward']:.3f} "
-        f"(best {best:.3f}), KL {last['rlhf/kl']:.2f}, held-out accuracy {held_out['accuracy']:.3f} "
+        f"(best {best:.3f}), KL {last['rlhf/ref_kl']:.2f}, held-out accuracy {held_out['accuracy']:.3f} "
         f"(gold agreement {held_out['gold_agreement']:.3f}), in {seconds:.0f}s ({eval_seconds:.0f}s evaluating)",
         file=sys.stderr,
     )

@@ -400,11 +400,11 @@ def train_ppo(
         record = {
             "rlhf/score": float(ro.scores.mean()),
             "rlhf/gold_reward": float(ro.gold.mean()),
-            "rlhf/kl": seq_kl,
+            "rlhf/ref_kl": seq_kl,
             "rlhf/response_length": float(mask.sum(dim=1).mean()),
             "rlhf/eos_rate": float(ro.gen.ended.float().mean()),
             "rlhf/shaped_return": float((rewards * mask).sum(dim=1).mean()),
-            "charts/beta": beta,
+            "charts/ref_kl_coef": beta,
             **{k: v for k, v in stats.items() if k.startswith("losses/")},
         }
         if not all(math.isfinite(v) for k, v in record.items() if k != "losses/explained_variance"):

@@ -127,7 +127,7 @@ def test_rollout_buffer_gae_and_flatten(device):
 def test_cli_generated_from_config_dataclass():
     parser = argparse.ArgumentParser()
     add_arguments(parser, PPOConfig)
-    args = parser.parse_args(["--clip-coef", "0.1", "--target-kl", "none", "--norm-adv", "false"])
+    args = parser.parse_args(["--clip-coef", "0.1", "--target-kl", "none", "--no-norm-adv"])
     config = from_arguments(PPOConfig, args)
     assert config.clip_coef == 0.1 and config.target_kl is None and config.norm_adv is False
     assert "ε" in field_docs(PPOConfig)["clip_coef"]

@@ -88,7 +88,7 @@ def test_unknown_estimator():
 
 @formula("TR-3")
 def test_adaptive_controller_trace():
-    ctl = AdaptiveKLController(beta=1.0, target_kl=0.01)
+    ctl = AdaptiveKLController(beta=1.0, target=0.01)
     trace = [ctl.update(d, 1) for d in (0.001, 0.05, 0.012, 0.02, 0.0066, 0.0067)]
     # 0.001 < 0.01/1.5 → halve; 0.05 > 0.015 → double; 0.012 in band → keep; 0.02 → double;
     # 0.0066 < 0.00667 → halve; 0.0067 in band → keep
@@ -97,7 +97,7 @@ def test_adaptive_controller_trace():
 
 @formula("TR-4")
 def test_proportional_controller_trace():
-    ctl = ProportionalKLController(beta=1.0, target_kl=0.1, horizon=100)
+    ctl = ProportionalKLController(beta=1.0, target=0.1, horizon=100)
     trace = [ctl.update(d, 10) for d in (0.15, 0.05, 0.11, 0.1)]
     # e = clip(d/d_targ − 1, ±0.2) = 0.2, −0.2, 0.1, 0 → β ×= 1 + e·10/100
     expected, beta = [], 1.0
@@ -114,6 +114,6 @@ def test_controller_factory_and_validation():
     with pytest.raises(ValueError, match="target_kl"):
         make_kl_controller("adaptive", 1.0, None)
     with pytest.raises(ValueError, match="target_kl must be > 0"):
-        AdaptiveKLController(beta=1.0, target_kl=0.0)
+        AdaptiveKLController(beta=1.0, target=0.0)
     with pytest.raises(ValueError, match="unknown KL controller"):
         make_kl_controller("pid", 1.0, 0.1)

@@ -305,7 +305,7 @@ def test_pipeline_stage_writes_a_checkpoint_llm_sample_can_load(tiny_sft, tok, c
     assert summary["gold_reward"]["best"] == 1.0
     records = [r for r in read_metrics(out / "metrics-grpo.jsonl") if "group/train_reward" in r]
     assert len(records) == 3
-    for name in ("rlhf/kl", "rlhf/response_length", "losses/policy_loss", "losses/entropy", "losses/clipfrac",
+    for name in ("rlhf/ref_kl", "rlhf/response_length", "losses/policy_loss", "losses/entropy", "losses/clipfrac",
                  "losses/approx_kl", "group/wrong_length", "group/dropped_share", "group/truncated_share"):
         assert name in records[-1], name
     # held-out accuracy before iterations 0 and 2 (every 2) and after the last one

@@ -76,8 +76,8 @@ def test_pipeline_writes_every_output_and_the_summary(tiny_run, capsys):
     for name in (
         "rlhf/score",
         "rlhf/gold_reward",
-        "rlhf/kl",
-        "charts/beta",
+        "rlhf/ref_kl",
+        "charts/ref_kl_coef",
         "rlhf/response_length",
         "losses/policy_loss",
         "losses/value_loss",

@@ -121,7 +121,7 @@ def test_training_ranks_the_training_pairs(tiny_sft, algo, first_loss, min_accur
 
 
 def test_kl_is_zero_at_the_reference_and_matches_sequence_logprobs(tiny_sft):
-    """rlhf/kl on sampled replies (left-padded generation layout) is the mean of the same
+    """rlhf/ref_kl on sampled replies (left-padded generation layout) is the mean of the same
     log π_θ − log π_ref that the trainer computes on right-padded rows; 0 when π_θ = π_ref."""
     _, sft = tiny_sft
     policy = type(sft)(sft.config).eval()
@@ -202,9 +202,9 @@ def test_pipeline_stage_on_an_existing_run_writes_a_sampleable_checkpoint(tiny_s
     assert "held_out_accuracy" in summary["preference"]
     records = read_metrics(out / "metrics-dpo.jsonl")
     train_records = [r for r in records if "pref/loss" in r]
-    evals = [r for r in records if "rlhf/kl" in r]
+    evals = [r for r in records if "rlhf/ref_kl" in r]
     assert len(train_records) == 4 and [r["step"] for r in evals] == [0, 2, 4]
-    assert evals[0]["rlhf/kl"] == pytest.approx(0.0, abs=1e-4)  # π_θ = π_ref before the first step
+    assert evals[0]["rlhf/ref_kl"] == pytest.approx(0.0, abs=1e-4)  # π_θ = π_ref before the first step
     for name in ("pref/margin", "pref/chosen_reward", "pref/rejected_reward", "pref/accuracy"):
         assert name in train_records[-1]
     for name in ("rlhf/gold_reward", "rlhf/response_length"):

@@ -279,7 +279,7 @@ def test_short_ppo_rlhf_run_raises_the_gold_reward(tiny_sft_and_rm):
         before["gold_reward"],
         after["gold_reward"],
     )
-    kls = [r["rlhf/kl"] for r in stats["history"]]
+    kls = [r["rlhf/ref_kl"] for r in stats["history"]]
     assert kls[0] == pytest.approx(0.0, abs=1e-4)  # the first rollout comes from π_ref itself
     assert max(kls) < 20.0  # the KL stays bounded
     for name in (
@@ -289,8 +289,8 @@ def test_short_ppo_rlhf_run_raises_the_gold_reward(tiny_sft_and_rm):
         "losses/clipfrac",
         "rlhf/score",
         "rlhf/gold_reward",
-        "rlhf/kl",
-        "charts/beta",
+        "rlhf/ref_kl",
+        "charts/ref_kl_coef",
         "rlhf/response_length",
     ):
         assert name in stats["history"][-1]

@@ -58,7 +58,7 @@ def test_ppo_solves_a_contextual_bandit(objective, device):
     policy = BanditPolicy().to(device)
     opt = torch.optim.Adam(policy.parameters(), lr=0.05, eps=1e-5)
     config = PPOConfig(objective=objective, minibatch_size=128, update_epochs=4, ent_coef=0.0)
-    controller = AdaptiveKLController(beta=1.0, target_kl=0.02) if "kl_penalty" in objective else None
+    controller = AdaptiveKLController(beta=1.0, target=0.02) if "kl_penalty" in objective else None
     for _ in range(40):
         batch = bandit_batch(policy, g, device=device)
         batch.pop("rewards")
@@ -94,7 +94,7 @@ def test_adaptive_penalty_keeps_kl_in_band(device):
     opt = torch.optim.Adam(policy.parameters(), lr=0.1, eps=1e-5)
     config = PPOConfig(objective="kl_penalty", minibatch_size=128, update_epochs=4)
     target = 0.01
-    controller = AdaptiveKLController(beta=0.1, target_kl=target)  # β starts far too small
+    controller = AdaptiveKLController(beta=0.1, target=target)  # β starts far too small
     kls = []
     for _ in range(30):
         n = 1024
