@@ -1,7 +1,8 @@
-"""The fixed metric names, documented once, and a JSON-lines writer.
+"""The fixed metric names, documented once, and a JSON-lines writer (optionally mirrored to TensorBoard).
 
-Both front ends log under these names so that one plotting script, one dashboard and one
-reader's memory serve every run. Names follow CleanRL's `losses/…` and `charts/…`.
+Both front ends log under these names so that one plotting script and one reader's memory
+serve every run. Names follow CleanRL's `losses/…` and `charts/…`, so with `--track tensorboard`
+the event files of a proximal run and of a CleanRL run overlay in one TensorBoard.
 """
 
 from __future__ import annotations
@@ -10,9 +11,13 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
-__all__ = ["METRICS", "MetricsWriter", "read_metrics"]
+__all__ = ["METRICS", "MetricsWriter", "read_metrics", "Tracker", "TRACKERS"]
+
+# Where metrics go besides metrics.jsonl (always written): nowhere else, or TensorBoard event files.
+Tracker = Literal["none", "tensorboard"]
+TRACKERS = get_args(Tracker)
 
 METRICS: dict[str, str] = {
     # PPO update (core.ppo.ppo_update)
@@ -49,12 +54,24 @@ class MetricsWriter:
     Unknown names are refused (a typo would silently start a new curve); NaN and inf are
     written as null so the file stays valid JSON. Each line is flushed at once, so a crash
     loses nothing already logged.
+
+    `track="tensorboard"` mirrors every value into TensorBoard event files in the same folder
+    (`add_scalar(name, value, step)` under the same name; NaN/inf are skipped there), so
+    `tensorboard --logdir runs` shows every run.
     """
 
-    def __init__(self, path: str | os.PathLike, extra_names: tuple[str, ...] = (), append: bool = False):
+    def __init__(self, path: str | os.PathLike, extra_names: tuple[str, ...] = (), append: bool = False,
+                 track: Tracker = "none"):
+        if track not in TRACKERS:
+            raise ValueError(f"track must be one of {', '.join(map(repr, TRACKERS))}; got {track!r}")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.allowed = set(METRICS) | set(extra_names)
+        self._tensorboard = None
+        if track == "tensorboard":
+            from torch.utils.tensorboard import SummaryWriter  # imported here: only runs that track need it
+
+            self._tensorboard = SummaryWriter(log_dir=str(self.path.parent), flush_secs=10)
         self._file = open(self.path, "a" if append else "w", encoding="utf-8")
 
     def write(self, step: int, values: dict[str, Any]) -> None:
@@ -65,11 +82,15 @@ class MetricsWriter:
         for name, value in values.items():
             value = float(value)
             record[name] = value if math.isfinite(value) else None
+            if self._tensorboard is not None and math.isfinite(value):
+                self._tensorboard.add_scalar(name, value, int(step))
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
 
     def close(self) -> None:
         self._file.close()
+        if self._tensorboard is not None:
+            self._tensorboard.close()
 
     def __enter__(self) -> MetricsWriter:
         return self

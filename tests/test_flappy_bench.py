@@ -11,7 +11,7 @@ from envs import bench
 
 def test_bench_smoke(capsys):
     summary = bench.main(["--seconds", "0.02", "--repeats", "1", "--sizes", "1,64",
-                          "--reference", "false", "--threads", "0"])
+                          "--no-reference", "--threads", "0"])
     last_line = capsys.readouterr().out.strip().splitlines()[-1]
     assert json.loads(last_line) == summary
     assert set(summary["batched_sps"]) == {"1", "64"} and summary["batched_sps"]["64"] > 0
