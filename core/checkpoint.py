@@ -4,10 +4,10 @@ Format: one `torch.save` file holding a plain dictionary
 
     {"format_version": 1, "kind": str, "meta": dict, "state": dict}
 
-`kind` says what wrote it ("ppo_agent" for the game agent, "llm_sft", "llm_rm", "llm_ppo", ... for the
-language-model stages), `meta` holds plain Python values
-(config, step counters, architecture), `state` holds tensors and nested dicts of tensors
-(model and optimiser state dicts). Loading uses `torch.load(weights_only=True)`, which
+`kind` says what wrote it ("ppo_agent" for the game agent; "llm_sft", "llm_rm", "llm_ppo", ...
+for the language-model stages), `meta` holds plain Python values (config, step counters,
+architecture), `state` holds tensors and nested dicts of tensors (model and optimiser state
+dicts). Loading uses `torch.load(weights_only=True)`, which
 refuses arbitrary pickled objects, so opening a checkpoint never runs code from it.
 
 Writing is atomic: the bytes go to a temporary file in the same folder, are flushed and
