@@ -73,7 +73,7 @@ NOTES: dict[str, Note] = {
         "002", "002_c297ee72da052b00.txt",
         "SQA-042: Proximal Policy Optimization Algorithms (PPO 的原始 paper)",
         "SQA-042: a reading of the PPO paper",
-        "reading the PPO paper",
+        "PPO paper notes",
         "a reading of Schulman et al. 2017 in simplified Chinese: policy gradient, TRPO, the KL "
         "penalty, the clipped surrogate, adaptive β, PPO for LLM post-training (sparse and dense reward)",
         {heading: heading for heading in (  # its headings are in English already
@@ -427,8 +427,10 @@ def _decorated(tree: ast.Module, is_mark: Callable[[ast.expr], bool]) -> list[tu
         for node in body:
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
                 name = f"{prefix}{node.name}"
-                args = [a.value for d in node.decorator_list if isinstance(d, ast.Call) and is_mark(d.func)
-                        for a in d.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+                # the mark on the function, or inside a decorator: parametrize(..., pytest.param(..., marks=...))
+                args = [a.value for d in node.decorator_list for c in ast.walk(d)
+                        if isinstance(c, ast.Call) and is_mark(c.func)
+                        for a in c.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
                 found.append((name, args))
                 if isinstance(node, ast.ClassDef):
                     visit(node.body, f"{name}.")
@@ -463,9 +465,10 @@ def implemented_by(root: str | Path | None = None) -> dict[str, list[str]]:
 def marked_test_ids(tests_dir: str | Path | None = None) -> dict[str, list[str]]:
     """Formula ID → pytest node ids (`tests/test_x.py::test_y`) of the tests marked with it.
 
-    Marks are found on functions, classes (their tests inherit the mark) and in a module's
-    `pytestmark`, written `@pytest.mark.formula("ID")` or through an alias such as
-    `formula = pytest.mark.formula`.
+    Marks are found on functions, classes (their tests inherit the mark), on `pytest.param`s of
+    a parametrize (the node id is then the whole test; `verify` keeps only the marked
+    parameters) and in a module's `pytestmark`, written `@pytest.mark.formula("ID")` or through
+    an alias such as `formula = pytest.mark.formula`.
     """
     tests_dir = Path(tests_dir) if tests_dir else ROOT / "tests"
     found: dict[str, list[str]] = defaultdict(list)

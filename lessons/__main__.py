@@ -157,8 +157,28 @@ def verify(ids: list[str], pytest_args: list[str]) -> int:
     if not nodes:
         return 5  # pytest's own code for "no tests collected"
     print(f"verifying {', '.join(selected)}: {len(nodes)} marked test(s)", flush=True)
-    command = [sys.executable, "-m", "pytest", "-v", "-v", "-p", "no:cacheprovider", *pytest_args, *nodes]
+    marks = [arg for fid in selected for arg in ("--formula", fid)]
+    command = [sys.executable, "-m", "pytest", "-v", "-v", "-p", "no:cacheprovider", "-p", "lessons.__main__",
+               *marks, *pytest_args, *nodes]
     return subprocess.call(command, cwd=ROOT)
+
+
+# `verify` runs pytest with `-p lessons.__main__ --formula ID`: these two hooks keep exactly the
+# items marked with the IDs, including single parameters of a parametrized test.
+def pytest_addoption(parser) -> None:
+    parser.addoption("--formula", action="append", default=[], metavar="ID",
+                     help="keep only the tests marked @pytest.mark.formula(ID) (python -m lessons verify)")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    wanted = set(config.getoption("formula"))
+    if not wanted:
+        return
+    keep = [item for item in items if wanted & {m.args[0] for m in item.iter_markers("formula") if m.args}]
+    dropped = [item for item in items if item not in keep]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
 
 
 def split_run_arguments(argv: list[str]) -> tuple[list[int], bool, list[str]]:
