@@ -156,3 +156,10 @@ def test_verify_names_the_valid_families_for_an_unknown_id(capsys):
     assert main(["verify", "ZZ-9"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "ZZ-9" in err and "PG-1…PG-8" in err and "AC-1…AC-2" in err
+
+
+def test_readme_says_how_to_read_the_catalog_and_verify_a_formula():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Formula traceability", 1)[1].split("\n## ", 1)[0]
+    for needed in ("lessons/FORMULAS.md", "python -m lessons verify", "python -m lessons catalog --write"):
+        assert needed in section, needed
