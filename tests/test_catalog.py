@@ -135,6 +135,11 @@ def test_first_citation_of_a_note_in_a_module_gives_its_short_title():
             elif f"{number} ({NOTES[number].short}" not in text:
                 problems.append(f"{path.relative_to(ROOT)}: cite note {number} once as "
                                 f"'note {number} ({NOTES[number].short})'")
+    for path in sorted((ROOT / "lessons").glob("[0-9][0-9]_*.py")):  # lessons cite the notes by file name
+        doc = path.read_text(encoding="utf-8").split('"""')[1]
+        for note in NOTES.values():
+            if note.file in doc and f"{note.file} ({note.short})" not in doc:
+                problems.append(f"lessons/{path.name}: cite {note.file} once as '{note.file} ({note.short})'")
     assert not problems, "\n".join(problems)
 
 
