@@ -18,7 +18,8 @@ Conventions shared by every function here
   with `mask` given and `next_values`/`terminations` left out, the sequence ends terminally at
   its last real token and the value after it is 0.
 
-Sources: notes 003 (k-step estimates, GAE), 004 (critic target, Q = r + γV); Schulman et al.
+Sources: notes 003 (PPO derived: k-step estimates, GAE), 004 (PG to GRPO: critic target,
+Q = r + γV); Schulman et al.
 2016, "High-Dimensional Continuous Control Using Generalized Advantage Estimation"; Shao et al.
 2024 (GRPO); Yu et al. 2025 (DAPO); Liu et al. 2025 (Dr. GRPO).
 """

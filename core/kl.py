@@ -1,8 +1,9 @@
 """KL divergence: the exact categorical KL, the k1/k2/k3 estimators, and β controllers.
 
-Sources: notes 000 (the penalty term), 002 (adaptive β), 004 (k1/k2/k3, "PPO uses k1, GRPO
-uses k3"); John Schulman, "Approximating KL Divergence" (2020); Schulman et al. 2017, §4;
-Ziegler et al. 2019 (the proportional controller of RLHF).
+Sources: notes 000 (RLHF objective: the penalty term), 002 (PPO paper notes: adaptive β), 004
+(PG to GRPO: k1/k2/k3, "PPO uses k1, GRPO uses k3"); John Schulman, "Approximating KL
+Divergence" (2020); Schulman et al. 2017, §4; Ziegler et al. 2019 (the proportional controller
+of RLHF).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def kl_regularized_objective(
 ) -> torch.Tensor:
     """E_{y∼π(·|x)}[r(x, y)] − β KL[π(·|x) ‖ π_ref(·|x)], exactly, for each prompt x   (RM-2's objective).
 
-    The RLHF objective of notes 000 and 001, for a policy small enough to enumerate its replies.
+    The RLHF objective of notes 000 and 001 (PPO for LLMs), for a policy small enough to enumerate its replies.
     Averaging the result over prompts x ∼ D gives J (PG-1; D is the prompt distribution, not a
     divergence: erratum E1). With β = 0 it is the reward alone and so is its gradient (RM-4).
 

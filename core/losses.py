@@ -1,7 +1,8 @@
 """Policy-gradient surrogates, the value loss, entropy, and masked reductions.
 
 Sign convention: functions named `*_surrogate` return the **objective** of the notes, per
-element, to be *maximised* (the notes write every objective "越大越好", note 002). The PPO
+element, to be *maximised* (the notes write every objective "越大越好", note 002 (PPO paper
+notes)). The PPO
 update minimises `−reduce(objective) + c₁·value_loss − c₂·entropy` (CL-4). `value_loss` and
 `bradley_terry_loss` are losses, to be minimised.
 
@@ -9,7 +10,8 @@ Shapes: every per-element function works elementwise on matching shapes: `(N,)` 
 of game steps, `(B, T)` for B replies of T tokens. Reductions take an optional `mask` of the
 same shape (1 = real token, 0 = padding).
 
-Sources: notes 001–004; Williams 1992 (REINFORCE); Kakade & Langford 2002 (importance
+Sources: notes 000 (RLHF objective), 001 (PPO for LLMs), 003 (PPO derived), 004 (PG to GRPO)
+and 002; Williams 1992 (REINFORCE); Kakade & Langford 2002 (importance
 ratio); Schulman et al. 2017 (PPO, eqs. 6–9); Yu et al. 2025 (DAPO); Liu et al. 2025 (Dr. GRPO).
 """
 

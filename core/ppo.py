@@ -13,7 +13,8 @@ a mask", so one loop serves both:
             backward; clip the global grad norm; optimiser step
         stop early if the measured KL passed the target
 
-Sources: notes 001 (the loop), 002–004; Schulman et al. 2017 (PPO); Huang et al. 2022, "The 37
+Sources: notes 001 (PPO for LLMs: the loop), 002 (PPO paper notes), 003 (PPO derived), 004 (PG
+to GRPO); Schulman et al. 2017 (PPO); Huang et al. 2022, "The 37
 Implementation Details of PPO" (details 5–13 live here: minibatch shuffling, advantage
 normalisation, clipped surrogate, value clipping, entropy bonus, global gradient clipping,
 the debug metrics approx_kl and clipfrac, early stopping at a target KL).

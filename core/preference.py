@@ -9,7 +9,7 @@ model), and on the log-ratio
 which, times β, is the *implicit reward* of RM-2: the optimum of max E[r] − β KL[π‖π_ref] is
 π*(y|x) ∝ π_ref(y|x) exp(r(x,y)/β), so r(x,y) = β log π*(y|x)/π_ref(y|x) + β log Z(x).
 Plugging it into Bradley–Terry (RM-1) the unknown log Z(x) cancels in the difference of a pair:
-that is DPO. Note 004 describes DPO as "computing a KL divergence" (erratum E7): the loss is a
+that is DPO. Note 004 (PG to GRPO) describes DPO as "computing a KL divergence" (erratum E7): the loss is a
 log-sigmoid of a difference of log-ratios; no KL is computed anywhere.
 
 Shapes: every argument is (B,), one entry per pair (DPO, IPO) or per example (KTO).

@@ -1,8 +1,9 @@
 """TRPO's pieces: conjugate gradient, Fisher-vector products, and a KL-bounded line search.
 
-TRPO (TR-1; notes 002, 004; Schulman et al. 2015) maximises the surrogate E[ρ A] subject to
-E[KL[π_old, π_θ]] ≤ δ. To second order the constraint is ½ Δθᵀ F Δθ ≤ δ with F the Fisher
-matrix (the Hessian of the KL at θ_old), and the best step is along s = F⁻¹ g:
+TRPO (TR-1; notes 002 (PPO paper notes), 004 (PG to GRPO); Schulman et al. 2015) maximises
+the surrogate E[ρ A] subject to E[KL[π_old, π_θ]] ≤ δ. To second order the constraint is
+½ Δθᵀ F Δθ ≤ δ with F the Fisher matrix (the Hessian of the KL at θ_old), and the best step is
+along s = F⁻¹ g:
 
     s = F⁻¹ g                 (conjugate gradient, using only products F·v, never F itself)
     Δθ = √(2δ / sᵀ F s) · s   (the largest step the quadratic model of the KL allows)

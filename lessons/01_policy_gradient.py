@@ -7,13 +7,13 @@ What it teaches
     Carlo error that shrinks only as 1/√N.
 
 Notes followed
-    000_8217fa03f8526d4c.txt: [基本架構] eq (1), the expected reward 期望值 over queries X ~ D;
-        [只看 reward function] eq (2) the expectation written as a sum (解析函數), eq (3) its
+    000_8217fa03f8526d4c.txt (RLHF objective): [基本架構] eq (1), the expected reward 期望值 over queries
+        X ~ D; [只看 reward function] eq (2) the expectation written as a sum (解析函數), eq (3) its
         gradient, eq (4) the chain rule (微積分的 chain rule) ∇π = π ∇log π, and the policy
         gradient theorem (策略梯度定理); the Monte Carlo method (蒙特卡羅方法) converging as
         O(1/√N) where enumeration (窮舉法) is impossible.
-    002_c297ee72da052b00.txt: "Policy Gradient": ∫∇π r = E[∇log π · r], and "采样不传梯度"
-        (sampling passes no gradient), hence the surrogate E[log π · r].
+    002_c297ee72da052b00.txt (PPO paper notes): "Policy Gradient": ∫∇π r = E[∇log π · r], and
+        "采样不传梯度" (sampling passes no gradient), hence the surrogate E[log π · r].
 
 Formula IDs: PG-1, PG-2, PG-3, PG-4, PG-5. Check the note: E1 (what D is).
 

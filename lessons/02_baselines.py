@@ -7,11 +7,11 @@ What it teaches
     and six different weights Ψ_t give the same expected gradient with very different variances.
 
 Notes followed
-    002_c297ee72da052b00.txt: "Policy Gradient": replacing r by the advantage A_t (优势),
-        "减去一个常数不变", with lower variance (方差更小).
-    003_0b6419f90971e6ff.txt: "策略梯度算法": ∇J = E_s E_a[∇log π(a|s) Q(s,a)],
+    002_c297ee72da052b00.txt (PPO paper notes): "Policy Gradient": replacing r by the advantage A_t
+        (优势), "减去一个常数不变", with lower variance (方差更小).
+    003_0b6419f90971e6ff.txt (PPO derived): "策略梯度算法": ∇J = E_s E_a[∇log π(a|s) Q(s,a)],
         J = E_s[V(s)], V(s) = E_a[Q(s,a)]; "优势函数" (advantage function) A = Q − V.
-    004_27c6b9375ccb306e.txt: "Actor-Critic": the six ways (方法1–6) to weight ∇log π;
+    004_27c6b9375ccb306e.txt (PG to GRPO): "Actor-Critic": the six ways (方法1–6) to weight ∇log π;
         方法4 (Q) is the seed of actor–critic (actor-critic的雏形), 方法5 subtracts a baseline
         (减去一个基线函数), 方法6 uses Q = r + γV (时序差分 / TD residual).
 

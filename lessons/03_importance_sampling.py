@@ -8,10 +8,10 @@ What it teaches
     language model the ratio of a whole reply is the product of its token ratios.
 
 Notes followed
-    003_0b6419f90971e6ff.txt: "重要性采样" (importance sampling): 固定分母，优化分子 (fix the
-        denominator, optimise the numerator), the objective ∫ π_new/π_old · Q(s_t, a).
-    002_c297ee72da052b00.txt: "TRPO": max E[π_θ/π_θold · A_t]; "PPO for LLM post-training":
-        the whole answer as one action (把一整个答案看作一个 action) and its new/old ratio
+    003_0b6419f90971e6ff.txt (PPO derived): "重要性采样" (importance sampling): 固定分母，优化分子 (fix
+        the denominator, optimise the numerator), the objective ∫ π_new/π_old · Q(s_t, a).
+    002_c297ee72da052b00.txt (PPO paper notes): "TRPO": max E[π_θ/π_θold · A_t]; "PPO for LLM
+        post-training": the whole answer as one action (把一整个答案看作一个 action) and its new/old ratio
         (计算整段话的 new/old model prob ratio); sparse vs dense reward.
 
 Formula IDs: IS-1, IS-2. Check the note: E5 (Q(s_t|a) should read Q(s_t, a)).

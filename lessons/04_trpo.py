@@ -9,10 +9,11 @@ What it teaches
     gradient's size: that is what PPO later gets from clipping, with first-order steps only.
 
 Notes followed
-    002_c297ee72da052b00.txt: "TRPO (Trust Region Policy Optimization)": max E[π_θ/π_θold · A]
-        subject to E[KL[π_θold, π_θ]] ≤ δ ("这样的目标就基本上是所有 RL 方法的大方向了").
-    004_27c6b9375ccb306e.txt: "TRPO": 信赖域 (trust region); approximate the new policy by the
-        current one while the distributions stay close (KL散度); 泰勒逼近 (Taylor approximation),
+    002_c297ee72da052b00.txt (PPO paper notes): "TRPO (Trust Region Policy Optimization)": max
+        E[π_θ/π_θold · A] subject to E[KL[π_θold, π_θ]] ≤ δ ("这样的目标就基本上是所有 RL
+        方法的大方向了").
+    004_27c6b9375ccb306e.txt (PG to GRPO): "TRPO": 信赖域 (trust region); approximate the new policy by
+        the current one while the distributions stay close (KL散度); 泰勒逼近 (Taylor approximation),
         黑塞矩阵 (the Hessian), 共轭梯度 (conjugate gradient) and 线性搜索 (line search) to find
         a step that really satisfies the constraint.
 

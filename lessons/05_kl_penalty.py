@@ -8,13 +8,13 @@ What it teaches
     RLHF libraries use a smoother proportional version of the same controller.
 
 Notes followed
-    002_c297ee72da052b00.txt: "Problem: how to regularize": L^KL = E[ρA] − β E[KL[π_old, π_θ]],
-        "很难找到一个单一的 β 能够一直表现的很好" (no single β works well throughout);
+    002_c297ee72da052b00.txt (PPO paper notes): "Problem: how to regularize": L^KL = E[ρA] − β E[KL[π_old,
+        π_θ]], "很难找到一个单一的 β 能够一直表现的很好" (no single β works well throughout);
         "Adaptive KL Penalty Coefficient": the threshold d_target (阈值), raise β above
         1.5·d_target, lower it below.
-    000_8217fa03f8526d4c.txt: the last paragraph: 懲罰項 (penalty term), 正則化項 (regulariser),
-        信賴域 (trust region), and the claim that the learning rate shrinks (縮小學習率).
-    004_27c6b9375ccb306e.txt: "PPO惩罚": the constraint moved into the objective like a
+    000_8217fa03f8526d4c.txt (RLHF objective): the last paragraph: 懲罰項 (penalty term), 正則化項
+        (regulariser), 信賴域 (trust region), and the claim that the learning rate shrinks (縮小學習率).
+    004_27c6b9375ccb306e.txt (PG to GRPO): "PPO惩罚": the constraint moved into the objective like a
         Lagrange multiplier (拉格朗日乘数法), with β adjusted during training.
 
 Formula IDs: TR-2, TR-3, TR-4. Check the note: E3 (β changes, the learning rate does not).

@@ -9,14 +9,14 @@ What it teaches
     cases. The full PPO loss adds a value loss and an entropy bonus.
 
 Notes followed
-    003_0b6419f90971e6ff.txt: "约束" (constraint): clip(ρ, 1−ε, 1+ε), "由于clip在区间外不产生
-        梯度" (clip passes no gradient outside the range); "最终的目标函数" (the final objective):
-        the case analysis 合理 / 不合理 (sensible / not sensible) for A > 0 and A ≤ 0, with and
-        without the min ("已经clip了为什么还要取min").
-    002_c297ee72da052b00.txt: "Clipped Surrogate Objective", L^CLIP = E[min(r_t A_t,
+    003_0b6419f90971e6ff.txt (PPO derived): "约束" (constraint): clip(ρ, 1−ε, 1+ε),
+        "由于clip在区间外不产生梯度" (clip passes no gradient outside the range); "最终的目标函数" (the
+        final objective): the case analysis 合理 / 不合理 (sensible / not sensible) for A > 0 and A ≤ 0,
+        with and without the min ("已经clip了为什么还要取min").
+    002_c297ee72da052b00.txt (PPO paper notes): "Clipped Surrogate Objective", L^CLIP = E[min(r_t A_t,
         clip(r_t, 1−ε, 1+ε) A_t)] (the note's missing figure clip.png is drawn in step 2).
-    001_883a2028b23f6fee.txt: L_PPO = E[min(r_θ A, clip(r_θ, 1−ε, 1+ε) A)], ε ≈ 0.1–0.2, and R̂
-        as the value target (价值学习的回报/目标).
+    001_883a2028b23f6fee.txt (PPO for LLMs): L_PPO = E[min(r_θ A, clip(r_θ, 1−ε, 1+ε) A)], ε ≈ 0.1–0.2,
+        and R̂ as the value target (价值学习的回报/目标).
 
 Formula IDs: CL-1, CL-2, CL-3, CL-4.
 

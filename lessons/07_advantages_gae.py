@@ -9,14 +9,15 @@ What it teaches
     Â + V, the λ-return.
 
 Notes followed
-    003_0b6419f90971e6ff.txt: "优势函数" (advantage function) A(s_t, a) = Q(s_t, a) − V(s_t);
-        "如何估计优势函数": A^(1) = δ_t (TD残差), A^(2) = δ_t + γδ_{t+1}, the k-step estimate
+    003_0b6419f90971e6ff.txt (PPO derived): "优势函数" (advantage function) A(s_t, a) = Q(s_t, a) −
+        V(s_t); "如何估计优势函数": A^(1) = δ_t (TD残差), A^(2) = δ_t + γδ_{t+1}, the k-step estimate
         (k 阶近似估计) A^(k) = Σ_{l<k} γ^l δ_{t+l}; larger k: 偏差越小, 方差反而变大 (less bias,
         more variance); the λ-return weighting and the (1 − λ) factor (the note's 1/(1 − λ)
         remark); 广义优势估计 (GAE).
-    004_27c6b9375ccb306e.txt: "GAE" (指数加权平均, exponentially weighted average of TD
+    004_27c6b9375ccb306e.txt (PG to GRPO): "GAE" (指数加权平均, exponentially weighted average of TD
         residuals); Q = r + γV (方式6); how the critic is trained.
-    001_883a2028b23f6fee.txt: A(x, y) = r′(x, y) − V_ψ(x), the RLHF form with a value model.
+    001_883a2028b23f6fee.txt (PPO for LLMs): A(x, y) = r′(x, y) − V_ψ(x), the RLHF form with a value
+        model.
 
 Formula IDs: AD-1, AD-2, AD-3, AD-4, AD-5, AD-6, AD-7.
 

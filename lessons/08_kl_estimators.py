@@ -9,11 +9,11 @@ What it teaches
     the reward and GRPO puts k3 in the loss.
 
 Notes followed
-    000_8217fa03f8526d4c.txt: [懲罰值] D_KL[π_θ ‖ π_ref], the penalty (懲罰項) that keeps the
-        new model near the reference.
-    002_c297ee72da052b00.txt: "至于 KL 散度如何计算": exact per token when the whole p(a_t|s_t)
-        is known, a Monte Carlo approximation otherwise.
-    004_27c6b9375ccb306e.txt: "KL散度三种估计": "k1有偏有方差 k2有偏低方差 k3无偏低方差",
+    000_8217fa03f8526d4c.txt (RLHF objective): [懲罰值] D_KL[π_θ ‖ π_ref], the penalty (懲罰項) that keeps
+        the new model near the reference.
+    002_c297ee72da052b00.txt (PPO paper notes): "至于 KL 散度如何计算": exact per token when the whole
+        p(a_t|s_t) is known, a Monte Carlo approximation otherwise.
+    004_27c6b9375ccb306e.txt (PG to GRPO): "KL散度三种估计": "k1有偏有方差 k2有偏低方差 k3无偏低方差",
         "PPO是使用KL1训练的,GRPO是使用KL3训练的".
 
 Formula IDs: KL-1, KL-2, KL-3. Check the note: E8 (k1 is unbiased).

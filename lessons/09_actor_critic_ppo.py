@@ -13,17 +13,17 @@ What it teaches
     penalties) on the same budget, so that why clipping became the default is measured here.
 
 Notes followed
-    004_27c6b9375ccb306e.txt: "Actor-Critic": 方法4 is actor-critic的雏形 ("再用一个critic模型来
-        估计价值"), 方式6 uses Q = r + γV; "Actor很好优化,但是critic应该如何优化?" (the actor is
-        easy, how is the critic trained?); "Value Model是为了减少方差而设计出的深度模型" next to
-        "VM实际上是为了减少RM计算过程中的高方差" (erratum E6); PPO惩罚 and PPO裁剪 (the penalty
+    004_27c6b9375ccb306e.txt (PG to GRPO): "Actor-Critic": 方法4 is actor-critic的雏形
+        ("再用一个critic模型来估计价值"), 方式6 uses Q = r + γV; "Actor很好优化,但是critic应该如何优化?"
+        (the actor is easy, how is the critic trained?); "Value Model是为了减少方差而设计出的深度模型"
+        next to "VM实际上是为了减少RM计算过程中的高方差" (erratum E6); PPO惩罚 and PPO裁剪 (the penalty
         and the clipped form, the rows of Table 1).
-    001_883a2028b23f6fee.txt: the loop (整个循环): sample with the current π_θ, compute the
+    001_883a2028b23f6fee.txt (PPO for LLMs): the loop (整个循环): sample with the current π_θ, compute the
         reward, estimate A with V_ψ (使用V_ψ), maximise the clipped objective, "对收集的数据重复
         几个 epoch,然后收集新的样本"; "PPO 并非语言模型独有" (PPO also trains game players).
-    003_0b6419f90971e6ff.txt: the note's own practice run is Flappy Bird ("以一个简单的小游戏：
-        flappy bird，为具体的例子，对PPO算法进行了一个简单的实践"); the advantage (优势函数)
-        estimated by GAE (广义优势估计).
+    003_0b6419f90971e6ff.txt (PPO derived): the note's own practice run is Flappy Bird
+        ("以一个简单的小游戏： flappy bird，为具体的例子，对PPO算法进行了一个简单的实践"); the advantage
+        (优势函数) estimated by GAE (广义优势估计).
 
 Formula IDs: AC-1, AC-2. Check the note: E6 (what the value model's variance reduction is for).
 

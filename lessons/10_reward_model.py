@@ -11,17 +11,18 @@ What it teaches
     β → ∞ gives π_ref back. With β = 0 the gradient is the reward's gradient alone.
 
 Notes followed
-    001_883a2028b23f6fee.txt: 奖励模型 (reward model) R_φ(x,y) gives a continuous score
+    001_883a2028b23f6fee.txt (PPO for LLMs): 奖励模型 (reward model) R_φ(x,y) gives a continuous score
         (连续的分数), not a "good/bad" label; pairs (y⁺, y⁻) of the same prompt and the loss
         L(φ) = −log σ(R_φ(x,y⁺) − R_φ(x,y⁻)); 分数越高 … 越"符合人类偏好" (higher means more
         in line with human preference).
-    004_27c6b9375ccb306e.txt: "Reward Model是怎么设计的?到底是一个函数还是一个模型?": RM trained on
-        choice/reject pairs (choice和reject对) from a pretrained model whose LM-head becomes a
+    004_27c6b9375ccb306e.txt (PG to GRPO): "Reward Model是怎么设计的?到底是一个函数还是一个模型?": RM
+        trained on choice/reject pairs (choice和reject对) from a pretrained model whose LM-head becomes a
         value-head.
-    000_8217fa03f8526d4c.txt: [Reference model] "做得好不好, 我們要有一個 reference model 來當評審"
-        and "Model 的輸出愈接近 reference model 就表示學得愈好" (erratum E2); [綜合期望值和懲罰值]
-        π* = arg max_π {E[r] − β D_KL[π_θ ‖ π_ref]}; "當 β = 0, 忽略掉懲罰的話, 對式子 (1)
-        取梯度, 等效只對 reward function 取梯度" (with β = 0 only the reward's gradient remains).
+    000_8217fa03f8526d4c.txt (RLHF objective): [Reference model] "做得好不好, 我們要有一個 reference model
+        來當評審" and "Model 的輸出愈接近 reference model 就表示學得愈好" (erratum E2);
+        [綜合期望值和懲罰值] π* = arg max_π {E[r] − β D_KL[π_θ ‖ π_ref]}; "當 β = 0, 忽略掉懲罰的話,
+        對式子 (1) 取梯度, 等效只對 reward function 取梯度" (with β = 0 only the reward's gradient
+        remains).
 
 Formula IDs: RM-1, RM-2, RM-4. Check the note: E2 (the reward model judges, π_ref anchors).
 

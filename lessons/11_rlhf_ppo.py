@@ -13,13 +13,14 @@ What it teaches
     by lowering the variance of the policy gradient.
 
 Notes followed
-    001_883a2028b23f6fee.txt: "这一步也被称为shape reward": r′(x,y) = R_φ(x,y) − β KL(π_θ ‖ π_base),
-        the KL penalty like a brake (刹车); the advantage (优势函数) A(x,y) = r′(x,y) − V_ψ(x) with
-        V_ψ as a baseline (基线); the whole loop (整个循环) in five steps.
-    002_c297ee72da052b00.txt: "PPO for LLM post-training": sparse reward (一整个答案才给一个 reward)
-        against dense reward (每个 token), and "clip + KL penalty 一起用" (clip and KL together).
-    004_27c6b9375ccb306e.txt: "PPO的下半场": the four models (Policy, Reference, Reward, Value
-        Model); "VM实际上是为了减少RM计算过程中的高方差来进行的,因此实际上参数是从RM上进行初始化的"
+    001_883a2028b23f6fee.txt (PPO for LLMs): "这一步也被称为shape reward": r′(x,y) = R_φ(x,y) − β KL(π_θ ‖
+        π_base), the KL penalty like a brake (刹车); the advantage (优势函数) A(x,y) = r′(x,y) − V_ψ(x)
+        with V_ψ as a baseline (基线); the whole loop (整个循环) in five steps.
+    002_c297ee72da052b00.txt (PPO paper notes): "PPO for LLM post-training": sparse reward
+        (一整个答案才给一个 reward) against dense reward (每个 token), and "clip + KL penalty 一起用"
+        (clip and KL together).
+    004_27c6b9375ccb306e.txt (PG to GRPO): "PPO的下半场": the four models (Policy, Reference, Reward,
+        Value Model); "VM实际上是为了减少RM计算过程中的高方差来进行的,因此实际上参数是从RM上进行初始化的"
         (the value model is initialised from the reward model; erratum E6 on what its variance
         reduction is for); "PPO过程是怎么进行训练的": policy and value model optimised together
         in each ppo_epoch.

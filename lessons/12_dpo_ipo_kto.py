@@ -13,15 +13,15 @@ What it teaches
     balance the two kinds.
 
 Notes followed
-    004_27c6b9375ccb306e.txt: "DPO(Direct Preference Optimization,直接偏好优化)": 不再训练奖励模型
-        (no reward model), 不再使用强化学习 (no RL), choice and reject replies, the two models
-        model_gen and model_gen_ref (one trained, one frozen), 4份概率 (four log-probabilities),
+    004_27c6b9375ccb306e.txt (PG to GRPO): "DPO(Direct Preference Optimization,直接偏好优化)":
+        不再训练奖励模型 (no reward model), 不再使用强化学习 (no RL), choice and reject replies, the two
+        models model_gen and model_gen_ref (one trained, one frozen), 4份概率 (four log-probabilities),
         pro_log_diff and pro_log_diff_ref, and "拿2份做差的数据,计算KL散度 … 以KL散度计算Loss"
         (erratum E7); "KTO": 前景理论 (prospect theory), 参考kl散度 (the reference KL), the value
         function, 加权 (weighting); "IPO": "DPO算法容易在人类偏好上过拟合,所以加了一个正则化τ"
         (DPO overfits preferences, IPO adds the regulariser τ).
-    000_8217fa03f8526d4c.txt: the opening line, DPO as the other main way (另一個主流方式) to
-        fine-tune besides PPO.
+    000_8217fa03f8526d4c.txt (RLHF objective): the opening line, DPO as the other main way
+        (另一個主流方式) to fine-tune besides PPO.
 
 Formula IDs: DP-1, DP-2, DP-3. Check the note: E7 (the DPO loss is not a KL).
 

@@ -14,7 +14,7 @@ What it teaches
     drift under GRPO and its absence under DAPO's and Dr. GRPO's reductions.
 
 Notes followed
-    004_27c6b9375ccb306e.txt: "GRPO群体相对策略优化": its three parts, 重要性采样比 (policy
+    004_27c6b9375ccb306e.txt (PG to GRPO): "GRPO群体相对策略优化": its three parts, 重要性采样比 (policy
         ratio), 裁剪的目标函数 (clipped objective), KL 散度正则项 (KL regulariser); the 优势函数
         (advantage) "对每个样本做正则化" (normalised within the group); "很容易全对导致熵崩溃,且跟长度
         有关,会使得模型倾向于生成更长的文本" (all-correct groups, entropy collapse, longer text).

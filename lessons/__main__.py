@@ -4,6 +4,9 @@
     python -m lessons run N [N ...] [--step] ...   run lessons; --step, --long, --seed, --out are passed on
     python -m lessons run --all                    run every lesson straight through
     python -m lessons coverage [--only PG IS ...]  formula → lessons → tests; exit 1 if one lacks either
+    python -m lessons catalog [ID ...]             a formula's statement, sources, code, lessons and tests
+    python -m lessons catalog --write              regenerate lessons/FORMULAS.md from core/catalog.py
+    python -m lessons verify ID|FAMILY|all [...]   run the tests marked with those formulas; pytest's exit code
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import subprocess
 import sys
 import time
 
@@ -101,6 +105,82 @@ def coverage(only: list[str], implemented: bool) -> int:
     return 1 if (no_lesson or no_test or unknown) else 0
 
 
+def _select(words: list[str]) -> list[str] | None:
+    """Formula IDs named by `words` (IDs, families such as AD, or all), in catalog order; None if one is unknown."""
+    from core.catalog import FAMILIES, FORMULAS, family_ranges
+
+    wanted = {w.upper() for word in words for w in word.split(",") if w}
+    if "ALL" in wanted:
+        return list(FORMULAS)
+    unknown = sorted(wanted - set(FORMULAS) - set(FAMILIES))
+    if unknown:
+        print(f"unknown formula ID {', '.join(unknown)}; valid IDs: {family_ranges()} (or a family, or all)",
+              file=sys.stderr)
+        return None
+    return [fid for fid in FORMULAS if fid in wanted or fid.split("-")[0] in wanted]
+
+
+def catalog(ids: list[str], write: bool, check: bool) -> int:
+    from core.catalog import CATALOG_MD, describe, render_markdown
+
+    if write or check:
+        text = render_markdown()
+        current = CATALOG_MD.read_text(encoding="utf-8") if CATALOG_MD.is_file() else ""
+        if check:
+            if current != text:
+                print(f"{CATALOG_MD.name} is out of date: python -m lessons catalog --write", file=sys.stderr)
+                return 1
+            print(f"{CATALOG_MD.name} is up to date")
+            return 0
+        CATALOG_MD.write_text(text, encoding="utf-8")
+        print(f"wrote lessons/{CATALOG_MD.name} ({'unchanged' if current == text else 'updated'})")
+        return 0
+    selected = _select(ids or ["all"])
+    if selected is None:
+        return 2
+    print("\n\n".join(describe(fid) for fid in selected))
+    return 0
+
+
+def verify(ids: list[str], pytest_args: list[str]) -> int:
+    """Run the tests marked with the formulas `ids` (node ids from the catalog's scan); pytest's exit code."""
+    from core.catalog import ROOT, marked_test_ids
+
+    selected = _select(ids)
+    if selected is None:
+        return 2
+    tests = marked_test_ids()
+    untested = [fid for fid in selected if not tests.get(fid)]
+    nodes = list(dict.fromkeys(node for fid in selected for node in tests.get(fid, [])))
+    if untested:
+        print(f"no test is marked with {', '.join(untested)}", file=sys.stderr)
+    if not nodes:
+        return 5  # pytest's own code for "no tests collected"
+    print(f"verifying {', '.join(selected)}: {len(nodes)} marked test(s)", flush=True)
+    marks = [arg for fid in selected for arg in ("--formula", fid)]
+    command = [sys.executable, "-m", "pytest", "-v", "-v", "-p", "no:cacheprovider", "-p", "lessons.__main__",
+               *marks, *pytest_args, *nodes]
+    return subprocess.call(command, cwd=ROOT)
+
+
+# `verify` runs pytest with `-p lessons.__main__ --formula ID`: these two hooks keep exactly the
+# items marked with the IDs, including single parameters of a parametrized test.
+def pytest_addoption(parser) -> None:
+    parser.addoption("--formula", action="append", default=[], metavar="ID",
+                     help="keep only the tests marked @pytest.mark.formula(ID) (python -m lessons verify)")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    wanted = set(config.getoption("formula"))
+    if not wanted:
+        return
+    keep = [item for item in items if wanted & {m.args[0] for m in item.iter_markers("formula") if m.args}]
+    dropped = [item for item in items if item not in keep]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
+
+
 def split_run_arguments(argv: list[str]) -> tuple[list[int], bool, list[str]]:
     """`run 1 3 --all --step --seed 2` → ([1, 3], True, ["--step", "--seed", "2"]).
 
@@ -130,6 +210,17 @@ def main(argv: list[str] | None = None) -> int:
                             help="restrict to formula families or IDs, e.g. --only PG IS TR CL AD KL")
     cov_parser.add_argument("--implemented", action="store_true",
                             help="restrict to formulas that a function in core/ implements (@implements)")
+    cat_parser = commands.add_parser("catalog", help="show formulas of the catalog, or regenerate lessons/FORMULAS.md")
+    cat_parser.add_argument("ids", nargs="*", metavar="ID_OR_FAMILY", help="e.g. AD-4 or AD (default: all)")
+    cat_parser.add_argument("--write", action="store_true", help="rewrite lessons/FORMULAS.md from core/catalog.py")
+    cat_parser.add_argument("--check", action="store_true", help="exit 1 when lessons/FORMULAS.md is out of date")
+    ver_parser = commands.add_parser(
+        "verify", help="run the tests marked with formula IDs (verify AD-4, verify AD, verify all)",
+        epilog="Options after -- go to pytest, e.g. verify AD-4 -- -x.")
+    ver_parser.add_argument("ids", nargs="+", metavar="ID_OR_FAMILY", help="formula IDs, families, or all")
+    if argv[:1] == ["verify"] and "--" in argv:
+        cut = argv.index("--")
+        return verify(ver_parser.parse_args(argv[1:cut]).ids, argv[cut + 1:])
     if argv[:1] == ["run"] and not {"-h", "--help"} & set(argv):
         return run(*split_run_arguments(argv[1:]))
     args = parser.parse_args(argv)
@@ -137,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
         return list_lessons()
     if args.command == "run":  # only reached with --help
         return 0
+    if args.command == "catalog":
+        return catalog(args.ids, args.write, args.check)
+    if args.command == "verify":
+        return verify(args.ids, [])
     return coverage(args.only, args.implemented)
 
 

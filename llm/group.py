@@ -33,7 +33,7 @@ then its expected gradient is not that of the quantity it estimates: k1 = log π
 zero expected gradient (the score function has mean zero), k2 = ½(log π_θ − log π_ref)² has the
 gradient of KL[π_θ‖π_ref], and k3 has the gradient of KL[π_ref‖π_θ], the forward KL. GRPO's k3
 therefore pulls π_θ to cover π_ref rather than to stay inside it; `group_kl_estimator k2`
-gives the reverse KL that note 001 writes. (PPO-RLHF puts k1 in the reward instead, as a number
+gives the reverse KL that note 001 (PPO for LLMs) writes. (PPO-RLHF puts k1 in the reward instead, as a number
 without gradient, where its unbiasedness is what counts.)
 
 Why the three differ (GR-3, DR-1). Under GRPO's 1/|o_i| each token of a long reply weighs less:
@@ -53,7 +53,7 @@ reduction), and `group/…` (over every sampled reply, kept or not):
 held-out accuracy every `group_eval_every` iterations, training reward and accuracy, the length
 of wrong replies, the shares of groups dropped and of replies truncated.
 
-Sources: note 004 (GRPO's three parts; DAPO's four changes; Dr. GRPO's removal of the length
+Sources: note 004 (PG to GRPO: GRPO's three parts; DAPO's four changes; Dr. GRPO's removal of the length
 and std terms and of the KL; "GRPO 是使用 KL3 训练的"); Shao et al. 2024; Yu et al. 2025; Liu et
 al. 2025; Schulman 2020, "Approximating KL Divergence".
 

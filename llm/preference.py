@@ -26,7 +26,7 @@ optimum of max E[r] − β KL[π‖π_ref]; its unknown log Z(x) cancels in a pa
 τ plays β's part in its own KL-regularised objective, so the implicit rewards logged for IPO
 are τ r_θ. The losses live in `core.preference`; this module only feeds them.
 
-Erratum E7. Note 004 says DPO "computes a KL divergence" of the two differences (计算KL散度) and
+Erratum E7. Note 004 (PG to GRPO) says DPO "computes a KL divergence" of the two differences (计算KL散度) and
 builds the loss from it. It does not: the loss is a log-sigmoid of a *difference of log-ratios*,
 −log σ(β h), and no KL is computed anywhere in training. The KL reported here (`rlhf/ref_kl`) is a
 separate measurement on replies sampled from π_θ — k1, the mean over replies of

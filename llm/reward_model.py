@@ -1,5 +1,5 @@
 """Stage 2: the reward model R_φ(x, y), a scalar head on the SFT transformer, trained by
-Bradley–Terry on preference pairs (RM-1; notes 001 and 004).
+Bradley–Terry on preference pairs (RM-1; notes 001 (PPO for LLMs) and 004 (PG to GRPO)).
 
 Note 004: "RM是通过预训练模型+数据对来实现训练的 … 最后的LM-head换成正常的value-head": the
 reward model is the SFT model with its language-model head replaced by a scalar head. Its

@@ -1,6 +1,6 @@
 """Stage 3: PPO-RLHF (RM-6) — sample, score, shape with KL, GAE over tokens, PPO epochs.
 
-The loop of note 001 ("整个循环可以简单总结为"), one iteration per rollout batch:
+The loop of note 001 (PPO for LLMs: "整个循环可以简单总结为"), one iteration per rollout batch:
 
     1. sample prompts x and replies y ~ π_θ(·|x) with the KV cache  (`collect_rollout`)
     2. score: R_φ(x, y) on the reply's last real token; log π_θ and log π_ref per token;
@@ -12,7 +12,7 @@ The loop of note 001 ("整个循环可以简单总结为"), one iteration per ro
                                                              (`core.ppo.ppo_update`)
     5. update β from the measured KL (TR-3 adaptive or TR-4 proportional), repeat.
 
-The four models of note 004's figure: the policy π_θ (trained), the reference π_ref (the SFT
+The four models in the figure of note 004 (PG to GRPO): the policy π_θ (trained), the reference π_ref (the SFT
 model, frozen), the reward model R_φ (frozen) and the value model V_ψ (trained). Dropout is off
 in all of them.
 
@@ -76,7 +76,7 @@ def per_token_rewards(
     ended: torch.Tensor | None = None,
     missing_eos_penalty: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token shaped rewards of RLHF   (RM-3; notes 001, 002, 004; Ziegler et al. 2019).
+    """Per-token shaped rewards of RLHF   (RM-3; notes 001, 002 (PPO paper notes), 004; Ziegler et al. 2019).
 
         r_t = −β · KL_t                                 for every reply token t
         r_T += R_φ(x, y) − penalty·[no EOS]             on the last real token T (EOS if any)

@@ -51,3 +51,120 @@ def test_catalog_matches_the_notes_catalog():
     errata_in_notes = set(re.findall(r"^- (E\d+) ", text, flags=re.MULTILINE))
     assert ids_in_notes == set(FORMULAS)
     assert errata_in_notes == set(ERRATA)
+
+
+# ---- the catalog a reader sees: lessons/FORMULAS.md, python -m lessons verify, note citations ----
+
+def test_lessons_formulas_md_is_generated_from_the_catalog():
+    from core.catalog import CATALOG_MD, render_markdown
+
+    expected = render_markdown()
+    current = CATALOG_MD.read_text(encoding="utf-8") if CATALOG_MD.is_file() else ""
+    assert current == expected, (
+        "lessons/FORMULAS.md differs from core/catalog.py (a test, function or lesson was added or renamed); "
+        "rewrite it with: python -m lessons catalog --write")
+
+
+def test_every_formula_has_a_source_in_the_notes_and_a_readable_statement():
+    from core.catalog import FAMILIES, NOTES
+
+    for fid, formula in FORMULAS.items():
+        assert formula.family in FAMILIES, fid
+        assert formula.sources, f"{fid} has no source in the notes"
+        for source in formula.sources:
+            assert source.note in NOTES, (fid, source.note)
+            assert source.section in NOTES[source.note].sections, (fid, source.section)
+            assert source.term_zh and source.term_en, fid
+        assert not re.search(r"\\[a-z]+", formula.statement), f"{fid}: LaTeX in a statement meant for a terminal"
+    assert any(re.search(r"[\u4e00-\u9fff]", s.term_zh) for f in FORMULAS.values() for s in f.sources)
+    for note in NOTES.values():
+        assert note.title_zh and note.title_en and note.short and note.file.startswith(note.number)
+    for key, text in ERRATA.items():
+        assert re.match(r"\((\d{3})\)", text) and text[1:4] in NOTES, key
+
+
+def test_the_static_scans_agree_with_the_imports():
+    import_all_core_modules()
+    importlib.import_module("llm.rlhf")
+    from core.catalog import implemented_by
+
+    registered = {fid: sorted(names) for fid, names in IMPLEMENTED.items() if names}
+    scanned = {fid: sorted(names) for fid, names in implemented_by().items()}
+    assert {fid: names for fid, names in scanned.items() if any(n.startswith(("core.", "llm.rlhf.")) for n in names)} \
+        == {fid: names for fid, names in registered.items()}
+    # every @pytest.mark.formula("ID") written in a test file is found by the scan that verify uses
+    from core.catalog import marked_test_ids
+
+    nodes = marked_test_ids()
+    for path in sorted((ROOT / "tests").glob("test_*.py")):
+        written = set(re.findall(r"""formula\(\s*["']([A-Z]{2}-\d+)["']\s*\)""", path.read_text(encoding="utf-8")))
+        found = {fid for fid, ids in nodes.items() if any(n.startswith(f"tests/{path.name}::") for n in ids)}
+        assert found == written, path.name
+
+
+def test_lessons_of_reads_the_lessons_declared_ids():
+    from core.catalog import lessons_of
+    from lessons import discover
+
+    declared: dict[str, list[str]] = {}
+    for lesson in discover():
+        for fid in lesson.formulas:
+            declared.setdefault(fid, []).append(lesson.path.name)
+    assert lessons_of() == declared
+
+
+def test_first_citation_of_a_note_in_a_module_gives_its_short_title():
+    """A clone has no notes: "note 003" resolves through the notes table of lessons/FORMULAS.md,
+    and each module that cites a note names it once with its short title, "note 003 (PPO derived)"."""
+    from core.catalog import NOTES
+
+    citation = re.compile(r"\b[Nn]otes? (\d{3}(?:(?:, | and |–)\d{3})*)")
+    problems = []
+    for path in sorted(p for d in ("core", "envs", "llm") for p in (ROOT / d).rglob("*.py")):
+        if path.name == "catalog.py":
+            continue
+        text = " ".join(path.read_text(encoding="utf-8").split())
+        cited = set()
+        for span in citation.findall(text):
+            for part in re.split(r", | and ", span):
+                low, _, high = part.partition("–")
+                cited |= {f"{n:03d}" for n in range(int(low), int(high or low) + 1)}
+        for number in sorted(cited):
+            if number not in NOTES:
+                problems.append(f"{path.relative_to(ROOT)} cites note {number}, which the catalog does not know")
+            elif f"{number} ({NOTES[number].short}" not in text:
+                problems.append(f"{path.relative_to(ROOT)}: cite note {number} once as "
+                                f"'note {number} ({NOTES[number].short})'")
+    for path in sorted((ROOT / "lessons").glob("[0-9][0-9]_*.py")):  # lessons cite the notes by file name
+        doc = path.read_text(encoding="utf-8").split('"""')[1]
+        for note in NOTES.values():
+            if note.file in doc and f"{note.file} ({note.short})" not in doc:
+                problems.append(f"lessons/{path.name}: cite {note.file} once as '{note.file} ({note.short})'")
+    assert not problems, "\n".join(problems)
+
+
+def test_verify_runs_the_marked_tests_of_one_formula():
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "lessons", "verify", "DA-4"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "test_advantages.py::" in done.stdout and "PASSED" in done.stdout and " passed" in done.stdout
+
+
+def test_verify_names_the_valid_families_for_an_unknown_id(capsys):
+    from lessons.__main__ import main
+
+    assert main(["verify", "ZZ-9"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "ZZ-9" in err and "PG-1…PG-8" in err and "AC-1…AC-2" in err
+
+
+def test_readme_says_how_to_read_the_catalog_and_verify_a_formula():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Formula traceability", 1)[1].split("\n## ", 1)[0]
+    for needed in ("lessons/FORMULAS.md", "python -m lessons verify", "python -m lessons catalog --write"):
+        assert needed in section, needed
