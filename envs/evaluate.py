@@ -22,8 +22,8 @@ import sys
 import torch
 
 from core.checkpoint import CheckpointError
+from envs.checkpoints import load_agent
 from envs.networks import ActorCritic
-from envs.train import load_agent
 from envs.vector import make_vector_env, resolve_env_id
 
 

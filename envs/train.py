@@ -13,13 +13,18 @@ Details of PPO" (Huang et al. 2022): vectorised envs (1), orthogonal init (2), A
 lacks: a truncated episode bootstraps from V(final observation), a terminated one from 0.
 
 Deviations: the objective may be `kl_penalty` (PPO paper §4, adaptive β) or both; the agent
-handles Discrete action spaces only. Outputs in `--out DIR`: `metrics.jsonl` (names in
-`core/metrics.py`), `learning_curve.png`, `checkpoint.pt` (atomic; Ctrl-C saves first).
+handles Discrete action spaces only. Outputs in `--out DIR`: `config.json` (the resolved
+configuration, also printed at the start), `metrics.jsonl` (names in `core/metrics.py`),
+`learning_curve.png`, `checkpoint.pt` (atomic; Ctrl-C saves first).
+
+Defaults: the fields of `TrainConfig`; those that differ by env family (flappy, flappy-pixels,
+atari, classic) default to None and take the value of `PRESETS` in `resolve`.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import signal
@@ -28,59 +33,93 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 
-from core.checkpoint import load_checkpoint, save_checkpoint
-from core.config import add_arguments, config_to_dict, from_arguments
+from core.checkpoint import CheckpointError, load_checkpoint
+from core.config import add_arguments, check_choices, format_config, from_arguments, given_flags, save_config
 from core.device import resolve_device, seed_everything
-from core.kl import make_kl_controller
+from core.kl import KLControllerKind, make_kl_controller
 from core.metrics import MetricsWriter
-from core.ppo import PPOConfig, ppo_update
+from core.ppo import Objective, PPOConfig, ppo_update
 from core.rollout import RolloutBuffer
+from envs.checkpoints import CHECKPOINT_KIND, restore_training_state, save_training_state
 from envs.networks import ActorCritic
 from envs.vector import make_vector_env, resolve_env_id
 
-CHECKPOINT_KIND = "ppo_agent"
+__all__ = ["TrainConfig", "PRESETS", "env_family", "preset_for", "resolve", "train", "parse_config", "main"]
 
 
 @dataclass
-class TrainConfig(PPOConfig):
-    """Everything one training run needs; the command line is generated from these fields."""
+class TrainConfig:
+    """Everything one training run needs; the command line is generated from these fields.
 
+    A field whose default is None takes its env family's value from `PRESETS` (see `resolve`).
+    The PPO update's fields are those of `core.ppo.PPOConfig` that apply to games, with its
+    defaults (`ppo` builds the PPOConfig).
+    """
+
+    # ---- the environment and the run ----
     env_id: str = "flappy"
     """Environment: 'flappy' (features), 'flappy-pixels', any proximal/… id, CartPole-v1, ALE/Pong-v5, …"""
     seed: int = 1
     """Seeds torch, NumPy, Python and the environments."""
     device: str = "auto"
     """'auto' (CUDA when present), 'cpu' or 'cuda'."""
-    total_steps: int = 10_000_000
-    """Environment steps to train for (over all parallel envs)."""
-    num_envs: int = 64
-    """N parallel environments (actors)."""
-    num_steps: int = 128
-    """T steps per env per rollout; a batch holds N·T transitions."""
-    learning_rate: float = 3e-3
-    """Adam's learning rate at the start (annealed linearly to 0 when anneal_lr)."""
+    total_steps: int | None = None
+    """Environment steps to train for (over all parallel envs); None: the preset's value."""
+    num_envs: int | None = None
+    """N parallel environments (actors); None: the preset's value."""
+    num_steps: int | None = None
+    """T steps per env per rollout; a batch holds N·T transitions. None: the preset's value."""
+    learning_rate: float | None = None
+    """Adam's learning rate at the start (annealed linearly to 0 when anneal_lr); None: the preset's value."""
     anneal_lr: bool = True
     """Anneal the learning rate linearly to 0 over the run (detail 4)."""
     gamma: float = 0.99
     """γ, the discount factor."""
     gae_lambda: float = 0.95
     """λ of GAE(λ) (AD-4)."""
-    arch: str = "auto"
-    """'mlp' (separate actor and critic), 'mlp_shared', 'cnn' (Nature CNN), or 'auto' (by observation shape)."""
+    arch: Literal["auto", "mlp", "mlp_shared", "cnn"] = "auto"
+    """'mlp' (separate actor and critic), 'mlp_shared', 'cnn' (Nature CNN), or 'auto' (cnn for images, else mlp)."""
     hidden: int = 64
     """Width of the MLP layers."""
-    kl_controller: str = "adaptive"
-    """β schedule for the kl_penalty objective: 'adaptive' (TR-3), 'proportional' (TR-4) or 'fixed'."""
+
+    # ---- the PPO update (core.ppo.PPOConfig's fields for games) ----
+    objective: Objective = PPOConfig.objective
+    """'clip' (CL-1), 'kl_penalty' (TR-2), 'clip+kl_penalty', or 'ratio' (plain ρÂ, no trust region)."""
+    clip_coef: float | None = None
+    """ε: the ratio is clipped to [1 − ε, 1 + ε] (CL-1); None: the preset's value."""
+    update_epochs: int = PPOConfig.update_epochs
+    """K: passes over the batch per update."""
+    minibatch_size: int | None = None
+    """Rows (steps) per minibatch; None: the preset's value."""
+    norm_adv: bool = PPOConfig.norm_adv
+    """Normalise advantages to zero mean, unit std in each minibatch (detail 7)."""
+    clip_vloss: bool = PPOConfig.clip_vloss
+    """Clip the value loss around the old values (detail 9)."""
+    vf_clip_coef: float = PPOConfig.vf_clip_coef
+    """ε_v: how far the value may move from the old value before its loss is clipped."""
+    vf_coef: float = PPOConfig.vf_coef
+    """c₁: weight of the value loss (CL-4)."""
+    ent_coef: float | None = None
+    """c₂: weight of the entropy bonus (CL-4); None: the preset's value."""
+    max_grad_norm: float | None = PPOConfig.max_grad_norm
+    """Global gradient-norm clip (detail 11); none disables it."""
+    target_kl: float | None = PPOConfig.target_kl
+    """Early stop: end the epochs once the mean approx_kl of an epoch passes this; none never stops."""
     kl_coef: float = 1.0
-    """Initial β of the kl_penalty objective."""
+    """β of the kl_penalty objective (TR-2), its initial value under a controller."""
+    kl_controller: KLControllerKind = "adaptive"
+    """β schedule of the kl_penalty objective: 'adaptive' (TR-3), 'proportional' (TR-4) or 'fixed'."""
     kl_controller_target: float = 0.01
     """d_targ: the KL[π_old‖π_θ] per update the adaptive/proportional β controller steers to."""
+
+    # ---- output ----
     out: str = "runs/flappy"
-    """Output folder: metrics.jsonl, learning_curve.png, checkpoint.pt."""
+    """Output folder: config.json, metrics.jsonl, learning_curve.png, checkpoint.pt."""
     checkpoint_every: int = 25
     """Save a checkpoint every this many updates (and at the end, and on Ctrl-C)."""
     plot_every_seconds: float = 15.0
@@ -89,47 +128,73 @@ class TrainConfig(PPOConfig):
     """Show a progress bar."""
     cpu_threads: int = 0
     """Torch CPU threads; 0 = auto: 1 for MLPs (small ops run fastest on one thread), all cores for the CNN."""
-    minibatch_size: int = 1024
-    """Rows per minibatch (overrides PPOConfig's default for game batches)."""
-    ent_coef: float = 0.01
-    """c₂: weight of the entropy bonus (CL-4)."""
 
     def __post_init__(self) -> None:
+        check_choices(self)
         for name in ("total_steps", "num_envs", "num_steps", "checkpoint_every", "hidden"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)!r}")
-        if not self.learning_rate > 0:
+        if self.learning_rate is not None and not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
         for name in ("gamma", "gae_lambda"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
-        if self.arch not in ("auto", "mlp", "mlp_shared", "cnn"):
-            raise ValueError(f"arch must be 'auto', 'mlp', 'mlp_shared' or 'cnn', got {self.arch!r}")
-        self.batch_size = self.num_envs * self.num_steps
-        super().__post_init__()  # validates the PPO fields, minibatch_size ≤ batch_size among them
+        self._ppo_config(validate_only=True)  # the PPO fields, minibatch_size ≤ N·T among them
+
+    @property
+    def batch_size(self) -> int:
+        """N·T transitions per rollout."""
+        return self.num_envs * self.num_steps
 
     @property
     def num_iterations(self) -> int:
         return max(1, self.total_steps // self.batch_size)
 
+    @property
+    def ppo(self) -> PPOConfig:
+        """The PPO update's configuration (of a resolved TrainConfig)."""
+        return self._ppo_config()
 
-# Defaults that differ by family; a flag given on the command line always wins.
-PRESETS = {
-    "flappy": dict(),
+    def _ppo_config(self, validate_only: bool = False) -> PPOConfig:
+        ours = {f.name for f in dataclasses.fields(self)}
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(PPOConfig) if f.name in ours}
+        if validate_only:  # fields still None take PPOConfig's defaults, just to check the others
+            values = {name: value for name, value in values.items() if value is not None or name not in PRESET_FIELDS}
+        batch_size = self.batch_size if self.num_envs is not None and self.num_steps is not None else None
+        return PPOConfig(**values, batch_size=batch_size)
+
+
+# The defaults that differ by env family: the value of every TrainConfig field left None.
+PRESETS: dict[str, dict] = {
+    "flappy": dict(num_envs=64, num_steps=128, minibatch_size=1024, learning_rate=3e-3, clip_coef=0.2,
+                   ent_coef=0.01, total_steps=10_000_000),
+    "flappy-pixels": dict(num_envs=64, num_steps=128, minibatch_size=1024, learning_rate=3e-3, clip_coef=0.2,
+                          ent_coef=0.01, total_steps=10_000_000),
     "atari": dict(num_envs=8, num_steps=128, minibatch_size=256, learning_rate=2.5e-4, clip_coef=0.1,
-                  ent_coef=0.01, total_steps=10_000_000, arch="cnn"),
-    "classic": dict(num_envs=8, num_steps=128, minibatch_size=256, learning_rate=2.5e-4, ent_coef=0.01,
-                    total_steps=500_000),
+                  ent_coef=0.01, total_steps=10_000_000),
+    "classic": dict(num_envs=8, num_steps=128, minibatch_size=256, learning_rate=2.5e-4, clip_coef=0.2,
+                    ent_coef=0.01, total_steps=500_000),
 }
+PRESET_FIELDS = tuple(PRESETS["flappy"])
+
+
+def env_family(env_id: str) -> str:
+    """The row of `PRESETS` for an env id: 'flappy', 'flappy-pixels', 'atari' or 'classic' (the rest)."""
+    env_id = resolve_env_id(env_id)
+    if env_id.startswith("proximal/"):
+        return "flappy-pixels" if "Pixels" in env_id else "flappy"
+    return "atari" if env_id.startswith("ALE/") else "classic"
 
 
 def preset_for(env_id: str) -> dict:
-    env_id = resolve_env_id(env_id)
-    if env_id.startswith("proximal/"):
-        return dict(PRESETS["flappy"], **({"arch": "cnn"} if "Pixels" in env_id else {}))
-    if env_id.startswith("ALE/"):
-        return dict(PRESETS["atari"])
-    return dict(PRESETS["classic"])
+    """The preset of an env id's family (a copy)."""
+    return dict(PRESETS[env_family(env_id)])
+
+
+def resolve(config: TrainConfig) -> TrainConfig:
+    """`config` with every field left None filled from its env family's preset (a no-op when none is)."""
+    preset = preset_for(config.env_id)
+    return replace(config, **{name: value for name, value in preset.items() if getattr(config, name) is None})
 
 
 def build_agent(config: TrainConfig, obs_shape: tuple[int, ...], n_actions: int) -> ActorCritic:
@@ -171,13 +236,16 @@ def train(
     stop_after_iterations: int | None = None,
     stop_when: Callable[[ActorCritic, int], bool] | None = None,
 ) -> dict:
-    """Run PPO; return a summary. `resume` is a loaded checkpoint; `stop_after_iterations`
-    stops as if interrupted (tests of resumption); `stop_when(agent, global_step)` is asked
-    after each update whether the run is done (benchmarks stop once the task is solved)."""
+    """Run PPO; return a summary. `config` is resolved first (fields left None take the preset);
+    `resume` is a loaded checkpoint; `stop_after_iterations` stops as if interrupted (tests of
+    resumption); `stop_when(agent, global_step)` is asked after each update whether the run is
+    done (benchmarks stop once the task is solved)."""
+    config = resolve(config)
+    ppo_config = config.ppo
     device = resolve_device(config.device)
     seed_everything(config.seed)
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out)
     envs = make_vector_env(config.env_id, config.num_envs, device)
     obs_shape = tuple(envs.single_observation_space.shape)
     agent = build_agent(config, obs_shape, int(envs.single_action_space.n)).to(device)
@@ -188,13 +256,14 @@ def train(
         if "kl_penalty" in config.objective else None
     shuffle = torch.Generator().manual_seed(config.seed)
     obs_dtype = torch.from_numpy(np.zeros(0, dtype=envs.single_observation_space.dtype)).dtype
-    rollout = RolloutBuffer.allocate(config.num_steps, config.num_envs, obs_shape, obs_dtype=obs_dtype, device=device)
+    rollout = RolloutBuffer.allocate(num_envs=config.num_envs, num_steps=config.num_steps, obs_shape=obs_shape,
+                                     obs_dtype=obs_dtype, device=device)
 
     start_iteration, global_step = 0, 0
     obs = envs.reset(seed=config.seed)
     if resume is not None:
-        start_iteration, global_step, obs = restore_state(resume, agent, optimizer, kl_controller, shuffle, envs,
-                                                          config, device)
+        start_iteration, global_step, obs = restore_training_state(resume, agent, optimizer, kl_controller, shuffle,
+                                                                   envs, config.seed, device)
     print(f"env {resolve_env_id(config.env_id)} · {config.num_envs} envs × {config.num_steps} steps = batch "
           f"{config.batch_size} · {config.num_iterations} updates · {agent.arch} · {device}", file=sys.stderr)
 
@@ -214,12 +283,11 @@ def train(
             for t in range(config.num_steps):
                 actions, logprobs, values = agent.act(obs)
                 step = envs.step(actions)
-                rollout.obs[t], rollout.actions[t] = obs, actions
-                rollout.logprobs[t], rollout.values[t] = logprobs, values
-                rollout.rewards[t] = step.reward
-                rollout.terminations[t], rollout.truncations[t] = step.terminated, step.truncated
-                with torch.no_grad():  # V(s_{t+1}) of the true next state: the final obs where an episode ended
-                    rollout.next_values[t] = agent.value(step.final_obs)
+                rollout.obs[:, t], rollout.actions[:, t] = obs, actions
+                rollout.logprobs[:, t], rollout.values[:, t] = logprobs, values
+                rollout.rewards[:, t] = step.reward
+                rollout.terminations[:, t], rollout.truncations[:, t] = step.terminated, step.truncated
+                rollout.final_obs[:, t] = step.final_obs  # where an episode ended: the observation it ended in
                 finished["returns"] += step.episode_return.sum()
                 finished["scores"] += step.episode_score.sum()
                 finished["lengths"] += step.episode_length.sum()
@@ -227,10 +295,11 @@ def train(
                 obs = step.obs
             global_step += config.batch_size
 
-            # 2. Advantages by GAE(λ) with termination ≠ truncation, then K epochs of PPO.
-            advantages, returns = rollout.compute_advantages(gamma=config.gamma, gae_lambda=config.gae_lambda)
-            stats = ppo_update(agent.evaluate, rollout.flatten(advantages, returns), optimizer, config,
-                               kl_controller=kl_controller, generator=shuffle)
+            # 2. Advantages by GAE(λ), bootstrapping from V(final obs) at a truncation and from
+            # nothing at a termination, then K epochs of PPO on the N·T rows.
+            batch = rollout.batch(agent.value, obs, gamma=config.gamma, gae_lambda=config.gae_lambda)
+            stats = ppo_update(agent.evaluate, batch, optimizer, ppo_config, kl_controller=kl_controller,
+                               generator=shuffle)
 
             # 3. Log, plot, checkpoint.
             count = float(finished["count"])
@@ -280,67 +349,6 @@ def _progress_bar(config: TrainConfig, start: int):
     return tqdm(total=config.num_iterations, initial=start, unit="update", dynamic_ncols=True, file=sys.stderr)
 
 
-def save_training_state(path, config, agent, optimizer, kl_controller, shuffle, envs, obs, iteration, global_step):
-    """Everything needed to continue exactly where we are, written atomically."""
-    state = {
-        "model": agent.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "torch_rng": torch.get_rng_state(),
-        "shuffle_rng": shuffle.get_state(),
-        "obs": obs,
-    }
-    if torch.cuda.is_available():
-        state["cuda_rng"] = torch.cuda.get_rng_state_all()
-    if envs.state_dict() is not None:
-        state["env"] = envs.state_dict()
-    meta = {
-        "env_id": resolve_env_id(config.env_id),
-        "network": agent.describe(),
-        "config": config_to_dict(config),
-        "iteration": iteration,
-        "global_step": global_step,
-        "beta": None if kl_controller is None else float(kl_controller.beta),
-    }
-    save_checkpoint(path, CHECKPOINT_KIND, state, meta)
-
-
-def restore_state(payload, agent, optimizer, kl_controller, shuffle, envs, config, device):
-    meta, state = payload["meta"], payload["state"]
-    load_agent_weights(agent, payload)
-    optimizer.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["torch_rng"])
-    if "cuda_rng" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
-    shuffle.set_state(state["shuffle_rng"])
-    if kl_controller is not None and meta.get("beta") is not None:
-        kl_controller.beta = meta["beta"]
-    if "env" in state:
-        envs.load_state_dict(state["env"])
-        obs = state["obs"].to(device)
-    else:
-        # gymnasium envs cannot be snapshot: start fresh episodes, seeded by the position in the run
-        obs = envs.reset(seed=config.seed + meta["iteration"])
-    return meta["iteration"], meta["global_step"], obs
-
-
-def load_agent_weights(agent: ActorCritic, payload: dict) -> None:
-    """Load weights, with a clear error when the checkpoint's network differs from `agent`'s."""
-    saved = payload["meta"].get("network", {})
-    if saved != agent.describe():
-        raise ValueError(f"checkpoint network {saved} does not match this agent {agent.describe()} "
-                         f"(env {payload['meta'].get('env_id')!r})")
-    agent.load_state_dict(payload["state"]["model"])
-
-
-def load_agent(path, device: torch.device | str = "cpu") -> tuple[ActorCritic, dict]:
-    """Rebuild the agent saved in a checkpoint; returns (agent, meta)."""
-    payload = load_checkpoint(path, kind=CHECKPOINT_KIND, map_location=device)
-    net = payload["meta"]["network"]
-    agent = ActorCritic(tuple(net["obs_shape"]), net["n_actions"], arch=net["arch"], hidden=net["hidden"])
-    load_agent_weights(agent, payload)
-    return agent.to(device).eval(), payload["meta"]
-
-
 def plot_learning_curve(metrics_path: Path, png_path: Path) -> None:
     """Episodic return and score against environment steps (written atomically)."""
     import matplotlib
@@ -373,33 +381,60 @@ def plot_learning_curve(metrics_path: Path, png_path: Path) -> None:
     tmp.replace(png_path)
 
 
+# What a resumed run may change: how long it runs and where and how it shows its progress.
+# Every other flag would change the run itself, so `--resume` keeps the saved value and says so.
+RESUME_FLAGS = ("total_steps", "device", "cpu_threads", "progress", "plot_every_seconds", "checkpoint_every")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    presets = "\n".join(f"  {family:<14} " + ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                                                     for k, v in values.items())
+                        for family, values in PRESETS.items())
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=f"presets (the value of a field whose default is None), by env family:\n{presets}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(parser, TrainConfig)
+    parser.add_argument("--env", dest="env_id", default=argparse.SUPPRESS, help="alias of --env-id")
+    parser.add_argument("--resume", metavar="DIR", default=None,
+                        help=f"continue the run saved in DIR with its saved configuration; only "
+                             f"{', '.join('--' + f.replace('_', '-') for f in RESUME_FLAGS)} apply")
+    return parser
+
+
 def parse_config(argv: list[str] | None = None) -> tuple[TrainConfig, str | None]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], argument_default=argparse.SUPPRESS,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_arguments(parser, TrainConfig, skip=("batch_size",))
-    parser.add_argument("--env", dest="env_id", help="alias of --env-id")
-    parser.add_argument("--resume", metavar="DIR", default=None, help="continue the run saved in DIR")
-    for action in parser._actions:  # only flags the user gave land in `args`; presets fill the rest
-        action.default = argparse.SUPPRESS
+    """The resolved configuration of a command line, and the run folder to resume (or None).
+
+    With `--resume DIR` the configuration saved in DIR's checkpoint is used, with the output
+    folder DIR and the flags of `RESUME_FLAGS` the command line gave; any other flag given is
+    named on stderr as ignored.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = make_parser()
     args = parser.parse_args(argv)
-    given = {k: v for k, v in vars(args).items() if k != "resume"}
-    resume_dir = getattr(args, "resume", None)
-    if resume_dir is not None:
-        saved = load_checkpoint(Path(resume_dir) / "checkpoint.pt", kind=CHECKPOINT_KIND)["meta"]["config"]
-        saved.pop("batch_size", None)
-        return replace(TrainConfig(**saved), **{k: v for k, v in given.items() if k in ("total_steps", "progress",
-                                                                                          "device")}), resume_dir
-    env_id = given.get("env_id", TrainConfig.env_id)
-    values = {**preset_for(env_id), **given}
-    return from_arguments(TrainConfig, argparse.Namespace(**values)), None
+    if args.resume is None:
+        return resolve(from_arguments(TrainConfig, args)), None
+    saved = load_checkpoint(Path(args.resume) / "checkpoint.pt", kind=CHECKPOINT_KIND)["meta"]["config"]
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    given = given_flags(argv, parser) - {"resume"}
+    ignored = sorted(given - set(RESUME_FLAGS))
+    if ignored:
+        print(f"--resume: ignoring {', '.join('--' + name.replace('_', '-') for name in ignored)} "
+              "(the run's saved configuration is used)", file=sys.stderr)
+    config = TrainConfig(**{name: value for name, value in saved.items() if name in known})
+    kept = {name: getattr(args, name) for name in given if name in RESUME_FLAGS}
+    return resolve(replace(config, out=str(args.resume), **kept)), args.resume
 
 
 def main(argv: list[str] | None = None) -> None:
     try:
         config, resume_dir = parse_config(argv)
-    except ValueError as exc:
-        sys.exit(f"error: {exc}")
-    resume = load_checkpoint(Path(resume_dir) / "checkpoint.pt", kind=CHECKPOINT_KIND) if resume_dir else None
+        resume = load_checkpoint(Path(resume_dir) / "checkpoint.pt", kind=CHECKPOINT_KIND) if resume_dir else None
+    except (ValueError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    print(format_config(config, title="resumed configuration" if resume else "configuration"), file=sys.stderr)
     summary = train(config, resume=resume)
     last = next((h for h in reversed(summary["history"]) if "charts/episodic_return" in h), {})
     print(f"done: {summary['global_step']} steps in {summary['seconds']:.0f} s; last return "

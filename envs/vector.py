@@ -6,7 +6,7 @@ training device, whatever runs underneath:
 - our batched Flappy Bird (`envs.flappy_bird.BatchedFlappyBird`), which steps as tensors on
   the device: on CUDA a rollout never copies anything to the host;
 - any other gymnasium id (CartPole, Atari, third-party ids) through a gymnasium vector env in
-  SAME_STEP autoreset mode, converted to tensors at the boundary (`envs.atari.TorchVectorEnv`).
+  SAME_STEP autoreset mode, converted to tensors at the boundary (`TorchVectorEnv`).
 
 Autoreset: when an episode ends at step t, `Step.obs` is already the first observation of the
 next episode and `Step.final_obs` holds the observation the episode ended in (equal to `obs`
@@ -18,9 +18,13 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import gymnasium as gym
+import numpy as np
 import torch
+from gymnasium.vector import AutoresetMode, VectorEnv
 
-__all__ = ["Step", "AgentEnv", "make_vector_env", "FLAPPY_ALIASES", "resolve_env_id"]
+from core.device import resolve_device
+
+__all__ = ["Step", "AgentEnv", "TorchVectorEnv", "make_vector_env", "FLAPPY_ALIASES", "resolve_env_id"]
 
 FLAPPY_ALIASES = {
     "flappy": "proximal/FlappyBird-v0",
@@ -139,8 +143,73 @@ def make_vector_env(env_id: str, num_envs: int, device: torch.device, **env_kwar
 
         env = make_atari_vector_env(env_id, num_envs, device=device, **env_kwargs)
         return AgentEnv(env, device, env_keeps_episode_stats=True)
-    from envs.atari import TorchVectorEnv
-
     env = TorchVectorEnv(gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync",
                                       vector_kwargs=autoreset, **env_kwargs), device)
     return AgentEnv(env, device)
+
+
+class TorchVectorEnv(VectorEnv):
+    """A NumPy vector env with SAME_STEP autoreset, seen through torch tensors on a device.
+
+    Returns what `BatchedFlappyBird` returns: obs, reward (float32), terminated, truncated
+    (bool) as tensors; `info["final_obs"]` is a full tensor (the final observation where an
+    episode ended, the returned observation elsewhere) with `info["_final_obs"]`;
+    `info["final_info"]` has "episode_return" (the unclipped game score) and
+    "episode_length" (in emulator frames), float32, for the envs in `info["_final_info"]`:
+    those whose whole game ended (from `RecordEpisodeStatistics`; with episodic life these
+    are fewer than the ended episodes).
+    """
+
+    def __init__(self, env: VectorEnv, device: Any):
+        if env.metadata.get("autoreset_mode") != AutoresetMode.SAME_STEP:
+            raise ValueError("TorchVectorEnv needs a vector env with SAME_STEP autoreset")
+        self.env = env
+        self.device = resolve_device(device)
+        self.num_envs = env.num_envs
+        self.metadata = dict(env.metadata)
+        self.render_mode = env.render_mode
+        self.single_observation_space = env.single_observation_space
+        self.single_action_space = env.single_action_space
+        self.observation_space = env.observation_space
+        self.action_space = env.action_space
+
+    def _tensor(self, array, dtype=None):
+        return torch.as_tensor(np.asarray(array), dtype=dtype, device=self.device)
+
+    def reset(self, *, seed=None, options=None):
+        obs, info = self.env.reset(seed=seed, options=options)
+        return self._tensor(obs), info
+
+    def step(self, actions):
+        if isinstance(actions, torch.Tensor):
+            actions = actions.detach().cpu().numpy()
+        obs, reward, terminated, truncated, info = self.env.step(actions)
+        done = np.logical_or(terminated, truncated)
+        final_obs = np.array(obs)  # a copy; NumPy, then one conversion to a tensor
+        for i in np.flatnonzero(done):
+            final_obs[i] = info["final_obs"][i]
+        # Whole games that ended this step: RecordEpisodeStatistics put "episode" in their
+        # step info, which SAME_STEP autoreset moved to info["final_info"].
+        episode = info.get("final_info", {}).get("episode")
+        if episode is None:
+            game_over = np.zeros(self.num_envs, bool)
+            ep_return = ep_length = np.zeros(self.num_envs, np.float32)
+        else:
+            game_over = np.asarray(info["final_info"]["_episode"], bool)
+            ep_return = np.where(game_over, episode["r"], 0).astype(np.float32)
+            ep_length = np.where(game_over, episode["l"], 0).astype(np.float32)
+        out_info = {
+            "final_obs": self._tensor(final_obs),
+            "_final_obs": self._tensor(done),
+            "final_info": {
+                "episode_return": self._tensor(ep_return),
+                "episode_length": self._tensor(ep_length),
+            },
+            "_final_info": self._tensor(game_over),
+        }
+        return (self._tensor(obs), self._tensor(reward, torch.float32), self._tensor(terminated),
+                self._tensor(truncated), out_info)
+
+    def close(self, **kwargs):
+        self.env.close(**kwargs)
+        self.closed = True

@@ -420,7 +420,7 @@ c = cartpole
 print(f"    for iteration = 1 … {c.num_iterations}:                                  (envs.train.train)")
 print(f"      1. N = {c.num_envs} envs × T = {c.num_steps} steps of π_θold → {nt} rows      agent.act, envs.step")
 print("         a row: s, a, log π_old(a|s), V(s), r, terminated, truncated, V(s_next)")
-print(f"      2. Â ← GAE(γ = {c.gamma}, λ = {c.gae_lambda});  V^targ ← Â + V        RolloutBuffer.compute_advantages")
+print(f"      2. Â ← GAE(γ = {c.gamma}, λ = {c.gae_lambda});  V^targ ← Â + V        RolloutBuffer.batch")
 print(f"      3. K = {c.update_epochs} epochs × {nt // c.minibatch_size} minibatches of M = {c.minibatch_size}"
       "           core.ppo.ppo_update")
 print(f"         minimise −L^CLIP(ε = {c.clip_coef}) + c₁(V − V^targ)² − c₂H     "

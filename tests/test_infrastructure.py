@@ -11,7 +11,6 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from core.advantages import gae
 from core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from core.config import add_arguments, config_to_dict, field_docs, from_arguments
 from core.device import resolve_device, seed_everything
@@ -104,24 +103,56 @@ def test_metrics_writer(tmp_path):
     assert all(description for description in METRICS.values())
 
 
-def test_rollout_buffer_gae_and_flatten(device):
-    T, N = 5, 3
-    buf = RolloutBuffer.allocate(T, N, (4,), device=device)
+def _plain_gae(rewards, values, next_values, terminations, truncations, gamma, lam):
+    """GAE(λ) of one env's steps by the textbook backward loop, in Python floats."""
+    advantages, running = [0.0] * len(rewards), 0.0
+    for t in reversed(range(len(rewards))):
+        bootstrap = 0.0 if terminations[t] else gamma * next_values[t]
+        delta = rewards[t] + bootstrap - values[t]
+        running = delta if (terminations[t] or truncations[t]) else delta + gamma * lam * running
+        advantages[t] = running
+    return advantages
+
+
+def test_rollout_buffer_batch(device):
+    """`batch` bootstraps from the next step's V, V(last obs) after the last step and V(final
+    obs) where an episode ended; GAE and the flattening agree with a plain per-env loop."""
+    N, T = 3, 5
+    buf = RolloutBuffer.allocate(num_envs=N, num_steps=T, obs_shape=(2,), device=device)
     g = torch.Generator().manual_seed(0)
-    for name in ("rewards", "values", "next_values", "logprobs"):
-        getattr(buf, name).copy_(torch.randn(T, N, generator=g))
-    buf.terminations[2, 1] = 1.0
-    buf.truncations[3, 2] = 1.0
-    adv, ret = buf.compute_advantages(gamma=0.9, gae_lambda=0.8)
-    for env in range(N):  # each env's column is an independent time series
-        expected = gae(buf.rewards[:, env], buf.values[:, env], gamma=0.9, gae_lambda=0.8,
-                       next_values=buf.next_values[:, env], terminations=buf.terminations[:, env],
-                       truncations=buf.truncations[:, env])
-        torch.testing.assert_close(adv[:, env], expected)
-    torch.testing.assert_close(ret, adv + buf.values)
-    batch = buf.flatten(adv, ret)
-    assert batch["obs"].shape == (T * N, 4) and batch["advantages"].shape == (T * N,)
+    for name in ("rewards", "values", "logprobs"):
+        getattr(buf, name).copy_(torch.randn(N, T, generator=g))
+    buf.obs.copy_(torch.randn(N, T, 2, generator=g))
+    buf.final_obs.copy_(torch.randn(N, T, 2, generator=g))
+    buf.terminations[1, 2] = 1.0
+    buf.truncations[2, 3] = 1.0
+    buf.truncations[0, 4] = 1.0  # the last step: V(final obs), not V(last obs)
+    last_obs = torch.randn(N, 2, generator=g).to(device)
+
+    def critic(obs):  # a known function of the observation
+        return 10 * obs[:, 0] - obs[:, 1]
+
+    batch = buf.batch(critic, last_obs, gamma=0.9, gae_lambda=0.8)
+    assert batch["obs"].shape == (N * T, 2) and batch["advantages"].shape == (N * T,)
     assert batch["obs"].device.type == torch.device(device).type
+    cpu = {name: getattr(buf, name).cpu() for name in ("rewards", "values", "terminations", "truncations",
+                                                        "final_obs", "obs")}
+    for n in range(N):
+        next_values = []
+        for t in range(T):
+            if cpu["terminations"][n, t] or cpu["truncations"][n, t]:
+                s_next = cpu["final_obs"][n, t]
+            else:
+                s_next = last_obs[n].cpu() if t == T - 1 else None
+            v = float(10 * s_next[0] - s_next[1]) if s_next is not None else float(cpu["values"][n, t + 1])
+            next_values.append(v)
+        expected = _plain_gae(cpu["rewards"][n].tolist(), cpu["values"][n].tolist(), next_values,
+                              cpu["terminations"][n].tolist(), cpu["truncations"][n].tolist(), 0.9, 0.8)
+        rows = slice(n * T, (n + 1) * T)  # row n·T + t is env n's step t
+        torch.testing.assert_close(batch["advantages"][rows].cpu(), torch.tensor(expected), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(batch["returns"][rows].cpu(), torch.tensor(expected) + cpu["values"][n],
+                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(batch["obs"][rows].cpu(), cpu["obs"][n])
 
 
 def test_cli_generated_from_config_dataclass():

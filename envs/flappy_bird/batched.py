@@ -58,7 +58,7 @@ from gymnasium.vector.utils import batch_space
 
 from core.device import resolve_device
 
-from .render import GRAY
+from .raster import PIXELS, Rasteriser
 from .rules import (
     BIRD_H,
     BIRD_START_Y,
@@ -75,7 +75,6 @@ from .rules import (
     ROT_MIN,
     ROT_SPEED,
     SCORE_X,
-    SCREEN_H,
     SCREEN_W,
     SECOND_PIPE_X,
     SHIFT_X,
@@ -85,8 +84,6 @@ from .rules import (
 )
 
 __all__ = ["BatchedFlappyBird", "make_batched_flappy", "PIXELS"]
-
-PIXELS = 84  # side of the square grey image of obs_type="pixels"
 
 # Rows of the state tensor (15, N), float32. 0-11 are the raw features, in the order of
 # rules.FEATURE_NAMES; 12-14 are episode statistics.
@@ -116,7 +113,7 @@ class BatchedFlappyBird(VectorEnv):
         num_envs: number of games N.
         device: "cpu", "cuda", "cuda:1", "auto" or a `torch.device`.
         obs_type: "features" → float32 `(N, 12)` in [-1, 1] (see `FlappyBirdEnv`);
-            "pixels" → uint8 `(N, frame_stack, 84, 84)`, the scene rasterised on the device
+            "pixels" → uint8 `(N, frame_stack, 84, 84)`, the scene rasterised on the device (`raster.py`)
             as flat grey rectangles (sky, pipes, ground, the bird's box), the last
             `frame_stack` frames stacked, oldest first.
         max_episode_steps: truncate an episode after this many frames (None: never).
@@ -340,7 +337,7 @@ class BatchedFlappyBird(VectorEnv):
         # an autoreset only has to copy it.
         self._first_obs = self._features_of(column(start)[0:12])[0]  # (12,)
         if obs_type == "pixels":
-            self._setup_pixels()
+            self._raster = Rasteriser(dev)  # draws the (n, 84, 84) frames of states (15, n)
             first_frame = self._render(column(start))[0]  # (84, 84)
             self._first_stack = first_frame.expand(frame_stack, PIXELS, PIXELS).clone()
             self._first_stack_words = self._first_stack.view(-1).view(torch.int64)
@@ -536,6 +533,10 @@ class BatchedFlappyBird(VectorEnv):
             self._stack = state["stack"].to(self.device).clone()
         self._needs_reset = False
 
+    def _render(self, state: torch.Tensor) -> torch.Tensor:
+        """Grey frames (n, 84, 84) uint8 of states (15, n): the pipe rows 0-8 and the bird's y."""
+        return self._raster(state[0:9], state[_Y])
+
     # ---- helpers ---------------------------------------------------------------------------
     def _set_streams(self, seeds: list[int]) -> None:
         keys = torch.tensor([seed_key(s) for s in seeds], dtype=torch.int64,
@@ -616,44 +617,6 @@ class BatchedFlappyBird(VectorEnv):
         work.pipe_gaps.lerp_(self._hidden_gap, work.hidden_per_pipe)  # (3, 2, n): open gap
         out = torch.empty(n, 12, dtype=raw.dtype, device=raw.device)  # (n, 12)
         return torch.mul(work.by_env, self._scale, out=out)
-
-    # ---- pixels ----------------------------------------------------------------------------
-    def _setup_pixels(self) -> None:
-        dev = self.device
-        # Centres of the 84 × 84 pixels in screen coordinates (px); the screen is squeezed
-        # like gymnasium's ResizeObservation would, 288 → 84 columns and 512 → 84 rows.
-        rows = (torch.arange(PIXELS, device=dev) + 0.5) * (SCREEN_H / PIXELS)  # (84,)
-        cols = (torch.arange(PIXELS, device=dev) + 0.5) * (SCREEN_W / PIXELS)  # (84,)
-        self._sky_rows = int((rows < GROUND_Y).sum())  # rows above the ground
-        self._rows = rows[: self._sky_rows]  # (R,)
-        self._cols = cols  # (84,)
-        bird_cols = ((cols >= BIRD_X) & (cols < BIRD_X + BIRD_W)).nonzero()[:, 0]  # fixed
-        self._bird_cols = slice(int(bird_cols[0]), int(bird_cols[-1]) + 1)  # a band of columns
-        background = torch.full((PIXELS, PIXELS), GRAY["ground"], dtype=torch.uint8, device=dev)
-        background[: self._sky_rows] = GRAY["sky"]
-        self._background = background  # (84, 84)
-
-    def _render(self, state: torch.Tensor) -> torch.Tensor:
-        """Grey frames `(n, 84, 84)` uint8 of states `(15, n)`: sky, pipes, ground, bird."""
-        n = state.shape[1]
-        far = 4 * SCREEN_H  # a row index no pixel reaches
-        x = state[0:9:3].T[:, :, None]  # (n, 3, 1) left edges
-        top, bottom = state[1:9:3].T[:, :, None], state[2:9:3].T[:, :, None]  # (n, 3, 1)
-        d = self._cols - x  # (n, 3, 84): pixel centre minus pipe left edge
-        covers = ((d >= 0) & (d < PIPE_W)).float()  # (n, 3, 84) column inside pipe s
-        # Pipes never overlap (they are ≥ 144 px apart), so each column is covered by at most
-        # one pipe: sums over s pick its gap; uncovered columns get an "open" gap (-1, far).
-        col_top = (covers * (top + 1)).sum(1) - 1  # (n, 84)
-        col_bottom = far - (covers * (far - bottom)).sum(1)  # (n, 84)
-        rows = self._rows[None, :, None]  # (1, R, 1)
-        pipe = (rows < col_top[:, None, :]) | (rows >= col_bottom[:, None, :])  # (n, R, 84)
-        y = state[_Y][:, None]  # (n, 1)
-        bird_rows = (self._rows >= y) & (self._rows < y + BIRD_H)  # (n, R)
-        frame = self._background.expand(n, PIXELS, PIXELS).clone()  # (n, 84, 84)
-        sky = frame[:, : self._sky_rows]  # (n, R, 84)
-        sky.masked_fill_(pipe, GRAY["pipe"])
-        sky[:, :, self._bird_cols].masked_fill_(bird_rows[:, :, None], GRAY["bird"])  # on top
-        return frame
 
 
 def make_batched_flappy(
