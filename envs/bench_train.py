@@ -74,7 +74,8 @@ def cartpole_solved(scores) -> bool:
 
 
 def bench_flappy(seed: int) -> dict:
-    config = TrainConfig(**preset_for("flappy"), seed=seed, out="runs/bench/flappy", progress=False)
+    config = TrainConfig(**preset_for("flappy"), seed=seed, out="runs/bench/flappy", overwrite=True,
+                         progress=False)
     check = SolvedCheck("proximal/FlappyBird-v0", every=config.batch_size * 10, episodes=100, cap=500,
                         is_solved=flappy_solved, is_done=flappy_mastered)
     train(config, stop_when=check)
@@ -90,7 +91,8 @@ CARTPOLE_OURS = dict(env_id="CartPole-v1", num_envs=8, num_steps=32, minibatch_s
 
 
 def bench_cartpole_ours(seed: int) -> dict:
-    config = TrainConfig(**CARTPOLE_OURS, seed=seed, out="runs/bench/cartpole", progress=False)
+    config = TrainConfig(**CARTPOLE_OURS, seed=seed, out="runs/bench/cartpole", overwrite=True,
+                         progress=False)
     check = SolvedCheck("CartPole-v1", every=CARTPOLE_EVAL_EVERY, episodes=10, cap=None, is_solved=cartpole_solved)
     train(config, stop_when=check)
     seconds, steps = check.solved_at if check.solved_at else (None, None)

@@ -3,7 +3,7 @@
     python -m envs.train                                  # Flappy Bird from features, defaults below
     python -m envs.train --env CartPole-v1 --total-steps 200000
     python -m envs.train --env ALE/Pong-v5 --device cuda
-    python -m envs.train --resume runs/flappy             # continue a stopped run
+    python -m envs.train --resume runs/FlappyBird-v0__1__20261130-041502   # continue a stopped run
 
 PPO as in Algorithm 1 of the PPO paper with the 13 core details of "The 37 Implementation
 Details of PPO" (Huang et al. 2022): vectorised envs (1), orthogonal init (2), Adam ε = 1e-5
@@ -42,7 +42,7 @@ from core.checkpoint import CheckpointError, load_checkpoint
 from core.config import add_arguments, check_choices, format_config, from_arguments, given_flags, save_config
 from core.device import resolve_device, seed_everything
 from core.kl import KLControllerKind, make_kl_controller
-from core.metrics import MetricsWriter
+from core.metrics import MetricsWriter, Tracker
 from core.ppo import Objective, PPOConfig, ppo_update
 from core.rollout import RolloutBuffer
 from envs.checkpoints import CHECKPOINT_KIND, restore_training_state, save_training_state
@@ -118,8 +118,15 @@ class TrainConfig:
     """d_targ: the KL[π_old‖π_θ] per update the adaptive/proportional β controller steers to."""
 
     # ---- output ----
-    out: str = "runs/flappy"
-    """Output folder: config.json, metrics.jsonl, learning_curve.png, checkpoint.pt."""
+    out: str | None = None
+    """Output folder: config.json, metrics.jsonl, learning_curve.png, checkpoint.pt. None: a new folder
+    runs/<env>__<seed>__<start time>, as CleanRL names its runs, so no run overwrites another."""
+    overwrite: bool = False
+    """Write into an --out folder that already holds a run (its files are replaced). Without it the
+    trainer refuses, so a finished run is never lost by accident; --resume DIR continues one instead."""
+    track: Tracker = "none"
+    """Also log every metric of metrics.jsonl to 'tensorboard' event files in the run folder (CleanRL's
+    names: charts/episodic_return, losses/approx_kl, …); 'none' writes metrics.jsonl only."""
     checkpoint_every: int = 25
     """Save a checkpoint every this many updates (and at the end, and on Ctrl-C)."""
     plot_every_seconds: float = 15.0
@@ -192,9 +199,28 @@ def preset_for(env_id: str) -> dict:
 
 
 def resolve(config: TrainConfig) -> TrainConfig:
-    """`config` with every field left None filled from its env family's preset (a no-op when none is)."""
+    """`config` with every field left None filled from its env family's preset, and the run folder
+    named when `out` is None (a no-op on a resolved config)."""
     preset = preset_for(config.env_id)
-    return replace(config, **{name: value for name, value in preset.items() if getattr(config, name) is None})
+    filled = {name: value for name, value in preset.items() if getattr(config, name) is None}
+    if config.out is None:
+        filled["out"] = default_run_folder(config.env_id, config.seed)
+    return replace(config, **filled)
+
+
+def default_run_folder(env_id: str, seed: int) -> str:
+    """runs/<env>__<seed>__<YYYYmmdd-HHMMSS>, e.g. runs/FlappyBird-v0__1__20261130-041502 (CleanRL's
+    `{env_id}__{exp_name}__{seed}__{time}` without the script name)."""
+    env = resolve_env_id(env_id).split("/")[-1].replace(":", "-")
+    return f"runs/{env}__{seed}__{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def check_run_folder(out: Path, resuming: bool, overwrite: bool) -> None:
+    """Refuse to start a new run in a folder that holds one (unless told to overwrite it)."""
+    held = [name for name in ("checkpoint.pt", "metrics.jsonl") if (out / name).exists()]
+    if held and not resuming and not overwrite:
+        raise ValueError(f"out: {out} already holds a run ({', '.join(held)}); pass --resume {out} to continue "
+                         f"it, --overwrite to replace it, or another --out")
 
 
 def build_agent(config: TrainConfig, obs_shape: tuple[int, ...], n_actions: int) -> ActorCritic:
@@ -245,6 +271,7 @@ def train(
     device = resolve_device(config.device)
     seed_everything(config.seed)
     out = Path(config.out)
+    check_run_folder(out, resuming=resume is not None, overwrite=config.overwrite)
     save_config(config, out)
     envs = make_vector_env(config.env_id, config.num_envs, device)
     obs_shape = tuple(envs.single_observation_space.shape)
@@ -267,7 +294,7 @@ def train(
     print(f"env {resolve_env_id(config.env_id)} · {config.num_envs} envs × {config.num_steps} steps = batch "
           f"{config.batch_size} · {config.num_iterations} updates · {agent.arch} · {device}", file=sys.stderr)
 
-    metrics = MetricsWriter(out / "metrics.jsonl", append=resume is not None)
+    metrics = MetricsWriter(out / "metrics.jsonl", append=resume is not None, track=config.track)
     progress = _progress_bar(config, start_iteration)
     finished = {name: torch.zeros((), device=device) for name in ("returns", "scores", "lengths", "count")}
     history: list[dict] = []
@@ -351,17 +378,15 @@ def _progress_bar(config: TrainConfig, start: int):
 
 def plot_learning_curve(metrics_path: Path, png_path: Path) -> None:
     """Episodic return and score against environment steps (written atomically)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # the object API: no pyplot state, no backend switched
 
     from core.metrics import read_metrics
 
     records = [r for r in read_metrics(metrics_path) if r.get("charts/episodic_return") is not None]
     if not records:
         return
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    fig = Figure(figsize=(10, 3.5))
+    axes = fig.subplots(1, 2)
     steps = [r["step"] for r in records]
     window = max(1, len(records) // 50)  # a running mean over ~2% of the run; raw values stay faint
     for ax, key, color, label in ((axes[0], "charts/episodic_return", "tab:blue", "episodic return"),
@@ -377,13 +402,13 @@ def plot_learning_curve(metrics_path: Path, png_path: Path) -> None:
     fig.tight_layout()
     tmp = png_path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=80)
-    plt.close(fig)
     tmp.replace(png_path)
 
 
 # What a resumed run may change: how long it runs and where and how it shows its progress.
 # Every other flag would change the run itself, so `--resume` keeps the saved value and says so.
-RESUME_FLAGS = ("total_steps", "device", "cpu_threads", "progress", "plot_every_seconds", "checkpoint_every")
+RESUME_FLAGS = ("total_steps", "device", "cpu_threads", "progress", "plot_every_seconds", "checkpoint_every",
+                "track")
 
 
 def make_parser() -> argparse.ArgumentParser:

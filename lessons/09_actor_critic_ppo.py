@@ -409,7 +409,7 @@ CARTPOLE = dict(env_id="CartPole-v1", num_envs=8, num_steps=32, minibatch_size=6
                 learning_rate=2.5e-3, gamma=0.98, gae_lambda=0.8, ent_coef=0.0, total_steps=20_000)
 FLAPPY_CHANGES = dict(learning_rate=1e-3, minibatch_size=1024, anneal_lr=False)
 FLAPPY_STEPS = 1_200_000 if lesson.long else 400_000
-QUIET = dict(progress=False, plot_every_seconds=1e9)  # the lesson prints its own progress lines
+QUIET = dict(progress=False, plot_every_seconds=1e9, overwrite=True)  # the lesson prints its own progress
 
 # %% Step 4 — AC-2: PPO's Algorithm 1 on CartPole
 lesson.step("PPO, Algorithm 1 (N actors × T steps, GAE, K epochs), notes 001 and 003", ids=["AC-2"])
