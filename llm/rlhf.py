@@ -467,7 +467,7 @@ def train(
             default_history = read_ppo_history(Path(out) / "metrics.jsonl")
             if default_history:
                 runs = {"default run (adaptive KL)": default_history, **runs}
-        plot_rlhf(runs, Path(out) / f"ppo{suffix}.png", target_kl=target, best_gold=best,
+        plot_rlhf(runs, Path(out) / f"ppo{suffix}.png", ref_kl_target=target, best_gold=best,
                   sft_gold=before["gold_reward"], title=f"PPO-RLHF on '{config.task}'")
         write_report(Path(out) / f"report{suffix}.md", config, task, tok, before, after, summary,
                      reward_model, device)
