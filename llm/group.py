@@ -90,7 +90,7 @@ from tqdm import tqdm
 from core.advantages import group_advantages, informative_groups, overlong_penalty
 from core.losses import masked_mean
 from core.ppo import PPOConfig, ppo_update
-from llm.config import GROUP_ALGOS, GroupArgs, resolve, tag_suffix
+from llm.config import GROUP_ALGOS, GroupArgs, PolicyArgs, resolve, tag_suffix
 from llm.model import GPT, copy_model, disable_dropout
 from llm.plots import plot_group
 from llm.rlhf import evaluate_policy, make_evaluate
@@ -452,7 +452,9 @@ def train(
         "uniform_share": totals["uniform_groups"] / totals["groups"],
         "sampling_rounds": totals["rounds"] / config.group_iterations,
         "kl": {"final": sum(kls) / len(kls) if kls else None, "ref_kl_coef": config.ref_kl_coef},
-        "settings": {name: getattr(config, name) for name in GroupArgs.__dataclass_fields__},
+        # the method's own settings (config.json holds the whole resolved configuration)
+        "settings": {name: getattr(config, name) for name in GroupArgs.__dataclass_fields__
+                     if name not in PolicyArgs.__dataclass_fields__ or name == "ref_kl_coef"},
     }
     suffix = tag_suffix(config.tag)
     if out is not None:
