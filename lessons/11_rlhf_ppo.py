@@ -56,7 +56,7 @@ from core.ppo import PPOConfig, ppo_update
 from lessons._common import Lesson, plt, say, table
 from llm.config import PipelineConfig, resolve
 from llm.model import disable_dropout
-from llm.reward_model import train_reward_model
+from llm.reward_model import train as train_reward_model
 from llm.rlhf import (
     collect_rollout,
     evaluate_policy,
@@ -64,10 +64,12 @@ from llm.rlhf import (
     make_evaluate,
     per_token_rewards,
     reward_model_scorer,
-    train_ppo,
+)
+from llm.rlhf import (
+    train as train_ppo,
 )
 from llm.rollout import reply_logprobs, reply_values
-from llm.sft import train_sft
+from llm.sft import train as train_sft
 from llm.tasks import get_task
 from llm.tokenizer import CharTokenizer
 
@@ -80,8 +82,9 @@ CONFIG = resolve(PipelineConfig(
     n_layer=2, n_head=2, n_embd=64 if lesson.long else 32,
     sft_steps=600 if lesson.long else 400, sft_batch_size=32, sft_examples=4000, sft_lr=6e-3,
     rm_steps=200 if lesson.long else 120, rm_batch_size=32, rm_pairs=3000, rm_eval_pairs=400, rm_lr=1e-3,
-    ppo_iterations=60 if lesson.long else 24, rollout_batch_size=64 if lesson.long else 32, ppo_minibatch_size=16,
-    ppo_lr=1e-4, kl_kind="adaptive", init_beta=0.2, target_kl=2.0, kl_warmup=5, eval_prompts=128,
+    ppo_iterations=60 if lesson.long else 24, rollout_batch_size=64 if lesson.long else 32, minibatch_size=16,
+    ppo_lr=1e-4, ref_kl_controller="adaptive", ref_kl_coef=0.2, ref_kl_controller_target=2.0, ref_kl_warmup=5,
+    eval_prompts=128,
 ))
 
 
@@ -105,7 +108,7 @@ ref_logprobs = torch.tensor([[-1.0, -1.1, -0.3, -0.1, 0.0, 0.0],
 mask = torch.tensor([[1.0, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1], [1, 1, 0, 0, 0, 0]])
 scores = torch.tensor([1.5, 0.8, -0.5])  # R_φ(x, y), read on each reply's last real token
 ended = torch.tensor([True, False, True])
-rewards, kl = per_token_rewards(scores, logprobs, ref_logprobs, mask, beta=BETA, ended=ended,
+rewards, kl = per_token_rewards(scores, logprobs, ref_logprobs, mask, ref_kl_coef=BETA, ended=ended,
                                 missing_eos_penalty=PENALTY)
 rows = []
 for i in range(3):
@@ -138,8 +141,10 @@ say(f"β = {BETA}, missing-EOS penalty {PENALTY}. The score sits on column lengt
 lesson.step("Policy, reference and reward model (PPO的下半场, note 004)",
             "π_ref = the SFT model (frozen);  π_θ starts as a copy of it;",
             "R_φ = the SFT body with a scalar head, trained by −log σ(R_φ(x,y⁺) − R_φ(x,y⁻))  (lesson 10)")
-sft, sft_stats = train_sft(CONFIG, TASK, TOK, CPU, progress=False)
-reward_model, rm_stats = train_reward_model(CONFIG, TASK, TOK, sft, CPU, progress=False)
+sft_models, sft_stats = train_sft(CONFIG, TASK, TOK, CPU, progress=False)
+sft = sft_models["model"]
+rm_models, rm_stats = train_reward_model(CONFIG, TASK, TOK, sft, CPU, progress=False)
+reward_model = rm_models["reward_model"]
 score_fn = reward_model_scorer(reward_model)
 n_params = sft.num_params()
 before = evaluate_policy(sft, TASK, TOK, CONFIG.eval_prompts, seed=1, device=CPU, score_fn=score_fn)
@@ -192,8 +197,8 @@ critic = init_value_model(reward_model)
 optimizer = torch.optim.AdamW([{"params": policy.parameters(), "lr": CONFIG.ppo_lr},
                                {"params": critic.parameters(), "lr": CONFIG.value_lr}],
                               weight_decay=0.0, betas=(0.9, 0.95), eps=1e-6)
-ppo_config = PPOConfig(clip_coef=CONFIG.clip_coef, update_epochs=CONFIG.ppo_epochs,
-                       minibatch_size=CONFIG.ppo_minibatch_size, vf_clip_coef=CONFIG.vf_clip_coef,
+ppo_config = PPOConfig(clip_coef=CONFIG.clip_coef, update_epochs=CONFIG.update_epochs,
+                       minibatch_size=CONFIG.minibatch_size, vf_clip_coef=CONFIG.vf_clip_coef,
                        vf_coef=CONFIG.vf_coef, max_grad_norm=CONFIG.max_grad_norm, loss_reduction="token_mean")
 prompts = [TASK.sample_prompt(rng) for _ in range(CONFIG.rollout_batch_size)]
 
@@ -208,7 +213,7 @@ reply_mask = ro.gen.reply_mask
 print(f"       {len(prompts)} replies, mean length {float(reply_mask.sum(1).mean()):.1f} tokens, "
       f"{float(ro.gen.ended.float().mean()):.0%} ended with EOS; e.g. {ro.replies[0]!r}")
 stage("2. score with R_φ and shape with the KL", "llm.rlhf.per_token_rewards")
-rewards, kl = per_token_rewards(ro.scores, ro.logprobs, ro.ref_logprobs, reply_mask, beta=CONFIG.init_beta,
+rewards, kl = per_token_rewards(ro.scores, ro.logprobs, ro.ref_logprobs, reply_mask, ref_kl_coef=CONFIG.ref_kl_coef,
                                 ended=ro.gen.ended, missing_eos_penalty=CONFIG.missing_eos_penalty)
 print(f"       mean R_φ {float(ro.scores.mean()):.3f}; mean Σ_t KL_t {float(kl.sum(1).mean()):.3f} "
       f"(π_θ is still π_ref);")
@@ -231,7 +236,8 @@ print(f"       {stats['ppo/epochs']:.0f} epochs × {stats['ppo/minibatches'] / s
       f"approx_kl {stats['losses/approx_kl']:.4f}, clipfrac {stats['losses/clipfrac']:.3f}")
 stage("5. new samples from the updated π_θ, and round again", "llm.rlhf.collect_rollout")
 ro2 = collect_rollout(policy, ref, critic, score_fn, TASK, TOK, prompts, CPU, lesson.generator(4))
-_, kl2 = per_token_rewards(ro2.scores, ro2.logprobs, ro2.ref_logprobs, ro2.gen.reply_mask, beta=CONFIG.init_beta)
+_, kl2 = per_token_rewards(ro2.scores, ro2.logprobs, ro2.ref_logprobs, ro2.gen.reply_mask,
+                           ref_kl_coef=CONFIG.ref_kl_coef)
 print(f"       the same prompts: mean R_φ {float(ro2.scores.mean()):.3f}, mean Σ_t KL_t {float(kl2.sum(1).mean()):.3f} "
       "(the policy has left π_ref)")
 say("Four models (note 004): π_θ and V_ψ train, π_ref and R_φ are frozen. llm.rlhf.train_ppo runs this",
@@ -240,7 +246,8 @@ say("Four models (note 004): π_θ and V_ψ train, π_ref and R_φ are frozen. l
 # %% Step 5 — RM-6: the loop for a few dozen iterations
 lesson.step("The loop: score and gold reward up, KL bounded",
             "iterate: sample → r_t → GAE with V_ψ → PPO epochs → β from the KL", ids=["RM-6"])
-policy, critic, run = train_ppo(CONFIG, TASK, TOK, sft, reward_model, CPU, progress=False)
+ppo_models, run = train_ppo(CONFIG, TASK, TOK, sft, reward_model, CPU, progress=False)
+policy, critic = ppo_models["policy"], ppo_models["value"]
 history = run["history"]
 every = max(1, len(history) // 8)
 shown = sorted(set(range(0, len(history), every)) | {len(history) - 1})
@@ -262,7 +269,8 @@ table(["prompt", "SFT reply", "gold", "after PPO", "gold"],
 say(f"R_φ rose by {after['score'] - before['score']:.2f} and the gold reward by",
     f"{after['gold_reward'] - before['gold_reward']:.2f}. Where the two part, the reward model is wrong (it is",
     "small and saw few pairs) and the policy is drawn to its mistakes; the KL term holds that back. β follows",
-    f"the KL: halved when it falls below {CONFIG.target_kl:g}/1.5, doubled above 1.5 × {CONFIG.target_kl:g} nats",
+    f"the KL: halved when it falls below {CONFIG.ref_kl_controller_target:g}/1.5, doubled above 1.5 × "
+    f"{CONFIG.ref_kl_controller_target:g} nats",
     "(every 3rd iteration, after a warm-up). `python -m llm.pipeline` is the full-size run; llm/README.md",
     "shows it, and the same run with β = 0, where the score keeps rising while the gold reward collapses.",
     blank=True)
@@ -274,7 +282,7 @@ axes[0].plot(iterations, [h["rlhf/gold_reward"] for h in history], label="gold r
 axes[0].set_title("mean reward of the sampled replies")
 axes[0].legend(fontsize=8)
 axes[1].plot(iterations, [h["rlhf/ref_kl"] for h in history], color="C2")
-axes[1].axhline(CONFIG.target_kl, ls="--", color="gray", label="target KL")
+axes[1].axhline(CONFIG.ref_kl_controller_target, ls="--", color="gray", label="target KL")
 axes[1].set_title("KL to π_ref per reply (nats)")
 axes[1].legend(fontsize=8)
 axes[2].step(iterations, [h["charts/ref_kl_coef"] for h in history], where="post", color="C3")
@@ -290,7 +298,7 @@ prompts = [TASK.sample_prompt(rng) for _ in range(128 if lesson.long else 64)]
 ro = collect_rollout(policy, sft, critic, score_fn, TASK, TOK, prompts, CPU, lesson.generator(6))
 reply_mask = ro.gen.reply_mask
 rewards, kl = per_token_rewards(ro.scores, ro.logprobs, ro.ref_logprobs, reply_mask,
-                                beta=history[-1]["charts/ref_kl_coef"],
+                                ref_kl_coef=history[-1]["charts/ref_kl_coef"],
                                 ended=ro.gen.ended, missing_eos_penalty=CONFIG.missing_eos_penalty)
 advantages = gae(rewards, ro.values, gamma=CONFIG.gamma, gae_lambda=CONFIG.gae_lambda, mask=reply_mask)
 seq_kl = kl.sum(1)

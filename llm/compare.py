@@ -2,7 +2,7 @@
 
     python -m llm.compare                        # the default comparison (about 20 min on a 2-core CPU)
     python -m llm.compare --only reviews         # or --only arithmetic
-    python -m llm.compare --pref-betas 0.1,0.3   # other β for DPO and KTO
+    python -m llm.compare --pref-ref-kl-coefs 0.1,0.3   # other β for DPO and KTO
 
 `reviews` (preference data, hidden gold reward): one SFT model and one reward model, then PPO
 at several KL targets and DPO, IPO and KTO at several β (τ for IPO), each from the same SFT
@@ -31,6 +31,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import matplotlib
 
@@ -38,7 +39,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 
-from core.config import add_arguments, from_arguments
+from core.config import add_arguments, check_choices, from_arguments
 from core.metrics import read_metrics
 from llm.config import GROUP_ALGOS, PREFERENCE_ALGOS, PipelineConfig
 from llm.pipeline import run_pipeline
@@ -48,7 +49,7 @@ __all__ = ["CompareConfig", "compare", "main"]
 
 @dataclass
 class CompareConfig:
-    only: str = "all"
+    only: Literal["all", "reviews", "arithmetic"] = "all"
     """'all', 'reviews' (PPO, DPO, IPO, KTO) or 'arithmetic' (GRPO, DAPO, Dr. GRPO)."""
     out: str = "runs/llm-compare"
     """Folder of every run, the figures and compare.json."""
@@ -58,21 +59,21 @@ class CompareConfig:
     """'auto', 'cpu' or 'cuda'."""
     threads: int = 1
     """CPU threads for torch (1 is fastest on a busy 2-core machine)."""
-    ppo_target_kls: str = "3,1"
-    """KL targets (nats per reply) of the PPO runs, comma-separated; the first is the default."""
+    ppo_ref_kl_targets: str = "3,1"
+    """d_targ of the PPO runs (ref_kl_controller_target, KL to π_ref in nats per reply),
+    comma-separated; the first is the default."""
     ppo_iterations: int = 40
     """PPO iterations per run (the pipeline's default is 80; fewer keep the comparison short)."""
-    pref_betas: str = "1,0.3,3"
-    """β of the DPO and KTO runs, comma-separated; the first is the default."""
+    pref_ref_kl_coefs: str = "1,0.3,3"
+    """β (ref_kl_coef) of the DPO and KTO runs, comma-separated; the first is the default."""
     ipo_taus: str = "0.1,0.03,0.3"
     """τ of the IPO runs, comma-separated; the first is the default."""
     progress: bool = False
     """Show the pipeline's progress bars."""
 
     def __post_init__(self) -> None:
-        if self.only not in ("all", "reviews", "arithmetic"):
-            raise ValueError(f"only must be 'all', 'reviews' or 'arithmetic', got {self.only!r}")
-        for name in ("ppo_target_kls", "pref_betas", "ipo_taus"):
+        check_choices(self)
+        for name in ("ppo_ref_kl_targets", "pref_ref_kl_coefs", "ipo_taus"):
             values = _floats(getattr(self, name), name)
             if any(v <= 0 for v in values):
                 raise ValueError(f"{name} must all be > 0, got {getattr(self, name)!r}")
@@ -106,16 +107,18 @@ def compare_reviews(config: CompareConfig, out: Path) -> dict:
     _run(config, **base, stage="sft")
     _run(config, **base, stage="rm")
     runs = [  # (method, the setting's label, pipeline fields)
-        ("ppo", f"target KL {t:g}", dict(stage="ppo", target_kl=t, ppo_iterations=config.ppo_iterations,
-                                          tag=f"kl{_tag(t)}"))
-        for t in _floats(config.ppo_target_kls, "ppo_target_kls")
+        ("ppo", f"target KL {t:g}", dict(stage="ppo", ref_kl_controller_target=t,
+                                          ppo_iterations=config.ppo_iterations, tag=f"kl{_tag(t)}"))
+        for t in _floats(config.ppo_ref_kl_targets, "ppo_ref_kl_targets")
     ]
-    strengths = {"dpo": ("beta", "β", config.pref_betas), "ipo": ("tau", "τ", config.ipo_taus),
-                 "kto": ("beta", "β", config.pref_betas)}
+    # (field, symbol, values, the tag's prefix: the file names of llm/results predate the field names)
+    strengths = {"dpo": ("ref_kl_coef", "β", config.pref_ref_kl_coefs, "beta"),
+                 "ipo": ("tau", "τ", config.ipo_taus, "tau"),
+                 "kto": ("ref_kl_coef", "β", config.pref_ref_kl_coefs, "beta")}
     for algo in PREFERENCE_ALGOS:
-        field, symbol, values = strengths[algo]
+        field, symbol, values, prefix = strengths[algo]
         runs += [
-            (algo, f"{symbol} {v:g}", {"algo": algo, "stage": algo, field: v, "tag": f"{field}{_tag(v)}"})
+            (algo, f"{symbol} {v:g}", {"algo": algo, "stage": algo, field: v, "tag": f"{prefix}{_tag(v)}"})
             for v in _floats(values, field)
         ]
     points: dict[str, list[dict]] = {}

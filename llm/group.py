@@ -22,17 +22,18 @@ arguments (no copy of the loss lives here).
         J = (1/(G·C)) Σ_i Σ_t min(…),  C = the reply budget in tokens       (no 1/|o_i|)
         β = 0: no reference model is built or run at all                   (DR-2)
 
-Symbols → arguments (`llm.config.GroupArgs`): G → `group_size`, ε/ε_low → `clip_low`, ε_high →
-`clip_high`, β → `group_kl_coef`, the k-estimator → `group_kl_estimator`, the three reductions
-→ `loss_reduction` ('seq_mean', 'token_mean', 'constant'), the std → `scale_by_std`, L_max and
-L_cache of DA-4 → `overlong_max`, `overlong_cache`, DA-2 → `dynamic_sampling` (at most
-`sampling_rounds` rounds). `--algo grpo|dapo|dr_grpo` fills the fields left at None.
+Symbols → fields (`llm.config.GroupArgs`, the glossary's names): G → `group_size`, ε/ε_low →
+`clip_coef`, ε_high → `clip_coef_high`, β → `ref_kl_coef`, the k-estimator → `ref_kl_estimator`,
+μ (passes over a batch) → `update_epochs`, the three reductions → `loss_reduction` ('seq_mean',
+'token_mean', 'constant'), the std → `scale_by_std`, L_max and L_cache of DA-4 →
+`overlong_max`, `overlong_cache`, DA-2 → `dynamic_sampling` (at most `sampling_rounds` rounds).
+`--algo grpo|dapo|dr_grpo` fills the fields left at None from `llm.config.PRESETS`.
 
 Which KL estimator (KL-3). The in-loss term is differentiated on tokens sampled from π_θ, and
 then its expected gradient is not that of the quantity it estimates: k1 = log π_θ − log π_ref has
 zero expected gradient (the score function has mean zero), k2 = ½(log π_θ − log π_ref)² has the
 gradient of KL[π_θ‖π_ref], and k3 has the gradient of KL[π_ref‖π_θ], the forward KL. GRPO's k3
-therefore pulls π_θ to cover π_ref rather than to stay inside it; `group_kl_estimator k2`
+therefore pulls π_θ to cover π_ref rather than to stay inside it; `--ref-kl-estimator k2`
 gives the reverse KL that note 001 (PPO for LLMs) writes. (PPO-RLHF puts k1 in the reward instead, as a number
 without gradient, where its unbiasedness is what counts.)
 
@@ -60,7 +61,7 @@ al. 2025; Schulman 2020, "Approximating KL Divergence".
 Deviations from the papers, and why:
 - the policy is the project's SFT model trained from scratch, the reward the task's checker with
   −1 for malformed replies (DeepSeekMath and Dr. GRPO score 1/0, DAPO ±1);
-- one batch is `group_prompts` × G replies, updated for `group_epochs` passes of minibatches of
+- one batch is `group_prompts` × G replies, updated for `update_epochs` passes of minibatches of
   replies (GRPO's μ inner steps); a minibatch need not hold whole groups, since the advantages
   are computed once per batch;
 - DAPO's dynamic sampling stops after `sampling_rounds` rounds and trains on a short batch if it
@@ -89,7 +90,7 @@ from tqdm import tqdm
 from core.advantages import group_advantages, informative_groups, overlong_penalty
 from core.losses import masked_mean
 from core.ppo import PPOConfig, ppo_update
-from llm.config import GroupArgs, resolve_group, tag_suffix
+from llm.config import GROUP_ALGOS, GroupArgs, PolicyArgs, resolve, tag_suffix
 from llm.model import GPT, copy_model, disable_dropout
 from llm.plots import plot_group
 from llm.rlhf import evaluate_policy, make_evaluate
@@ -278,11 +279,11 @@ def group_ppo_config(config: GroupArgs, n_rows: int, max_new_tokens: int, max_gr
     reduction (GR-2 'seq_mean', DA-3 'token_mean', DR-1 'constant' with C = `max_new_tokens`),
     the in-loss KL β·k (GR-2), no advantage normalisation (the group did it), no critic."""
     return PPOConfig(
-        clip_coef=config.clip_low,
-        clip_coef_high=config.clip_high,
+        clip_coef=config.clip_coef,
+        clip_coef_high=config.clip_coef_high,
         objective="clip",
-        update_epochs=config.group_epochs,
-        minibatch_size=min(config.group_minibatch_size, n_rows),
+        update_epochs=config.update_epochs,
+        minibatch_size=min(config.minibatch_size, n_rows),
         norm_adv=False,
         clip_vloss=False,
         vf_coef=0.0,
@@ -290,8 +291,8 @@ def group_ppo_config(config: GroupArgs, n_rows: int, max_new_tokens: int, max_gr
         max_grad_norm=max_grad_norm,
         loss_reduction=config.loss_reduction,
         loss_constant=float(max_new_tokens) if config.loss_reduction == "constant" else None,
-        ref_kl_coef=config.group_kl_coef,
-        ref_kl_estimator=config.group_kl_estimator,
+        ref_kl_coef=config.ref_kl_coef,
+        ref_kl_estimator=config.ref_kl_estimator,
     )
 
 
@@ -322,7 +323,7 @@ def heldout_accuracy(
 
 def _describe(config, max_new_tokens: int) -> str:
     """One line with the resolved settings of the method."""
-    kl = (f"β {config.group_kl_coef:g} ({config.group_kl_estimator} to π_ref)" if config.group_kl_coef > 0
+    kl = (f"β {config.ref_kl_coef:g} ({config.ref_kl_estimator} to π_ref)" if config.ref_kl_coef > 0
           else "β 0 (no reference model)")
     reduction = config.loss_reduction + (f" (C = {max_new_tokens})" if config.loss_reduction == "constant" else "")
     extras = []
@@ -334,8 +335,9 @@ def _describe(config, max_new_tokens: int) -> str:
         extras.append("truncated replies masked")
     return (
         f"[llm.group] {config.algo}: {config.group_iterations} iterations × {config.group_prompts} prompts × "
-        f"G={config.group_size} replies, {config.group_epochs} epoch(s) of {config.group_minibatch_size}-reply "
-        f"minibatches, lr {config.group_lr:g}; clip [1 − {config.clip_low:g}, 1 + {config.clip_high:g}], {kl}, "
+        f"G={config.group_size} replies, {config.update_epochs} epoch(s) of {config.minibatch_size}-reply "
+        f"minibatches, lr {config.group_lr:g}; "
+        f"clip [1 − {config.clip_coef:g}, 1 + {config.clip_coef_high or config.clip_coef:g}], {kl}, "
         f"reduction {reduction}, "
         f"std {'on' if config.scale_by_std else 'off'}"
         + "".join(f", {e}" for e in extras)
@@ -343,29 +345,33 @@ def _describe(config, max_new_tokens: int) -> str:
 
 
 def train(
-    config,
+    config: GroupArgs,
     task: Task,
     tok: CharTokenizer,
     sft: GPT,
     device: torch.device,
-    out: str | Path,
+    out: str | Path | None = None,
     progress: bool = True,
     log=None,
-) -> tuple[GPT, dict]:
-    """GRPO, DAPO or Dr. GRPO (`config.algo`) from the SFT model. Returns (policy, stats).
+) -> tuple[dict[str, GPT], dict]:
+    """GRPO, DAPO or Dr. GRPO (`config.algo`) from the SFT model, with its evaluation and plot.
 
-    `config` is a `PipelineConfig` (its GroupArgs fields are filled for the algo here, its
-    `max_grad_norm` clips the gradient); `out` receives `<algo>[-TAG].png`; `log(step, record)`
-    receives the metrics every iteration. `stats` = {"seconds", "summary", "history"}, the
-    summary holding held-out accuracy SFT → final, gold reward, reply lengths, dropped share,
-    the final KL and the resolved settings.
+    `config` is a `GroupArgs` (or the `PipelineConfig`); its None fields are filled for the algo
+    here (`llm.config.resolve`). With `out`, the plot `<algo>[-TAG].png` is written there;
+    `log(step, record)` receives the metrics every iteration.
+
+    Returns (models, summary), the shape of every stage's `train`: `models` = {"policy": π_θ}
+    (what `<algo>.pt` holds); `summary` holds the held-out accuracy SFT → final, gold reward,
+    reply lengths, dropped share, the final KL, the resolved settings, "seconds" and "history".
     """
+    if config.algo not in GROUP_ALGOS:
+        raise ValueError(f"algo must be one of {', '.join(GROUP_ALGOS)} for llm.group, got {config.algo!r}")
     start = time.perf_counter()
-    config = resolve_group(config, task.max_new_tokens)
+    config = resolve(config)
     print(_describe(config, task.max_new_tokens), file=sys.stderr)
     torch.manual_seed(config.seed + 4)
     policy = disable_dropout(copy_model(sft)).train()
-    ref = build_reference(sft, config.group_kl_coef)
+    ref = build_reference(sft, config.ref_kl_coef)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=config.group_lr, weight_decay=0.0, betas=(0.9, 0.95),
                                   eps=1e-6)
     evaluate = make_evaluate(policy, None)  # values=None: no critic
@@ -445,16 +451,20 @@ def train(
         "dropped_share": 1.0 - totals["kept_groups"] / totals["groups"],
         "uniform_share": totals["uniform_groups"] / totals["groups"],
         "sampling_rounds": totals["rounds"] / config.group_iterations,
-        "kl": {"final": sum(kls) / len(kls) if kls else None, "beta": config.group_kl_coef},
-        "settings": {name: getattr(config, name) for name in GroupArgs.__dataclass_fields__},
+        "kl": {"final": sum(kls) / len(kls) if kls else None, "ref_kl_coef": config.ref_kl_coef},
+        # the method's own settings (config.json holds the whole resolved configuration)
+        "settings": {name: getattr(config, name) for name in GroupArgs.__dataclass_fields__
+                     if name not in PolicyArgs.__dataclass_fields__ or name == "ref_kl_coef"},
     }
     suffix = tag_suffix(config.tag)
-    plot_group(
-        {f"{config.algo}{suffix}": history},
-        Path(out) / f"{config.algo}{suffix}.png",
-        sft_accuracy=before["accuracy"],
-        title=f"{config.algo} on '{config.task}': held-out accuracy {before['accuracy']:.1%} → {after['accuracy']:.1%}",
-    )
+    if out is not None:
+        plot_group(
+            {f"{config.algo}{suffix}": history},
+            Path(out) / f"{config.algo}{suffix}.png",
+            sft_accuracy=before["accuracy"],
+            title=f"{config.algo} on '{config.task}': held-out accuracy {before['accuracy']:.1%} → "
+            f"{after['accuracy']:.1%}",
+        )
     seconds = time.perf_counter() - start
     print(
         f"[llm.group] {config.algo}: held-out accuracy (greedy) {before['accuracy']:.3f} → {after['accuracy']:.3f}, "
@@ -463,4 +473,5 @@ def train(
         f"groups dropped {summary['dropped_share']:.1%}, in {seconds:.0f}s",
         file=sys.stderr,
     )
-    return policy, {"seconds": seconds, "summary": summary, "history": history}
+    summary["seconds"], summary["history"] = seconds, history
+    return {"policy": policy}, summary

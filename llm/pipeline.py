@@ -3,21 +3,31 @@
     python -m llm.pipeline                       # every stage, task 'reviews', runs/llm-reviews
     python -m llm.pipeline --task arithmetic     # the verifiable-reward task
     python -m llm.pipeline --stage ppo           # one stage, from the earlier stages' checkpoints
-    python -m llm.pipeline --resume true         # skip stages whose checkpoint exists
-    python -m llm.pipeline --stage ppo --kl-kind fixed --init-beta 0 --tag beta0 \
+    python -m llm.pipeline --resume              # skip stages whose checkpoint exists
+    python -m llm.pipeline --stage ppo --ref-kl-controller fixed --ref-kl-coef 0 --tag beta0 \
                            --ppo-iterations 150  # the overoptimisation run: no KL term
 
-Outputs in the run folder: `sft.pt`, `rm.pt`, `ppo.pt` (one checkpoint per stage, written
-atomically at the end of the stage), `metrics.jsonl` (one JSON object per line under the fixed
-metric names, documented in `METRIC_DOCS`), `ppo.png` (proxy score, gold reward, KL and β over
-training), `report.md` (sample replies before and after RL). With `--tag T` the PPO outputs
-are `ppo-T.pt`, `metrics-T.jsonl`, `ppo-T.png`, `report-T.md`, and the plot also shows the
-untagged run for comparison. The last line printed is one JSON object with the headline numbers.
+Every stage has the same shape, `train(config, task, tok, *earlier models, device, out,
+progress, log) -> (models, summary)` (`llm.sft`, `llm.reward_model`, `llm.rlhf`,
+`llm.preference`, `llm.group`): it trains, evaluates, writes its own figures and prints its own
+result line; this module only resolves the configuration, runs the stages in order, loads and
+saves their checkpoints and writes the metrics.
+
+Outputs in the run folder: `config.json` (the resolved configuration, also printed at the
+start), `sft.pt`, `rm.pt`, `ppo.pt` (one checkpoint per stage, written atomically at the end
+of the stage), `metrics.jsonl` (one JSON object per line under the fixed metric names,
+documented in `METRIC_DOCS`), `ppo.png` (proxy score, gold reward, KL and β over training),
+`report.md` (sample replies before and after RL). With `--tag T` the PPO outputs are
+`ppo-T.pt`, `config-T.json`, `metrics-T.jsonl`, `ppo-T.png`, `report-T.md`, and the plot also
+shows the untagged run for comparison; another method's are `ALGO[-T].pt`, `config-ALGO[-T].json`,
+`metrics-ALGO[-T].jsonl`, `ALGO[-T].png`. The last line printed is one JSON object with the
+headline numbers.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -27,20 +37,39 @@ import torch
 
 from core.checkpoint import CheckpointError, load_checkpoint
 from core.checks import NonFiniteError
-from core.config import add_arguments, config_to_dict, from_arguments
+from core.config import add_arguments, config_to_dict, format_config, from_arguments, given_flags, save_config
 from core.device import resolve_device, seed_everything
 from core.metrics import MetricsWriter
+from llm import group, preference, reward_model, rlhf, sft
 from llm.checkpoints import STAGE_KINDS, load_stage, save_stage
-from llm.config import PREFERENCE_ALGOS, PipelineConfig, model_config, resolve, stages_of, tag_suffix
+from llm.config import (
+    GROUP_ALGOS,
+    PREFERENCE_ALGOS,
+    STAGE_ARGS,
+    PipelineConfig,
+    model_config,
+    resolve,
+    stages_of,
+    tag_suffix,
+)
 from llm.model import GPT
-from llm.plots import plot_rlhf, read_ppo_history
-from llm.reward_model import score_replies, train_reward_model
-from llm.rlhf import evaluate_policy, train_ppo
-from llm.sft import train_sft
 from llm.tasks import get_task
 from llm.tokenizer import CharTokenizer
 
-__all__ = ["run_pipeline", "main", "METRIC_DOCS"]
+__all__ = ["run_pipeline", "main", "METRIC_DOCS", "STAGES", "ignored_flags", "config_file"]
+
+# The module whose `train` runs each stage.
+STAGES = {
+    "sft": sft,
+    "rm": reward_model,
+    "ppo": rlhf,
+    **{algo: preference for algo in PREFERENCE_ALGOS},
+    **{algo: group for algo in GROUP_ALGOS},
+}
+# The fields every run reads, whichever stages it runs (where to write, how to show progress).
+_ALWAYS_READ = {f.name for f in dataclasses.fields(PipelineConfig)} - {
+    f.name for cls in set(STAGE_ARGS.values()) for f in dataclasses.fields(cls)
+} | {"task", "algo"}
 
 # Metric names of this front end beyond the shared ones of `core.metrics.METRICS` (where
 # rlhf/score, rlhf/gold_reward, rlhf/ref_kl, rlhf/response_length, charts/ref_kl_coef and the PPO losses
@@ -72,40 +101,42 @@ METRIC_DOCS = {
 }
 
 
-def _print_start(
-    config: PipelineConfig, out: Path, device: torch.device, tok: CharTokenizer
-) -> None:
+def config_file(config: PipelineConfig) -> str:
+    """The name of the run's `config.json`, beside the metrics file of its last stage:
+    `config[-TAG].json` for PPO (and for SFT or the reward model alone), `config-ALGO[-TAG].json`
+    for another method (whose metrics go to `metrics-ALGO[-TAG].jsonl`)."""
+    if config.algo != "ppo" and config.stage in ("all", config.algo):
+        return f"config-{config.algo}{tag_suffix(config.tag)}.json"
+    return f"config{tag_suffix(config.tag) if config.algo == 'ppo' else ''}.json"
+
+
+def ignored_flags(given: set[str], stages_run: list[str]) -> list[str]:
+    """The fields among `given` (set on the command line) that no stage of `stages_run` reads:
+    each stage reads its own settings class (`llm.config.STAGE_ARGS`). Sorted."""
+    read = set(_ALWAYS_READ)
+    for stage in stages_run:
+        read |= {f.name for f in dataclasses.fields(STAGE_ARGS[stage])}
+    return sorted(given - read)
+
+
+def _print_start(config: PipelineConfig, out: Path, device: torch.device, tok: CharTokenizer) -> None:
     task = get_task(config.task)
     n_params = GPT(model_config(config, tok)).num_params()
+    print(format_config(config, "[llm.pipeline] resolved configuration"), file=sys.stderr)
     print(
-        f"[llm.pipeline] task={config.task} stage={config.stage} device={device} out={out}",
+        f"[llm.pipeline] task={config.task} algo={config.algo} stage={config.stage} device={device} out={out}; "
+        f"model: {config.n_layer} layers × {config.n_embd} channels, {n_params / 1e6:.2f}M parameters, "
+        f"context {config.block_size}; vocabulary {tok.vocab_size}; reply budget {task.max_new_tokens} tokens",
         file=sys.stderr,
     )
-    print(
-        f"[llm.pipeline] model: {config.n_layer} layers × {config.n_embd} channels, "
-        f"{n_params / 1e6:.2f}M parameters, context {config.block_size}; vocabulary "
-        f"{tok.vocab_size}; reply budget {task.max_new_tokens} tokens",
-        file=sys.stderr,
-    )
-    sft = f"[llm.pipeline] sft: {config.sft_steps} steps × {config.sft_batch_size}; "
-    if config.algo == "ppo":
-        last = (
-            f"rm: {config.rm_steps} steps × {config.rm_batch_size} pairs; "
-            f"ppo: {config.ppo_iterations} iterations × {config.rollout_batch_size} replies, "
-            f"{config.ppo_epochs} epochs, reward={config.reward_source}, "
-            f"β {config.kl_kind} from {config.init_beta}, target KL {config.target_kl}, "
-            f"estimator {config.kl_estimator}"
-        )
-    elif config.algo in PREFERENCE_ALGOS:
-        strength = f"τ {config.tau}" if config.algo == "ipo" else f"β {config.beta}"
-        last = f"{config.algo}: {config.pref_steps} steps × {config.pref_batch_size}, {strength}, lr {config.pref_lr}"
-    else:
-        last = f"{config.algo}: the group method's settings are printed when its stage starts"
-    print(sft + last, file=sys.stderr)
 
 
-def run_pipeline(config: PipelineConfig) -> dict:
-    """Run the stages `config.stage` asks for; return the summary printed as the last line."""
+def run_pipeline(config: PipelineConfig, given: set[str] = frozenset()) -> dict:
+    """Run the stages `config.stage` asks for; return the summary printed as the last line.
+
+    `given`: the fields set on the command line (`core.config.given_flags`); those that no stage
+    of this run reads (a stage skipped by --resume, or one another --algo has) are named.
+    """
     config = resolve(config)
     tok = CharTokenizer()
     task = get_task(config.task)
@@ -114,14 +145,24 @@ def run_pipeline(config: PipelineConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(config.seed)
     _print_start(config, out, device, tok)
+    save_config(config, out, config_file(config))
     expected = model_config(config, tok)
     all_stages = stages_of(config.algo)
-    stages = all_stages if config.stage == "all" else [config.stage]
-    paths = {
-        "sft": out / "sft.pt",
-        "rm": out / "rm.pt",
-        config.algo: out / f"{config.algo}{tag_suffix(config.tag)}.pt",
-    }
+    requested = all_stages if config.stage == "all" else [config.stage]
+    paths = {stage: out / f"{stage}.pt" for stage in ("sft", "rm")}
+    paths[config.algo] = out / f"{config.algo}{tag_suffix(config.tag)}.pt"
+    skipped = [s for s in requested if config.resume and paths[s].is_file()]
+    to_run = [s for s in requested if s not in skipped]
+    for stage in skipped:
+        print(f"[llm.pipeline] {stage}: found {paths[stage]}, skipped (--resume)", file=sys.stderr)
+    ignored = ignored_flags(set(given), to_run)
+    if ignored:
+        why = f"--resume skipped {', '.join(skipped)}" if skipped else f"the stages run are {to_run}"
+        print(
+            f"[llm.pipeline] ignored flags ({why}, and no stage that runs reads them): "
+            + ", ".join("--" + name.replace("_", "-") for name in ignored),
+            file=sys.stderr,
+        )
     # SFT, the reward model and PPO log to metrics[-TAG].jsonl; every other method's own stage
     # to metrics-ALGO[-TAG].jsonl. A fresh full run or a tagged run starts a new file; a single
     # stage and a resumed run append to the run's file (a method's own stage starts its file anew).
@@ -131,98 +172,71 @@ def run_pipeline(config: PipelineConfig) -> dict:
         extra_names=tuple(METRIC_DOCS),
         append=config.resume or (config.stage != "all" and not tagged),
     )
-    log = writer.write
     summary: dict = {
         "task": config.task,
+        "algo": config.algo,
         "seconds": {stage: None for stage in all_stages},
         "rm_gold_agreement": None,
         "gold_reward": {"sft": None, "final": None, "best": task.best_gold()},
-        "kl": {"final": None, "target": config.target_kl},
+        "kl": {"final": None, "target": config.ref_kl_controller_target if config.algo == "ppo" else None},
     }
-    models: dict = {}
+    models: dict[str, dict[str, GPT]] = {}
+
+    def earlier(stage: str) -> dict[str, GPT]:
+        if stage not in models:
+            models[stage] = _load(paths[stage], stage, tok, expected, device)
+        return models[stage]
+
     current = None
     try:
         for stage in all_stages:
             current = stage
-            run_it = stage in stages and not (config.resume and paths[stage].is_file())
-            if stage in stages and not run_it:
-                print(
-                    f"[llm.pipeline] {stage}: found {paths[stage]}, skipped (--resume)",
-                    file=sys.stderr,
-                )
-            if stage == "sft":
-                if run_it:
-                    sft, stats = train_sft(
-                        config, task, tok, device, progress=config.progress, log=log
-                    )
-                    save_stage(
-                        paths["sft"],
-                        STAGE_KINDS["sft"],
-                        {"model": sft},
-                        tok,
-                        {
-                            "task": config.task,
-                            "config": config_to_dict(config),
-                            "seconds": stats["seconds"],
-                            "stats": stats,
-                        },
-                    )
-                    summary["seconds"]["sft"] = stats["seconds"]
-                    models["sft"] = sft
-                    print(
-                        f"[llm.pipeline] sft: loss {stats['final_loss']:.3f} "
-                        f"in {stats['seconds']:.0f}s → {paths['sft']}",
-                        file=sys.stderr,
-                    )
-            elif stage == "rm":
-                if run_it:
-                    sft = (
-                        models.get("sft")
-                        or _load(paths["sft"], "sft", tok, expected, device, summary)["model"]
-                    )
-                    rm, stats = train_reward_model(
-                        config, task, tok, sft, device, progress=config.progress, log=log
-                    )
-                    save_stage(
-                        paths["rm"],
-                        STAGE_KINDS["rm"],
-                        {"reward_model": rm},
-                        tok,
-                        {
-                            "task": config.task,
-                            "config": config_to_dict(config),
-                            "seconds": stats["seconds"],
-                            "stats": stats,
-                        },
-                    )
-                    summary["seconds"]["rm"] = stats["seconds"]
-                    summary["rm_gold_agreement"] = stats["gold_agreement"]
-                    models["rm"] = rm
-                    print(
-                        "[llm.pipeline] rm: held-out agreement with the gold ranking "
-                        f"{stats['gold_agreement']:.3f} ({stats['gold_pairs']} pairs), "
-                        f"label accuracy {stats['label_accuracy']:.3f}, "
-                        f"in {stats['seconds']:.0f}s → {paths['rm']}",
-                        file=sys.stderr,
-                    )
-            elif stage == "ppo":
-                if run_it:
-                    _run_ppo(config, task, tok, device, out, paths, models, expected, summary, log)
-            elif run_it:  # the last stage of a direct preference or group method
-                _run_method(config, task, tok, device, out, paths, models, expected, summary)
-            if not run_it and paths[stage].is_file() and stage in ("sft", "rm"):
-                # a skipped or not-requested stage still reports what its checkpoint recorded
-                meta = _meta(paths[stage], stage)
-                if meta is not None:
-                    summary["seconds"][stage] = summary["seconds"][stage] or meta.get("seconds")
+            if stage not in to_run:
+                if paths[stage].is_file():  # a skipped or not-requested stage reports what it recorded
+                    meta = _meta(paths[stage], stage) or {}
+                    summary["seconds"][stage] = meta.get("seconds")
                     if stage == "rm":
                         summary["rm_gold_agreement"] = meta.get("stats", {}).get("gold_agreement")
+                continue
+            # the earlier stages' models this stage starts from
+            if stage == "sft":
+                inputs = ()
+            elif stage == "ppo":  # the reward model only where it scores (or exists, for the report)
+                sft_model = earlier("sft")["model"]
+                rm = earlier("rm")["reward_model"] if config.reward_source == "rm" or paths["rm"].is_file() else None
+                inputs = (sft_model, rm)
+            else:
+                inputs = (earlier("sft")["model"],)
+            own_file = stage not in ("sft", "rm", "ppo")
+            stage_writer = (
+                MetricsWriter(out / f"metrics-{stage}{tag_suffix(config.tag)}.jsonl", extra_names=tuple(METRIC_DOCS),
+                              append=config.resume)
+                if own_file else writer
+            )
+            try:
+                trained, stage_summary = STAGES[stage].train(
+                    config, task, tok, *inputs, device, out=out, progress=config.progress, log=stage_writer.write
+                )
+            finally:
+                if own_file:
+                    stage_writer.close()
+            stats = {k: v for k, v in stage_summary.items() if k != "history"}
+            save_stage(paths[stage], STAGE_KINDS[stage], trained, tok,
+                       {"task": config.task, "config": config_to_dict(config), "seconds": stats["seconds"],
+                        "stats": stats})
+            models[stage] = trained
+            summary["seconds"][stage] = stats["seconds"]
+            if stage == "rm":
+                summary["rm_gold_agreement"] = stats["gold_agreement"]
+            elif stage == config.algo:
+                summary.update({k: v for k, v in stats.items() if k != "seconds"})
+            print(f"[llm.pipeline] {stage}: {stats['seconds']:.0f}s → {paths[stage]}", file=sys.stderr)
     except KeyboardInterrupt:
         writer.close()
-        kept = [str(p) for s, p in paths.items() if p.is_file()]
+        kept = [str(p) for p in paths.values() if p.is_file()]
         print(
             f"\n[llm.pipeline] interrupted during stage {current!r}; checkpoints intact: "
-            f"{kept or 'none'}. Run again with --resume true to continue from them.",
+            f"{kept or 'none'}. Run again with --resume to continue from them.",
             file=sys.stderr,
         )
         raise
@@ -237,182 +251,15 @@ def _meta(path: Path, stage: str) -> dict | None:
         return None
 
 
-def _load(path: Path, stage: str, tok, expected, device, summary) -> dict:
+def _load(path: Path, stage: str, tok, expected, device) -> dict[str, GPT]:
     """Load an earlier stage's models, with a message that says which stage to run first."""
     if not path.is_file():
         raise SystemExit(
             f"[llm.pipeline] {path} does not exist: run the {stage!r} stage first "
             f"(python -m llm.pipeline --stage {stage} --out {path.parent})"
         )
-    models, meta = load_stage(
-        path, tok, kind=STAGE_KINDS[stage], expected_config=expected, device=device
-    )
-    if summary["seconds"].get(stage) is None:
-        summary["seconds"][stage] = meta.get("seconds")
-    if stage == "rm":
-        summary["rm_gold_agreement"] = meta.get("stats", {}).get("gold_agreement")
-    return models
-
-
-def _run_ppo(config, task, tok, device, out: Path, paths, models, expected, summary, log) -> None:
-    sft = models.get("sft") or _load(paths["sft"], "sft", tok, expected, device, summary)["model"]
-    rm = None
-    if config.reward_source == "rm" or paths["rm"].is_file() or "rm" in models:
-        rm = (
-            models.get("rm")
-            or _load(paths["rm"], "rm", tok, expected, device, summary)["reward_model"]
-        )
-    from llm.rlhf import gold_scorer, reward_model_scorer
-
-    score_fn = reward_model_scorer(rm) if config.reward_source == "rm" else gold_scorer(task)
-    before = evaluate_policy(
-        sft, task, tok, config.eval_prompts, config.seed + 100, device, score_fn
-    )
-    policy, value, stats = train_ppo(
-        config, task, tok, sft, rm, device, progress=config.progress, log=log
-    )
-    after = evaluate_policy(
-        policy, task, tok, config.eval_prompts, config.seed + 100, device, score_fn
-    )
-    history = stats["history"]
-    tail = history[-10:]
-    kl_final = sum(r["rlhf/ref_kl"] for r in tail) / len(tail)
-    best = task.best_gold()
-    gap = best - before["gold_reward"]
-    closed = (after["gold_reward"] - before["gold_reward"]) / gap if gap > 0 else float("nan")
-    in_band = None
-    if config.target_kl:
-        later = history[len(history) // 4 :]
-        in_band = sum(
-            0.5 * config.target_kl <= r["rlhf/ref_kl"] <= 2 * config.target_kl for r in later
-        ) / len(later)
-    ppo_stats = {
-        "gold_sft": before["gold_reward"],
-        "gold_final": after["gold_reward"],
-        "gold_best": best,
-        "score_sft": before["score"],
-        "score_final": after["score"],
-        "gap_closed": closed,
-        "kl_final": kl_final,
-        "kl_in_band_after_first_quarter": in_band,
-        "final_beta": stats["final_beta"],
-        "eos_rate_final": after["eos_rate"],
-        "response_length_final": after["response_length"],
-    }
-    save_stage(
-        paths["ppo"],
-        STAGE_KINDS["ppo"],
-        {"policy": policy, "value": value},
-        tok,
-        {
-            "task": config.task,
-            "config": config_to_dict(config),
-            "seconds": stats["seconds"],
-            "stats": ppo_stats,
-        },
-    )
-    summary["seconds"]["ppo"] = stats["seconds"]
-    summary["gold_reward"].update(sft=before["gold_reward"], final=after["gold_reward"])
-    summary["kl"]["final"] = kl_final
-    summary["gap_closed"] = closed
-
-    suffix = tag_suffix(config.tag)
-    runs = {f"ppo{suffix or ''} ({config.kl_kind} β={config.init_beta:g})": history}
-    if config.tag:
-        default_history = read_ppo_history(out / "metrics.jsonl")
-        if default_history:
-            runs = {"default run (adaptive KL)": default_history, **runs}
-    plot_rlhf(
-        runs,
-        out / f"ppo{suffix}.png",
-        target_kl=config.target_kl,
-        best_gold=best,
-        sft_gold=before["gold_reward"],
-        title=f"PPO-RLHF on '{config.task}'",
-    )
-    _write_report(
-        out / f"report{suffix}.md", config, task, tok, before, after, ppo_stats, rm, device
-    )
-    print(
-        f"[llm.pipeline] ppo: gold reward {before['gold_reward']:.3f} → "
-        f"{after['gold_reward']:.3f} (best {best:.3f}, gap closed {closed:.0%}), "
-        f"final KL {kl_final:.2f} (target {config.target_kl}), "
-        f"in {stats['seconds']:.0f}s → {paths['ppo']}",
-        file=sys.stderr,
-    )
-
-
-def _run_method(config, task, tok, device, out: Path, paths, models, expected, summary) -> None:
-    """The last stage of a direct preference method (`llm.preference`) or a group method
-    (`llm.group`): train from the SFT model, save `<algo>.pt`, fill the summary.
-
-    Both modules expose `train(config, task, tok, sft, device, out, progress, log)` returning
-    (policy, stats); `stats` holds "seconds" and "summary", the entries this method adds to the
-    pipeline's last line.
-    """
-    sft = models.get("sft") or _load(paths["sft"], "sft", tok, expected, device, summary)["model"]
-    if config.algo in PREFERENCE_ALGOS:
-        from llm.preference import train
-    else:
-        from llm.group import train
-    metrics_path = out / f"metrics-{config.algo}{tag_suffix(config.tag)}.jsonl"
-    with MetricsWriter(metrics_path, extra_names=tuple(METRIC_DOCS), append=config.resume) as method_writer:
-        policy, stats = train(config, task, tok, sft, device, out, progress=config.progress, log=method_writer.write)
-    save_stage(
-        paths[config.algo],
-        STAGE_KINDS[config.algo],
-        {"policy": policy},
-        tok,
-        {"task": config.task, "config": config_to_dict(config), "seconds": stats["seconds"], "stats": stats["summary"]},
-    )
-    summary["algo"] = config.algo
-    summary["seconds"][config.algo] = stats["seconds"]
-    summary.update(stats["summary"])
-
-
-def _write_report(
-    path: Path, config, task, tok, before: dict, after: dict, stats: dict, rm, device
-) -> None:
-    n = 12
-    prompts = [p for p, _ in before["samples"][:n]]
-    sft_replies = [r for _, r in before["samples"][:n]]
-    ppo_replies = [r for _, r in after["samples"][:n]]
-    rm_sft = rm_ppo = None
-    if rm is not None:
-        rm_sft = score_replies(rm, tok, prompts, sft_replies, device).tolist()
-        rm_ppo = score_replies(rm, tok, prompts, ppo_replies, device).tolist()
-    lines = [
-        f"# PPO-RLHF report: task '{config.task}'{' (' + config.tag + ')' if config.tag else ''}",
-        "",
-        f"β schedule {config.kl_kind} from {config.init_beta}, target KL {config.target_kl}, "
-        f"{config.ppo_iterations} iterations × {config.rollout_batch_size} replies, "
-        f"reward source {config.reward_source}.",
-        "",
-        "| | SFT policy | after PPO |",
-        "|---|---|---|",
-        f"| mean gold reward ({config.eval_prompts} prompts) | {stats['gold_sft']:.3f} | "
-        f"{stats['gold_final']:.3f} |",
-        f"| mean proxy score | {stats['score_sft']:.3f} | {stats['score_final']:.3f} |",
-        f"| best reachable gold | {stats['gold_best']:.3f} | |",
-        f"| share of the gap closed | | {stats['gap_closed']:.1%} |",
-        f"| KL to the reference (last 10 iterations) | 0 | {stats['kl_final']:.2f} |",
-        f"| EOS rate | {before['eos_rate']:.3f} | {after['eos_rate']:.3f} |",
-        "",
-        f"Best reachable gold: {task.best_gold_note}.",
-        "",
-        "## Sample replies (same prompts, temperature 1)",
-        "",
-        "| prompt | SFT reply | gold | RM | PPO reply | gold | RM |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for i, p in enumerate(prompts):
-        rs = f"{rm_sft[i]:.2f}" if rm_sft else "–"
-        rp = f"{rm_ppo[i]:.2f}" if rm_ppo else "–"
-        lines.append(
-            f"| `{p}` | `{sft_replies[i]}` | {before['golds'][i]:.1f} | {rs} | "
-            f"`{ppo_replies[i]}` | {after['golds'][i]:.1f} | {rp} |"
-        )
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    loaded, _ = load_stage(path, tok, kind=STAGE_KINDS[stage], expected_config=expected, device=device)
+    return loaded
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -422,15 +269,16 @@ def main(argv: list[str] | None = None) -> dict:
         "on tasks the project generates.",
     )
     add_arguments(parser, PipelineConfig)
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     try:
-        config = from_arguments(PipelineConfig, args)
+        config = resolve(from_arguments(PipelineConfig, args))  # a preset that conflicts is refused here
     except ValueError as exc:
         parser.error(str(exc))
     torch.set_num_threads(config.threads)
     start = time.perf_counter()
     try:
-        summary = run_pipeline(config)
+        summary = run_pipeline(config, given_flags(argv, parser))
     except KeyboardInterrupt:
         raise SystemExit(130) from None
     except (CheckpointError, NonFiniteError, FloatingPointError) as exc:

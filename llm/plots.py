@@ -62,7 +62,7 @@ def plot_rlhf(
     runs: dict[str, list[dict]],
     path: str | Path,
     *,
-    target_kl: float | None = None,
+    ref_kl_target: float | None = None,
     best_gold: float | None = None,
     sft_gold: float | None = None,
     title: str = "",
@@ -79,10 +79,10 @@ def plot_rlhf(
             xs = [r.get("step", i) for i, r in enumerate(records) if r.get(name) is not None]
             ys = [r[name] for r in records if r.get(name) is not None]
             ax.plot(xs, ys, label=run_label, lw=1.4)
-        if name == "rlhf/ref_kl" and target_kl:
-            ax.axhline(target_kl, color="k", ls="--", lw=0.8, label="target")
+        if name == "rlhf/ref_kl" and ref_kl_target:
+            ax.axhline(ref_kl_target, color="k", ls="--", lw=0.8, label="target")
             ax.axhspan(
-                0.5 * target_kl, 2 * target_kl, color="k", alpha=0.06, label="0.5×–2× target"
+                0.5 * ref_kl_target, 2 * ref_kl_target, color="k", alpha=0.06, label="0.5×–2× target"
             )
         if name == "rlhf/gold_reward":
             if best_gold is not None:

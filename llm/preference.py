@@ -2,7 +2,7 @@
 
     python -m llm.pipeline --algo dpo                                   # SFT → DPO, task 'reviews'
     python -m llm.pipeline --algo ipo --stage ipo --out runs/llm-reviews  # reuse that run's sft.pt
-    python -m llm.pipeline --algo dpo --stage dpo --beta 0.3 --tag b03    # another β, its own files
+    python -m llm.pipeline --algo dpo --stage dpo --ref-kl-coef 0.3 --tag b03   # another β, its own files
 
 No reward model and no sampling loop. The policy π_θ starts as the SFT model and learns from
 labelled pairs (x, y_w ≻ y_l) drawn by `llm.tasks.preference_pairs` — the reward model's
@@ -20,6 +20,10 @@ their log-ratio to the reference:
                                          λ_U σ(β (z₀ − r_θ))  if y is undesirable,
                 z₀ = max(0, mean r_θ over mismatched pairs), no gradient   (`kto_loss`,
                                                                      `kto_reference_point`)
+
+Symbols → fields: β → `ref_kl_coef` (the glossary's name: β weighs the KL to π_ref in the
+objective DPO and KTO solve), τ → `tau` (IPO's own symbol), λ_D, λ_U → `kto_desirable_weight`,
+`kto_undesirable_weight`.
 
 β r_θ(x, y) is the *implicit reward* (RM-2 solved for r): the reward for which π_θ is the
 optimum of max E[r] − β KL[π‖π_ref]; its unknown log Z(x) cancels in a pair's difference. IPO's
@@ -79,7 +83,7 @@ from tqdm import tqdm
 from core.checks import check_finite
 from core.losses import sequence_logprobs
 from core.preference import dpo_loss, ipo_loss, kto_loss, kto_reference_point
-from llm.config import PREFERENCE_ALGOS, tag_suffix
+from llm.config import PREFERENCE_ALGOS, PreferenceArgs, resolve, tag_suffix
 from llm.model import GPT, copy_model, disable_dropout
 from llm.plots import PREFERENCE_PANELS, plot_rlhf
 from llm.rlhf import evaluate_policy
@@ -200,7 +204,7 @@ def held_out_accuracy(
 
 
 def train(
-    config,
+    config: PreferenceArgs,
     task: Task,
     tok: CharTokenizer,
     sft: GPT,
@@ -211,19 +215,22 @@ def train(
     *,
     pairs: list[PreferencePair] | None = None,
     eval_pairs: list[PreferencePair] | None = None,
-) -> tuple[GPT, dict]:
-    """Train `config.algo` ('dpo', 'ipo' or 'kto') from the SFT model. Returns (policy, stats).
+) -> tuple[dict[str, GPT], dict]:
+    """Train `config.algo` ('dpo', 'ipo' or 'kto') from the SFT model, with its evaluation and plot.
 
-    `config` carries the fields of `llm.config.PreferenceArgs` plus algo, seed, tag,
-    eval_prompts and label_temperature (a `PipelineConfig`; `dataclasses.replace` it for another
-    β or τ). `pairs` / `eval_pairs` replace the generated training / held-out pairs.
+    `config` is a `PreferenceArgs` (or the `PipelineConfig`; `dataclasses.replace` it for another
+    β or τ); its None fields are resolved here (`llm.config.resolve`). `pairs` / `eval_pairs`
+    replace the generated training / held-out pairs.
     `log(step, metrics)` receives the training metrics every step and the evaluation metrics
     every `pref_eval_every` steps; `step` counts the optimiser updates done. With `out`, the
     plot `<algo>[-tag].png` is written there (a tagged call never overwrites an untagged one).
 
-    stats = {"seconds": wall-clock of the whole call, "summary": entries for the pipeline's
-    last line, "history": every logged record}.
+    Returns (models, summary), the shape of every stage's `train`: `models` = {"policy": π_θ}
+    (what `<algo>.pt` holds); `summary` = {"gold_reward", "kl", "preference": the held-out
+    implicit-reward accuracy and the method's settings, "seconds": wall-clock of the whole call,
+    "history": every logged record}.
     """
+    config = resolve(config)
     start = time.perf_counter()
     algo = config.algo
     if algo not in PREFERENCE_ALGOS:
@@ -244,7 +251,7 @@ def train(
     check_pairs(pairs, "pairs")
     check_pairs(eval_pairs, "eval_pairs")
     # the coefficient of the implicit reward: β for DPO and KTO, τ for IPO (its KL coefficient)
-    coef = config.tau if algo == "ipo" else config.beta
+    coef = config.tau if algo == "ipo" else config.ref_kl_coef
 
     policy = disable_dropout(copy_model(sft)).train()
     ref = disable_dropout(copy_model(sft)).requires_grad_(False).eval()  # frozen π_ref
@@ -324,7 +331,7 @@ def train(
                 ref_logps[batch],
                 good,
                 z0,
-                config.beta,
+                config.ref_kl_coef,
                 config.kto_desirable_weight,
                 config.kto_undesirable_weight,
             )  # (B,)
@@ -376,7 +383,7 @@ def train(
         "kl": {"final": last["rlhf/ref_kl"], "target": None},
         "preference": {
             "algo": algo,
-            "tau" if algo == "ipo" else "beta": coef,
+            "tau" if algo == "ipo" else "ref_kl_coef": coef,
             "held_out_accuracy": held_out["accuracy"],
             "held_out_gold_agreement": held_out["gold_agreement"],
             "held_out_pairs": held_out["pairs"],
@@ -387,6 +394,8 @@ def train(
             "response_length": {"sft": before["rlhf/response_length"], "final": last["rlhf/response_length"]},
             "eos_rate": {"sft": before["rlhf/eos_rate"], "final": last["rlhf/eos_rate"]},
         },
+        "seconds": seconds,
+        "history": history,
     }
     if out is not None:
         name = f"{algo}{tag_suffix(config.tag)}"
@@ -406,4 +415,4 @@ def train(
         f"(gold agreement {held_out['gold_agreement']:.3f}), in {seconds:.0f}s ({eval_seconds:.0f}s evaluating)",
         file=sys.stderr,
     )
-    return policy, {"seconds": seconds, "summary": summary, "history": history}
+    return {"policy": policy}, summary

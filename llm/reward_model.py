@@ -14,6 +14,7 @@ not against the labels.
 from __future__ import annotations
 
 import random
+import sys
 import time
 
 import torch
@@ -32,7 +33,7 @@ __all__ = [
     "scalar_model_from",
     "score_replies",
     "pair_scores",
-    "train_reward_model",
+    "train",
     "evaluate_reward_model",
 ]
 
@@ -117,23 +118,28 @@ def evaluate_reward_model(
     }
 
 
-def train_reward_model(
+def train(
     config: RMArgs,
     task: Task,
     tok: CharTokenizer,
-    sft_model: GPT,
+    sft: GPT,
     device: torch.device,
+    out=None,
     progress: bool = True,
     log=None,
-) -> tuple[GPT, dict]:
-    """Bradley–Terry training from the SFT weights. Returns (reward model, held-out stats).
+) -> tuple[dict[str, GPT], dict]:
+    """Bradley–Terry training from the SFT weights, then the held-out evaluation.
 
-    `log(step, {"rm/loss": …, "rm/accuracy": …})` receives training metrics every 10 steps.
+    `sft` is the SFT model (the stage's "model"). Returns (models, summary), the
+    shape of every stage's `train`: `models` = {"reward_model": R_φ} (what `rm.pt` holds),
+    `summary` = `evaluate_reward_model`'s held-out figures (label accuracy, agreement with the
+    gold ranking, ...) plus "seconds" and "history". `log(step, {"rm/loss": …, "rm/accuracy": …})`
+    receives training metrics every 10 steps. `out` is unused (no figure).
     """
     torch.manual_seed(config.seed + 2)
-    model = scalar_model_from(sft_model)
+    model = scalar_model_from(sft)
     model.train()
-    train = preference_pairs(
+    train_pairs = preference_pairs(
         task, config.rm_pairs, seed=config.seed + 10, label_temperature=config.label_temperature
     )
     held_out = preference_pairs(
@@ -148,9 +154,10 @@ def train_reward_model(
         model.parameters(), lr=config.rm_lr, weight_decay=0.01, betas=(0.9, 0.95)
     )
     start = time.perf_counter()
+    history = []
     bar = tqdm(range(config.rm_steps), desc="reward model", disable=not progress, leave=False)
     for step in bar:
-        batch = [train[rng.randrange(len(train))] for _ in range(config.rm_batch_size)]
+        batch = [train_pairs[rng.randrange(len(train_pairs))] for _ in range(config.rm_batch_size)]
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, config.rm_steps, config.rm_lr)
         chosen, rejected = pair_scores(model, tok, batch, device)
@@ -162,9 +169,19 @@ def train_reward_model(
         optimizer.step()
         accuracy = (chosen > rejected).float().mean().item()
         bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{accuracy:.2f}")
-        if log is not None and (step % 10 == 0 or step == config.rm_steps - 1):
-            log(step, {"rm/loss": loss.item(), "rm/accuracy": accuracy})
+        if step % 10 == 0 or step == config.rm_steps - 1:
+            record = {"rm/loss": loss.item(), "rm/accuracy": accuracy}
+            history.append({"step": step, **record})
+            if log is not None:
+                log(step, record)
     model.eval()
-    stats = evaluate_reward_model(model, tok, held_out, device)
-    stats["seconds"] = time.perf_counter() - start
-    return model, stats
+    summary = evaluate_reward_model(model, tok, held_out, device)
+    summary["seconds"] = time.perf_counter() - start
+    summary["history"] = history
+    print(
+        f"[llm.reward_model] held-out agreement with the gold ranking {summary['gold_agreement']:.3f} "
+        f"({summary['gold_pairs']} pairs), label accuracy {summary['label_accuracy']:.3f}, "
+        f"in {summary['seconds']:.0f}s",
+        file=sys.stderr,
+    )
+    return {"reward_model": model}, summary

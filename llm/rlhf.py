@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -35,12 +37,13 @@ from tqdm import tqdm
 from core.advantages import gae
 from core.catalog import implements
 from core.checks import check_finite
-from core.kl import kl_estimate, make_kl_controller
+from core.kl import KLEstimator, kl_estimate, make_kl_controller
 from core.losses import masked_whiten
 from core.ppo import Evaluation, PPOConfig, ppo_update
-from llm.config import PPOArgs
+from llm.config import PPOArgs, resolve, tag_suffix
 from llm.model import GPT, copy_model, disable_dropout
-from llm.reward_model import scalar_model_from
+from llm.plots import plot_rlhf, read_ppo_history
+from llm.reward_model import scalar_model_from, score_replies
 from llm.rollout import (
     Generation,
     decode_replies,
@@ -60,7 +63,8 @@ __all__ = [
     "collect_rollout",
     "make_evaluate",
     "evaluate_policy",
-    "train_ppo",
+    "train",
+    "write_report",
 ]
 
 
@@ -71,8 +75,8 @@ def per_token_rewards(
     ref_logprobs: torch.Tensor,
     mask: torch.Tensor,
     *,
-    beta: float,
-    kl_estimator: str = "k1",
+    ref_kl_coef: float,
+    ref_kl_estimator: KLEstimator = "k1",
     ended: torch.Tensor | None = None,
     missing_eos_penalty: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,13 +96,13 @@ def per_token_rewards(
     lowered by `missing_eos_penalty`, otherwise the policy can learn to never stop.
 
     Symbols → arguments: R_φ(x, y) → `scores` (B,); log π_θ → `logprobs` (B, T) (of the rollout
-    policy, no gradient); log π_ref → `ref_logprobs` (B, T); β → `beta`; `mask` (B, T) 1 on
-    real reply tokens, right-padded; `ended` (B,) bool, EOS seen. Returns (rewards (B, T),
-    kl (B, T)), both zero on padding.
+    policy, no gradient); log π_ref → `ref_logprobs` (B, T); β → `ref_kl_coef`; the KL
+    estimator → `ref_kl_estimator`; `mask` (B, T) 1 on real reply tokens, right-padded; `ended`
+    (B,) bool, EOS seen. Returns (rewards (B, T), kl (B, T)), both zero on padding.
     """
     mask = mask.to(logprobs.dtype)
-    kl = kl_estimate(logprobs, ref_logprobs, kl_estimator) * mask  # (B, T)
-    rewards = -beta * kl  # (B, T)
+    kl = kl_estimate(logprobs, ref_logprobs, ref_kl_estimator) * mask  # (B, T)
+    rewards = -ref_kl_coef * kl  # (B, T)
     score = scores.to(rewards.dtype)
     if ended is not None and missing_eos_penalty:
         score = score - missing_eos_penalty * (~ended.bool()).to(score.dtype)
@@ -284,42 +288,57 @@ def evaluate_policy(
     }
 
 
-def train_ppo(
+def train(
     config: PPOArgs,
     task: Task,
     tok: CharTokenizer,
-    sft_model: GPT,
+    sft: GPT,
     reward_model: GPT | None,
     device: torch.device,
+    out: str | Path | None = None,
     progress: bool = True,
     log=None,
-) -> tuple[GPT, GPT, dict]:
-    """PPO-RLHF from the SFT policy. Returns (policy, value model, stats).
+) -> tuple[dict[str, GPT], dict]:
+    """PPO-RLHF from the SFT policy, with its evaluation before and after, plot and report.
 
-    `reward_model` None (or `config.reward_source == 'gold'`) scores with the task's verifier;
-    the value model then starts from the SFT body with a zero head instead of from R_φ.
-    `log(iteration, metrics)` receives the fixed metric names every iteration.
+    `reward_model` may be None when `config.reward_source == 'gold'` (the task's verifier
+    scores); the value model then starts from the SFT body with a zero head instead of from R_φ.
+    `log(iteration, metrics)` receives the fixed metric names every iteration. With `out`, the
+    plot `ppo[-TAG].png` and the report `report[-TAG].md` are written there (a tagged run's plot
+    also shows the untagged run of `out/metrics.jsonl`).
+
+    Returns (models, summary), the shape of every stage's `train`: `models` = {"policy": π_θ,
+    "value": V_ψ} (what `ppo.pt` holds); `summary` = {"gold_reward": {"sft", "final", "best"},
+    "score": {"sft", "final"}, "gap_closed", "kl": {"final": mean rlhf/ref_kl of the last 10
+    iterations, "target"}, "kl_in_band_after_first_quarter", "final_ref_kl_coef",
+    "eos_rate", "response_length", "seconds", "history": every iteration's record}.
     """
+    config = resolve(config)
+    start = time.perf_counter()
     torch.manual_seed(config.seed + 4)
-    policy = disable_dropout(copy_model(sft_model))
-    ref = disable_dropout(copy_model(sft_model)).requires_grad_(False).eval()  # frozen π_ref
+    policy = disable_dropout(copy_model(sft))
+    ref = disable_dropout(copy_model(sft)).requires_grad_(False).eval()  # frozen π_ref
     use_rm = config.reward_source == "rm"
     if use_rm and reward_model is None:
         raise ValueError("reward_source='rm' needs a reward model")
-    if use_rm:
+    if reward_model is not None:  # scores the rewards ('rm') or only the report's replies ('gold')
         reward_model = disable_dropout(reward_model).requires_grad_(False).eval()  # frozen R_φ
+    if use_rm:
         score_fn = reward_model_scorer(reward_model)
         value_model = init_value_model(reward_model)  # RM-5
     else:
         score_fn = gold_scorer(task)
-        value_model = scalar_model_from(sft_model)
+        value_model = scalar_model_from(sft)
     value_model = disable_dropout(value_model).requires_grad_(True)
+    eval_seed = config.seed + 100  # the same prompts and sampling seed before and after RL
+    before = evaluate_policy(sft, task, tok, config.eval_prompts, eval_seed, device, score_fn)
     policy.train(), value_model.train()  # dropout is 0 anyway; train() only for clarity
 
     ppo_config = PPOConfig(
         clip_coef=config.clip_coef,
-        update_epochs=config.ppo_epochs,
-        minibatch_size=config.ppo_minibatch_size,
+        clip_coef_high=config.clip_coef_high,
+        update_epochs=config.update_epochs,
+        minibatch_size=config.minibatch_size,
         batch_size=config.rollout_batch_size,
         norm_adv=True,
         clip_vloss=True,
@@ -339,15 +358,16 @@ def train_ppo(
         eps=1e-6,
     )
     controller = make_kl_controller(
-        config.kl_kind, config.init_beta, config.target_kl, config.kl_horizon
+        config.ref_kl_controller, config.ref_kl_coef, config.ref_kl_controller_target,
+        config.ref_kl_controller_horizon,
     )
+    target = config.ref_kl_controller_target
     prompt_rng = random.Random(config.seed + 5)
     sample_gen = torch.Generator(device=device).manual_seed(config.seed + 6)
     shuffle_gen = torch.Generator().manual_seed(config.seed + 7)
 
     history = []
     adapting, since_update = False, 0
-    start = time.perf_counter()
     bar = tqdm(range(config.ppo_iterations), desc="ppo", disable=not progress, leave=False)
     for it in bar:
         beta = float(controller.beta)
@@ -362,8 +382,8 @@ def train_ppo(
             ro.logprobs,
             ro.ref_logprobs,
             mask,
-            beta=beta,
-            kl_estimator=config.kl_estimator,
+            ref_kl_coef=beta,
+            ref_kl_estimator=config.ref_kl_estimator,
             ended=ro.gen.ended,
             missing_eos_penalty=config.missing_eos_penalty,
         )
@@ -390,11 +410,11 @@ def train_ppo(
         )
         # 5. β from the measured KL: the mean over replies of Σ_t (log π_θ − log π_ref)
         seq_kl = float(((ro.logprobs - ro.ref_logprobs) * mask).sum(dim=1).mean())
-        if (config.target_kl and seq_kl >= config.target_kl / 1.5) or it + 1 >= config.kl_warmup:
+        if (target and seq_kl >= target / 1.5) or it + 1 >= config.ref_kl_warmup:
             adapting = True  # the policy has moved: from now on β follows the controller
         if adapting:
             since_update += 1
-            if since_update >= config.kl_update_every:
+            if since_update >= config.ref_kl_update_every:
                 controller.update(seq_kl, config.rollout_batch_size * since_update)
                 since_update = 0
         record = {
@@ -409,7 +429,7 @@ def train_ppo(
         }
         if not all(math.isfinite(v) for k, v in record.items() if k != "losses/explained_variance"):
             raise FloatingPointError(f"non-finite PPO statistics at iteration {it}: {record}")
-        history.append(record)
+        history.append({"step": it, **record})
         if log is not None:
             log(it, record)
         bar.set_postfix(
@@ -419,15 +439,90 @@ def train_ppo(
             beta=f"{beta:.3g}",
         )
     policy.eval(), value_model.eval()
-    return (
-        policy,
-        value_model,
-        {
-            "seconds": time.perf_counter() - start,
-            "history": history,
-            "final_beta": float(controller.beta),
-        },
+    after = evaluate_policy(policy, task, tok, config.eval_prompts, eval_seed, device, score_fn)
+
+    tail = history[-10:]
+    best = task.best_gold()
+    gap = best - before["gold_reward"]
+    in_band = None
+    if target:
+        later = history[len(history) // 4 :]
+        in_band = sum(0.5 * target <= r["rlhf/ref_kl"] <= 2 * target for r in later) / len(later)
+    summary = {
+        "gold_reward": {"sft": before["gold_reward"], "final": after["gold_reward"], "best": best},
+        "score": {"sft": before["score"], "final": after["score"]},
+        "gap_closed": (after["gold_reward"] - before["gold_reward"]) / gap if gap > 0 else float("nan"),
+        "kl": {"final": sum(r["rlhf/ref_kl"] for r in tail) / len(tail), "target": target},
+        "kl_in_band_after_first_quarter": in_band,
+        "final_ref_kl_coef": float(controller.beta),
+        "eos_rate": {"sft": before["eos_rate"], "final": after["eos_rate"]},
+        "response_length": {"sft": before["response_length"], "final": after["response_length"]},
+        "seconds": time.perf_counter() - start,
+        "history": history,
+    }
+    if out is not None:
+        suffix = tag_suffix(config.tag)
+        runs = {f"ppo{suffix} ({config.ref_kl_controller} β={config.ref_kl_coef:g})": history}
+        if config.tag:
+            default_history = read_ppo_history(Path(out) / "metrics.jsonl")
+            if default_history:
+                runs = {"default run (adaptive KL)": default_history, **runs}
+        plot_rlhf(runs, Path(out) / f"ppo{suffix}.png", ref_kl_target=target, best_gold=best,
+                  sft_gold=before["gold_reward"], title=f"PPO-RLHF on '{config.task}'")
+        write_report(Path(out) / f"report{suffix}.md", config, task, tok, before, after, summary,
+                     reward_model, device)
+    print(
+        f"[llm.rlhf] ppo: gold reward {before['gold_reward']:.3f} → {after['gold_reward']:.3f} (best {best:.3f}, "
+        f"gap closed {summary['gap_closed']:.0%}), final KL {summary['kl']['final']:.2f} (target {target}), "
+        f"in {summary['seconds']:.0f}s",
+        file=sys.stderr,
     )
+    return {"policy": policy, "value": value_model}, summary
+
+
+def write_report(path: Path, config: PPOArgs, task: Task, tok: CharTokenizer, before: dict, after: dict,
+                 summary: dict, reward_model: GPT | None, device) -> None:
+    """`report.md`: the headline numbers and a table of sample replies before and after PPO."""
+    n = 12
+    prompts = [p for p, _ in before["samples"][:n]]
+    sft_replies = [r for _, r in before["samples"][:n]]
+    ppo_replies = [r for _, r in after["samples"][:n]]
+    rm_sft = rm_ppo = None
+    if reward_model is not None:
+        rm_sft = score_replies(reward_model, tok, prompts, sft_replies, device).tolist()
+        rm_ppo = score_replies(reward_model, tok, prompts, ppo_replies, device).tolist()
+    gold, score = summary["gold_reward"], summary["score"]
+    lines = [
+        f"# PPO-RLHF report: task '{config.task}'{' (' + config.tag + ')' if config.tag else ''}",
+        "",
+        f"β schedule {config.ref_kl_controller} from {config.ref_kl_coef}, target KL "
+        f"{config.ref_kl_controller_target}, {config.ppo_iterations} iterations × {config.rollout_batch_size} "
+        f"replies, reward source {config.reward_source}.",
+        "",
+        "| | SFT policy | after PPO |",
+        "|---|---|---|",
+        f"| mean gold reward ({config.eval_prompts} prompts) | {gold['sft']:.3f} | {gold['final']:.3f} |",
+        f"| mean proxy score | {score['sft']:.3f} | {score['final']:.3f} |",
+        f"| best reachable gold | {gold['best']:.3f} | |",
+        f"| share of the gap closed | | {summary['gap_closed']:.1%} |",
+        f"| KL to the reference (last 10 iterations) | 0 | {summary['kl']['final']:.2f} |",
+        f"| EOS rate | {before['eos_rate']:.3f} | {after['eos_rate']:.3f} |",
+        "",
+        f"Best reachable gold: {task.best_gold_note}.",
+        "",
+        "## Sample replies (same prompts, temperature 1)",
+        "",
+        "| prompt | SFT reply | gold | RM | PPO reply | gold | RM |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for i, p in enumerate(prompts):
+        rs = f"{rm_sft[i]:.2f}" if rm_sft else "–"
+        rp = f"{rm_ppo[i]:.2f}" if rm_ppo else "–"
+        lines.append(
+            f"| `{p}` | `{sft_replies[i]}` | {before['golds'][i]:.1f} | {rs} | "
+            f"`{ppo_replies[i]}` | {after['golds'][i]:.1f} | {rp} |"
+        )
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 @implements("RM-5")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 import time
 
 import torch
@@ -20,13 +21,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from core.checks import check_finite
-from llm.config import SFTArgs, model_config
+from llm.config import SFTArgs, model_config, resolve
 from llm.model import GPT
 from llm.rollout import pad_sequences
 from llm.tasks import Task, sft_examples
 from llm.tokenizer import CharTokenizer
 
-__all__ = ["sft_loss", "train_sft", "lr_at"]
+__all__ = ["sft_loss", "train", "lr_at"]
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int = 20, floor: float = 0.1) -> float:
@@ -51,18 +52,24 @@ def sft_loss(model: GPT, ids: torch.Tensor, reply_mask: torch.Tensor) -> torch.T
     return (nll * weights.reshape(-1)).sum() / weights.sum().clamp(min=1.0)
 
 
-def train_sft(
+def train(
     config: SFTArgs,
     task: Task,
     tok: CharTokenizer,
     device: torch.device,
+    out=None,
     progress: bool = True,
     log=None,
-) -> tuple[GPT, dict]:
-    """Train a fresh model on `config.sft_examples` demonstrations. Returns (model, stats).
+) -> tuple[dict[str, GPT], dict]:
+    """Train a fresh model on `config.sft_examples` demonstrations.
 
-    `log(step, {"sft/loss": …})` receives the training loss every 10 steps.
+    Returns (models, summary), the shape of every stage's `train`: `models` = {"model": the SFT
+    model} (what `sft.pt` holds), `summary` = {"final_loss": the smoothed training loss,
+    "params", "seconds", "history": the logged records}. `log(step, {"sft/loss": …})` receives
+    the training loss every 10 steps. `out` is unused (SFT writes no figure); it is there so
+    that every stage is called the same way.
     """
+    config = resolve(config)
     torch.manual_seed(config.seed)
     model = GPT(model_config(config, tok)).to(device)
     data = sft_examples(task, config.sft_examples, seed=config.seed)
@@ -74,6 +81,7 @@ def train_sft(
     start = time.perf_counter()
     bar = tqdm(range(config.sft_steps), desc="sft", disable=not progress, leave=False)
     running = None
+    history = []
     for step in bar:
         batch = [data[rng.randrange(len(data))] for _ in range(config.sft_batch_size)]
         ids, reply_mask, _ = pad_sequences(
@@ -89,11 +97,16 @@ def train_sft(
         optimizer.step()
         running = loss.item() if running is None else 0.9 * running + 0.1 * loss.item()
         bar.set_postfix(loss=f"{running:.3f}")
-        if log is not None and (step % 10 == 0 or step == config.sft_steps - 1):
-            log(step, {"sft/loss": loss.item()})
+        if step % 10 == 0 or step == config.sft_steps - 1:
+            history.append({"step": step, "sft/loss": loss.item()})
+            if log is not None:
+                log(step, {"sft/loss": loss.item()})
     model.eval()
-    return model, {
+    seconds = time.perf_counter() - start
+    print(f"[llm.sft] loss {running:.3f} after {config.sft_steps} steps, in {seconds:.0f}s", file=sys.stderr)
+    return {"model": model}, {
         "final_loss": running,
         "params": model.num_params(),
-        "seconds": time.perf_counter() - start,
+        "seconds": seconds,
+        "history": history,
     }

@@ -9,8 +9,8 @@ from llm.compare import CompareConfig, plot_frontier, plot_group_methods
 
 @pytest.mark.parametrize(
     "field, value, message",
-    [("only", "games", "only"), ("pref_betas", "1,-0.3", "pref_betas"), ("ipo_taus", "0.1,x", "ipo_taus"),
-     ("ppo_target_kls", "", "ppo_target_kls")],
+    [("only", "games", "only"), ("pref_ref_kl_coefs", "1,-0.3", "pref_ref_kl_coefs"), ("ipo_taus", "0.1,x", "ipo_taus"),
+     ("ppo_ref_kl_targets", "", "ppo_ref_kl_targets")],
 )
 def test_bad_settings_are_refused_by_name(field, value, message):
     with pytest.raises(ValueError, match=message):

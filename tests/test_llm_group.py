@@ -16,7 +16,7 @@ from core.metrics import read_metrics
 from core.ppo import Evaluation, ppo_update
 from llm import group
 from llm.checkpoints import load_stage
-from llm.config import PipelineConfig, model_config, resolve, resolve_group
+from llm.config import PRESETS, PipelineConfig, model_config, resolve
 from llm.model import GPT
 from llm.pipeline import main as pipeline_main
 from llm.rollout import Generation, reply_logprobs
@@ -27,13 +27,13 @@ from llm.tokenizer import CharTokenizer
 formula = pytest.mark.formula
 
 TINY_MODEL = dict(n_layer=1, n_head=2, n_embd=32, device="cpu", progress=False)
-TINY_GROUP = dict(group_prompts=4, group_size=4, group_minibatch_size=8, group_iterations=2, group_eval_every=1,
+TINY_GROUP = dict(group_prompts=4, group_size=4, minibatch_size=8, group_iterations=2, group_eval_every=1,
                   group_eval_prompts=8)
 TINY_ARGS = [
     "--task", "arithmetic", "--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--sft-steps", "30",
     "--sft-batch-size", "16", "--sft-examples", "300", "--group-prompts", "4", "--group-size", "4",
-    "--group-minibatch-size", "8", "--group-iterations", "3", "--group-eval-every", "2",
-    "--group-eval-prompts", "8", "--progress", "false", "--device", "cpu",
+    "--minibatch-size", "8", "--group-iterations", "3", "--group-eval-every", "2",
+    "--group-eval-prompts", "8", "--no-progress", "--device", "cpu",
 ]
 
 
@@ -66,7 +66,7 @@ def random_model(config, tok) -> GPT:
 @pytest.mark.parametrize("algo, beta, models_built", [("dr_grpo", None, 1), ("dapo", None, 1), ("grpo", None, 2),
                                                       ("dr_grpo", 0.1, 2)])
 def test_zero_kl_coefficient_builds_no_reference_model(algo, beta, models_built, tok, task, tmp_path, monkeypatch):
-    config = tiny_config(algo, group_iterations=1, group_kl_coef=beta)
+    config = tiny_config(algo, group_iterations=1, ref_kl_coef=beta)
     sft = random_model(config, tok)
     built = []
     real_init = GPT.__init__
@@ -89,9 +89,8 @@ def test_zero_kl_coefficient_builds_no_reference_model(algo, beta, models_built,
     # and the SFT model itself never runs (it cannot stand in for a reference unnoticed)
     assert len(built) == models_built
     assert sft_calls == []
-    resolved = resolve_group(config, task.max_new_tokens)
-    assert (resolved.group_kl_coef == 0) == (models_built == 1)
-    assert (stats["summary"]["kl"]["final"] is None) == (models_built == 1)
+    assert (config.ref_kl_coef == 0) == (models_built == 1)
+    assert (stats["kl"]["final"] is None) == (models_built == 1)
     assert group.build_reference(sft, 0.0) is None
 
 
@@ -111,8 +110,7 @@ def test_dynamic_sampling_batch_never_holds_an_all_equal_group(tok, task):
             return float(len(reply) > 0 and ord(reply[0]) % 2 == 0)
 
     parity = ParityTask()
-    config = resolve_group(tiny_config("dapo", group_prompts=6, group_size=3, sampling_rounds=3, overlong_cache=0),
-                           task.max_new_tokens)
+    config = tiny_config("dapo", group_prompts=6, group_size=3, sampling_rounds=3, overlong_cache=0)
     plain = dataclasses.replace(config, dynamic_sampling=False)
     policy = random_model(config, tok)
     generator = torch.Generator().manual_seed(0)
@@ -156,7 +154,7 @@ def test_groups_from_several_rounds_keep_their_log_probs_when_stacked(tok, task)
 
 @formula("DA-4")
 def test_overlong_penalty_is_added_to_the_checkers_reward(tok, task):
-    config = resolve_group(tiny_config("dapo"), task.max_new_tokens)  # L_max 6, L_cache 2
+    config = tiny_config("dapo")  # L_max 6, L_cache 2
     assert (config.overlong_max, config.overlong_cache) == (6, 2)
     replies = ["47", "470", "4700", "47000"]  # 3..6 tokens with EOS; the last one is cut off
     lengths = [3, 4, 5, 6]
@@ -210,11 +208,11 @@ def loop_objective(new, old, ref, rewards, lengths, ended, config, C):
         total = 0.0
         for t in range(n):
             ratio = torch.exp(new[i, t] - old[i, t])
-            clipped = torch.clamp(ratio, 1 - config.clip_low, 1 + config.clip_high)
+            clipped = torch.clamp(ratio, 1 - config.clip_coef, 1 + (config.clip_coef_high or config.clip_coef))
             term = torch.minimum(ratio * advantages[i], clipped * advantages[i])
-            if config.group_kl_coef > 0:
+            if config.ref_kl_coef > 0:
                 log_r = ref[i, t] - new[i, t]
-                term = term - config.group_kl_coef * (torch.exp(log_r) - 1 - log_r)
+                term = term - config.ref_kl_coef * (torch.exp(log_r) - 1 - log_r)
             total = total + term
         per_reply.append((total, n))
         n_tokens += n
@@ -232,7 +230,7 @@ def loop_objective(new, old, ref, rewards, lengths, ended, config, C):
 @pytest.mark.parametrize("algo, mask_truncated", [("grpo", False), ("dapo", False), ("dapo", True),
                                                   ("dr_grpo", False)])
 def test_each_methods_loss_equals_a_loop_over_replies_and_tokens(algo, mask_truncated, task):
-    config = resolve_group(tiny_config(algo, mask_truncated=mask_truncated), task.max_new_tokens)
+    config = tiny_config(algo, mask_truncated=mask_truncated)
     gen = hand_generation()
     lengths = [int(n) for n in gen.reply_mask.sum(1)]
     g = torch.Generator().manual_seed(1)
@@ -245,7 +243,7 @@ def test_each_methods_loss_equals_a_loop_over_replies_and_tokens(algo, mask_trun
     def evaluate(mb):
         return Evaluation(new[mb["rows"]], torch.zeros_like(new[mb["rows"]]), None)  # no critic
 
-    batch = group.build_batch(gen, rewards, old, ref if config.group_kl_coef > 0 else None, config)
+    batch = group.build_batch(gen, rewards, old, ref if config.ref_kl_coef > 0 else None, config)
     batch["rows"] = torch.arange(6)
     # one minibatch of all six replies (8 > 6 rows), one epoch: the loss is computed once; no grad clip
     ppo_config = group.group_ppo_config(config, n_rows=6, max_new_tokens=task.max_new_tokens, max_grad_norm=1e9)
@@ -254,15 +252,15 @@ def test_each_methods_loss_equals_a_loop_over_replies_and_tokens(algo, mask_trun
     stats = ppo_update(evaluate, batch, optimizer, ppo_config)
 
     expected = -loop_objective(new, old, ref, rewards, lengths, gen.ended.tolist(), config, task.max_new_tokens)
-    loss = stats["losses/policy_loss"] + config.group_kl_coef * stats.get("losses/ref_kl", 0.0)
+    loss = stats["losses/policy_loss"] + config.ref_kl_coef * stats.get("losses/ref_kl", 0.0)
     assert loss == pytest.approx(float(expected.detach()), rel=1e-5, abs=1e-6)
     grad = new.grad.clone()
     new.grad = None
     expected.backward()
     torch.testing.assert_close(grad, new.grad, rtol=1e-5, atol=1e-7)
-    if config.group_kl_coef > 0:
+    if config.ref_kl_coef > 0:
         assert stats["losses/ref_kl"] > 0
-        assert config.group_kl_estimator == "k3"
+        assert config.ref_kl_estimator == "k3"
         torch.testing.assert_close(kl_estimate(torch.zeros(1), torch.zeros(1), "k3"), torch.zeros(1))
 
 
@@ -277,7 +275,7 @@ def test_a_short_run_raises_the_training_reward(algo, tiny_sft, tok, task, tmp_p
     overlong penalty); 20 iterations with fixed seeds teach it to answer with digits and EOS.
     Tolerance: the mean reward of the last three iterations must beat that of the first three by
     at least 0.3 (it rises by 0.6–1.0 on this seed)."""
-    config = tiny_config(algo, group_iterations=20, group_prompts=8, group_size=8, group_minibatch_size=32,
+    config = tiny_config(algo, group_iterations=20, group_prompts=8, group_size=8, minibatch_size=32,
                          group_lr=3e-3, group_warmup=0, group_eval_every=100)
     sft = load_stage(tiny_sft / "sft.pt", tok)[0]["model"]
     _, stats = group.train(config, task, tok, sft, torch.device("cpu"), tmp_path, progress=False)
@@ -331,11 +329,13 @@ def test_tagged_stage_keeps_its_own_outputs(tiny_sft):
 
 @pytest.mark.parametrize("args, message", [
     (["--group-size", "1"], "group_size must be ≥ 2, got 1: a group of one reply has no relative advantage"),
-    (["--clip-low", "0.3", "--clip-high", "0.2"], "clip_high (ε_high = 0.2) must be ≥ clip_low (ε_low = 0.3)"),
-    (["--group-kl-coef", "-0.1"], "group_kl_coef (β) must be ≥ 0, got -0.1"),
-    (["--group-kl-estimator", "k4"], "group_kl_estimator must be 'k1', 'k2' or 'k3', got 'k4'"),
-    (["--loss-reduction", "sum"], "loss_reduction must be 'seq_mean', 'token_mean' or 'constant'"),
+    (["--clip-coef", "0.3", "--clip-coef-high", "0.2"],
+     "clip_coef_high (ε_high = 0.2) must be ≥ clip_coef (ε_low = 0.3)"),
+    (["--ref-kl-coef", "-0.1"], "ref_kl_coef (β) must be ≥ 0, got -0.1"),
+    (["--ref-kl-estimator", "k4"], "argument --ref-kl-estimator: invalid choice: 'k4'"),
+    (["--loss-reduction", "sum"], "argument --loss-reduction: invalid choice: 'sum'"),
     (["--overlong-cache", "8", "--overlong-max", "6"], "overlong_cache (8) must be ≤ overlong_max (6)"),
+    (["--update-epochs", "0"], "update_epochs must be ≥ 1, got 0"),
 ])
 def test_bad_settings_are_refused_with_the_field_named(args, message, capsys):
     with pytest.raises(SystemExit) as stop:
@@ -344,22 +344,40 @@ def test_bad_settings_are_refused_with_the_field_named(args, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_a_per_method_default_that_conflicts_is_refused_when_resolved(task):
-    # DAPO's ε_high default 0.28 is below an ε_low of 0.3 given on its own
-    with pytest.raises(ValueError, match=r"clip_high \(ε_high = 0.28\) must be ≥ clip_low \(ε_low = 0.3\)"):
-        resolve_group(tiny_config("dapo", clip_low=0.3), task.max_new_tokens)
-    # a symmetric method follows a larger ε_low
-    assert resolve_group(tiny_config("grpo", clip_low=0.3), task.max_new_tokens).clip_high == 0.3
-    with pytest.raises(ValueError, match="group method"):
-        resolve_group(PipelineConfig(task="arithmetic", algo="ppo"), task.max_new_tokens)
+def test_a_per_method_default_that_conflicts_is_refused_when_resolved(capsys):
+    # DAPO's ε_high preset 0.28 is below an ε_low of 0.3 given on its own
+    with pytest.raises(ValueError, match=r"clip_coef_high \(ε_high = 0.28\) must be ≥ clip_coef \(ε_low = 0.3\)"):
+        tiny_config("dapo", clip_coef=0.3)
+    with pytest.raises(SystemExit) as stop:  # on the command line: one line, exit 2
+        pipeline_main([*TINY_ARGS, "--algo", "dapo", "--clip-coef", "0.3"])
+    assert stop.value.code == 2 and "clip_coef_high (ε_high = 0.28)" in capsys.readouterr().err
+    # a symmetric method follows a larger ε (core.ppo: no clip_coef_high is a symmetric clip)
+    grpo = tiny_config("grpo", clip_coef=0.3)
+    assert grpo.clip_coef_high is None and group.group_ppo_config(grpo, 8, 6).clip_coef_high is None
+    with pytest.raises(ValueError, match="for llm.group"):
+        group.train(resolve(PipelineConfig(task="arithmetic", algo="ppo")), None, None, None, None)
 
 
 def test_per_method_defaults(task):
-    grpo, dapo, dr = (resolve_group(tiny_config(a), task.max_new_tokens) for a in ("grpo", "dapo", "dr_grpo"))
+    grpo, dapo, dr = (tiny_config(a) for a in ("grpo", "dapo", "dr_grpo"))
     assert (grpo.loss_reduction, dapo.loss_reduction, dr.loss_reduction) == ("seq_mean", "token_mean", "constant")
     assert (grpo.scale_by_std, dapo.scale_by_std, dr.scale_by_std) == (True, True, False)
-    assert (grpo.group_kl_coef > 0, dapo.group_kl_coef, dr.group_kl_coef) == (True, 0.0, 0.0)
-    assert grpo.group_kl_estimator == "k3"
-    assert (grpo.clip_low, grpo.clip_high, dapo.clip_low, dapo.clip_high) == (0.2, 0.2, 0.2, 0.28)
+    assert (grpo.ref_kl_coef > 0, dapo.ref_kl_coef, dr.ref_kl_coef) == (True, 0.0, 0.0)
+    assert grpo.ref_kl_estimator == "k3"
+    assert (grpo.clip_coef, grpo.clip_coef_high, dapo.clip_coef, dapo.clip_coef_high) == (0.2, None, 0.2, 0.28)
     assert (grpo.dynamic_sampling, dapo.dynamic_sampling, dr.dynamic_sampling) == (False, True, False)
     assert dapo.overlong_cache > 0 and dapo.overlong_max == task.max_new_tokens and grpo.overlong_cache == 0
+    assert (grpo.update_epochs, grpo.minibatch_size) == (1, 8)  # the preset's epochs; the minibatch given
+
+
+def test_the_preset_table_sets_each_field_in_one_place_and_resolve_fills_only_none():
+    task_fields = {name for preset in PRESETS["task"].values() for name in preset}
+    algo_fields = {name for preset in PRESETS["algo"].values() for name in preset}
+    assert not task_fields & algo_fields  # a field's preset depends on the task or on the method, not both
+    fields = {f.name: f for f in dataclasses.fields(PipelineConfig)}
+    assert all(fields[name].default is None for name in task_fields | algo_fields)  # "None: the preset's value"
+    given = PipelineConfig(task="arithmetic", algo="grpo", ref_kl_coef=0.5, sft_steps=7)
+    resolved = resolve(given)
+    assert (resolved.ref_kl_coef, resolved.sft_steps) == (0.5, 7)  # what was given is kept
+    assert resolved.loss_reduction == PRESETS["algo"]["grpo"]["loss_reduction"]
+    assert resolve(resolved) == resolved  # idempotent

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 
 import pytest
 import torch
 
 import llm.rlhf
+from core.checkpoint import load_checkpoint
 from core.metrics import read_metrics
+from llm.checkpoints import load_stage
+from llm.config import PRESETS, PipelineConfig, resolve
 from llm.pipeline import main as pipeline_main
+from llm.rlhf import evaluate_policy
 from llm.sample import main as sample_main
+from llm.tasks import get_task
+from llm.tokenizer import CharTokenizer
 
 TINY_ARGS = [
     "--n-layer",
@@ -37,17 +45,22 @@ TINY_ARGS = [
     "3",
     "--rollout-batch-size",
     "8",
-    "--ppo-minibatch-size",
+    "--minibatch-size",
     "4",
-    "--ppo-epochs",
+    "--update-epochs",
     "1",
     "--eval-prompts",
     "16",
-    "--progress",
-    "false",
+    "--no-progress",
     "--device",
     "cpu",
 ]
+# the same settings as fields, written out by hand (not parsed back from the command line)
+TINY_FIELDS = dict(
+    n_layer=1, n_head=2, n_embd=32, sft_steps=40, sft_batch_size=16, sft_examples=500, rm_steps=10,
+    rm_batch_size=8, rm_pairs=200, rm_eval_pairs=50, ppo_iterations=3, rollout_batch_size=8, minibatch_size=4,
+    update_epochs=1, eval_prompts=16, progress=False, device="cpu",
+)
 
 
 @pytest.fixture(scope="module")
@@ -87,10 +100,50 @@ def test_pipeline_writes_every_output_and_the_summary(tiny_run, capsys):
         assert name in ppo[-1]
     assert any("sft/loss" in r for r in records) and any("rm/loss" in r for r in records)
     assert "| prompt | SFT reply" in (out / "report.md").read_text()
+    # the summary's figures, recomputed from the metrics file and from the checkpoint
+    assert summary["kl"]["final"] == pytest.approx(sum(r["rlhf/ref_kl"] for r in ppo[-10:]) / len(ppo[-10:]))
+    tok, task = CharTokenizer(), get_task("reviews")
+    policy = load_stage(out / "ppo.pt", tok)[0]["policy"]
+    again = evaluate_policy(policy, task, tok, 16, seed=0 + 100, device="cpu")  # the stage's prompts and seed
+    assert summary["gold_reward"]["final"] == pytest.approx(again["gold_reward"])
+
+
+def test_config_json_is_the_resolved_configuration(tiny_run):
+    out, _ = tiny_run
+    saved = json.loads((out / "config.json").read_text())
+    expected = dataclasses.asdict(resolve(PipelineConfig(**TINY_FIELDS, out=str(out))))
+    assert saved == expected
+    # the presets filled what the command line left at None; the flags given kept their values
+    assert saved["ref_kl_coef"] == PRESETS["algo"]["ppo"]["ref_kl_coef"] and saved["minibatch_size"] == 4
+    assert saved["ref_kl_controller_target"] == PRESETS["task"]["reviews"]["ref_kl_controller_target"]
+    assert None not in (saved["sft_steps"], saved["reward_source"], saved["ref_kl_estimator"])
+
+
+def test_help_lists_the_choices_of_literal_fields(capsys):
+    with pytest.raises(SystemExit) as stop:
+        pipeline_main(["--help"])
+    assert stop.value.code == 0
+    text = capsys.readouterr().out
+    for choices in ("{reviews,arithmetic}", "{ppo,dpo,ipo,kto,grpo,dapo,dr_grpo}", "{fixed,adaptive,proportional}",
+                    "{k1,k2,k3}", "{token_mean,seq_mean,constant}", "{rm,gold}", "--resume, --no-resume"):
+        assert choices in text, choices
+
+
+@pytest.mark.parametrize("args, flag", [(["--ref-kl-estimator", "k4"], "--ref-kl-estimator"),
+                                        (["--algo", "rloo"], "--algo"),
+                                        (["--ref-kl-controller", "pid"], "--ref-kl-controller")])
+def test_a_bad_choice_is_refused_in_one_line_naming_the_flag(args, flag, capsys):
+    with pytest.raises(SystemExit) as stop:
+        pipeline_main([*args, "--device", "cpu"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert flag in last and "invalid choice" in last and args[1] in last
 
 
 def test_interrupted_stage_keeps_earlier_checkpoints_and_resume_continues(
-    tiny_run, tmp_path, monkeypatch
+    tiny_run, tmp_path, monkeypatch, capsys
 ):
     out, _ = tiny_run
     # a copy of the finished SFT and RM stages, then a PPO stage interrupted mid-way
@@ -108,18 +161,43 @@ def test_interrupted_stage_keeps_earlier_checkpoints_and_resume_continues(
 
     monkeypatch.setattr(llm.rlhf, "ppo_update", interrupted)
     with pytest.raises(SystemExit) as stop:
-        pipeline_main([*TINY_ARGS, "--out", str(tmp_path), "--resume", "true"])
+        pipeline_main([*TINY_ARGS, "--out", str(tmp_path), "--resume"])
     assert stop.value.code == 130
     assert not (tmp_path / "ppo.pt").exists()
     assert {name: (tmp_path / name).read_bytes() for name in before} == before  # intact
     monkeypatch.setattr(llm.rlhf, "ppo_update", real_update)
-    summary = pipeline_main([*TINY_ARGS, "--out", str(tmp_path), "--resume", "true"])
+    capsys.readouterr()
+    # --sft-lr and --rm-steps belong to the stages --resume skips; --ppo-lr to the one that runs
+    summary = pipeline_main([*TINY_ARGS, "--out", str(tmp_path), "--resume", "--sft-lr", "0.01", "--rm-steps=7",
+                             "--ppo-lr", "1e-4"])
+    err = capsys.readouterr().err
     assert (tmp_path / "ppo.pt").is_file()
     assert {name: (tmp_path / name).read_bytes() for name in before} == before  # not retrained
-    assert summary["seconds"]["sft"] == pytest.approx(
-        json.loads(json.dumps(summary))["seconds"]["sft"]
-    )
-    assert summary["rm_gold_agreement"] is not None
+    ignored = next(line for line in err.splitlines() if "ignored flags" in line)
+    assert "--resume skipped sft, rm" in ignored
+    names = set(ignored.split(": ", 1)[1].split(", "))
+    assert {"--sft-lr", "--rm-steps", "--sft-steps", "--rm-pairs"} <= names  # named...
+    assert not names & {"--ppo-lr", "--minibatch-size", "--n-embd", "--device", "--out"}  # ...and only those
+    assert "resolved configuration" in err and "ppo_lr" in err  # the resolved configuration is printed
+    # the skipped stages' figures are those their checkpoints recorded
+    sft_meta = load_checkpoint(tmp_path / "sft.pt", kind="llm_sft")["meta"]
+    rm_meta = load_checkpoint(tmp_path / "rm.pt", kind="llm_rm")["meta"]
+    assert summary["seconds"]["sft"] == sft_meta["seconds"] > 0
+    assert summary["rm_gold_agreement"] == rm_meta["stats"]["gold_agreement"]
+    assert json.loads((tmp_path / "config.json").read_text())["ppo_lr"] == 1e-4
+
+
+def test_a_run_without_ignored_flags_names_none(tiny_run, tmp_path, capsys):
+    out, _ = tiny_run
+    for name in ("sft.pt", "rm.pt"):
+        (tmp_path / name).write_bytes((out / name).read_bytes())
+    model_and_rm = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--rm-steps", "2", "--rm-batch-size", "4",
+                    "--rm-pairs", "20", "--rm-eval-pairs", "10", "--no-progress", "--device", "cpu"]
+    pipeline_main([*model_and_rm, "--out", str(tmp_path), "--stage", "rm"])
+    assert "ignored flags" not in capsys.readouterr().err
+    pipeline_main([*model_and_rm, "--out", str(tmp_path), "--stage", "rm", "--sft-lr", "0.1"])
+    assert capsys.readouterr().err.count("ignored flags (the stages run are ['rm'], and no stage that runs reads "
+                                         "them): --sft-lr\n") == 1
 
 
 def test_stage_with_a_mismatched_architecture_stops_with_a_message(tiny_run, tmp_path, capsys):
@@ -161,7 +239,7 @@ def test_sample_generates_from_any_stage_and_refuses_bad_prompts(tiny_run, capsy
             " great.",
         ]
     )
-    assert len(score) == 1 and float(score[0]) == float(score[0])
+    assert len(score) == 1 and math.isfinite(float(score[0]))
     capsys.readouterr()
     with pytest.raises(SystemExit):
         sample_main(["--checkpoint", str(out / "sft.pt"), "--prompt", "Review: the plöt"])

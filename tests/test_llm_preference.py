@@ -4,6 +4,7 @@ its outputs, sequence log-probs against a per-token loop, and bad input."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import pytest
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 from core.config import field_docs
 from core.metrics import read_metrics
 from llm.checkpoints import STAGE_KINDS, load_stage
-from llm.config import PipelineConfig, PreferenceArgs, resolve
+from llm.config import PRESETS, PipelineConfig, PreferenceArgs, resolve
 from llm.pipeline import main as pipeline_main
 from llm.preference import batched_logps, check_pairs, held_out_accuracy, kl_scorer, sequence_logps, train
 from llm.rollout import decode_replies, encode_prompts, generate
@@ -45,8 +46,7 @@ TINY_ARGS = [
     "2",
     "--eval-prompts",
     "16",
-    "--progress",
-    "false",
+    "--no-progress",
     "--device",
     "cpu",
 ]
@@ -103,7 +103,8 @@ def test_training_ranks_the_training_pairs(tiny_sft, algo, first_loss, min_accur
     _, sft = tiny_sft
     config = tiny_config(algo=algo, tau=0.5, pref_steps=40, pref_lr=3e-3)
     pairs = preference_pairs(TASK, 64, seed=config.seed + 10)
-    policy, stats = train(config, TASK, TOK, sft, CPU, out=None, progress=False, log=None, pairs=pairs)
+    models, stats = train(config, TASK, TOK, sft, CPU, out=None, progress=False, log=None, pairs=pairs)
+    policy = models["policy"]
     losses = [r["pref/loss"] for r in stats["history"] if "pref/loss" in r]
     assert losses[0] == pytest.approx(first_loss, abs=1e-4)
     assert sum(losses[-4:]) / 4 < 0.8 * first_loss
@@ -114,7 +115,7 @@ def test_training_ranks_the_training_pairs(tiny_sft, algo, first_loss, min_accur
     assert held_out_accuracy(ref, TOK, pairs, ref_chosen, ref_rejected, CPU)["accuracy"] == 0.0  # all ties
     trained = held_out_accuracy(policy, TOK, pairs, ref_chosen, ref_rejected, CPU)
     assert trained["accuracy"] >= min_accuracy, trained
-    summary = stats["summary"]
+    summary = stats
     assert set(summary["gold_reward"]) == {"sft", "final", "best"} and summary["gold_reward"]["best"] == 3.0
     assert summary["kl"]["target"] is None and math.isfinite(summary["kl"]["final"])
     assert 0.0 <= summary["preference"]["held_out_accuracy"] <= 1.0
@@ -214,10 +215,13 @@ def test_pipeline_stage_on_an_existing_run_writes_a_sampleable_checkpoint(tiny_s
 
     # another β with a tag: its own checkpoint, plot and metrics; the untagged ones untouched
     before = {name: (out / name).read_bytes() for name in ("dpo.pt", "dpo.png", "metrics-dpo.jsonl")}
-    pipeline_main([*TINY_ARGS, "--algo", "dpo", "--stage", "dpo", "--out", str(out), "--beta", "3", "--tag", "b3"])
+    pipeline_main([*TINY_ARGS, "--algo", "dpo", "--stage", "dpo", "--out", str(out), "--ref-kl-coef", "3",
+                   "--tag", "b3"])
     for name in ("dpo-b3.pt", "dpo-b3.png", "metrics-dpo-b3.jsonl"):
         assert (out / name).is_file(), name
     assert {name: (out / name).read_bytes() for name in before} == before
+    assert json.loads((out / "config-dpo-b3.json").read_text())["ref_kl_coef"] == 3.0
+    assert json.loads((out / "config-dpo.json").read_text())["ref_kl_coef"] == PRESETS["algo"]["dpo"]["ref_kl_coef"]
     capsys.readouterr()
 
 
@@ -254,10 +258,10 @@ def test_a_pair_with_a_missing_side_is_refused_with_its_index(tiny_sft, side, va
 @pytest.mark.parametrize(
     "field, value, message",
     [
-        ("beta", 0.0, r"beta \(β of DPO and KTO\) must be > 0"),
-        ("beta", -0.5, r"beta \(β of DPO and KTO\) must be > 0"),
-        ("tau", 0.0, r"tau \(τ of IPO\) must be > 0"),
-        ("tau", -1.0, r"tau \(τ of IPO\) must be > 0"),
+        ("ref_kl_coef", 0.0, r"ref_kl_coef \(β of DPO's implicit reward\) must be > 0, got 0.0"),
+        ("ref_kl_coef", -0.5, r"ref_kl_coef \(β\) must be ≥ 0, got -0.5"),
+        ("tau", 0.0, r"tau must be > 0, got 0.0"),
+        ("tau", -1.0, r"tau must be > 0, got -1.0"),
         ("pref_lr", 0.0, "pref_lr must be > 0"),
         ("pref_steps", 0, "pref_steps must be ≥ 1"),
         ("kto_undesirable_weight", 0.0, "kto_undesirable_weight must be > 0"),
@@ -271,10 +275,11 @@ def test_bad_hyperparameters_are_refused_naming_the_field(field, value, message)
 def test_bad_hyperparameters_on_the_command_line(capsys):
     with pytest.raises(SystemExit):
         pipeline_main(["--algo", "ipo", "--tau", "0"])
-    assert "tau (τ of IPO) must be > 0" in capsys.readouterr().err
+    assert "tau must be > 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        pipeline_main(["--algo", "dpo", "--beta", "-1"])
-    assert "beta (β of DPO and KTO) must be > 0" in capsys.readouterr().err
+        pipeline_main(["--algo", "kto", "--ref-kl-coef", "0"])
+    assert "ref_kl_coef (β of KTO's implicit reward) must be > 0" in capsys.readouterr().err
+    assert resolve(PipelineConfig(algo="ipo")).ref_kl_coef is None  # IPO has no β: its τ is `tau`
     with pytest.raises(ValueError, match="pref_pairs"):
         PipelineConfig(algo="dpo", pref_pairs=8, pref_batch_size=16)
 
@@ -282,5 +287,5 @@ def test_bad_hyperparameters_on_the_command_line(capsys):
 def test_every_preference_setting_has_a_docstring_for_the_command_line():
     docs = field_docs(PipelineConfig)
     names = [f.name for f in dataclasses.fields(PreferenceArgs)]
-    assert {"beta", "tau", "pref_steps", "kto_desirable_weight"} <= set(names)
+    assert {"ref_kl_coef", "tau", "pref_steps", "kto_desirable_weight"} <= set(names)
     assert all(docs.get(name) for name in names), [name for name in names if not docs.get(name)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -9,19 +10,19 @@ import torch
 
 from core.kl import kl_estimate
 from core.losses import bradley_terry_loss
+from llm import reward_model, rlhf
+from llm import sft as sft_stage
 from llm.config import PipelineConfig, model_config, resolve
 from llm.model import GPT
-from llm.reward_model import pair_scores, scalar_model_from, train_reward_model
+from llm.reward_model import pair_scores, scalar_model_from
 from llm.rlhf import (
     collect_rollout,
     evaluate_policy,
     init_value_model,
     per_token_rewards,
     reward_model_scorer,
-    train_ppo,
 )
 from llm.rollout import last_token_scores, pad_sequences
-from llm.sft import train_sft
 from llm.tasks import PreferencePair, get_task, parse_review, preference_pairs, sft_examples
 from llm.tokenizer import CharTokenizer
 
@@ -47,9 +48,9 @@ def tiny_config(**overrides) -> PipelineConfig:
         rm_lr=1e-3,
         ppo_iterations=30,
         rollout_batch_size=32,
-        ppo_minibatch_size=16,
-        kl_kind="fixed",
-        init_beta=0.3,
+        minibatch_size=16,
+        ref_kl_controller="fixed",
+        ref_kl_coef=0.3,
         eval_prompts=128,
         progress=False,
     )
@@ -161,7 +162,7 @@ def test_per_token_rewards_hand_case_score_on_eos_and_missing_eos_penalty():
     scores = torch.tensor([2.0, 1.0])
     ended = torch.tensor([True, False])
     rewards, kl = per_token_rewards(
-        scores, logprobs, ref, mask, beta=0.5, ended=ended, missing_eos_penalty=1.5
+        scores, logprobs, ref, mask, ref_kl_coef=0.5, ended=ended, missing_eos_penalty=1.5
     )
     # row 0: k1 = lp − ref = [0.5, −1, 0]; r = −0.5·k1, score 2 on the last real token (column 2)
     assert rewards[0].tolist() == pytest.approx([-0.25, 0.5, 0.0 + 2.0, 0.0])
@@ -182,14 +183,14 @@ def test_per_token_rewards_with_k3_and_beta_zero():
     ref = -torch.rand(3, 5, generator=g) * 3
     mask = torch.tensor([[1.0] * 5, [1.0] * 2 + [0.0] * 3, [1.0] * 4 + [0.0]])
     scores = torch.tensor([0.3, -1.0, 2.0])
-    rewards, kl = per_token_rewards(scores, logprobs, ref, mask, beta=0.2, kl_estimator="k3")
+    rewards, kl = per_token_rewards(scores, logprobs, ref, mask, ref_kl_coef=0.2, ref_kl_estimator="k3")
     log_r = ref - logprobs
     k3 = (torch.exp(log_r) - 1 - log_r) * mask
     torch.testing.assert_close(kl, k3)
     torch.testing.assert_close(kl, kl_estimate(logprobs, ref, "k3") * mask)
     torch.testing.assert_close(rewards.sum(dim=1), scores - 0.2 * k3.sum(dim=1))
     # β = 0: only the score remains, at columns 4, 1, 3
-    rewards0, _ = per_token_rewards(scores, logprobs, ref, mask, beta=0.0)
+    rewards0, _ = per_token_rewards(scores, logprobs, ref, mask, ref_kl_coef=0.0)
     expected = torch.zeros(3, 5)
     expected[0, 4], expected[1, 1], expected[2, 3] = scores
     torch.testing.assert_close(rewards0, expected)
@@ -220,8 +221,9 @@ def test_value_model_starts_as_the_reward_model_and_trains_separately():
 def tiny_sft_and_rm():
     config = tiny_config()
     task = get_task("reviews")
-    sft, _ = train_sft(config, task, TOK, CPU, progress=False)
-    rm, stats = train_reward_model(config, task, TOK, sft, CPU, progress=False)
+    sft = sft_stage.train(config, task, TOK, CPU, progress=False)[0]["model"]
+    models, stats = reward_model.train(config, task, TOK, sft, CPU, progress=False)
+    rm = models["reward_model"]
     return config, task, sft, rm, stats
 
 
@@ -250,7 +252,7 @@ def test_rollout_puts_the_score_on_the_last_real_token(tiny_sft_and_rm):
         torch.Generator().manual_seed(0),
     )
     rewards, _ = per_token_rewards(
-        ro.scores, ro.logprobs, ro.ref_logprobs, ro.gen.reply_mask, beta=0.1
+        ro.scores, ro.logprobs, ro.ref_logprobs, ro.gen.reply_mask, ref_kl_coef=0.1
     )
     last = ro.gen.lengths - 1
     assert torch.all(
@@ -272,7 +274,9 @@ def test_short_ppo_rlhf_run_raises_the_gold_reward(tiny_sft_and_rm):
     config, task, sft, rm, _ = tiny_sft_and_rm
     score_fn = reward_model_scorer(rm)
     before = evaluate_policy(sft, task, TOK, 128, seed=1, device=CPU, score_fn=score_fn)
-    policy, value, stats = train_ppo(config, task, TOK, sft, rm, CPU, progress=False)
+    # the stage's own before/after evaluation on a few prompts; this test's is independent of it
+    models, stats = rlhf.train(dataclasses.replace(config, eval_prompts=16), task, TOK, sft, rm, CPU, progress=False)
+    policy = models["policy"]
     after = evaluate_policy(policy, task, TOK, 128, seed=1, device=CPU, score_fn=score_fn)
     assert after["score"] > before["score"] + 0.3, (before["score"], after["score"])
     assert after["gold_reward"] > before["gold_reward"] + 0.3, (
