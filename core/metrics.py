@@ -55,9 +55,10 @@ class MetricsWriter:
     written as null so the file stays valid JSON. Each line is flushed at once, so a crash
     loses nothing already logged.
 
-    `track="tensorboard"` mirrors every value into TensorBoard event files in the same folder
-    (`add_scalar(name, value, step)` under the same name; NaN/inf are skipped there), so
-    `tensorboard --logdir runs` shows every run.
+    `track="tensorboard"` mirrors every value into TensorBoard event files (`add_scalar(name,
+    value, step)` under the same name; NaN/inf are skipped there), so `tensorboard --logdir runs`
+    shows every run: `metrics.jsonl`'s events go to its own folder, those of another file such
+    as `metrics-dpo.jsonl` to the subfolder `metrics-dpo/` (one TensorBoard run per file).
     """
 
     def __init__(self, path: str | os.PathLike, extra_names: tuple[str, ...] = (), append: bool = False,
@@ -71,7 +72,8 @@ class MetricsWriter:
         if track == "tensorboard":
             from torch.utils.tensorboard import SummaryWriter  # imported here: only runs that track need it
 
-            self._tensorboard = SummaryWriter(log_dir=str(self.path.parent), flush_secs=10)
+            log_dir = self.path.parent if self.path.stem == "metrics" else self.path.parent / self.path.stem
+            self._tensorboard = SummaryWriter(log_dir=str(log_dir), flush_secs=10)
         self._file = open(self.path, "a" if append else "w", encoding="utf-8")
 
     def write(self, step: int, values: dict[str, Any]) -> None:

@@ -33,11 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import torch
+from matplotlib.figure import Figure  # the object API: no pyplot state, no backend switched
 
 from core.config import add_arguments, check_choices, from_arguments
 from core.metrics import read_metrics
@@ -144,7 +141,8 @@ def compare_arithmetic(config: CompareConfig, out: Path) -> dict:
 
 
 def plot_frontier(reviews: dict, path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fig = Figure(figsize=(6.5, 4.5))
+    ax = fig.subplots()
     ax.scatter([0.0], [reviews["sft"]], color="k", marker="*", s=120, label="SFT policy", zorder=3)
     for algo, points in reviews["points"].items():
         kls = [p["kl"] for p in points]
@@ -160,7 +158,6 @@ def plot_frontier(reviews: dict, path: Path) -> Path:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
@@ -174,7 +171,8 @@ GROUP_PANELS = [
 
 
 def plot_group_methods(arithmetic: dict, path: Path) -> Path:
-    fig, axes = plt.subplots(1, len(GROUP_PANELS), figsize=(4 * len(GROUP_PANELS), 3.6))
+    fig = Figure(figsize=(4 * len(GROUP_PANELS), 3.6))
+    axes = fig.subplots(1, len(GROUP_PANELS))
     for ax, (name, label) in zip(axes, GROUP_PANELS):
         for algo in GROUP_ALGOS:
             records = [r for r in arithmetic[algo]["history"] if r.get(name) is not None]
@@ -188,7 +186,6 @@ def plot_group_methods(arithmetic: dict, path: Path) -> Path:
     fig.suptitle("'arithmetic': GRPO, DAPO and Dr. GRPO from the same SFT model", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 

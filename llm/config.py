@@ -45,6 +45,7 @@ from typing import Literal, get_args
 from core.config import check_choices
 from core.kl import KLControllerKind, KLEstimator
 from core.losses import LossReduction
+from core.metrics import Tracker
 from llm.model import GPTConfig
 from llm.tasks import get_task
 from llm.tokenizer import CharTokenizer
@@ -406,6 +407,9 @@ class PipelineConfig(GroupArgs, PreferenceArgs, PPOArgs, RMArgs, SFTArgs):
     flags only those stages read are ignored, and named."""
     progress: bool = True
     """Show progress bars."""
+    track: Tracker = "none"
+    """Also log every metric to 'tensorboard' event files (metrics.jsonl's in the run folder, a method's
+    metrics-ALGO.jsonl's in the subfolder metrics-ALGO/); 'none' writes the JSON lines only."""
     threads: int = 1
     """CPU threads for torch. On a CPU shared with other busy processes 1 can be several times
     faster than 2 (the threads wait for each other)."""

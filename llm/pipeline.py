@@ -171,6 +171,7 @@ def run_pipeline(config: PipelineConfig, given: set[str] = frozenset()) -> dict:
         out / f"metrics{tag_suffix(config.tag) if tagged else ''}.jsonl",
         extra_names=tuple(METRIC_DOCS),
         append=config.resume or (config.stage != "all" and not tagged),
+        track=config.track,
     )
     summary: dict = {
         "task": config.task,
@@ -210,7 +211,7 @@ def run_pipeline(config: PipelineConfig, given: set[str] = frozenset()) -> dict:
             own_file = stage not in ("sft", "rm", "ppo")
             stage_writer = (
                 MetricsWriter(out / f"metrics-{stage}{tag_suffix(config.tag)}.jsonl", extra_names=tuple(METRIC_DOCS),
-                              append=config.resume)
+                              append=config.resume, track=config.track)
                 if own_file else writer
             )
             try:

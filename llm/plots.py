@@ -10,10 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+from matplotlib.figure import Figure  # the object API: no pyplot state, no backend switched
 
 __all__ = ["plot_rlhf", "plot_group", "read_ppo_history", "PANELS", "PREFERENCE_PANELS", "GROUP_PANELS"]
 
@@ -73,7 +70,8 @@ def plot_rlhf(
     """One panel per quantity of `panels`, one line per run (label → list of records with a
     "step"; a record without a panel's metric is skipped in that panel). `lines` adds a dashed
     horizontal line with a label to a panel: metric name → (value, label)."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.25 * len(panels), 3.8), squeeze=False)
+    fig = Figure(figsize=(4.25 * len(panels), 3.8))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (name, label) in zip(axes[0], panels):
         for run_label, records in runs.items():
             xs = [r.get("step", i) for i, r in enumerate(records) if r.get(name) is not None]
@@ -100,7 +98,6 @@ def plot_rlhf(
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
