@@ -3,7 +3,7 @@
     python -m envs.evaluate --checkpoint runs/flappy/checkpoint.pt
     python -m envs.evaluate --checkpoint envs/agents/flappy_features.pt --episodes 100 --cap 500 --json
     python -m envs.evaluate --checkpoint envs/agents/flappy_features.pt --render human
-    python -m envs.evaluate --checkpoint runs/flappy/checkpoint.pt --gif runs/flappy/episode.gif
+    python -m envs.evaluate --checkpoint runs/flappy/checkpoint.pt --video runs/flappy/episode.mp4
 
 Every episode runs in its own environment copy, all stepped together, and only each copy's
 first episode counts, so short episodes are not over-represented. Seeds start at `--seed`
@@ -79,17 +79,18 @@ def summarize(scores: list[float], cap: int | None) -> dict:
     }
 
 
-def watch(agent: ActorCritic, env_id: str, *, render: str | None, gif: str | None, seed: int, cap: int | None) -> dict:
-    """Play one greedy episode in a pygame window (`render='human'`) and/or save it as a GIF.
+def watch(agent: ActorCritic, env_id: str, *, render: str | None, video: str | None, seed: int,
+          cap: int | None) -> dict:
+    """Play one greedy episode in a pygame window (`render='human'`) and/or stream it to a video (.gif or .mp4).
 
     For Flappy Bird the agent sees exactly what it saw in training — the batched env's
     observations (features, or the 84×84 frames rasterised on the device) — while a single
     `FlappyBirdEnv` with the same seed draws the game: both play the same game step for step
     (tested bit for bit), so the lock-step below shows the agent's own episode. Returns the
-    scores of what was shown: {"gif": …, "human": …}.
+    scores of what was shown: {"video": …, "human": …}.
     """
     shown: dict = {}
-    from envs.flappy_bird.record import record_gif, run_episode
+    from envs.flappy_bird.record import record_video, run_episode
 
     if env_id.startswith("proximal/"):
         kwargs = {"max_score": cap} if cap is not None else {}
@@ -110,15 +111,15 @@ def watch(agent: ActorCritic, env_id: str, *, render: str | None, gif: str | Non
         if env_id.startswith("ALE/"):
             from envs.atari import make_atari_env
 
-            display_id = make_atari_env(env_id, render_mode="rgb_array" if gif else render)
+            display_id = make_atari_env(env_id, render_mode="rgb_array" if video else render)
 
         def make_policy():
             return lambda obs: int(agent.act(torch.as_tensor(obs)[None], greedy=True)[0])
 
-    if gif:
-        result = record_gif(display_id, make_policy(), gif, seed=seed, **kwargs)
-        shown["gif"] = result["score"] if result["score"] is not None else result["return"]
-        print(f"saved {gif}: {result['frames']} frames, score {shown['gif']}", file=sys.stderr)
+    if video:
+        result = record_video(display_id, make_policy(), video, seed=seed, **kwargs)
+        shown["video"] = result["score"] if result["score"] is not None else result["return"]
+        print(f"saved {video}: {result['frames']} frames, score {shown['video']}", file=sys.stderr)
     if render == "human":
         if not isinstance(display_id, str):
             from envs.atari import make_atari_env
@@ -139,7 +140,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--json", action="store_true", help="end with one JSON line of the statistics")
     parser.add_argument("--render", choices=["human"], default=None, help="watch one episode in a window")
-    parser.add_argument("--gif", default=None, metavar="FILE", help="record one episode as a GIF")
+    parser.add_argument("--video", default=None, metavar="FILE",
+                        help="stream one greedy episode to FILE: .gif or .mp4 (frames are written as they are drawn)")
     args = parser.parse_args(argv)
     from core.device import resolve_device
 
@@ -150,8 +152,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: {exc}")
     env_id = meta["env_id"]
     cap = args.cap if env_id.startswith("proximal/") else None
-    if args.render or args.gif:
-        watch(agent.cpu(), env_id, render=args.render, gif=args.gif, seed=args.seed, cap=cap)
+    if args.render or args.video:
+        watch(agent.cpu(), env_id, render=args.render, video=args.video, seed=args.seed, cap=cap)
         if not args.json:
             return
     scores = evaluate_policy(agent, env_id, episodes=args.episodes, cap=cap, seed=args.seed, device=device)

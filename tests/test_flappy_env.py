@@ -10,7 +10,8 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import envs
-from envs.flappy_bird import FlappyBirdEnv, autopilot, decode_features, record_gif, run_episode
+from envs.flappy_bird import FlappyBirdEnv, autopilot, decode_features, record_video, run_episode
+from envs.flappy_bird.record import VideoWriter
 from envs.flappy_bird.rules import BIRD_START_Y, GROUND_Y, MAX_EPISODE_STEPS, FlappyConfig
 
 IDS = [envs.FLAPPY_ID, envs.FLAPPY_PIXELS_ID]
@@ -258,17 +259,54 @@ def test_make_flappy_pixels_standard_preprocessing():
         check_env(env, skip_render_check=True)
 
 
-def test_record_gif(tmp_path):
+def test_record_video_gif_holds_every_frame(tmp_path):
     from PIL import Image
 
-    result = record_gif(envs.FLAPPY_ID, autopilot, tmp_path / "run" / "bird.gif", seed=1,
-                        max_frames=12)
+    result = record_video(envs.FLAPPY_ID, autopilot, tmp_path / "run" / "bird.gif", seed=1,
+                          max_frames=12)
     assert result["frames"] == 13  # the reset frame and 12 steps
+    # the same episode drawn again, frame by frame, for comparison
+    env = gym.make(envs.FLAPPY_ID, render_mode="rgb_array")
+    obs, _ = env.reset(seed=1)
+    drawn = [env.render()]
+    for _ in range(12):
+        obs, *_ = env.step(autopilot(obs))
+        drawn.append(env.render())
     with Image.open(result["path"]) as gif:
         assert gif.size == (288, 512) and gif.n_frames == 13
+        for i, expected in enumerate(drawn):
+            gif.seek(i)
+            frame = np.asarray(gif.convert("RGB"), dtype=np.int16)
+            # quantised to the first frame's palette: close to the drawn colours everywhere
+            assert np.abs(frame - expected).mean() < 4.0, i
     env = gym.make(envs.FLAPPY_ID)  # no rgb_array render mode
     with pytest.raises(ValueError, match="rgb_array"):
-        record_gif(env, autopilot, tmp_path / "x.gif", seed=0, max_frames=2)
+        record_video(env, autopilot, tmp_path / "x.gif", seed=0, max_frames=2)
+    with pytest.raises(ValueError, match=r"\.gif or \.mp4"):
+        record_video(envs.FLAPPY_ID, autopilot, tmp_path / "x.avi", seed=0, max_frames=2)
+
+
+def test_video_writer_streams_frames_to_the_file(tmp_path):
+    """Each frame reaches the file when it is appended (memory stays flat), GIF and MP4 alike."""
+    import imageio_ffmpeg
+
+    frames = [np.full((24, 17, 3), 40 * i, dtype=np.uint8) for i in range(6)]  # odd width: MP4 pads it
+    gif = VideoWriter(tmp_path / "a.gif", fps=10)
+    sizes = []
+    for frame in frames:
+        gif.append(frame)
+        sizes.append((tmp_path / "a.gif").stat().st_size)
+    gif.close()
+    assert all(b > a for a, b in zip(sizes, sizes[1:])), sizes  # the file grew with every frame
+    with VideoWriter(tmp_path / "a.mp4", fps=10) as mp4:
+        for frame in frames:
+            mp4.append(frame)
+    reader = imageio_ffmpeg.read_frames(str(tmp_path / "a.mp4"))
+    meta = next(reader)
+    decoded = [np.frombuffer(f, dtype=np.uint8) for f in reader]
+    assert meta["size"] == (18, 24) and len(decoded) == len(frames)
+    for frame, raw in zip(frames, decoded):  # flat grey frames survive H.264 almost exactly
+        assert abs(float(raw.reshape(24, 18, 3)[:, :17].mean()) - float(frame.mean())) < 3.0
 
 
 def test_play_smoke(monkeypatch):

@@ -9,7 +9,7 @@ Files (read them in this order):
                  (gymnasium `VectorEnv`, SAME_STEP autoreset), and `make_batched_flappy`;
 - `render.py`    the pygame renderer (sprites drawn in code) and the shared palette;
 - `autopilot.py` a look-ahead scripted player over the features;
-- `record.py`    `record_gif`, `run_episode` and `make_flappy_pixels` (gymnasium's pixel
+- `record.py`    `record_video`, `run_episode` and `make_flappy_pixels` (gymnasium's pixel
                  preprocessing);
 - `play.py`      `python -m envs.flappy_bird.play`: play with space/up, Esc quits.
 
@@ -34,7 +34,7 @@ Any `FlappyConfig` field can be passed as a keyword to all of them (`pipe_gap=12
 from .autopilot import autopilot, decode_features
 from .batched import BatchedFlappyBird, make_batched_flappy
 from .env import FlappyBirdEnv
-from .record import make_flappy_pixels, record_gif, run_episode
+from .record import make_flappy_pixels, record_video, run_episode
 from .rules import FEATURE_NAMES, MAX_EPISODE_STEPS, FlappyConfig
 
 __all__ = [
@@ -47,6 +47,6 @@ __all__ = [
     "decode_features",
     "make_batched_flappy",
     "make_flappy_pixels",
-    "record_gif",
+    "record_video",
     "run_episode",
 ]

@@ -1,4 +1,4 @@
-"""Watching a policy: save one episode as an animated GIF, and the pixel preprocessing."""
+"""Watching a policy: stream one episode to a GIF or MP4, and the pixel preprocessing."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 
 from .rules import FPS
 
-__all__ = ["record_gif", "run_episode", "make_flappy_pixels"]
+__all__ = ["VideoWriter", "record_video", "run_episode", "make_flappy_pixels"]
 
 
 def run_episode(
@@ -48,7 +48,82 @@ def run_episode(
     return float(info["score"]) if "score" in info else total
 
 
-def record_gif(
+class VideoWriter:
+    """Write frames to a GIF or an MP4 one at a time, never holding the episode in memory.
+
+    The format follows the file's suffix. GIF: each frame is quantised to the palette of the
+    first frame (the game's colours do not change) and its bytes are appended at once, with
+    Pillow's frame-level GIF encoder (`getheader`/`getdata`). MP4: raw RGB frames are piped to
+    the ffmpeg binary that `imageio-ffmpeg` ships (H.264, yuv420p, playable in browsers).
+    Use as a context manager; `append(frame)` takes an (H, W, 3) uint8 array.
+    """
+
+    SUFFIXES = (".gif", ".mp4")
+
+    def __init__(self, path: str | Path, fps: int = FPS):
+        self.path = Path(path)
+        if self.path.suffix.lower() not in self.SUFFIXES:
+            raise ValueError(f"video: the file must end in {' or '.join(self.SUFFIXES)}, got {str(path)!r}")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fps, self.frames = fps, 0
+        self._file = None
+        self._palette = None
+        self._ffmpeg = None
+
+    def append(self, frame: Any) -> None:
+        frame = np.ascontiguousarray(np.asarray(frame, dtype=np.uint8))  # (H, W, 3)
+        if self.path.suffix.lower() == ".gif":
+            self._append_gif(frame)
+        else:
+            self._append_mp4(frame)
+        self.frames += 1
+
+    def _append_gif(self, frame: np.ndarray) -> None:
+        from PIL import GifImagePlugin, Image
+
+        image = Image.fromarray(frame)
+        # GIF delays are whole hundredths of a second: 30 fps is stored as 3/100 s per frame.
+        duration = max(20, round(1000 / self.fps, -1))
+        if self._palette is None:
+            self._palette = image.quantize(colors=256)
+            self._file = open(self.path, "wb")
+            for chunk in GifImagePlugin.getheader(self._palette, info={"loop": 0})[0]:
+                self._file.write(chunk)
+        indexed = image.quantize(palette=self._palette)
+        for chunk in GifImagePlugin.getdata(indexed, duration=duration):
+            self._file.write(chunk)
+        self._file.flush()  # on disk now: an interrupted recording keeps every frame drawn so far
+
+    def _append_mp4(self, frame: np.ndarray) -> None:
+        if self._ffmpeg is None:
+            import imageio_ffmpeg
+
+            height, width = frame.shape[:2]
+            # H.264 with yuv420p needs even sides: ffmpeg pads by one pixel where needed.
+            self._ffmpeg = imageio_ffmpeg.write_frames(
+                str(self.path), (width, height), fps=self.fps, codec="libx264", pix_fmt_out="yuv420p",
+                macro_block_size=1, output_params=["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2"],
+            )
+            self._ffmpeg.send(None)  # start the generator
+        self._ffmpeg.send(frame)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.write(b";")  # the GIF trailer
+            self._file.close()
+            self._file = None
+        if self._ffmpeg is not None:
+            self._ffmpeg.close()
+            self._ffmpeg = None
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def record_video(
     env_id_or_env: str | gym.Env,
     policy_fn: Callable[[Any], Any],
     path: str | Path,
@@ -57,23 +132,22 @@ def record_gif(
     fps: int = FPS,
     **make_kwargs: Any,
 ) -> dict[str, Any]:
-    """Play one episode with `policy_fn(obs) -> action` and save its frames as a GIF.
+    """Play one episode with `policy_fn(obs) -> action` and stream its frames to a GIF or MP4.
 
     Args:
         env_id_or_env: a registered id (made with `render_mode="rgb_array"` and
             `make_kwargs`), or an env already made with `render_mode="rgb_array"`.
         policy_fn: maps an observation to an action; it sees the env's observations (the
             features for `proximal/FlappyBird-v0`).
-        path: where the GIF goes (parent folders are created).
+        path: where the video goes, `.gif` or `.mp4` (parent folders are created).
         seed: passed to `reset`, so the same seed records the same episode.
         max_frames: stop after this many steps even if the episode goes on (60 s by default).
-        fps: playback speed of the GIF.
+        fps: playback speed.
 
-    Returns `{"path", "frames", "return", "score"}` (score when the env reports one). Needs
-    Pillow, which matplotlib already brings.
+    Each frame goes to the file as soon as it is drawn (`VideoWriter`), so memory stays flat
+    however long the episode. Returns `{"path", "frames", "return", "score"}` (score when the
+    env reports one).
     """
-    from PIL import Image
-
     own_env = isinstance(env_id_or_env, str)
     if own_env:
         import envs  # noqa: F401  (registers the proximal/ ids)
@@ -81,30 +155,23 @@ def record_gif(
     env = gym.make(env_id_or_env, render_mode="rgb_array", **make_kwargs) if own_env else (
         env_id_or_env)
     if env.render_mode != "rgb_array":
-        raise ValueError(f"record_gif needs an env with render_mode='rgb_array', got "
+        raise ValueError(f"record_video needs an env with render_mode='rgb_array', got "
                          f"{env.render_mode!r}")
     try:
-        obs, info = env.reset(seed=seed)
-        frames = [env.render()]
-        total = 0.0
-        for _ in range(max_frames):
-            obs, reward, terminated, truncated, info = env.step(policy_fn(obs))
-            total += float(reward)
-            frames.append(env.render())
-            if terminated or truncated:
-                break
+        with VideoWriter(path, fps=fps) as video:
+            obs, info = env.reset(seed=seed)
+            video.append(env.render())
+            total = 0.0
+            for _ in range(max_frames):
+                obs, reward, terminated, truncated, info = env.step(policy_fn(obs))
+                total += float(reward)
+                video.append(env.render())
+                if terminated or truncated:
+                    break
     finally:
         if own_env:
             env.close()
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    images = [Image.fromarray(np.asarray(frame)) for frame in frames]
-    # GIF delays are whole hundredths of a second: 30 fps is stored as 3/100 s per frame.
-    images[0].save(path, save_all=True, append_images=images[1:], loop=0,
-                   duration=max(20, round(1000 / fps, -1)), optimize=False)
-    return {"path": str(path), "frames": len(frames), "return": total,
-            "score": info.get("score")}
+    return {"path": str(path), "frames": video.frames, "return": total, "score": info.get("score")}
 
 
 def make_flappy_pixels(
