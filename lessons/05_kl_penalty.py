@@ -149,7 +149,8 @@ lesson.verdict("A small β lets early updates jump far past the target; a large 
                f"β = 0.03: early KL {rows[0][1]:.3f} > 1.5·d_targ; β = 3: early KL {rows[2][1]:.4f} < "
                f"{rows[0][1]:.3f}/3, J {rows[2][4]:.3f} < {min(rows[0][4], rows[1][4]):.3f}")
 lesson.verdict("The KL an update produces is not constant during a run either, so the right β changes as training "
-               "goes", min(row[3] for row in rows) > 2, f"max/min KL within each run ≥ {min(row[3] for row in rows):.1f} > 2")
+               "goes", min(row[3] for row in rows) > 2,
+               f"max/min KL within each run ≥ {min(row[3] for row in rows):.1f} > 2")
 
 # %% Step 3 — TR-3: the adaptive β and the learning rate it leaves alone
 lesson.step("Adaptive KL penalty coefficient, note 002", ids=["TR-3"])

@@ -200,7 +200,8 @@ print("\n    Value clipping, sample 2: V_old = 1.0, V = 1.5, V^targ = 2.0. Uncli
 print("    clipped prediction V_old + 0.2 = 1.2 gives (1.2 − 2)² = 0.64; the max keeps 0.64, whose gradient in V")
 print(f"    is 0: ∂loss/∂V = {[round(x, 4) for x in grad_values.tolist()]}.")
 lesson.verdict("The critic has already moved more than ε_v from its old value in this update, so this sample stops "
-               "pushing it, as the policy's clip does for ρ", float(grad_values[1]) == 0.0 and float(grad_values[0]) != 0,
+               "pushing it, as the policy's clip does for ρ",
+               float(grad_values[1]) == 0.0 and float(grad_values[0]) != 0,
                f"∂loss/∂V of sample 2 = {float(grad_values[1]):g}, of sample 1 = {float(grad_values[0]):.4f}")
 
 # %% Step 5 — many epochs on one batch: clipping keeps the policy near π_old

@@ -135,7 +135,8 @@ monte_carlo = discounted_returns(ep_rewards, gamma=gamma) - ep_values
 print(f"\n    λ = 0: max |Â − δ| = {float((lambda_zero - ep_delta).abs().max()):.1e}        (one step, all critic)")
 print(f"    λ = 1: max |Â − (G_t − V_t)| = {float((lambda_one - monte_carlo).abs().max()):.1e}  "
       "(Monte Carlo return minus V, all rewards)")
-three_ways = max(max(abs(float(recursion[t]) - float(weighted[t])), abs(float(recursion[t]) - loop[t])) for t in range(T))
+three_ways = max(max(abs(float(recursion[t]) - float(weighted[t])), abs(float(recursion[t]) - loop[t]))
+                 for t in range(T))
 ends = max(float((lambda_zero - ep_delta).abs().max()), float((lambda_one - monte_carlo).abs().max()))
 lesson.verdict("GAE three ways gives one number; λ = 0 is the TD residual, λ = 1 the Monte Carlo return minus V; the "
                "weights (1−λ)λ^(k−1) sum to 1",
