@@ -197,8 +197,11 @@ rows.append(["V^π (linear solve)", *V_uniform.tolist(), ""])
 table(["iteration", "V(0)", "V(1)", "V(2)", "V(3)", "V(4)", "max |V_ψ − V^π|"], rows, digits=3)
 print(f"\n    Each iteration: {N_ENVS} corridors × {WINDOW} steps, then 5 SGD steps on the squared error. The target")
 print("    uses the critic's own guess of V(s′) (bootstrapping): the exits' rewards reach the inner cells")
-print("    through their neighbours' values, round after round, and the critic settles at V^π up to the")
-print("    noise of the sampled targets. This answers note 004's question 'critic应该如何优化'.")
+print("    through their neighbours' values, round after round.")
+fit_error = float((critic.detach() - V_uniform).abs().max())
+lesson.verdict("The critic settles at V^π up to the noise of the sampled targets", fit_error < 0.05,
+               f"max |V_ψ − V^π| after {fit_iterations} iterations = {fit_error:.3f} < 0.05")
+print("    This answers note 004's question 'critic应该如何优化'.")
 V_psi = critic.detach().clone()
 
 # %% Step 2 — E6: what the value model's variance reduction is for
@@ -248,12 +251,15 @@ table(["Ψ_t", "max |mean ĝ − ∇J|", "its standard error", "Var[ĝ] (sum ove
 first = variances["G_t (no critic)"]
 print(f"\n    {M} episodes of the uniform policy; ∇J from autograd through the linear solve, max |∇J| = "
       f"{float(exact_grad.abs().max()):.3f}.")
-print(f"    The critic as a baseline divides the variance by {first / variances['G_t − V_ψ(s_t)']:.1f}; the one-step Â "
-      f"by {first / variances['r + γV_ψ(s′) − V_ψ(s)']:.1f}.")
+by_baseline = first / variances["G_t − V_ψ(s_t)"]
+by_one_step = first / variances["r + γV_ψ(s′) − V_ψ(s)"]
+lesson.verdict("The critic as a baseline divides the variance, and the one-step Â divides it further",
+               1.5 < by_baseline < by_one_step, f"by {by_baseline:.1f} (> 1.5) and by {by_one_step:.1f}")
 bias, stderr = rows[2][1], rows[2][2]
-print(f"    The price: Â inherits the critic's error, a bias that more episodes do not remove (here {bias:.4f},")
-print(f"    {bias / stderr:.1f} standard errors); G_t has none. GAE(λ) (lesson 7) moves between the two: λ = 1 is")
-print("    G_t − V, λ = 0 the one-step Â.")
+lesson.verdict("The price: Â inherits the critic's error, a bias that more episodes do not remove; G_t has none",
+               bias > 3 * stderr and rows[0][1] < 3 * rows[0][2],
+               f"Â: {bias:.4f} = {bias / stderr:.1f} standard errors (> 3); G_t: {rows[0][1] / rows[0][2]:.1f} (< 3)")
+print("    GAE(λ) (lesson 7) moves between the two: λ = 1 is G_t − V, λ = 0 the one-step Â.")
 lesson.check_note(
     "E6",
     evidence=[
@@ -265,7 +271,11 @@ lesson.check_note(
     ],
     conclusion="The value model (V_ψ, the critic) lowers the variance of the policy-gradient estimate by "
                "replacing sampled returns with its predictions. The same note says it right elsewhere: "
-               "'Value Model是为了减少方差而设计出的深度模型'.")
+               "'Value Model是为了减少方差而设计出的深度模型'.",
+    holds=first > variances["G_t − V_ψ(s_t)"] > variances["r + γV_ψ(s′) − V_ψ(s)"],
+    measured=f"Var[ĝ] {first:.3f} > {variances['G_t − V_ψ(s_t)']:.3f} > {variances['r + γV_ψ(s′) − V_ψ(s)']:.3f} "
+             "with a fixed reward rule",
+)
 
 # %% Step 3 — AC-1: actor and critic together
 lesson.step(
@@ -308,9 +318,17 @@ table(["iteration", "J = V^π(start)", "max |V_ψ − V^π|", "π(→|0)", "π(�
 print("\n    π(→|s) is the probability of stepping right in cell s.")
 print(f"    J* = V*(start) = {float(V_star[START]):.3f} (value iteration: always step right). "
       f"The uniform policy gets {trace['J'][0]:.3f}:")
-print("    the +0.3 exit is one step away, the +1 exit four. The critic's values show the actor that the far")
-print("    exit is worth more, and the policy turns right; the critic keeps up with the moving policy.")
-print("    Cell 0 learns last: once the policy heads right from the start, it is rarely visited.")
+print("    the +0.3 exit is one step away, the +1 exit four.")
+final_right = F.softmax(actor.detach(), -1)[:, 1]
+J_star = float(V_star[START])
+lesson.verdict("The critic's values show the actor that the far exit is worth more, and the policy turns right; the "
+               "critic keeps up with the moving policy",
+               trace["J"][-1] > trace["J"][0] and trace["J"][-1] > 0.9 * J_star and float(final_right[1:].min()) > 0.5
+               and trace["critic_error"][-1] < 0.1,
+               f"J {trace['J'][0]:.3f} → {trace['J'][-1]:.3f} (> 0.9 J* = {0.9 * J_star:.3f}); π(→|s) > 0.5 in cells "
+               f"1–4; final max |V_ψ − V^π| = {trace['critic_error'][-1]:.3f} < 0.1")
+lesson.verdict("Cell 0 learns last: once the policy heads right from the start, it is rarely visited",
+               int(final_right.argmin()) == 0, f"π(→|0) = {float(final_right[0]):.3f}, the lowest of the five cells")
 
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
 axes[0].plot(trace["J"], label="J(π_θ) (exact)")
@@ -412,10 +430,36 @@ greedy = evaluate_policy(cartpole_run["agent"], "CartPole-v1", episodes=20, seed
 print(f"\n    {cartpole_run['global_step']} steps in {cartpole_seconds:.1f} s. Greedy evaluation on 20 new seeds: "
       f"mean {statistics.fmean(greedy):.1f}, min {min(greedy):.0f}")
 print("    (500 is the time limit; 475 counts as solved).")
-print("    Read the columns together: the return climbs while approx_kl stays around 10⁻³–10⁻² and clipfrac")
-print("    says how often the clip held a sample back; the critic's explained variance rises toward 1; the")
-print("    entropy falls from ln 2 as the policy commits. The training return reads lower than the greedy")
-print("    one: actions are still sampled, and short episodes end (and get counted) more often than long ones.")
+
+
+def logged(run, name):
+    """The per-update values of one metric in a run's history (updates that logged it)."""
+    return [h[name] for h in run["history"] if h.get(name) is not None]
+
+
+def quarter_means(values):
+    """Means of the first and the last quarter of a series."""
+    n = max(1, len(values) // 4)
+    return statistics.fmean(values[:n]), statistics.fmean(values[-n:])
+
+
+lesson.verdict("PPO solves CartPole: the greedy policy's mean return reaches 475", statistics.fmean(greedy) >= 475,
+               f"mean {statistics.fmean(greedy):.1f} over 20 greedy episodes ≥ 475")
+returns_q = quarter_means(logged(cartpole_run, "charts/episodic_return"))
+kl_q = logged(cartpole_run, "losses/approx_kl")
+ev_q, entropy_q = (quarter_means(logged(cartpole_run, name))
+                   for name in ("losses/explained_variance", "losses/entropy"))
+median_kl = statistics.median(kl_q)
+lesson.verdict("Read the columns together: the return climbs while approx_kl stays around 10⁻³–10⁻²; the critic's "
+               "explained variance rises; the entropy falls from ln 2 as the policy commits",
+               returns_q[1] > 2 * returns_q[0] and 3e-4 <= median_kl <= 3e-2 and ev_q[1] > ev_q[0]
+               and entropy_q[1] < entropy_q[0] < math.log(2) + 1e-6,
+               f"return {returns_q[0]:.1f} → {returns_q[1]:.1f} (first vs last quarter, > 2×); median approx_kl "
+               f"{median_kl:.4f} within [3e-4, 3e-2]; explained variance {ev_q[0]:.2f} → {ev_q[1]:.2f}; entropy "
+               f"{entropy_q[0]:.3f} → {entropy_q[1]:.3f}")
+lesson.verdict("The training return reads lower than the greedy one: actions are still sampled, and short episodes "
+               "end (and get counted) more often than long ones", returns_q[1] < statistics.fmean(greedy),
+               f"last quarter's training return {returns_q[1]:.1f} < greedy {statistics.fmean(greedy):.1f}")
 
 # %% Step 5 — the same loop on Flappy Bird
 lesson.step("One loop, two games: Flappy Bird, the game of note 003's practice run (简单的实践)",
@@ -440,9 +484,15 @@ flappy_greedy = evaluate_policy(flappy_run["agent"], resolve_env_id("flappy"), e
 print(f"\n    {flappy_run['global_step']} steps in {flappy_seconds:.1f} s. "
       "Greedy evaluation on 20 new seeds, capped at")
 print(f"    100 pipes: mean score {statistics.fmean(flappy_greedy):.1f}, best {max(flappy_greedy):.0f}.")
-print("    The first ~150 000 steps show nothing: nearly every bird hits the first pipe, the returns are all")
-print("    alike and the advantages are mostly noise. Once a few birds slip through the gap, the return and the")
-print("    score start to rise. For a bird that keeps going, run the preset in full:")
+print("    At first nearly every bird hits the first pipe, the returns are all alike and the advantages are")
+print("    mostly noise.")
+score_q = quarter_means(logged(flappy_run, "charts/score"))
+flappy_returns_q = quarter_means(logged(flappy_run, "charts/episodic_return"))
+lesson.verdict("Once a few birds slip through the gap, the return and the score start to rise",
+               score_q[1] > score_q[0] and flappy_returns_q[1] > flappy_returns_q[0],
+               f"score {score_q[0]:.2f} → {score_q[1]:.2f}, return {flappy_returns_q[0]:.1f} → "
+               f"{flappy_returns_q[1]:.1f} (first vs last quarter of the updates)")
+print("    For a bird that keeps going, run the preset in full:")
 print(f"    python -m envs.train ({preset.total_steps:,} steps).")
 
 fig, axes = plt.subplots(2, 5, figsize=(17, 6))
@@ -481,15 +531,22 @@ for game, env_id, agent, n, steps in (("CartPole-v1", "CartPole-v1", cartpole_ru
 table(["game", "steps", "ends", "terminated", "truncated", "% truncated", "V(final obs)", "V(reset obs)"],
       rows, digits=2)
 v_cut = bootstrap["CartPole-v1"]
-print("\n    Rollouts of the trained policies, sampling as in training. CartPole-v1 cuts an episode at 500 steps:")
+print()
+lesson.verdict("CartPole-v1 cuts episodes at 500 steps (truncations), and the state a cut episode ends in is worth "
+               "about 1/(1 − γ): the bootstrap matters", rows[0][4] > 0 and v_cut > 0.5 / (1 - cartpole.gamma),
+               f"{rows[0][4]} truncations; mean V(final obs) {v_cut:.1f} > half of 1/(1 − γ) = "
+               f"{0.5 / (1 - cartpole.gamma):.0f}")
+lesson.verdict("Flappy Bird's episodes end in crashes (terminations)", rows[1][3] > 0 and rows[1][4] == 0,
+               f"{rows[1][3]} terminations, {rows[1][4]} truncations")
+print("    Rollouts of the trained policies, sampling as in training. CartPole-v1 cuts an episode at 500 steps:")
 print("    a truncation, not a failure, the pole is still up. The loop stores V(step.final_obs), the state the")
 print(f"    episode was cut in, as next_values, so δ keeps γ·V(s_T) ≈ {cartpole.gamma} × {v_cut:.1f} = "
       f"{cartpole.gamma * v_cut:.1f}.")
 print("    Treating the cut as a crash would drop that term and teach the critic that states near the limit are")
 print("    worth nothing. After autoreset, step.obs already holds the next episode's first state; here its value")
 print("    is close (every upright CartPole state is worth about 1/(1 − γ) = 50), but it is a different state,")
-print("    and in general a different value. Flappy Bird's episodes end in crashes (terminations); its")
-print("    truncations would come from the 20 000-frame limit or a score cap.")
+print("    and in general a different value. Flappy Bird's truncations would come from the 20 000-frame limit")
+print("    or a score cap.")
 
 # %% Step 7 — Table 1 of the PPO paper, in miniature
 # The harness is its own command, `python -m lessons.table1` (the same runs, one JSON line at the end).
