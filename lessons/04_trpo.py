@@ -103,9 +103,10 @@ print(f"    policy: {N_STATES} states × {N_FEATURES} features → {N_ACTIONS} a
 with torch.no_grad():
     print(f"    at θ_old: surrogate E[ρA] = {float(surrogate()):.4f} (ρ = 1: the mean of the sampled A), "
           f"KL = {float(mean_kl()):.1e}")
+kl_at_old = float(mean_kl().detach())
 lesson.verdict("At θ_old the KL is zero with zero gradient (at its minimum)",
-               float(mean_kl()) < 1e-12 and float(grad_kl_at_old.abs().max()) < 1e-12,
-               f"KL = {float(mean_kl()):.1e}, max |∇KL| = {float(grad_kl_at_old.abs().max()):.1e}, both < 1e-12")
+               kl_at_old < 1e-12 and float(grad_kl_at_old.abs().max()) < 1e-12,
+               f"KL = {kl_at_old:.1e}, max |∇KL| = {float(grad_kl_at_old.abs().max()):.1e}, both < 1e-12")
 print("    So near θ_old the constraint is quadratic:  KL(θ_old + Δθ) ≈ ½ Δθᵀ F Δθ,  F = ∇²KL (the Fisher matrix)")
 print(f"    ‖g‖ = ‖∇E[ρA]‖ = {float(gradient.norm()):.4f}")
 
