@@ -90,6 +90,8 @@ print(f"    share of each prompt among the samples: {[round(float(s), 3) for s i
 skewed = torch.tensor([0.1, 0.1, 0.8], dtype=f64)
 J_skewed = float((skewed * per_prompt).sum())
 print(f"    the same policy under D' = {skewed.tolist()}: J = {J_skewed:.4f}")
+share_gap = float((share - PROMPT_DIST).abs().max())
+sample_gap = abs(J_sampled - J_exact)
 
 lesson.check_note(
     "E1",
@@ -102,6 +104,11 @@ lesson.check_note(
     ],
     conclusion="In X ∼ D, D is the distribution of prompts (the query set); the divergence of the notes "
                "is D_KL in the penalty term, a different object.",
+    holds=(abs(float(PROMPT_DIST.sum()) - 1) < 1e-12 and bool((PROMPT_DIST >= 0).all()) and share_gap < 0.01
+           and sample_gap < 3 * stderr and abs(J_skewed - J_exact) > 10 * stderr),
+    measured=f"Σ D = {float(PROMPT_DIST.sum()):.1f}; sample shares within {share_gap:.3f} of D (< 0.01); "
+             f"|sampled − exact J| = {sample_gap:.4f} < 3 std err = {3 * stderr:.4f}; "
+             f"J under D' moves by {abs(J_skewed - J_exact):.4f} > 10 std err",
 )
 
 # %% Step 2 — PG-2: for one prompt, the expected reward is a finite sum; sampling approaches it
@@ -119,7 +126,10 @@ for n in (10, 100, 1_000, 10_000, 100_000):
     mean = float(REWARD[x, ys].mean())
     rows.append([n, mean, mean - expected, float(REWARD[x, ys].std()) / math.sqrt(n)])
 table(["N samples", "mean of r", "error", "σ/√N"], rows, digits=5)
-print("\n    The error is a random number of the size σ/√N: it shrinks, though not at every row.")
+print()
+worst_z = max(abs(err) / se for _, _, err, se in rows)
+lesson.verdict("The error is a random number of the size σ/√N (it shrinks, though not at every row)",
+               worst_z < 3, f"largest |error|/(σ/√N) over the rows = {worst_z:.2f} < 3")
 print("    Step 5 measures how fast it shrinks on average.")
 
 # %% Step 3 — PG-3: the log-derivative trick, checked by autograd on both sides
@@ -137,7 +147,8 @@ for y in range(4):
                  str([round(float(v), 4) for v in rhs])])
 table(["reply", "π(y|x)", "∇π(y|x)  (autograd)", "π·∇log π  (autograd)"], rows)
 print(f"\n    largest difference over all replies and parameters: {worst:.1e}")
-print("    The trick turns ∇π, which is not an expectation, into π·(∇log π), which is one.")
+lesson.verdict("∇π = π·∇log π: the trick turns ∇π, which is not an expectation, into π·(∇log π), which is one",
+               worst < 1e-12, f"largest difference {worst:.1e} < 1e-12")
 
 # %% Step 4 — PG-4: the policy gradient is an expectation, so samples estimate it
 lesson.step("The policy gradient theorem (策略梯度定理), notes 000 and 002", ids=["PG-4"])
@@ -158,7 +169,10 @@ logp_samples = F.log_softmax(theta, -1)[x, ys]  # log π_θ(y_i|x), differentiab
 sampled = sampled[x]
 table(["θ[x, y]", "∇ Σ_y r π (exact)", "Σ_y π ∇(log π·r)", f"mean over N={n}"],
       [[f"y={y}", float(exact_grad[y]), float(enumerated[y]), float(sampled[y])] for y in range(4)])
-print(f"\n    exact vs surrogate averaged exactly: max difference {float((exact_grad - enumerated).abs().max()):.1e}")
+surrogate_gap = float((exact_grad - enumerated).abs().max())
+print(f"\n    exact vs surrogate averaged exactly: max difference {surrogate_gap:.1e}")
+lesson.verdict("Averaged exactly over π, the surrogate log π · r has the exact gradient ∇ Σ_y r π",
+               surrogate_gap < 1e-12, f"max difference {surrogate_gap:.1e} < 1e-12")
 
 # Over prompts: ∇J = Σ_x D(x) ∇E[r|x] (note 000: "Ex~D[∇θ E[r|θ]] = ∇θ Ex~D[E[r|θ]]").
 (grad_J,) = torch.autograd.grad((PROMPT_DIST * (policy(theta) * REWARD).sum(-1)).sum(), theta)
@@ -166,9 +180,12 @@ xs = torch.multinomial(PROMPT_DIST, 20_000, replacement=True, generator=g)
 ys = torch.multinomial(policy(theta).detach()[xs], 1, generator=g).squeeze(1)
 logp_pairs = F.log_softmax(theta, -1)[xs, ys]
 (grad_J_sampled,) = torch.autograd.grad(score_function_surrogate(logp_pairs, REWARD[xs, ys]).mean(), theta)
+pair_gap = float((grad_J - grad_J_sampled).abs().max())
 print("    over all prompts: ∇J exact vs the mean over 20000 pairs (x ∼ D, y ∼ π): max difference "
-      f"{float((grad_J - grad_J_sampled).abs().max()):.4f},")
+      f"{pair_gap:.4f},")
 print("    the Monte Carlo error.")
+lesson.verdict("Sampled pairs estimate ∇J over all prompts up to Monte Carlo error",
+               pair_gap < 0.01, f"max difference {pair_gap:.4f} < 0.01")
 print("    The sampled pairs never needed the list of all replies: only log π of the ones drawn.")
 
 # %% Step 5 — PG-5: the Monte Carlo error falls as 1/√N
@@ -200,8 +217,14 @@ for n in sizes:
     rmse.append(float(errors.pow(2).sum(dim=1).mean().sqrt()))
 rows = [[n, e, (rmse[i - 1] / e) if i else "", e * math.sqrt(n)] for i, (n, e) in enumerate(zip(sizes, rmse))]
 table(["N", "RMSE", "RMSE(N/4)/RMSE(N)", "RMSE·√N"], rows)
-print(f"\n    ({repeats} independent estimates per N.) Four times the samples halve the error: the ratio")
-print("    column sits near 2 and RMSE·√N stays flat. The error depends on N, not on how many replies")
+print(f"\n    ({repeats} independent estimates per N.)")
+ratios = [rmse[i - 1] / rmse[i] for i in range(1, len(rmse))]
+flat = [e * math.sqrt(n) for n, e in zip(sizes, rmse)]
+lesson.verdict("Four times the samples halve the error: the ratio column sits near 2 and RMSE·√N stays flat",
+               all(1.6 < r < 2.5 for r in ratios) and max(flat) / min(flat) < 1.3,
+               f"ratios {min(ratios):.2f}–{max(ratios):.2f} within (1.6, 2.5); "
+               f"max/min of RMSE·√N = {max(flat) / min(flat):.2f} < 1.3")
+print("    The error depends on N, not on how many replies")
 vocab, length = 50_000, 100
 print(f"    exist: a model with a {vocab}-token vocabulary and {length}-token replies has "
       f"10^{length * math.log10(vocab):.0f} of them (窮舉法不可行).")

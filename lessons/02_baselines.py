@@ -93,6 +93,13 @@ for name, b in [("none (b = 0)", 0.0), ("b = 5", 5.0), ("b = E[r]", mean_reward)
     bias = float((expected_gradient(weights) - exact).abs().max())
     rows.append([name, b, bias, total_variance(weights)])
 table(["baseline", "b", "max |E[ĝ] − ∇J|", "Var[ĝ] (one sample)"], rows)
+print()
+worst_bias = max(row[2] for row in rows)
+lesson.verdict("Every constant baseline leaves the expected gradient unchanged", worst_bias < 1e-10,
+               f"largest max |E[ĝ] − ∇J| over the four rows = {worst_bias:.1e} < 1e-10")
+lesson.verdict("b* has the lowest variance of the four, and every baseline here lowers it below b = 0",
+               rows[3][3] <= min(row[3] for row in rows) and all(row[3] < rows[0][3] for row in rows[1:]),
+               f"Var[ĝ]: {', '.join(f'{row[3]:.2f}' for row in rows)}")
 
 # Sampling agrees: 2000 single-sample estimates, with and without the baseline.
 print()
@@ -103,6 +110,12 @@ for name, b in [("b = 0", 0.0), ("b = E[r]", mean_reward)]:
     print(f"    2000 one-sample estimates, {name:>8}: mean {[round(float(v), 3) for v in grads.mean(0)]}, "
           f"variance {float(grads.var(0).sum()):.2f}")
 print(f"    exact gradient:                         {[round(float(v), 3) for v in exact]}")
+sampled_var = {}
+for name, b in [("b = 0", 0.0), ("b = E[r]", mean_reward)]:
+    sampled_var[name] = float(per_sample_gradients(logits, ys, reward[ys] - b).var(0).sum())
+lesson.verdict("Sampling agrees: the baseline b = E[r] cuts the sampled variance",
+               sampled_var["b = E[r]"] < sampled_var["b = 0"] / 2,
+               f"{sampled_var['b = E[r]']:.2f} < {sampled_var['b = 0']:.2f} / 2")
 
 # A baseline that depends on the action is not allowed: it moves the expectation.
 b_of_action = torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0], dtype=f64) * 3.0  # only reply 0 gets a "baseline"
@@ -131,6 +144,9 @@ lesson.check_note(
     ],
     conclusion="Subtracting b keeps the gradient for any b that does not depend on the action: a constant, "
                "or any function of the state or prompt, such as V(s). Not for b(a).",
+    holds=rows[1][2] < 1e-10 and bias_prompt < 1e-10 and bias_action > 0.01 and rows[3][3] < rows[0][3],
+    measured=f"bias {rows[1][2]:.0e} (constant) and {bias_prompt:.0e} (b(x)) < 1e-10; b(y) biases by "
+             f"{bias_action:.3f} > 0.01; variance {rows[0][3]:.2f} → {rows[3][3]:.2f}",
 )
 
 # %% Step 2 — PG-7 and AD-1: the policy gradient on a small MDP with exact Q and V
@@ -195,8 +211,13 @@ for name, weights, psi in [("d^π(s), Ψ = Q", visitation, Q), ("d^π(s), Ψ = A
 table(["∇J computed as", "θ00", "θ01", "θ10", "θ11", "θ20", "θ21", "max error"], rows, digits=4)
 print(f"\n    J = V(s₀) = {float(J):.4f};  d^π = {[round(v, 3) for v in visitation.tolist()]} "
       f"(sums to 1/(1−γ) = {1 / (1 - gamma):.0f})")
-print("    With the visitation weights the theorem is exact, with Q or with A (V(s) is a baseline, step 1).")
-print("    Averaging uniformly over S, as E_{s∈S} might suggest, gives a different vector.")
+pi_A = float((pi * A).sum(-1).abs().max())
+lesson.verdict("Σ_a π(a|s) A(s,a) = 0 in every state (AD-1: A is Q minus its π-average V)", pi_A < 1e-12,
+               f"max |Σ_a π A| = {pi_A:.1e} < 1e-12")
+lesson.verdict("With the visitation weights the theorem is exact, with Q or with A (V(s) is a baseline, step 1)",
+               max(rows[1][-1], rows[2][-1]) < 1e-10, f"max errors {rows[1][-1]:.1e}, {rows[2][-1]:.1e} < 1e-10")
+lesson.verdict("Averaging uniformly over S, as E_{s∈S} might suggest, gives a different vector",
+               rows[3][-1] > 1e-3, f"max error {rows[3][-1]:.3f} > 1e-3")
 
 # %% Step 3 — PG-8: six weights Ψ_t, one expected gradient, six variances
 lesson.step(
@@ -274,11 +295,17 @@ for name, psi in psis.items():
 rows.insert(0, ["exact ∇J (autograd)", *grad_exact2.flatten().tolist(), "", ""])
 table(["Ψ_t", "θ00", "θ01", "θ10", "θ11", "max |z|", "Var[ĝ]"], rows, digits=4)
 print(f"\n    {M} sampled episodes of {H} steps (rewards with noise σ = {noise}); z = (mean − exact)/standard error.")
-print("    Every Ψ estimates the same gradient: |z| stays within a few standard errors (sampling noise).")
-print("    The variances differ a lot. Subtracting the baseline V (1→3, 4→5) cuts them, and so does replacing")
-print("    sampled returns by known values (2→4, 3→5); A uses both and is lowest. The TD residual (6) needs")
-print("    only V but carries the noise of one reward and one transition. A real agent does not know Q, A or V:")
-print("    a critic estimates them (lesson 7), which brings bias back in exchange for this variance.")
+worst_z = max(row[5] for row in rows[1:])
+lesson.verdict("Every Ψ estimates the same gradient: |z| stays within a few standard errors (sampling noise)",
+               worst_z < 4, f"largest |z| = {worst_z:.2f} < 4")
+var = list(variances.values())  # in the order 1 … 6
+lesson.verdict("Subtracting the baseline V (1→3, 4→5) cuts the variance, and so does replacing sampled returns "
+               "by known values (2→4, 3→5); A uses both and is lowest",
+               var[2] < var[1] and var[4] < var[3] and var[3] < var[1] and var[4] < var[2] and var[4] == min(var),
+               "Var[ĝ] of Ψ 1…6: " + ", ".join(f"{v:.2f}" for v in var))
+print("    The TD residual (6) needs only V but carries the noise of one reward and one transition. A real")
+print("    agent does not know Q, A or V: a critic estimates them (lesson 7), which brings bias back in")
+print("    exchange for this variance.")
 
 fig, ax = plt.subplots(figsize=(7, 3.8))
 ax.barh(list(variances)[::-1], list(variances.values())[::-1], color="tab:blue")

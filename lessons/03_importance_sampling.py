@@ -70,9 +70,17 @@ for step_size in (0.0, 1.0, 2.0, 4.0, 6.0, 8.0):
     spreads.append(stderr * math.sqrt(n))
     rows.append([step_size, kl, exact, estimate, stderr, float(ratio.max()), round(n / second_moment)])
 table(["step", "KL[π_old‖π_θ]", "E_θ[A] exact", "mean of ρA", "± std err", "max ρ", "effective N"], rows)
-print(f"\n    The same {n} samples of π_old estimate E_θ[A] for every θ without bias, but the further π_θ")
-print("    moves, the more a few samples with large ρ dominate the average: the effective sample size")
-print("    shrinks and the estimate gets noisier. (The rows share their samples, so their errors move together.)")
+print()
+worst_z = max(abs(row[3] - row[2]) / row[4] for row in rows)
+lesson.verdict(f"The same {n} samples of π_old estimate E_θ[A] for every θ without bias", worst_z < 3,
+               f"largest |mean of ρA − exact| / std err over the rows = {worst_z:.2f} < 3")
+effective = [row[6] for row in rows]
+lesson.verdict("The further π_θ moves, the more a few samples with large ρ dominate: the effective sample size "
+               "shrinks at every step, and the estimate gets noisier (by a third or more at the largest step)",
+               all(a > b for a, b in zip(effective, effective[1:])) and spreads[-1] > 1.3 * spreads[0],
+               f"effective N {' > '.join(map(str, effective))}; std per sample "
+               f"{', '.join(f'{v:.2f}' for v in spreads)}, the last > 1.3 × the first")
+print("    (The rows share their samples, so their errors move together.)")
 
 fig, ax = plt.subplots(figsize=(6, 3.8))
 ax.plot(kls, spreads, "o-")
@@ -97,7 +105,8 @@ table(["∇ at θ_old of", *[f"θ{i}" for i in range(5)]],
        ["Σ_a π_θ(a) A(a), exact", *grad_exact.tolist()]])
 difference = float((grad_ratio - grad_score).abs().max())
 print(f"\n    ratio vs score surrogate on the same samples: max difference {difference:.1e}")
-print("    At θ = θ_old, ρ = 1 and ∇ρ = ρ ∇log π = ∇log π: the two surrogates agree sample by sample.")
+lesson.verdict("At θ = θ_old, ρ = 1 and ∇ρ = ρ ∇log π = ∇log π: the two surrogates agree sample by sample",
+               difference < 1e-12, f"max difference {difference:.1e} < 1e-12")
 print("    After a step they differ: ρA keeps re-weighting the old samples for the new policy, which is")
 print("    what lets PPO take several gradient steps on one batch (固定分母，优化分子).")
 
@@ -120,6 +129,8 @@ table(["", "a = 0", "a = 1", "Σ_a π(a|s) Q(s,a) = V(s)"],
       [["Σ_s Q(s, a)", Q[:, 0].sum(), Q[:, 1].sum(), ""]])
 # At θ = θ_old the note's objective is Σ_a π_old(a|s) · ρ · Q(s, a) with ρ = 1: the value V(s).
 objective = [float((pi[s] * ratio_surrogate(pi[s].log(), pi[s].log(), Q[s])).sum()) for s in range(2)]
+not_a_distribution = bool((Q < 0).any()) or float((Q.sum(0) - 1).abs().max()) > 1e-6
+objective_gap = max(abs(o - float(v)) for o, v in zip(objective, V))
 
 lesson.check_note(
     "E5",
@@ -133,9 +144,17 @@ lesson.check_note(
     ],
     conclusion="Q(s_t, a), the expected return after taking action a in state s_t; the note's own definition "
                "A(s_t, a) = Q(s_t, a) − V(s_t) a few lines later uses this form.",
+    holds=not_a_distribution and objective_gap < 1e-12,
+    measured=f"Q has {int((Q < 0).sum())} negative entries, column sums {Q[:, 0].sum():.3f}, {Q[:, 1].sum():.3f} "
+             f"(not a distribution over s); Σ_a π ρ Q = V(s) within {objective_gap:.0e}",
 )
-print("\n    (The table also shows the note's 摆烂 worry: in both states every Q is negative, so weighting by Q")
-print("    pushes every action down. The advantage Q − V is positive for the better action: lesson 2.)")
+print()
+best_advantage = (Q - V[:, None]).gather(1, Q.argmax(1, keepdim=True))
+lesson.verdict("The table also shows the note's 摆烂 worry: in both states every Q is negative, so weighting by Q "
+               "pushes every action down; the advantage Q − V is positive for the better action (lesson 2)",
+               bool((Q < 0).all()) and bool((best_advantage > 0).all()),
+               f"max Q = {float(Q.max()):.3f} < 0; A of the better action = "
+               f"{[round(v, 3) for v in best_advantage.flatten().tolist()]} > 0")
 
 # %% Step 4 — IS-2: a reply's log-probability is the sum of its tokens' log-probs
 lesson.step("A whole reply as one action (把一整个答案看作一个 action), note 002", ids=["IS-2"])
@@ -209,8 +228,12 @@ while frontier:
         else:
             frontier.append((reply + (y,), logp_next))
 print(f"\n    Σ over all {count} possible replies of exp(Σ_t log π_old(y_t|y_<t)) = {total:.12f}")
-print("    so a reply can be treated as one action with probability Π_t π(y_t|y_<t) (sparse reward:")
-print("    one reward for the whole reply).")
+product_gap = max(max(abs(row[2] - row[3]), abs(row[4] - row[5]) / row[5]) for row in rows)
+lesson.verdict("A reply's log-probability is the sum of its tokens' (its ratio the product of theirs), and these "
+               "probabilities of whole replies sum to 1: a reply can be treated as one action with probability "
+               "Π_t π(y_t|y_<t) (sparse reward: one reward for the whole reply)",
+               product_gap < 1e-10 and abs(total - 1) < 1e-10,
+               f"largest gap sum vs product {product_gap:.0e} < 1e-10; |Σ − 1| = {abs(total - 1):.0e} < 1e-10")
 
 # %% Step 5 — why RLHF keeps ratios per token: the sequence ratio drifts with length
 lesson.step("Sequence ratio vs length",
@@ -227,9 +250,17 @@ for length in lengths:
     outside = float(((seq < 0.8) | (seq > 1.2)).float().mean())
     rows.append([length, token_outside, float(seq.quantile(0.05)), float(seq.quantile(0.95)), outside])
 table(["reply length", "tokens outside [0.8, 1.2]", "5% of ρ(y)", "95% of ρ(y)", "replies outside [0.8, 1.2]"], rows)
-print("\n    Each token ratio stays near 1, but the reply's ratio spreads out as replies get longer: a")
-print("    clip range of ±0.2 on whole replies would clip almost every long reply. PPO for RLHF therefore")
-print("    computes and clips the ratio per token, while the reward may still come once per reply.")
+print()
+token_share = max(row[1] for row in rows)
+reply_share = [row[4] for row in rows]
+lesson.verdict("Each token ratio stays near 1, but the reply's ratio spreads out as replies get longer: a clip "
+               "range of ±0.2 on whole replies would clip most long replies",
+               token_share < 0.01 and all(a < b for a, b in zip(reply_share, reply_share[1:]))
+               and reply_share[-1] > 0.8,
+               f"tokens outside [0.8, 1.2]: at most {token_share:.4f} < 0.01; replies outside: "
+               f"{' < '.join(f'{v:.3f}' for v in reply_share)}, the longest > 0.8")
+print("    PPO for RLHF therefore computes and clips the ratio per token, while the reward may still come")
+print("    once per reply.")
 
 # %%
 lesson.done()

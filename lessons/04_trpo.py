@@ -104,8 +104,11 @@ print(f"    policy: {N_STATES} states × {N_FEATURES} features → {N_ACTIONS} a
 with torch.no_grad():
     print(f"    at θ_old: surrogate E[ρA] = {float(surrogate()):.4f} (ρ = 1: the mean of the sampled A), "
           f"KL = {float(mean_kl()):.1e}")
-print(f"    ∇KL at θ_old = {float(grad_kl_at_old.abs().max()):.1e} (KL is at its minimum), so near θ_old")
-print("    the constraint is quadratic:  KL(θ_old + Δθ) ≈ ½ Δθᵀ F Δθ,  F = ∇²KL (the Fisher matrix)")
+kl_at_old = float(mean_kl().detach())
+lesson.verdict("At θ_old the KL is zero with zero gradient (at its minimum)",
+               kl_at_old < 1e-12 and float(grad_kl_at_old.abs().max()) < 1e-12,
+               f"KL = {kl_at_old:.1e}, max |∇KL| = {float(grad_kl_at_old.abs().max()):.1e}, both < 1e-12")
+print("    So near θ_old the constraint is quadratic:  KL(θ_old + Δθ) ≈ ½ Δθᵀ F Δθ,  F = ∇²KL (the Fisher matrix)")
 print(f"    ‖g‖ = ‖∇E[ρA]‖ = {float(gradient.norm()):.4f}")
 
 # %% Step 2 — Fisher-vector products without building F
@@ -138,7 +141,11 @@ table(["F v computed as", "first 4 entries", "max |diff| to core"],
         float((hessian @ v - fvp).abs().max())],
        ["E[score scoreᵀ] @ v", str([round(x, 4) for x in (fisher @ v)[:4].tolist()]),
         float((fisher @ v - fvp).abs().max())]])
-print(f"\n    F is {n_params}×{n_params} here; for a network with 10⁹ parameters it could not be stored,")
+fvp_gap = max(float((hessian @ v - fvp).abs().max()), float((fisher @ v - fvp).abs().max()))
+print()
+lesson.verdict("Hessian-vector product of the KL, explicit Hessian and mean outer product of scores are the same "
+               "F v", fvp_gap < 1e-10, f"largest difference {fvp_gap:.1e} < 1e-10")
+print(f"    F is {n_params}×{n_params} here; for a network with 10⁹ parameters it could not be stored,")
 print("    but F·v costs about two backward passes.")
 
 # %% Step 3 — conjugate gradient solves F s = g with products only
@@ -164,8 +171,12 @@ for iterations in cg_iterations:
     residuals.append(residual)
     rows.append([iterations, residual, float((s - exact_direction).norm() / exact_direction.norm())])
 table(["CG iterations", "‖(F+λI)s − g‖", "‖s − s*‖/‖s*‖"], rows, digits=6)
-print(f"\n    (λ = {damping} is the damping; s* from a dense solve, shown for comparison.) TRPO stops at 10:")
-print("    the direction is good enough long before the exact answer, and each iteration is one F·v.")
+print(f"\n    (λ = {damping} is the damping; s* from a dense solve, shown for comparison.)")
+at_ten = rows[cg_iterations.index(10)][2]
+lesson.verdict("TRPO stops at 10 iterations: the direction is good enough (within 1% of s*) long before the "
+               f"{n_params} iterations that solve the {n_params}×{n_params} system exactly in theory",
+               at_ten < 0.01, f"‖s − s*‖/‖s*‖ after 10 iterations = {at_ten:.1e} < 0.01")
+print("    Each iteration is one F·v.")
 
 fig, ax = plt.subplots(figsize=(6, 3.6))
 ax.semilogy(cg_iterations, residuals, "o-")
@@ -200,12 +211,20 @@ with torch.no_grad():
 table(["fraction of Δθ", "½ΔθᵀFΔθ (F undamped)", "true KL", "surrogate gain"], rows, digits=5)
 accepted, fraction = backtracking_line_search(params, full_step, surrogate, mean_kl, max_kl=max_kl)
 print(f"\n    δ = {max_kl}: the line search accepts fraction {fraction} (accepted = {accepted}).")
-print(f"    The damping (F + {damping}·I in the scale) shortens the step: the quadratic form with the undamped F")
-print(f"    predicts {rows[0][1]:.4f} and the true KL is {rows[0][2]:.4f}, both under δ.")
+lesson.verdict(f"The damping (F + {damping}·I in the scale) shortens the step: the quadratic form with the undamped F "
+               "and the true KL of the full step are both under δ, and the full step is accepted",
+               rows[0][1] <= max_kl and rows[0][2] <= max_kl and accepted and fraction == 1.0,
+               f"½ΔθᵀFΔθ = {rows[0][1]:.4f}, true KL = {rows[0][2]:.4f}, both ≤ δ = {max_kl}; "
+               f"accepted fraction {fraction}")
 vector_to_parameters(theta_old, params)
 # A step twice too long, as when the quadratic model underestimates the KL: the search halves it.
 accepted, fraction = backtracking_line_search(params, 2 * full_step, surrogate, mean_kl, max_kl=max_kl)
-print(f"    Given a step twice as long (KL ≈ 4δ), it backs off to fraction {fraction} of it.")
+with torch.no_grad():
+    vector_to_parameters(theta_old + fraction * 2 * full_step, params)
+    backed_off_kl = float(mean_kl())
+lesson.verdict("Given a step twice as long (KL ≈ 4δ), the search backs off to a shorter step within δ",
+               accepted and fraction < 1.0 and backed_off_kl <= max_kl,
+               f"fraction {fraction} of it, KL {backed_off_kl:.4f} ≤ δ = {max_kl}")
 vector_to_parameters(theta_old, params)
 
 # %% Step 5 — TRPO iterations vs plain gradient ascent
@@ -240,11 +259,18 @@ best = float(reward_table.max(-1).values.mean())
 table(["method", "J start", f"J after {iterations}", "min KL/step", "max KL/step"],
       [[name, r[0], r[-1], min(k), max(k)] for name, (r, k) in histories.items()])
 trpo_kls = histories["TRPO, δ = 0.01"][1]
-print(f"\n    (J of the best possible policy: {best:.4f}.) TRPO spends its budget on every update: the KL of")
-print(f"    each step lies between {min(trpo_kls):.4f} and {max(trpo_kls):.4f}, never above δ, whatever the gradient.")
-print("    On this easy problem the bold fixed step gets further in the same number of updates, but the size")
-print("    of its updates swings by orders of magnitude: a fixed α is too timid in one place and too bold")
-print("    in another. PPO keeps TRPO's idea (small, bounded moves) with first-order steps (lessons 5 and 6).")
+plain_rewards, plain_kls = histories["gradient ascent, α = 2"]
+print(f"\n    (J of the best possible policy: {best:.4f}.)")
+lesson.verdict("TRPO spends its budget on every update: the KL of each step lies near δ (above δ/4), never above "
+               "δ, whatever the gradient", max(trpo_kls) <= 0.01 and min(trpo_kls) > 0.01 / 4,
+               f"KL per step {min(trpo_kls):.4f}–{max(trpo_kls):.4f}, within (δ/4, δ]")
+lesson.verdict("On this easy problem the bold fixed step gets further in the same number of updates, but the size "
+               "of its updates swings by orders of magnitude (a fixed α is too timid in one place and too bold in "
+               "another)",
+               plain_rewards[-1] > histories["TRPO, δ = 0.01"][0][-1] and max(plain_kls) / min(plain_kls) > 100,
+               f"J {plain_rewards[-1]:.4f} vs TRPO {histories['TRPO, δ = 0.01'][0][-1]:.4f}; its KL per step "
+               f"spans a factor {max(plain_kls) / min(plain_kls):.0f} > 100")
+print("    PPO keeps TRPO's idea (small, bounded moves) with first-order steps (lessons 5 and 6).")
 
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
 for name, (r, k) in histories.items():

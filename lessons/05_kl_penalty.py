@@ -122,6 +122,9 @@ table(["", "value", "∂/∂θ₀", "∂/∂θ₁", "∂/∂θ₂"],
       [["core.losses.kl_penalty_surrogate + autograd", float(value.detach()), *grad.tolist()],
        ["by hand", value_hand, *grad_hand]], digits=6)
 print(f"\n    ρ = {rho:.4f}, A = {advantage}, KL[π_old‖π_θ] = {kl_hand:.5f}, β = {beta}")
+hand_gap = max(abs(float(value.detach()) - value_hand), *(abs(a - b) for a, b in zip(grad.tolist(), grad_hand)))
+lesson.verdict("core's surrogate and autograd agree with the hand computation, value and gradient", hand_gap < 1e-5,
+               f"largest difference {hand_gap:.1e} < 1e-5 (float32)")
 print("    The penalty's gradient β(π − π_old) pulls every probability back toward π_old; its pull")
 print("    grows with the distance, like a spring, instead of TRPO's hard wall at δ.")
 
@@ -139,8 +142,15 @@ best_possible = float(REWARDS.max(-1).values.mean())
 table(["fixed β", "KL, first 5 updates", "KL, last 5 updates", "max/min KL", f"J after {UPDATES}"], rows)
 print(f"\n    target d_targ = {TARGET}; J of the best policy = {best_possible:.3f}, of the uniform start = "
       f"{fixed_runs[0.03]['J'][0]:.3f}.")
-print("    A small β lets early updates jump far past the target; a large β holds the policy back. And the")
-print("    KL an update produces is not constant during a run either, so the right β changes as training goes.")
+small, large = fixed_runs[0.03], fixed_runs[3.0]
+lesson.verdict("A small β lets early updates jump far past the target; a large β holds the policy back (its early "
+               "steps are several times shorter, and its J after the run is the lowest of the three)",
+               rows[0][1] > 1.5 * TARGET and rows[2][1] < rows[0][1] / 3 and rows[2][4] < min(rows[0][4], rows[1][4]),
+               f"β = 0.03: early KL {rows[0][1]:.3f} > 1.5·d_targ; β = 3: early KL {rows[2][1]:.4f} < "
+               f"{rows[0][1]:.3f}/3, J {rows[2][4]:.3f} < {min(rows[0][4], rows[1][4]):.3f}")
+lesson.verdict("The KL an update produces is not constant during a run either, so the right β changes as training "
+               "goes", min(row[3] for row in rows) > 2,
+               f"max/min KL within each run ≥ {min(row[3] for row in rows):.1f} > 2")
 
 # %% Step 3 — TR-3: the adaptive β and the learning rate it leaves alone
 lesson.step("Adaptive KL penalty coefficient, note 002", ids=["TR-3"])
@@ -159,6 +169,10 @@ for d in (0.001, 0.05, 0.012, 0.02, 0.0066, 0.0067):
         rule = "in band → keep β"
     rows.append([d, rule, before, after])
 table(["measured d", "rule (d_targ = 0.01)", "β before", "β after"], rows)
+expected_factor = {"β/2": 0.5, "2β": 2.0, "keep β": 1.0}
+rule_ok = all(abs(after / before - expected_factor[rule.split("→ ")[1]]) < 1e-12 for _, rule, before, after in rows)
+lesson.verdict("The controller halves, doubles or keeps β exactly as the rule says", rule_ok,
+               "β after/β before: " + ", ".join(f"{after / before:g}" for _, _, before, after in rows))
 
 # Then in training, starting from a β far too small:
 adaptive = train(AdaptiveKLController(beta=0.03, target=TARGET), UPDATES, seed=1)
@@ -169,8 +183,16 @@ first_kl, last_beta, last_J = adaptive["kl"][0], adaptive["beta"][-1], adaptive[
 print(f"\n    In training from β = 0.03: the first update moves KL = {first_kl:.3f}, far above the target.")
 print(f"    β climbs to {last_beta:.3g}; after {warm} updates the median KL is {median_late:.4f}, with {in_band:.0%}")
 print(f"    of the updates within [d_targ/2, 2·d_targ]. J after {UPDATES} updates: {last_J:.3f}.")
+lesson.verdict("Starting far too small, adaptive β climbs until the KL of an update settles near d_targ",
+               first_kl > 1.5 * TARGET and last_beta > 0.03 and TARGET / 2 <= median_late <= 2 * TARGET,
+               f"first KL {first_kl:.3f} > 1.5·d_targ; β 0.03 → {last_beta:.3g}; median KL after {warm} updates "
+               f"{median_late:.4f} within [d_targ/2, 2·d_targ]")
 
 doublings = sum(b2 == 2 * b1 for b1, b2 in zip(adaptive["beta"], adaptive["beta"][1:]))
+# Each β change follows the KL measured by the update before it, and only the rule's changes happen.
+follows_rule = all(
+    b2 == (2 * b1 if d > 1.5 * TARGET else b1 / 2 if d < TARGET / 1.5 else b1)
+    for d, b1, b2 in zip(adaptive["kl"], adaptive["beta"], adaptive["beta"][1:]))
 lesson.check_note(
     "E3",
     evidence=[
@@ -183,6 +205,9 @@ lesson.check_note(
     conclusion="Adaptive KL raises the penalty weight β when the KL passes 1.5·d_targ and lowers it below "
                "d_targ/1.5; the learning rate stays as it is. Scaling the learning rate by the measured KL "
                "is a different scheme that some libraries use.",
+    holds=doublings > 0 and follows_rule and min(adaptive["lr"]) == max(adaptive["lr"]),
+    measured=f"β doubled {doublings} times, every change of β the rule's for the KL before it: {follows_rule}; "
+             f"learning rate {min(adaptive['lr'])}–{max(adaptive['lr'])}",
 )
 
 # %% Step 4 — TR-4: the proportional controller of RLHF
@@ -198,10 +223,25 @@ for d in (0.05, 0.012, 0.008, 0.001):
     rows.append([d, max(min(d / TARGET - 1, 0.2), -0.2), before, controller.update(d, BATCH)])
 table(["measured d", "e = clip(d/d_targ − 1, ±0.2)", "β before", "β after (n = 512)"], rows)
 late = proportional["kl"][len(proportional["kl"]) // 2:]
+median_late = sorted(late)[len(late) // 2]
 print(f"\n    In training from β = 0.03: β ends at {proportional['beta'][-1]:.3g} after {UPDATES} updates; the")
-print(f"    median KL of the second half is {sorted(late)[len(late) // 2]:.4f}. Each update moves β by at most 20%,")
-print("    in proportion to the relative error, where the adaptive rule jumps by ×2 or ÷2: β glides instead")
-print("    of zig-zagging.")
+print(f"    median KL of the second half is {median_late:.4f}.")
+largest_move = max(abs(b2 / b1 - 1) for b1, b2 in zip(proportional["beta"], proportional["beta"][1:]))
+
+
+def reversals(betas):
+    """How often β changes direction (up then down, or down then up)."""
+    moves = [b2 - b1 for b1, b2 in zip(betas, betas[1:]) if b2 != b1]
+    return sum(m1 * m2 < 0 for m1, m2 in zip(moves, moves[1:]))
+
+
+lesson.verdict("Each update moves β by at most 20%, in proportion to the relative error, where the adaptive rule "
+               "jumps by ×2 or ÷2: β glides instead of zig-zagging, and the KL still settles near d_targ",
+               largest_move <= 0.2 + 1e-9 and reversals(proportional["beta"]) < reversals(adaptive["beta"])
+               and TARGET / 2 <= median_late <= 2 * TARGET,
+               f"largest move of β {largest_move:.0%} ≤ 20%; direction reversals {reversals(proportional['beta'])} "
+               f"(proportional) < {reversals(adaptive['beta'])} (adaptive); median late KL {median_late:.4f} "
+               "within [d_targ/2, 2·d_targ]")
 
 fig, axes = plt.subplots(1, 2, figsize=(11, 4))
 for beta, trace in fixed_runs.items():

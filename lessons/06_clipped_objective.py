@@ -67,7 +67,13 @@ for advantage in (1.0, -1.0):
         rows.append([ratio, advantage, unclipped, clipped, min(unclipped, clipped),
                      float(clip_objective(ratio, advantage))])
 table(["ρ", "A", "ρA", "clip(ρ)·A", "min (by hand)", "clipped_surrogate"], rows)
-print(f"\n    ε = {EPS}. Inside [1−ε, 1+ε] nothing changes; outside, the min keeps whichever term is smaller.")
+print(f"\n    ε = {EPS}.")
+hand_gap = max(abs(row[4] - row[5]) for row in rows)
+inside_gap = max(abs(row[5] - row[2]) for row in rows if 1 - EPS <= row[0] <= 1 + EPS)
+lesson.verdict("Inside [1−ε, 1+ε] nothing changes; outside, the min keeps whichever term is smaller "
+               "(core's clipped_surrogate equals the hand computation)",
+               hand_gap < 1e-12 and inside_gap < 1e-12,
+               f"|clipped_surrogate − min by hand| ≤ {hand_gap:.0e}; inside the range |L − ρA| ≤ {inside_gap:.0e}")
 
 # %% Step 2 — CL-2: why the min (已经clip了为什么还要取min)
 lesson.step("Why the min: the six cases of note 003", ids=["CL-2"])
@@ -91,9 +97,21 @@ for advantage, ratio, verdict in cases:
         grads.append(float(grad))
     rows.append([f"{'A>0' if advantage > 0 else 'A<0'}, ρ={ratio}", grads[0], grads[1], verdict])
 table(["case", "∂/∂log π, with min", "clip only", "note 003"], rows, digits=2)
-print("\n    With the min the gradient is zero only in the two cases where the ratio already moved the way")
-print("    A wants beyond the range. Clip alone also zeroes the two 不合理 cases, where the policy moved")
-print("    the wrong way and should be pulled back: the min restores the ρA gradient there.")
+print()
+zero_with_min = [row[0] for row in rows if row[1] == 0]
+zero_clip_only = [row[0] for row in rows if row[2] == 0]
+wrong_way = [row[0] for row, (_, _, note) in zip(rows, cases) if "不合理" in note]
+lesson.verdict("With the min the gradient is zero only in the two cases where the ratio already moved the way A "
+               "wants beyond the range", zero_with_min == ["A>0, ρ=1.5", "A<0, ρ=0.5"],
+               f"zero gradient with the min in: {', '.join(zero_with_min)}")
+lesson.verdict("Clip alone also zeroes the two 不合理 cases, where the policy moved the wrong way and should be "
+               "pulled back: the min restores the ρA gradient there",
+               set(wrong_way) <= set(zero_clip_only)
+               and all(abs(row[1] - cases[i][1] * cases[i][0]) < 1e-12  # ∂(ρA)/∂log π = ρA
+                       for i, row in enumerate(rows) if row[0] in wrong_way),
+               f"zero gradient with clip only in: {', '.join(zero_clip_only)}; with the min there: "
+               + ", ".join(f"{row[1]:.2f} (= ρA = {cases[i][1] * cases[i][0]:.2f})"
+                           for i, row in enumerate(rows) if row[0] in wrong_way))
 
 rho = torch.linspace(0.3, 1.8, 301, dtype=torch.float64)
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=False)
@@ -123,8 +141,12 @@ log_ratio = torch.zeros(121, dtype=torch.float64, requires_grad=True)  # ρ = 1 
 clip_at_one = clipped_surrogate(log_ratio, torch.zeros(121, dtype=torch.float64), advantages, clip_low=EPS)
 (grad_clip,) = torch.autograd.grad(clip_at_one.sum(), log_ratio)
 value_gap = float((clip_at_one.detach() - advantages).abs().max())
-print(f"    at ρ = 1: max |L^CLIP − ρA| = {value_gap:.1e},  max |∇L^CLIP − ∇(ρA)| = "
-      f"{float((grad_clip - advantages).abs().max()):.1e}")
+grad_gap = float((grad_clip - advantages).abs().max())
+print(f"    at ρ = 1: max |L^CLIP − ρA| = {value_gap:.1e},  max |∇L^CLIP − ∇(ρA)| = {grad_gap:.1e}")
+lesson.verdict("L^CLIP never exceeds ρA (a lower bound), and agrees with it to first order at ρ = 1",
+               float(gap.max()) <= 1e-12 and value_gap < 1e-12 and grad_gap < 1e-12,
+               f"max (L^CLIP − ρA) = {float(gap.max()):.1e} ≤ 1e-12 (rounding); at ρ = 1 value and gradient gaps "
+               f"{value_gap:.0e}, {grad_gap:.0e} < 1e-12")
 print("    So the first gradient step of each PPO update is the plain policy gradient (IS-1); only after the")
 print("    ratios move does the bound start to bite.")
 
@@ -169,10 +191,18 @@ table(["term", "core.losses", "by hand"],
        ["H[π] (mean)", float(entropy_term.detach()), hand_entropy],
        ["loss", float(loss.detach()), hand_loss]], digits=6)
 (grad_values,) = torch.autograd.grad(loss, values)
+print()
+loss_gap = max(abs(float(policy_term.detach()) - hand_policy), abs(float(value_term.detach()) - hand_value),
+               abs(float(entropy_term.detach()) - hand_entropy), abs(float(loss.detach()) - hand_loss))
+lesson.verdict("core.losses computes every term of the loss as the hand computation does", loss_gap < 1e-12,
+               f"largest difference {loss_gap:.0e} < 1e-12")
 print("\n    Value clipping, sample 2: V_old = 1.0, V = 1.5, V^targ = 2.0. Unclipped error (1.5 − 2)² = 0.25; the")
 print("    clipped prediction V_old + 0.2 = 1.2 gives (1.2 − 2)² = 0.64; the max keeps 0.64, whose gradient in V")
-print(f"    is 0: ∂loss/∂V = {[round(x, 4) for x in grad_values.tolist()]}. The critic has already moved more than ε_v")
-print("    from its old value in this update, so this sample stops pushing it, as the policy's clip does for ρ.")
+print(f"    is 0: ∂loss/∂V = {[round(x, 4) for x in grad_values.tolist()]}.")
+lesson.verdict("The critic has already moved more than ε_v from its old value in this update, so this sample stops "
+               "pushing it, as the policy's clip does for ρ",
+               float(grad_values[1]) == 0.0 and float(grad_values[0]) != 0,
+               f"∂loss/∂V of sample 2 = {float(grad_values[1]):g}, of sample 1 = {float(grad_values[0]):.4f}")
 
 # %% Step 5 — many epochs on one batch: clipping keeps the policy near π_old
 lesson.step(
@@ -220,10 +250,21 @@ for name, objective in (("clip (ε = 0.2)", "clip"), ("no clip: E[ρA]", "ratio"
 rows = [[epoch + 1, *(traces[name][key][epoch] for name in traces for key in ("kl", "outside"))]
         for epoch in (0, 1, 2, 4, 9, epochs - 1)]
 table(["epoch", "KL, clip", "ρ outside, clip", "KL, no clip", "ρ outside, no clip"], rows)
-print("\n    Without the clip, every extra pass over the same samples pushes π_θ further from the π_old that")
-print("    produced them. With it, a sample stops pulling once its ratio leaves [1−ε, 1+ε] in the direction")
-print("    of its advantage, so the policy's movement slows down: a trust region without TRPO's machinery.")
-print("    (It is a soft limit: ratios still drift past the range through the other samples of a context.)")
+print()
+clip_kl, free_kl = traces["clip (ε = 0.2)"]["kl"], traces["no clip: E[ρA]"]["kl"]
+lesson.verdict("Without the clip, every extra pass over the same samples pushes π_θ further from the π_old that "
+               "produced them", all(a < b for a, b in zip(free_kl, free_kl[1:])),
+               f"KL without the clip rises at every epoch: {free_kl[0]:.4f} → {free_kl[-1]:.3f}")
+lesson.verdict("With it, a sample stops pulling once its ratio leaves [1−ε, 1+ε] in the direction of its advantage, "
+               "so the policy's movement slows down: a trust region without TRPO's machinery",
+               clip_kl[-1] < free_kl[-1] / 3 and clip_kl[-1] - clip_kl[len(clip_kl) // 2] < clip_kl[len(clip_kl) // 2],
+               f"KL after {epochs} epochs {clip_kl[-1]:.4f} with the clip < {free_kl[-1]:.3f}/3 without; in the "
+               f"second half of the epochs it grows by {clip_kl[-1] - clip_kl[len(clip_kl) // 2]:.4f}, less than the "
+               f"{clip_kl[len(clip_kl) // 2]:.4f} of the first half")
+lesson.verdict("It is a soft limit: ratios still drift past the range through the other samples of a context",
+               traces["clip (ε = 0.2)"]["outside"][-1] > 0,
+               f"share of ratios outside [1−ε, 1+ε] after {epochs} epochs with the clip: "
+               f"{traces['clip (ε = 0.2)']['outside'][-1]:.3f} > 0")
 
 fig, ax = plt.subplots(figsize=(6, 3.8))
 for name, trace in traces.items():

@@ -59,20 +59,28 @@ for t in range(4):
     by_hand = float(rewards[t]) + bootstrap - float(values[t])
     rows.append([t, rewards[t], values[t], next_values[t], float(rewards[t]) + bootstrap, by_hand, delta[t]])
 table(["t", "R_t", "V(s_t)", "V(s_t+1)", "Q^(1) = R + γV'", "δ_t by hand", "td_residuals"], rows)
-print(f"\n    γ = {gamma}. At the last step the next state is terminal, so its value is not added: δ_3 = R_3 − V(s_3).")
+print(f"\n    γ = {gamma}.")
+td_gap = max(abs(row[5] - float(row[6])) for row in rows)
+lesson.verdict("td_residuals equals the hand computation; at the last step the next state is terminal, so its "
+               "value is not added: δ_3 = R_3 − V(s_3)",
+               td_gap < 1e-12 and abs(float(delta[3]) - float(rewards[3] - values[3])) < 1e-12,
+               f"largest difference {td_gap:.0e}; δ_3 = {float(delta[3]):.4f} = R_3 − V(s_3)")
 print("    δ_t is the one-step advantage estimate A^(1)_t: Q^(1)_t, a one-step guess of Q(s_t, a_t),")
 print("    minus V(s_t).")
 
 # %% Step 2 — AD-3: k-step estimates, two ways
 lesson.step("k-step estimates (k 阶近似估计), note 003", ids=["AD-3"])
-rows = []
+rows, k_gap = [], 0.0
 for k in (1, 2, 3, 4):
     from_rewards = k_step_advantages(rewards, values, next_values, gamma=gamma, k=k, terminal_at_end=True)
     from_deltas = [sum(gamma**l * float(delta[t + l]) for l in range(min(k, 4 - t))) for t in range(4)]
     rows.append([k, *from_rewards.tolist(), str([round(x, 4) for x in from_deltas])])
+    k_gap = max(k_gap, max(abs(a - b) for a, b in zip(from_rewards.tolist(), from_deltas)))
 table(["k", "A^(k)_0", "A^(k)_1", "A^(k)_2", "A^(k)_3", "Σ_{l<k} γ^l δ_{t+l} (loop)"], rows)
 print("\n    k_step_advantages sums k real rewards and bootstraps with γ^k V(s_{t+k}); the loop sums TD")
-print("    residuals. They agree: the V terms in between cancel, as note 003 shows for k = 2:")
+print("    residuals.")
+lesson.verdict("The two agree", k_gap < 1e-12, f"largest difference {k_gap:.0e} < 1e-12")
+print("    The V terms in between cancel, as note 003 shows for k = 2:")
 print("    A^(2) = (R_t + γV_{t+1} − V_t) + (γR_{t+1} + γ²V_{t+2} − γV_{t+1}) = δ_t + γδ_{t+1}.")
 print("    When fewer than k steps remain, the estimate stops at the episode end (rows for t = 2, 3).")
 
@@ -90,8 +98,13 @@ for k in ks:
     variances.append(float(q_k.var()))
     rows.append([k, biases[-1], gamma**k, variances[-1], sum(gamma ** (2 * i) for i in range(k))])
 table(["k", "bias of Q^(k)", "γ^k (critic error 1)", "variance", "Σ_{i<k} γ^{2i}"], rows)
-print(f"\n    {n_episodes} episodes. The critic's error enters only through γ^k V(s_{{t+k}}), so it shrinks as γ^k;")
-print("    every extra real reward adds its own noise, so the variance grows.")
+print(f"\n    {n_episodes} episodes.")
+bias_gap = max(abs(b - gamma**k) for b, k in zip(biases, ks))
+lesson.verdict("The critic's error enters only through γ^k V(s_{t+k}), so the bias shrinks as γ^k; every extra real "
+               "reward adds its own noise, so the variance grows",
+               bias_gap < 0.05 and all(a < b for a, b in zip(variances, variances[1:])),
+               f"largest |bias − γ^k| = {bias_gap:.3f} < 0.05; variance {variances[0]:.2f} → {variances[-1]:.2f}, "
+               "rising with every k")
 
 # %% Step 4 — AD-4: GAE, three ways to compute the same number
 lesson.step(
@@ -103,6 +116,7 @@ lam = 0.8
 weights = [(1 - lam) * lam ** (k - 1) for k in range(1, 200)]
 print(f"    weights (1−λ)λ^(k−1) for λ = {lam}: {[round(w, 3) for w in weights[:5]]} …, sum = {sum(weights):.6f}")
 print("    Without the (1−λ) the weights would sum to 1/(1−λ) (note 003's remark); with it Â is an average.\n")
+weight_sum = sum(weights)
 g = lesson.generator(4)
 T = 8
 ep_rewards = torch.randn(T, generator=g, dtype=f64)
@@ -122,6 +136,14 @@ monte_carlo = discounted_returns(ep_rewards, gamma=gamma) - ep_values
 print(f"\n    λ = 0: max |Â − δ| = {float((lambda_zero - ep_delta).abs().max()):.1e}        (one step, all critic)")
 print(f"    λ = 1: max |Â − (G_t − V_t)| = {float((lambda_one - monte_carlo).abs().max()):.1e}  "
       "(Monte Carlo return minus V, all rewards)")
+three_ways = max(max(abs(float(recursion[t]) - float(weighted[t])), abs(float(recursion[t]) - loop[t]))
+                 for t in range(T))
+ends = max(float((lambda_zero - ep_delta).abs().max()), float((lambda_one - monte_carlo).abs().max()))
+lesson.verdict("GAE three ways gives one number; λ = 0 is the TD residual, λ = 1 the Monte Carlo return minus V; the "
+               "weights (1−λ)λ^(k−1) sum to 1",
+               three_ways < 1e-10 and ends < 1e-10 and abs(weight_sum - 1) < 1e-6,
+               f"largest gap between the three {three_ways:.0e}, at the ends {ends:.0e} (< 1e-10); Σ weights = "
+               f"{weight_sum:.6f}")
 
 # %% Step 5 — λ as the bias–variance knob
 lesson.step("λ between the TD residual and the Monte Carlo return",
@@ -134,9 +156,16 @@ for lam_value in lambdas:
     lam_var.append(float(estimate.var()))
     rows.append([lam_value, lam_bias[-1], lam_var[-1]])
 table(["λ", "bias", "variance"], rows)
-print(f"\n    (Here the window of {horizon} steps ends without termination, so even λ = 1 bootstraps once, at")
-print(f"    the window's end: its bias is γ^{horizon} = {gamma**horizon:.3f}.) PPO's default λ = 0.95 sits near the")
-print("    Monte Carlo end: mostly real rewards, a little help from the critic.")
+print()
+lesson.verdict("λ is the bias–variance knob: raising λ lowers the bias and raises the variance",
+               all(a > b for a, b in zip(lam_bias, lam_bias[1:])) and all(a < b for a, b in zip(lam_var, lam_var[1:])),
+               f"bias {lam_bias[0]:.3f} → {lam_bias[-1]:.3f} falling, variance {lam_var[0]:.2f} → {lam_var[-1]:.2f} "
+               "rising, at every λ of the table")
+lesson.verdict(f"Here the window of {horizon} steps ends without termination, so even λ = 1 bootstraps once, at the "
+               f"window's end: its bias is γ^{horizon}", abs(lam_bias[-1] - gamma**horizon) < 0.02,
+               f"bias at λ = 1 {lam_bias[-1]:.3f} vs γ^{horizon} = {gamma**horizon:.3f} (within 0.02)")
+print("    PPO's default λ = 0.95 sits near the Monte Carlo end: mostly real rewards, a little help from the")
+print("    critic.")
 
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
 axes[0].plot(ks, biases, "o-", label="bias")
@@ -180,9 +209,17 @@ def by_hand(t):
 table(["t", "episode end", "by hand", "gae with both flags", "no flags (leaks)", "truncation as termination"],
       [[t, ["", "", "terminated", "", "", "truncated"][t], by_hand(t), correct[t], no_flags[t], trunc_as_term[t]]
        for t in range(6)])
-print("\n    Without flags, episode 2 leaks into episode 1 (t ≤ 2) and the terminal state gets V = 9.")
-print("    Treating the time limit as a termination throws away γ·V(final obs) = 4.5 at t = 5: states near")
-print("    the limit look worse than they are.")
+print()
+flags_gap = max(abs(by_hand(t) - float(correct[t])) for t in range(6))
+lesson.verdict("gae with both flags equals the hand computation, episode by episode", flags_gap < 1e-12,
+               f"largest difference {flags_gap:.0e}")
+leak = max(abs(float(no_flags[t] - correct[t])) for t in range(3))
+lesson.verdict("Without flags, episode 2 leaks into episode 1 (t ≤ 2) and the terminal state gets V = 9", leak > 0.1,
+               f"largest change of Â at t ≤ 2: {leak:.3f} > 0.1")
+lost = float(correct[5] - trunc_as_term[5])
+lesson.verdict("Treating the time limit as a termination throws away γ·V(final obs) = 4.5 at t = 5: states near the "
+               "limit look worse than they are", abs(lost - gamma * 5.0) < 1e-12,
+               f"Â_5 drops by {lost:.4f} = γ·5")
 
 # %% Step 7 — AD-7 and AD-1: the critic's target, and the RLHF form
 lesson.step(
@@ -191,7 +228,10 @@ lesson.step(
     ids=["AD-7"])
 targets = lambda_returns(row_rewards, row_values, terminations=row_term, truncations=row_trunc, **kwargs)
 print(f"    λ-return recursion: {[round(x, 4) for x in targets.tolist()]}")
-print(f"    Â + V:              {[round(x, 4) for x in (correct + row_values).tolist()]}\n")
+print(f"    Â + V:              {[round(x, 4) for x in (correct + row_values).tolist()]}")
+target_gap = float((targets - (correct + row_values)).abs().max())
+lesson.verdict("The λ-return recursion equals Â + V", target_gap < 1e-12, f"largest difference {target_gap:.0e}")
+print()
 
 # Regress a tabular critic to λ-returns on a five-state chain with known values.
 N_STATES, P_RIGHT, GAMMA_CHAIN, LAM = 5, 0.6, 0.95, 0.9
@@ -245,8 +285,12 @@ table(["state", "true V (linear solve)", "critic after training"],
       [[s, true_values[s], critic[s].detach()] for s in range(N_STATES)])
 print(f"\n    max |V_ψ − V| after iteration 1, 10, {iterations}: "
       f"{history[0]:.2f} → {history[9]:.2f} → {history[-1]:.2f}.")
-print("    Regressing to the λ-returns of its own rollouts, the critic approaches the true values; what is")
-print("    left is the noise of the sampled targets (and the bias of bootstrapping from its own estimates).")
+scale = float(true_values.abs().max())
+lesson.verdict("Regressing to the λ-returns of its own rollouts, the critic approaches the true values",
+               history[-1] < history[0] / 5 and history[-1] < 0.1 * scale,
+               f"max |V_ψ − V| {history[0]:.2f} → {history[-1]:.2f}: below a fifth of the first and below 10% of "
+               f"max |V| = {scale:.2f}")
+print("    What is left is the noise of the sampled targets (and the bias of bootstrapping from its own estimates).")
 
 # AD-1 in its RLHF form: one reply of 4 tokens, the shaped reward r' on the last real token,
 # γ = λ = 1: every token's advantage is r'(x, y) − V_t, and at the first token r'(x, y) − V_ψ(x).
@@ -256,7 +300,9 @@ token_values = torch.tensor([[1.2, 1.5, 1.4, 1.8, 0.0]], dtype=f64)  # V_ψ per 
 token_mask = torch.tensor([[1, 1, 1, 1, 0]])
 token_adv = gae(token_rewards, token_values, gamma=1.0, gae_lambda=1.0, mask=token_mask)
 print(f"    Â per token: {[round(x, 4) for x in token_adv[0].tolist()]}  (padding gets 0)")
-print(f"    r'(x, y) − V_ψ(x) = 2.0 − 1.2 = {2.0 - 1.2:.4f} = Â at the first token")
+lesson.verdict("r'(x, y) − V_ψ(x) = 2.0 − 1.2 is Â at the first token, and padding gets 0",
+               abs(float(token_adv[0, 0]) - 0.8) < 1e-12 and float(token_adv[0, 4]) == 0.0,
+               f"Â_0 = {float(token_adv[0, 0]):.4f}, Â at the padding = {float(token_adv[0, 4]):g}")
 print("    A > 0: the reply was better than the value model expected for this prompt, so PPO raises its")
 print("    probability; A < 0 lowers it (note 001).")
 

@@ -57,7 +57,15 @@ for name, p_logits in pairs.items():
     rows.append([name, loop, float(categorical_kl(q_logits, p_logits)), float(categorical_kl(p_logits, q_logits))])
 table(["p", "Σ_x q (log q − log p) (loop)", "categorical_kl(q, p)", "categorical_kl(p, q)"], rows, digits=6)
 self_kl = float(categorical_kl(q_logits, q_logits))
-print(f"\n    KL[q‖q] = {self_kl:.1e}; KL ≥ 0, and KL[q‖p] ≠ KL[p‖q]: the order matters.")
+print(f"\n    KL[q‖q] = {self_kl:.1e}.")
+loop_gap = max(abs(row[1] - row[2]) for row in rows)
+asymmetry = {row[0]: abs(row[2] - row[3]) / row[2] for row in rows}
+lesson.verdict("categorical_kl equals the loop; KL ≥ 0 (0 for q against itself), and KL[q‖p] ≠ KL[p‖q]: the order "
+               "matters (far from q; near q the two agree to second order)",
+               loop_gap < 1e-12 and self_kl < 1e-12 and min(min(r[2], r[3]) for r in rows) > 0
+               and asymmetry["far"] > 0.05 and asymmetry["near"] < 0.05,
+               f"loop vs core {loop_gap:.0e}; KL[q‖q] = {self_kl:.0e}; |KL[q‖p] − KL[p‖q]|/KL[q‖p] far "
+               f"{asymmetry['far']:.0%} > 5%, near {asymmetry['near']:.1%} < 5%")
 print("    Notes 000/002 penalise KL[π_θ ‖ π_ref]; the PPO paper's penalty is KL[π_old ‖ π_θ] (lesson 5).")
 
 # %% Step 2 — KL-2: three estimators from samples of q
@@ -78,9 +86,22 @@ for name, p_logits in pairs.items():
                      float(values.mean()) / kl, float(values.std()) / kl / math.sqrt(n), float(values.std()) / kl,
                      float((values < 0).to(f64).mean())])
 table(["p", "true KL", "estimator", "E[k]/KL (exact)", "mean/KL (sampled)", "± s.e.", "std/KL", "share < 0"], rows)
-print(f"\n    {n} samples of q. E[k]/KL = 1 means unbiased. k2's bias grows as p moves away from q; k1's")
-print("    spread is many times the KL itself and a large share of its samples are negative; k3 is")
-print("    never negative and, near q, almost as tight as k2.")
+print(f"\n    {n} samples of q. E[k]/KL = 1 means unbiased.")
+by = {(name, k): row for name in pairs for k, row in zip(ESTIMATORS, rows[3 * list(pairs).index(name):][:3])}
+k2_bias = {name: abs(by[name, "k2"][3] - 1) for name in pairs}
+lesson.verdict("k1 and k3 are unbiased; k2's bias grows as p moves away from q",
+               all(abs(by[name, k][3] - 1) < 1e-10 for name in pairs for k in ("k1", "k3"))
+               and k2_bias["far"] > 10 * k2_bias["near"] > 0,
+               f"E[k]/KL of k1 and k3 = 1 within 1e-10; k2's |E[k]/KL − 1|: near {k2_bias['near']:.4f}, "
+               f"far {k2_bias['far']:.3f} (> 10×)")
+lesson.verdict("k1's spread is the largest of the three, many times the KL itself near q, and a large share of its "
+               "samples are negative; k3 is never negative and, near q, almost as tight as k2",
+               all(by[name, "k1"][6] > max(by[name, "k2"][6], by[name, "k3"][6]) for name in pairs)
+               and by["near", "k1"][6] > 10 and min(by[name, "k1"][7] for name in pairs) > 0.2
+               and max(by[name, "k3"][7] for name in pairs) == 0 and by["near", "k3"][6] < 1.2 * by["near", "k2"][6],
+               f"k1: std/KL {by['near', 'k1'][6]:.1f} near (> 10), {by['far', 'k1'][6]:.2f} far (the largest), "
+               f"share < 0 ≥ {min(by[name, 'k1'][7] for name in pairs):.0%} > 20%; k3: share < 0 = 0; near q std/KL "
+               f"k3 {by['near', 'k3'][6]:.3f} < 1.2 × k2's {by['near', 'k2'][6]:.3f}")
 
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
 for ax, name in zip(axes, pairs):
@@ -113,6 +134,13 @@ lesson.check_note(
     ],
     conclusion="k1 is unbiased; its variance and its negative values are its problems. k2 is the biased one "
                "(low variance), k3 is unbiased with low variance.",
+    holds=(abs(exact_k1 - kl_far) < 1e-12 and abs(float(k1_far.mean()) - kl_far) < 3 * stderr
+           and k2_bias["far"] > 0.01 and float(estimates["far", "k3"].std()) < float(k1_far.std())
+           and float((k1_far < 0).to(f64).mean()) > 0 and float((estimates["far", "k3"] < 0).to(f64).mean()) == 0),
+    measured=f"|E_q[k1] − KL| = {abs(exact_k1 - kl_far):.0e}; sampled mean within "
+             f"{abs(float(k1_far.mean()) - kl_far) / stderr:.1f} s.e. (< 3); k2's relative bias far from q "
+             f"{k2_bias['far']:.3f} > 0.01; std of k3 {float(estimates['far', 'k3'].std()):.3f} < k1's "
+             f"{float(k1_far.std()):.3f}",
 )
 
 # %% Step 4 — KL-3: differentiate them as losses
@@ -139,8 +167,16 @@ logq = F.log_softmax(theta, -1)[draws]
 (sampled_k3,) = torch.autograd.grad(kl_estimate(logq, logp_ref[draws], "k3").mean(), theta)
 rows.append(["mean ∇k3 over 20000 samples", *sampled_k3.tolist()])
 table(["", "θ0", "θ1", "θ2", "θ3", "θ4"], rows)
-print("\n    E[∇k1] = 0: the score function has zero mean, so k1 as a loss does nothing on average.")
-print("    E[∇k2] = ∇KL[q‖p], the reverse KL the notes write. E[∇k3] = ∇KL[p‖q], the forward KL.")
+print()
+grads = {kind: expected_gradient(kind) for kind in ESTIMATORS}
+lesson.verdict("E[∇k1] = 0: the score function has zero mean, so k1 as a loss does nothing on average",
+               float(grads["k1"].abs().max()) < 1e-12, f"max |E[∇k1]| = {float(grads['k1'].abs().max()):.0e}")
+k2_gap, k3_gap = float((grads["k2"] - grad_reverse).abs().max()), float((grads["k3"] - grad_forward).abs().max())
+sampled_gap = float((sampled_k3 - grad_forward).abs().max())
+lesson.verdict("E[∇k2] = ∇KL[q‖p], the reverse KL the notes write. E[∇k3] = ∇KL[p‖q], the forward KL (and the mean "
+               "over samples follows it)",
+               k2_gap < 1e-12 and k3_gap < 1e-12 and sampled_gap < 0.05 * float(grad_forward.abs().max()),
+               f"gaps {k2_gap:.0e}, {k3_gap:.0e}; sampled ∇k3 within {sampled_gap:.4f} (< 5% of max |∇KL[p‖q]|)")
 print("    PPO for RLHF uses k1 as a number inside the reward, r_t = −β·k1 (no gradient flows through it;")
 print("    its expectation is the KL the notes penalise). GRPO puts β·k3 in the loss and follows the")
 print("    gradient of the forward KL. That is what note 004 means by")

@@ -105,6 +105,14 @@ table(["R⁺", "R⁻", "σ(R⁺ − R⁻)", "bradley_terry_loss", "log(1 + e^−
 say(f"∂L/∂R⁻ = {[round(float(v), 4) for v in grad_rejected]}: always −∂L/∂R⁺. The push is σ(−d), large when",
     "the model ranks the pair the wrong way (row 3), near 0 when it already agrees with the label (row 1).",
     "With equal scores (row 4) P = ½ and the loss is log 2 = 0.6931: the model has no opinion yet.", blank=True)
+bt_gap = max(max(abs(r[3] - r[4]), abs(r[5] - r[6])) for r in rows)
+mirror = float((grad_rejected + grad_chosen).abs().max())
+lesson.verdict("bradley_terry_loss and its gradient equal the hand formulas; ∂L/∂R⁻ = −∂L/∂R⁺; the push is largest "
+               "on the wrongly ranked row 3 and smallest on row 1; equal scores give log 2",
+               bt_gap < 1e-12 and mirror < 1e-12 and abs(rows[3][3] - math.log(2)) < 1e-12
+               and abs(rows[2][5]) == max(abs(r[5]) for r in rows) and abs(rows[0][5]) == min(abs(r[5]) for r in rows),
+               f"largest gap to the hand formulas {bt_gap:.0e}, |∂L/∂R⁻ + ∂L/∂R⁺| ≤ {mirror:.0e}; |push| row 3 "
+               f"{abs(rows[2][5]):.3f}, row 1 {abs(rows[0][5]):.3f}; row 4 loss {rows[3][3]:.4f}")
 
 # %% Step 2 — RM-1: only differences count (shift invariance)
 lesson.step("Shift invariance: the loss sees only R⁺ − R⁻",
@@ -125,6 +133,12 @@ say(f"For R_φ(y) = w·f(y) + b on 200 labelled pairs: ∂L/∂w = {[round(float
     f"∂L/∂b = {float(grad_b):.1e}. The offset b gets no gradient at all: whatever it starts at, it stays.",
     "A reward model's zero is arbitrary (RLHF code often normalises scores for that reason); its scale is",
     "not: doubling every score changes the loss, and the labels' noise decides which scale fits.", blank=True)
+shifted = [r[1] for r in rows[:4]]
+lesson.verdict("Adding a constant to every score leaves the loss unchanged and b gets no gradient; scaling changes it",
+               max(shifted) - min(shifted) < 1e-9 and abs(float(grad_b)) < 1e-12
+               and abs(rows[4][1] - shifted[0]) > 1e-3,
+               f"spread of the loss over the shifts {max(shifted) - min(shifted):.0e}; ∂L/∂b = {float(grad_b):.0e}; "
+               f"×2 moves the loss by {abs(rows[4][1] - shifted[0]):.4f}")
 
 # %% Step 3 — RM-1: learning R_φ from noisy labels; accuracy and its ceiling
 lesson.step("Training R_φ on choice/reject pairs (choice和reject对), note 004",
@@ -173,6 +187,13 @@ say(f"Ceiling of label accuracy on the held-out pairs: E[σ(|r*(y_a) − r*(y_b)
     f"{with_blind:.0%} of the pairs it gets wrong contain", "the last reply (below). A few dozen pairs",
     "already give the ranking; the scale (w near ±1, set by the annotator's noise) needs more. b stays at",
     "0.5 (step 2).", blank=True)
+lesson.verdict("No model beats the ceiling of label accuracy; a few dozen pairs already give the ranking (within 5 "
+               "points of the largest set's agreement with gold); b stays at 0.5",
+               max(r[5] for r in rows) <= ceiling + 0.01 and rows[0][6] >= rows[-1][6] - 0.05
+               and max(abs(r[3] - 0.5) for r in rows) < 1e-6,
+               f"label accuracy ≤ {max(r[5] for r in rows):.3f} vs ceiling {ceiling:.3f}; agreement {rows[0][6]:.3f} "
+               f"({rows[0][0]} pairs) vs {rows[-1][6]:.3f}; largest |b − 0.5| {max(abs(r[3] - 0.5) for r in rows):.0e} "
+               "< 1e-6 (Adam's rounding)")
 print()
 table(["y", "reply", "R_φ(y)", "gold r*(y)"],
       [[i, repr(r), float(R_phi[i]), float(GOLD[i])] for i, r in enumerate(REPLIES)], digits=3)
@@ -181,6 +202,11 @@ say(f"R_φ is wrong on one reply: {REPLIES[BLIND]!r} has the most positive words
     f"({float(GOLD[BLIND]):.0f}). π_ref writes it {float(PI_REF[BLIND]):.1%} of the time, so the pairs hardly show it",
     "(where they do, it loses, which is why w_pos settles below 1), and a counter of sentiment words cannot",
     "represent grammar anyway.", blank=True)
+lesson.verdict(f"R_φ is wrong on one reply: {REPLIES[BLIND]!r} is R_φ's highest while the gold reward calls it "
+               "ungrammatical (negative, below the median reply)",
+               int(R_phi.argmax()) == BLIND and float(GOLD[BLIND]) < min(0.0, float(GOLD.median())),
+               f"R_φ = {float(R_phi[BLIND]):.2f} (its maximum), gold {float(GOLD[BLIND]):.0f} < median "
+               f"{float(GOLD.median()):.2f}")
 
 fig, ax = plt.subplots(figsize=(6, 4.2))
 ax.scatter(GOLD, R_phi, s=40)
@@ -219,7 +245,13 @@ gap = max(float((p - closed.exp()).abs().max()) for p, _ in runs.values())
 say(f"β = {BETA}. Largest |π_ascent − π*| over both starts: {gap:.1e} (the last digits of the least likely",
     f"reply are the slowest to settle). Objective at π*: {value_closed:.6f}; β·log Z = β·log Σ_y π_ref(y)",
     f"e^(R_φ(y)/β) = {beta_log_z:.6f}: the optimum's value, as RM-2 says. Objective after ascent:",
-    f"{runs['π_ref'][1][-1]:.6f} and {runs['uniform'][1][-1]:.6f}: no policy does better.", blank=True)
+    f"{runs['π_ref'][1][-1]:.6f} and {runs['uniform'][1][-1]:.6f}.", blank=True)
+lesson.verdict("Gradient ascent from either start reaches the closed form π*, whose value is β·log Z; no policy the "
+               "ascent visited does better",
+               gap < 1e-3 and abs(value_closed - beta_log_z) < 1e-9
+               and max(max(trace) for _, trace in runs.values()) <= value_closed + 1e-9,
+               f"|π_ascent − π*| ≤ {gap:.1e} < 1e-3; |value − β·log Z| = {abs(value_closed - beta_log_z):.0e}; best "
+               f"ascent value {max(max(trace) for _, trace in runs.values()):.6f} ≤ {value_closed:.6f}")
 
 # %% Step 5 — RM-2: the limits β → 0 and β → ∞
 lesson.step("β sets how far the policy moves: β → 0 and β → ∞",
@@ -244,6 +276,15 @@ say(f"π_ref itself: E[R_φ] = {ref_proxy:.3f}, E[gold] = {ref_gold:.3f}, KL = 0
     f"the gold reward drops to {sweep[0]['gold']:.2f}. As β grows, π* returns to π_ref (KL → 0). The gold reward",
     f"peaks in between (β = {best['beta']}: {best['gold']:.2f}): with an imperfect reward model, the KL term is what",
     "keeps the policy where R_φ is right.", blank=True)
+proxies = [s_["proxy"] for s_ in sweep]
+peak = [s_["beta"] for s_ in sweep].index(best["beta"])
+lesson.verdict("As β falls E[R_φ] climbs all the way and β → 0 puts the mass on R_φ's favourite, where the gold reward "
+               "drops; as β grows π* returns to π_ref; the gold reward peaks in between",
+               all(a > b for a, b in zip(proxies, proxies[1:])) and float(sweep[0]["pi"][BLIND]) > 0.9
+               and sweep[0]["gold"] < ref_gold and sweep[-1]["kl"] < 0.01 and 0 < peak < len(sweep) - 1,
+               f"E[R_φ] {proxies[0]:.2f} → {proxies[-1]:.2f}, falling with β; π*(blind spot) at β = {betas[0]} "
+               f"{float(sweep[0]['pi'][BLIND]):.3f}, gold {sweep[0]['gold']:.2f} < π_ref's {ref_gold:.2f}; KL at "
+               f"β = {betas[-1]} {sweep[-1]['kl']:.4f}; gold peaks at β = {best['beta']}")
 
 fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
 fine = torch.logspace(-1.7, 2, 120).tolist()
@@ -289,6 +330,11 @@ lesson.check_note(
                "better. π_ref only anchors: the KL term keeps the policy close to it so that it keeps what it knew "
                "(災難性遺忘) and stays where the reward model can be trusted. Closeness to π_ref is a constraint "
                "paid for with β, not the goal.",
+    holds=(one["kl"] > 0 and one["gold"] > ref_gold and float((flat - PI_REF).abs().max()) < 1e-10
+           and sweep[0]["gold"] < best["gold"]),
+    measured=f"β = 1: KL {one['kl']:.3f} > 0 and gold {one['gold']:.3f} > π_ref's {ref_gold:.3f}; flat reward: "
+             f"π* = π_ref within {float((flat - PI_REF).abs().max()):.0e}; β → 0: gold {sweep[0]['gold']:.2f} < the "
+             f"peak {best['gold']:.2f}",
 )
 
 # %% Step 7 — RM-4: with β = 0 the gradient is the reward's gradient
@@ -309,6 +355,10 @@ say(f"β = 0: max |∇objective − ∇E[R]| = {float((g_zero - g_reward).abs().
     "the whole story then, and the reference model need not even be loaded (DR-2, lesson 13).",
     f"With β = {BETA} the gradient gains −β∇KL, a pull back toward π_ref (max difference to the last column",
     f"{float((g_half - (g_reward - BETA * g_kl)).abs().max()):.1e}).", blank=True)
+gradient_gaps = (float((g_zero - g_reward).abs().max()), float((g_zero - g_zero_other).abs().max()),
+                 float((g_half - (g_reward - BETA * g_kl)).abs().max()))
+lesson.verdict("With β = 0 the gradient is ∇E[R] and π_ref does not enter it; with β > 0 it gains −β∇KL",
+               max(gradient_gaps) < 1e-12, "gaps " + ", ".join(f"{v:.0e}" for v in gradient_gaps) + " < 1e-12")
 
 # %%
 lesson.done()

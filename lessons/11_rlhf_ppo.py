@@ -136,6 +136,11 @@ say(f"β = {BETA}, missing-EOS penalty {PENALTY}. The score sits on column lengt
     "shaped reward r′ either way. Reply 0's Σ KL_t is negative: KL_t is the k1 estimate on the sampled",
     "tokens (lesson 8), below 0 wherever π_θ gave a token less probability than π_ref; only its",
     "expectation, the KL, is never negative.", blank=True)
+shaping_gap = max(abs(r[5] - r[6]) for r in rows)
+erased = float(((wrong * mask).sum(1)[[0, 2]] - rewards.sum(1)[[0, 2]]).abs().min())
+lesson.verdict("Σ r_t = R_φ − βΣKL_t − penalty for every reply; a score one column too far would be erased by the mask",
+               shaping_gap < 1e-5 and erased > 1e-3,
+               f"largest gap {shaping_gap:.0e} < 1e-5; the misplaced score changes Σ r_t by ≥ {erased:.3f}")
 
 # %% Step 2 — the models: SFT policy (= π_ref) and the reward model R_φ
 lesson.step("Policy, reference and reward model (PPO的下半场, note 004)",
@@ -173,6 +178,8 @@ with torch.no_grad():
 say(f"{len(differences)} tensors, largest weight difference {max(differences):.1e}; on 8 sampled replies",
     f"the outputs differ by at most {same:.1e}. A copy, not a view: the value model trains, the reward",
     "model stays frozen.")
+lesson.verdict("The value model starts as an exact copy of the reward model", max(differences) == 0 and same < 1e-5,
+               f"largest weight difference {max(differences):.0e}, largest output difference {same:.0e}")
 ended = probe.gen.ended
 i = int(((probe.gen.lengths - 12).abs() + 100 * (~ended)).argmin())  # an ended reply of about 12 tokens
 n = int(probe.gen.lengths[i])
@@ -238,8 +245,9 @@ stage("5. new samples from the updated π_θ, and round again", "llm.rlhf.collec
 ro2 = collect_rollout(policy, ref, critic, score_fn, TASK, TOK, prompts, CPU, lesson.generator(4))
 _, kl2 = per_token_rewards(ro2.scores, ro2.logprobs, ro2.ref_logprobs, ro2.gen.reply_mask,
                            ref_kl_coef=CONFIG.ref_kl_coef)
-print(f"       the same prompts: mean R_φ {float(ro2.scores.mean()):.3f}, mean Σ_t KL_t {float(kl2.sum(1).mean()):.3f} "
-      "(the policy has left π_ref)")
+print(f"       the same prompts: mean R_φ {float(ro2.scores.mean()):.3f}, mean Σ_t KL_t {float(kl2.sum(1).mean()):.3f}")
+lesson.verdict("After one update the policy has left π_ref", float(kl2.sum(1).mean()) > float(kl.sum(1).mean()) + 1e-3,
+               f"mean Σ_t KL_t {float(kl.sum(1).mean()):.3f} → {float(kl2.sum(1).mean()):.3f}")
 say("Four models (note 004): π_θ and V_ψ train, π_ref and R_φ are frozen. llm.rlhf.train_ppo runs this",
     "loop, and after each turn updates β from the measured KL (TR-3, lesson 5).", blank=True)
 
@@ -266,6 +274,10 @@ print()
 table(["prompt", "SFT reply", "gold", "after PPO", "gold"],
       [[p, show(r0), g0, show(r1), g1] for (p, r0), g0, (_, r1), g1 in
        list(zip(before["samples"], before["golds"], after["samples"], after["golds"]))[:6]], digits=1)
+lesson.verdict("PPO-RLHF raises the reward model's score and the gold reward on the test prompts",
+               after["score"] > before["score"] and after["gold_reward"] > before["gold_reward"],
+               f"R_φ {before['score']:.2f} → {after['score']:.2f}, gold {before['gold_reward']:.2f} → "
+               f"{after['gold_reward']:.2f}")
 say(f"R_φ rose by {after['score'] - before['score']:.2f} and the gold reward by",
     f"{after['gold_reward'] - before['gold_reward']:.2f}. Where the two part, the reward model is wrong (it is",
     "small and saw few pairs) and the policy is drawn to its mistakes; the KL term holds that back. β follows",
@@ -316,8 +328,12 @@ say(f"Σ_t r_t = {float(rewards[i].sum()):.3f} = R_φ − β Σ_t KL_t = {float(
     f"{float(kl[i].sum()):.3f} (a reply with the median KL of {len(prompts)}).",
     "The KL is paid where the policy changed its mind, at the tokens where log π_θ and log π_ref differ",
     "most: those are the choices PPO made. Â_t is what the value model did not see coming; before EOS",
-    f"the trained V_ψ expects {float(ro.values[i, n - 1]):.2f}, close to the score {float(ro.scores[i]):.2f} that "
+    f"the trained V_ψ expects {float(ro.values[i, n - 1]):.2f}, against the score {float(ro.scores[i]):.2f} that "
     "arrives there.", blank=True)
+eos_gap = abs(float(ro.values[i, n - 1] - ro.scores[i]))
+sum_gap = abs(float(rewards[i].sum()) - (float(ro.scores[i]) - history[-1]["charts/ref_kl_coef"] * float(kl[i].sum())))
+lesson.verdict("Σ_t r_t = R_φ − βΣ_t KL_t for this reply, and before EOS the trained V_ψ is close to the score",
+               sum_gap < 1e-4 and eos_gap < 0.5, f"gap {sum_gap:.0e}; |V_ψ − R_φ| before EOS = {eos_gap:.2f} < 0.5")
 
 # %% Step 7 — check the note: what does the value model's variance reduction reduce?
 lesson.step("Check the note: the value model and variance (减少方差, note 004)",
@@ -357,6 +373,10 @@ say(f"{len(prompts)} replies of the trained policy, the same replies in every ro
     "the reward model read on partial replies,",
     f"keeps {start_share:.0%}: a head start on what is good, not yet a baseline." if start_share <= 1 else
     f"raises it to {start_share:.0%}: as a baseline it is worse than none until it is trained.", blank=True)
+lesson.verdict("The trained value model as a baseline lowers the variance of the policy gradient, and GAE lowers it "
+               "further", variance[names[3]] < variance[names[2]] < variance[names[0]],
+               f"relative variance {variance[names[2]] / variance[names[0]]:.0%} (baseline), "
+               f"{variance[names[3]] / variance[names[0]]:.0%} (GAE)")
 lesson.check_note(
     "E6",
     evidence=[
@@ -373,6 +393,9 @@ lesson.check_note(
     conclusion="The value model lowers the variance of the policy-gradient estimate, not of the reward model. "
                "Initialising it from R_φ (RM-5) gives it a head start on what is good; training makes it a "
                "baseline.",
+    holds=float((rescored - ro.scores).abs().max()) < 1e-6 and variance[names[2]] < variance[names[0]],
+    measured=f"rescoring differs by {float((rescored - ro.scores).abs().max()):.0e}; Var[ĝ_i] "
+             f"{variance[names[0]]:,.0f} → {variance[names[2]]:,.0f} with the trained V_ψ",
 )
 
 # %%

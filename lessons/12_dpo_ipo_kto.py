@@ -103,6 +103,14 @@ say(f"β = {beta}. pro_log_diff = log π_θ(y_w) − log π_θ(y_l), pro_log_dif
     "implicit_rewards). Its gradient raises log π(y_w) and lowers log π(y_l) by the same weight βσ(−βh):",
     "large when the policy still ranks the pair the wrong way (row 3), small once it agrees with the label",
     "(row 4). Row 2: the policy is π_ref, h = 0, the loss is log 2.")
+dpo_gap = max(max(abs(r[3] - r[4]), abs(r[3] - r[5]), abs(r[6] - r[7])) for r in rows)
+lesson.verdict("dpo_loss is Bradley–Terry on the implicit rewards and equals the hand formula; ∂L/∂log π(y_l) is the "
+               "opposite of ∂L/∂log π(y_w); the pull is largest on row 3, smallest on row 4; row 2 gives log 2",
+               dpo_gap < 1e-12 and float((grad_w + grad_l).abs().max()) < 1e-12
+               and abs(rows[2][6]) == max(abs(r[6]) for r in rows) and abs(rows[3][6]) == min(abs(r[6]) for r in rows)
+               and abs(rows[1][3] - math.log(2)) < 1e-12,
+               f"largest gap {dpo_gap:.0e}; |pull| row 3 {abs(rows[2][6]):.3f}, row 4 {abs(rows[3][6]):.3f}; row 2 "
+               f"loss {rows[1][3]:.4f}")
 
 # %% Step 2 — DP-1 on an enumerable toy: DPO's minimiser is the RM-2 optimum
 lesson.step("DPO reaches π* ∝ π_ref·exp(r/β) without a reward model (不再训练奖励模型)",
@@ -148,6 +156,14 @@ say(f"β = {BETA}. Exact expected loss: max |π_DPO − π*| = {gap:.1e}; the im
     ", ".join(f"{float((samples[n] - star).abs().max()):.3f}" for n in sizes) + f" for n = {sizes}.",
     "No reward model was trained and no reply was sampled from π_θ: the preference pairs and two models",
     "(model_gen, model_gen_ref) were enough.", blank=True)
+offset = implicit - REWARD
+finite = [float((samples[n] - star).abs().max()) for n in sizes]
+offset_gap = float((offset + BETA * log_z).abs().max())
+lesson.verdict("DPO's minimiser is π* (RM-2), its implicit reward r up to the constant −β log Z, and from finite data "
+               "it converges as the dataset grows",
+               gap < 1e-3 and offset_gap < 1e-3 and all(a > b for a, b in zip(finite, finite[1:])),
+               f"max |π_DPO − π*| = {gap:.0e}; implicit reward − r within {offset_gap:.0e} of −β log Z; "
+               f"finite-data gaps {' > '.join(f'{v:.3f}' for v in finite)}")
 
 # %% Step 3 — check the note: does DPO compute a KL?
 lesson.step("Check the note: what DPO's loss is (计算KL散度?)",
@@ -176,6 +192,9 @@ lesson.check_note(
     conclusion="The DPO loss is −log σ(β[log π_θ/π_ref(y_w) − log π_θ/π_ref(y_l)]), a log-sigmoid of a difference "
                "of log-ratios (DP-1), i.e. Bradley–Terry on implicit rewards. The KL appears only in the "
                "derivation: it is the penalty of the RM-2 objective whose optimum DPO reaches.",
+    holds=abs(loss_at_ref - math.log(2)) < 1e-12 and abs(loss_right - loss_swapped) > 0.01 and kl_trained > 0,
+    measured=f"loss at π_ref {loss_at_ref:.4f} = log 2 where the KL is 0; swapping the labels moves the loss "
+             f"{loss_right:.4f} → {loss_swapped:.4f} while the KL stays {kl_trained:.4f}",
 )
 
 # %% Step 4 — DP-2: IPO's fixed point against DPO's runaway margin
@@ -215,6 +234,20 @@ say(f"One pair, y_w = {REPLIES[1]!r} ≻ y_l = {REPLIES[4]!r}, labelled the same
     "every tenfold more steps (h ~ log t); π(y_l) heads to 0 and the KL to π_ref grows with it, however",
     "small the loss already is. Nothing in DPO's loss holds the policy near π_ref once the data is",
     "deterministic; IPO's τ does (larger τ, smaller margin).", blank=True)
+ipo_h, dpo_h = [runs["IPO"][0][c][0] for c in checkpoints], [runs["DPO"][0][c][0] for c in checkpoints]
+dpo_kl, dpo_pl = [runs["DPO"][0][c][1] for c in checkpoints], [runs["DPO"][0][c][2] for c in checkpoints]
+lesson.verdict("IPO settles at h = 1/(2τ) within ten steps; DPO's margin and KL keep growing and π(y_l) keeps falling",
+               all(abs(h - 1 / (2 * TAU)) < 0.01 for h in ipo_h[1:])
+               and all(a < b for a, b in zip(dpo_h, dpo_h[1:])) and all(a < b for a, b in zip(dpo_kl, dpo_kl[1:]))
+               and all(a > b for a, b in zip(dpo_pl, dpo_pl[1:])) and dpo_h[-1] > 2 / (2 * TAU),
+               f"IPO h from step 10 on: {', '.join(f'{h:.3f}' for h in ipo_h[1:])} (target {1 / (2 * TAU):g}); "
+               f"DPO h {', '.join(f'{h:.2f}' for h in dpo_h)}, KL {dpo_kl[0]:.3f} → {dpo_kl[-1]:.3f}")
+# h ~ log t: the growth per tenfold more steps, from step 10 on (between checkpoints c_i < c_j: Δh / log10(c_j/c_i))
+per_decade = [(dpo_h[j + 1] - dpo_h[j]) / math.log10(checkpoints[j + 1] / checkpoints[j])
+              for j in range(1, len(checkpoints) - 1)]
+lesson.verdict("DPO's margin grows by about the same amount for every tenfold more steps (h ~ log t)",
+               max(per_decade) / min(per_decade) < 1.3,
+               "growth per tenfold " + ", ".join(f"{v:.2f}" for v in per_decade) + ", max/min < 1.3")
 
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
 steps = range(1, checkpoints[-1] + 1)
@@ -248,6 +281,11 @@ for name, ref_mm in (("policy above π_ref on average", torch.tensor([-7.5, -7.0
     z0 = kto_reference_point(policy_mm, ref_mm)
     rows.append([name, float((policy_mm - ref_mm).detach().mean()), float(z0), z0.requires_grad])
 table(["mismatched batch", "mean log π_θ/π_ref", "z₀ = max(0, ·)", "z₀ carries a gradient"], rows)
+lesson.verdict("z₀ is the mean log-ratio clamped at 0, and it carries no gradient",
+               abs(rows[0][2] - max(0.0, rows[0][1])) < 1e-12 and rows[1][2] == 0.0 and rows[1][1] < 0
+               and not any(r[3] for r in rows),
+               f"z₀ = {rows[0][2]:.3f} and {rows[1][2]:g} for means {rows[0][1]:.3f} and {rows[1][1]:.3f}; "
+               "requires_grad False")
 say("The mean log-ratio is a k1 estimate of KL[π_θ‖π_ref] (lesson 8), and k1 can be negative; a KL cannot,",
     "so z₀ is clamped at 0. It is a baseline for judging, not something to optimise: detached.", blank=True)
 print()
@@ -269,6 +307,12 @@ say(f"z₀ = {z0}, β = {beta}, λ_D = {lam_d}, λ_U = {lam_u}. A desirable repl
     "an undesirable one when r_θ falls below it; the sigmoid saturates, so replies already far on the right",
     "side hardly pull any more (rows 1 and 6), as in prospect theory, where the value of gains and losses",
     "levels off.", blank=True)
+kto_gap = max(abs(r[3] - r[4]) for r in rows)
+pulls = [abs(r[5]) for r in rows]
+lesson.verdict("kto_loss equals λ_y − v by hand; replies already far on the right side hardly pull any more (rows 1 "
+               "and 6 pull least of their class)",
+               kto_gap < 1e-12 and pulls[0] == min(pulls[:3]) and pulls[5] == min(pulls[3:]),
+               f"largest gap {kto_gap:.0e}; |∂L/∂r_θ| " + ", ".join(f"{v:.3f}" for v in pulls))
 print()
 
 # The weights: with n_D desirable and n_U undesirable examples, each class pushes with n·λ·β·σ′.
@@ -284,6 +328,11 @@ table(["λ_D", "λ_U", "λ_D n_D / (λ_U n_U)", "push up, desirable", "push down
 say(f"{n_d} desirable and {n_u} undesirable examples, at the start (r_θ = 0 = z₀). With equal weights the",
     "undesirable class pushes four times as hard; the KTO paper sets the weights so that λ_D n_D ≈ λ_U n_U",
     "(it keeps the ratio in [1, 4/3]), and the two kinds of feedback count alike.", blank=True)
+lesson.verdict("With equal weights the undesirable class pushes four times as hard; with λ_D n_D = λ_U n_U the two "
+               "push alike", abs(rows[0][4] / rows[0][3] - 4) < 1e-9
+               and all(abs(r[3] - r[4]) < 1e-9 for r in rows[1:] if abs(r[2] - 1) < 1e-12),
+               f"push ratio {rows[0][4] / rows[0][3]:.2f} at equal weights; balanced rows: "
+               + ", ".join(f"{r[3]:.3f} vs {r[4]:.3f}" for r in rows[1:]))
 
 fig, ax = plt.subplots(figsize=(6, 3.8))
 grid = torch.linspace(-6, 6, 241, dtype=f64)

@@ -94,6 +94,16 @@ say("0 of 6 or 6 of 6: every Â is 0, the group carries no signal (all right is 
     "3-of-6 prompt 0.91: dividing by the std scales up groups whose rewards barely differ. Dr. GRPO keeps",
     "r − mean: a right answer still counts more on a harder prompt, but no group is scaled up for being",
     "nearly uniform.", blank=True)
+hand_gap = max(abs(float(a) - b) for a, b in zip(grpo, by_hand))
+uniform_groups = [group_advantages(torch.full((G,), v, dtype=f64), scale_by_std=s_).abs().max()
+                  for v in (0.0, 1.0) for s_ in (True, False)]
+lesson.verdict("group_advantages matches the hand formula; all-right and all-wrong groups carry no signal; the std "
+               "scales the lone right answer of a hard prompt above a right answer of a 3-of-6 prompt, and Dr. GRPO "
+               "still ranks the hard prompt's right answer higher",
+               hand_gap < 1e-12 and max(float(v) for v in uniform_groups) == 0 and rows[1][1] > rows[3][1]
+               and rows[1][3] > rows[3][3],
+               f"gap {hand_gap:.0e}; max |Â| of uniform groups {max(float(v) for v in uniform_groups):g}; GRPO right "
+               f"{rows[1][1]:.2f} (1 of 6) vs {rows[3][1]:.2f} (3 of 6); Dr. GRPO {rows[1][3]:.2f} vs {rows[3][3]:.2f}")
 
 # %% Step 2 — GR-2: the GRPO objective, token by token
 BETA, EPS = 0.04, 0.2
@@ -120,6 +130,8 @@ for i in range(4):
 print(f"    G = 4 replies of lengths {lengths.tolist()}, ε = {EPS}, β = {BETA}, KL by k3 (lesson 8):")
 print(f"    reduce_loss(clipped_surrogate − β·k3, mask, mode='seq_mean') = {float(objective):.10f}")
 print(f"    plain loop over replies and tokens                           = {loop:.10f}")
+lesson.verdict("reduce_loss(clipped_surrogate − β·k3, 'seq_mean') is the GRPO objective of the loop",
+               abs(float(objective) - loop) < 1e-10, f"difference {abs(float(objective) - loop):.0e} < 1e-10")
 say("In core.ppo this is PPOConfig(loss_reduction='seq_mean', ref_kl_coef=β, ref_kl_estimator='k3',",
     "vf_coef=0): the PPO update of lesson 9 with the group's Â and no critic. The KL to π_ref sits in the",
     "loss as k3, not in the reward as k1 as in PPO-RLHF (lesson 11; note 004: GRPO是使用KL3训练的).", blank=True)
@@ -153,6 +165,12 @@ say(f"Â = {advantage} for all four (all wrong). ∂loss/∂log π > 0 pushes th
     "answer, the ones that made it long included, is punished less, and with Â > 0 a short right answer",
     "is rewarded more per token: the length bias (GRPO倾向更长的token). token_mean and constant give",
     "every token the same weight; the constant also does not change with the batch's lengths.", blank=True)
+lesson.verdict("Under seq_mean a token of the 2-token answer is pushed 8× harder than one of the 16-token answer; "
+               "token_mean and constant give every token the same weight",
+               abs(ratio - 8) < 1e-9 and all(float(weights[m].max() - weights[m].min()) < 1e-12
+                                             for m in ("token_mean", "constant")),
+               f"seq_mean ratio {ratio:.2f}; spread of the per-token weights under token_mean and constant "
+               f"{max(float(weights[m].max() - weights[m].min()) for m in ('token_mean', 'constant')):.0e}")
 
 fig, ax = plt.subplots(figsize=(6.5, 3.8))
 sizes = torch.arange(1, 33).double()
@@ -195,6 +213,13 @@ say(f"ε_low = {EPS_LOW}, ε_high = {EPS_HIGH} (DAPO's values). With A > 0 a tok
     "π_old·(1 + ε_high). A likely token (π_old = 0.9) meets the ceiling of 1 first either way, but an",
     "unlikely one (π_old = 0.01) is pushed up to 0.0128 instead of 0.012 per update: rare tokens that",
     "turned out good can grow faster, and the policy's entropy falls less quickly (防止熵衰减).", blank=True)
+between = [r for r in rows if 1 + EPS_LOW < r[0] < 1 + EPS_HIGH]
+lesson.verdict(f"With A > 0 a token keeps its gradient up to ρ = {1 + EPS_HIGH} instead of {1 + EPS_LOW}; A < 0 is "
+               "untouched",
+               bool(between) and all(r[1] == 0 and r[2] > 0 for r in between)
+               and all(r[3] == r[4] for r in rows) and all(r[1] == r[2] for r in rows if r[0] <= 1 + EPS_LOW),
+               f"at ρ in ({1 + EPS_LOW}, {1 + EPS_HIGH}): ∂/∂log π "
+               + ", ".join(f"{r[1]:g} → {r[2]:.2f}" for r in between) + "; A < 0 columns identical")
 
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
 grid = torch.linspace(0.5, 1.6, 221, dtype=f64)
@@ -234,6 +259,12 @@ say(f"G = {G}, {n_groups} simulated groups per p. The dropped groups have Â = 0
     "nothing to the gradient but, kept in the batch, would count in its average and shrink the update.",
     "On prompts the policy already solves (p → 1, the note's 全对) or cannot solve (p → 0), most groups are",
     "dropped, so DAPO samples more prompts until the batch is full of groups that teach something.", blank=True)
+theory_gap = max(abs(r[1] - r[2]) for r in rows)
+lesson.verdict("informative_groups drops p^G + (1−p)^G of the groups, all of them with Â = 0; most groups are dropped "
+               "at p → 0 and p → 1",
+               theory_gap < 0.03 and max(r[4] for r in rows) == 0 and min(rows[0][1], rows[-1][1]) > 0.5,
+               f"largest |share − theory| {theory_gap:.3f} < 0.03; max |Â| of dropped {max(r[4] for r in rows):g}; "
+               f"dropped at p = {accuracies[0]}: {rows[0][1]:.2f}, at p = {accuracies[-1]}: {rows[-1][1]:.2f}")
 
 fig, ax = plt.subplots(figsize=(6, 3.6))
 fine = torch.linspace(0, 1, 201, dtype=f64)
@@ -268,6 +299,13 @@ say(f"L_max = {L_MAX}, L_cache = {L_CACHE} (DAPO's values): free up to {soft} to
     "one more token never costs more than 1/L_cache.", blank=True)
 say("A reply cut off at the limit would otherwise get the verifier's 'wrong' for what may be a right but",
     "unfinished answer (reward noise); the ramp teaches the policy to finish before the limit instead.")
+ramp_gap = max(abs(float(v) - by_hand(int(n))) for n, v in zip(points, penalty))
+lesson.verdict("overlong_penalty matches the hand formula and is continuous at both joints: one more token never "
+               "costs more than 1/L_cache",
+               ramp_gap < 1e-9 and abs(joints[1] - joints[0]) <= 1 / L_CACHE + 1e-9
+               and abs(joints[3] - joints[2]) <= 1 / L_CACHE + 1e-9,
+               f"gap {ramp_gap:.0e}; steps at the joints {abs(joints[1] - joints[0]):.5f}, "
+               f"{abs(joints[3] - joints[2]):.5f} ≤ 1/L_cache = {1 / L_CACHE:.5f}")
 
 fig, ax = plt.subplots(figsize=(6, 3.4))
 lengths_grid = torch.arange(12000, 24001, 16)
@@ -347,6 +385,10 @@ say("Without the KL term the rollout skips the reference's forward pass over eve
     f"({saved:.0%} of this rollout's time; generation is the rest) and never loads a second copy of the",
     "weights: for a 7-billion-parameter policy in bf16, 14 GB of memory. With ref=None, collect_rollout",
     "fills the reference log-probs with the policy's own, so the KL is exactly 0.", blank=True)
+lesson.verdict("Without π_ref the rollout is faster and its reference log-probs are the policy's own (KL exactly 0)",
+               saved > 0 and float((ro.ref_logprobs - ro.logprobs).abs().max()) == 0,
+               f"{saved:.0%} of the rollout's time saved; max |log π_ref − log π_θ| = "
+               f"{float((ro.ref_logprobs - ro.logprobs).abs().max()):g}")
 say("Dropping it fits long-reasoning RL with a verifier, where the policy is meant to move far from the SFT",
     "model. With a learned reward model it is the KL that keeps the policy where the reward model is right",
     "(lesson 10, step 5; the β = 0 run in llm/README.md).")
@@ -440,6 +482,19 @@ say("Expected lengths under π, in tokens (20 at the uniform start). Under GRPO 
     "when nearly every group of this one prompt is all right (a real batch would draw other prompts).",
     "Dr. GRPO learns more slowly at this step size: without the std and with C = 32 its steps are smaller,",
     "its direction no worse.", blank=True)
+final = {name: [float(v[-1]) for v in summary(results[name][0])] for name in methods}  # P(right), lengths
+lesson.verdict("Under GRPO the wrong answers drift long and the right ones short; under DAPO and Dr. GRPO their "
+               "lengths stay near 20",
+               final["GRPO"][1] > 22 and final["GRPO"][2] < 18
+               and all(abs(final[name][k] - 20) < 1.5 for name in ("DAPO", "Dr. GRPO") for k in (1, 2)),
+               f"GRPO: wrong {final['GRPO'][1]:.1f} > 22, right {final['GRPO'][2]:.1f} < 18; DAPO "
+               f"{final['DAPO'][1]:.1f}/{final['DAPO'][2]:.1f}, Dr. GRPO {final['Dr. GRPO'][1]:.1f}/"
+               f"{final['Dr. GRPO'][2]:.1f} within 20 ± 1.5")
+lesson.verdict("Dr. GRPO learns more slowly at this step size; DAPO sampled more groups than it kept",
+               final["Dr. GRPO"][0] < min(final["GRPO"][0], final["DAPO"][0])
+               and results["DAPO"][1] > ITERATIONS * GROUPS,
+               f"P(right) after {ITERATIONS}: Dr. GRPO {final['Dr. GRPO'][0]:.2f}, GRPO {final['GRPO'][0]:.2f}, DAPO "
+               f"{final['DAPO'][0]:.2f}; DAPO sampled {results['DAPO'][1]} groups for {ITERATIONS * GROUPS} slots")
 say("The real runs: python -m llm.pipeline --task arithmetic --algo grpo (or dapo, dr_grpo).")
 
 fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))

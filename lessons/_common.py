@@ -9,6 +9,12 @@ previous step's numbers stay on screen until the learner has read them), prints 
 an erratum with `lesson.check_note(...)`, saves figures with `lesson.save(fig, name)` and ends with
 `lesson.done()`.
 
+A lesson never asserts an outcome in prose. Every sentence that claims one (a comparison, a trend,
+a success, an erratum's "what holds") goes through `lesson.verdict(claim, holds, evidence)` (or
+`check_note(..., holds=...)`), with `holds` computed from the numbers the lesson just printed: the
+claim is printed when they show it and "NOT SHOWN: <claim> (measured <evidence>)" when they do not.
+`lesson.done()` writes every verdict to OUT/<lesson>/verdicts.json, where the tests read them.
+
 Every lesson accepts the same options:
     --step      pause after each step until Enter (the default runs straight through)
     --long      the longer demonstration (more samples, more iterations)
@@ -19,11 +25,13 @@ Every lesson accepts the same options:
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 import textwrap
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import matplotlib
@@ -36,11 +44,12 @@ import torch
 from core.catalog import ERRATA, FORMULAS
 from core.device import seed_everything
 
-__all__ = ["Lesson", "NOTES", "table", "say", "fmt", "plt", "ROOT"]
+__all__ = ["Lesson", "Verdict", "NOTES", "VERDICTS_FILE", "table", "say", "fmt", "plt", "ROOT"]
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "runs" / "lessons"
 WIDTH = 92
+VERDICTS_FILE = "verdicts.json"  # written by Lesson.done() into OUT/<lesson>/
 
 # The five notes (FORMULAS.md calls them by number); lessons cite them by file name.
 NOTES = {
@@ -80,6 +89,22 @@ def _in_notebook() -> bool:
     return "ipykernel" in sys.modules
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """One claimed outcome of a lesson: the sentence, whether the lesson's numbers show it, and the
+    numbers themselves (what was measured, against which threshold)."""
+
+    claim: str
+    holds: bool
+    evidence: str
+
+    def line(self) -> str:
+        """The claim as printed: itself when it holds, "NOT SHOWN: …" with the measurement when not."""
+        if self.holds:
+            return f"✓ {self.claim} ({self.evidence})"
+        return f"NOT SHOWN: {self.claim} (measured {self.evidence})"
+
+
 class Lesson:
     """The running lesson: parsed options, the step counter, the figure folder, the clock."""
 
@@ -107,6 +132,7 @@ class Lesson:
         self.long = self.args.long
         self._step = 0
         self._figures: list[Path] = []
+        self.verdicts: list[Verdict] = []
         self._start = time.perf_counter()
         seed_everything(self.seed)
         # The lessons' tensors are tiny: one thread is as fast as several and never waits for
@@ -158,8 +184,28 @@ class Lesson:
                 print(f"    {part}")
         print("─" * WIDTH)
 
-    def check_note(self, erratum: str, evidence: Iterable[str], conclusion: str) -> None:
-        """A "check the note" box: the note's words, the numbers measured here, what holds."""
+    def _record(self, claim: str, holds, evidence: str) -> Verdict:
+        found = Verdict(claim, bool(holds), evidence)
+        self.verdicts.append(found)
+        return found
+
+    def verdict(self, claim: str, holds, evidence: str) -> bool:
+        """Print `claim` when `holds` (computed from the lesson's numbers), else "NOT SHOWN: claim
+        (measured evidence)"; record it for `done()`; return whether it held.
+
+        `evidence` names the numbers and the threshold, e.g. "ratio 3.9 > 2".
+        """
+        found = self._record(claim, holds, evidence)
+        say(found.line(), indent=4)
+        return found.holds
+
+    def check_note(self, erratum: str, evidence: Iterable[str], conclusion: str, *, holds, measured: str) -> bool:
+        """A "check the note" box: the note's words, the numbers measured here, and what holds.
+
+        `conclusion` is printed as "What holds" only when `holds` (computed from the evidence's
+        numbers); otherwise as "NOT SHOWN", with `measured`. Recorded as a verdict; returns `holds`.
+        """
+        found = self._record(f"{erratum}: {conclusion}", holds, measured)
         match = _ERRATUM.match(ERRATA[erratum])
         if match is None:  # the catalog wording changed; print it whole rather than fail
             note, quote, verdict = "", ERRATA[erratum], ""
@@ -180,8 +226,12 @@ class Lesson:
             put("Catalog:        ", verdict)
         for i, line in enumerate(evidence):
             put("Evidence:       " if i == 0 else "                ", line)
-        put("What holds:     ", conclusion)
+        if found.holds:
+            put("What holds:     ", f"{conclusion} ({measured})")
+        else:
+            put("NOT SHOWN:      ", f"{conclusion} (measured {measured})")
         print("  └" + "─" * (WIDTH - 3) + "┘")
+        return found.holds
 
     def save(self, fig, filename: str) -> Path:
         """Save `fig` as OUT/<lesson>/<filename> (PNG) and close it; return the path."""
@@ -202,8 +252,23 @@ class Lesson:
         print()
         print("═" * WIDTH)
         figures = f"{len(self._figures)} figure(s) in {_shown(self.out)}/" if self._figures else "no figures"
+        shown = sum(v.holds for v in self.verdicts)
         print(f"{self.name}: {self._step} steps, {figures}, {seconds:.1f} s")
+        print(f"verdicts: {shown} of {len(self.verdicts)} shown by this run's numbers")
+        for found in self.verdicts:
+            if not found.holds:
+                print(f"  {found.line()}")
         print("═" * WIDTH)
+        self.write_verdicts()
+
+    def write_verdicts(self) -> Path:
+        """OUT/<lesson>/verdicts.json: every verdict of the run, in order, with the seed and mode."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        path = self.out / VERDICTS_FILE
+        record = {"lesson": self.name, "seed": self.seed, "long": self.long,
+                  "verdicts": [asdict(v) for v in self.verdicts]}
+        path.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        return path
 
 
 def fmt(x, digits: int = 4) -> str:

@@ -4,6 +4,7 @@ errata; the coverage matrix formula → lessons → tests holds for the topics t
 from __future__ import annotations
 
 import io
+import json
 import re
 
 import pytest
@@ -13,7 +14,9 @@ from core.catalog import ERRATA, FORMULAS, marked_tests
 from lessons import discover
 from lessons import run_lesson as run_in_process
 from lessons.__main__ import main, split_run_arguments
-from lessons._common import NOTES, Lesson
+from lessons._common import NOTES, VERDICTS_FILE, Lesson
+from lessons.table1 import SETTINGS
+from lessons.table1 import main as table1_main
 
 LESSONS = discover()
 # The families of the catalog: every formula in them has a lesson and a marked test.
@@ -77,6 +80,14 @@ def test_lesson_runs_straight_through(lesson, tmp_path, capsys, monkeypatch):
         assert f"Check the note · {erratum}" in out
     saved = list((tmp_path / lesson.name).glob("*.png"))
     assert len(saved) == source.count("lesson.save("), "every figure is saved under OUT/<lesson>/"
+    # Every outcome the lesson claims is computed from its numbers; under the fixed seed each one holds.
+    record = json.loads((tmp_path / lesson.name / VERDICTS_FILE).read_text(encoding="utf-8"))
+    assert record["lesson"] == lesson.name and record["seed"] == 0
+    assert record["verdicts"], f"{lesson.name} claims no outcome through lesson.verdict or check_note"
+    not_shown = [f"{v['claim']} (measured {v['evidence']})" for v in record["verdicts"] if not v["holds"]]
+    assert not not_shown, f"{lesson.name}: claims its numbers do not show: {not_shown}"
+    assert "NOT SHOWN" not in out
+    assert len(record["verdicts"]) >= len(re.findall(r'check_note\(\s*"(E\d)"', source))
 
 
 def test_step_mode_pauses_after_each_step(tmp_path, capsys, monkeypatch):
@@ -93,6 +104,45 @@ def test_step_mode_pauses_after_each_step(tmp_path, capsys, monkeypatch):
     # without __file__ (a notebook kernel) the title's number finds the lesson's file name
     first = LESSONS[0]
     assert Lesson(f"Lesson {first.number} — x", argv=["--out", str(tmp_path)]).name == first.name
+
+
+def test_a_verdict_that_does_not_hold_is_printed_as_not_shown(tmp_path, capsys):
+    lesson = Lesson("Lesson 99 — a test.", "99_test.py", argv=["--out", str(tmp_path)])
+    assert lesson.verdict("the error halves", 1.2 < 1.0, "ratio 1.2, needs < 1") is False
+    assert lesson.verdict("the loss falls", 0.3 < 0.5, "0.3 < 0.5") is True
+    assert lesson.check_note("E1", ["a number"], "D is the prompt distribution", holds=False,
+                             measured="Σ D = 0.9") is False
+    lesson.done()
+    out = capsys.readouterr().out
+    assert "NOT SHOWN: the error halves (measured ratio 1.2, needs < 1)" in out
+    assert "✓ the loss falls (0.3 < 0.5)" in out
+    assert "NOT SHOWN:      D is the prompt distribution (measured Σ D = 0.9)" in out
+    assert "What holds:" not in out  # the box never states a conclusion its numbers do not show
+    assert "verdicts: 1 of 3 shown" in out
+    record = json.loads((tmp_path / "99_test" / VERDICTS_FILE).read_text(encoding="utf-8"))
+    assert [(v["claim"], v["holds"]) for v in record["verdicts"]] == [
+        ("the error halves", False), ("the loss falls", True), ("E1: D is the prompt distribution", False)]
+
+
+def test_table1_command_runs_at_a_tiny_size(tmp_path, capsys):
+    """`python -m lessons.table1`: options from Table1Config, a subset of rows, the last line one JSON object."""
+    result = table1_main(["--seeds", "1", "--total-steps", "256", "--rows", "1,3", "--out", str(tmp_path)])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert json.loads(lines[-1]) == json.loads(json.dumps(result))
+    assert result["games"] == ["CartPole-v1"] and result["seeds"] == [0]
+    assert [row["name"] for row in result["settings"]] == [SETTINGS[0][0], SETTINGS[2][0]]
+    for row in result["settings"]:
+        assert len(row["scores"]["CartPole-v1"]) == 1 and row["scores"]["CartPole-v1"][0] > 0
+    # normalised so that the best of the rows run scores 1
+    assert max(row["normalised"]["CartPole-v1"] for row in result["settings"]) == pytest.approx(1.0)
+    with pytest.raises(SystemExit):
+        table1_main(["--rows", "12"])
+    assert "rows must be" in capsys.readouterr().err
+
+
+def test_lesson_9_runs_the_table1_command():
+    source = next(lesson for lesson in LESSONS if lesson.number == 9).path.read_text(encoding="utf-8")
+    assert "from lessons.table1 import" in source and "run_table1(" in source
 
 
 def test_run_arguments_keep_lesson_options_apart():
