@@ -25,6 +25,7 @@ Every lesson accepts the same options:
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import re
 import sys
@@ -34,11 +35,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import matplotlib
-
-if "ipykernel" not in sys.modules:
-    matplotlib.use("Agg")  # scripts and tests only save PNGs; a notebook keeps its inline backend
-import matplotlib.pyplot as plt
+import matplotlib.pyplot as plt  # the backend is matplotlib's choice (inline in a notebook, Agg with no display)
 import torch
 
 from core.catalog import ERRATA, FORMULAS
@@ -47,7 +44,9 @@ from core.device import seed_everything
 __all__ = ["Lesson", "Verdict", "NOTES", "VERDICTS_FILE", "table", "say", "fmt", "plt", "ROOT"]
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = ROOT / "runs" / "lessons"
+# Where figures go unless --out says otherwise; a notebook kernel has no command line, so the
+# environment variable PROXIMAL_LESSONS_OUT sets it there (and in the notebook tests).
+DEFAULT_OUT = Path(os.environ.get("PROXIMAL_LESSONS_OUT", ROOT / "runs" / "lessons"))
 WIDTH = 92
 VERDICTS_FILE = "verdicts.json"  # written by Lesson.done() into OUT/<lesson>/
 
@@ -240,7 +239,9 @@ class Lesson:
         fig.tight_layout()
         fig.savefig(path, dpi=110)
         if _in_notebook():
-            plt.show()
+            from IPython.display import display
+
+            display(fig)  # inline, under the cell that drew it
         plt.close(fig)
         self._figures.append(path)
         print(f"    figure → {_shown(path)}")

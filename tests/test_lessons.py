@@ -64,22 +64,42 @@ def test_each_core_erratum_is_checked_by_a_lesson():
         assert shown_in, f"no lesson shows the evidence for erratum {erratum}"
 
 
+def _execute_as_notebook(lesson, out, monkeypatch) -> tuple[str, int]:
+    """Convert the lesson with jupytext and run every cell with nbclient in a fresh kernel whose
+    working directory is lessons/, as Jupyter starts one; return (stdout of all cells, number of
+    inline PNG figures)."""
+    import jupytext
+    from nbclient import NotebookClient
+
+    notebook = jupytext.read(lesson.path)
+    monkeypatch.setenv("PROXIMAL_LESSONS_OUT", str(out))  # the kernel inherits it: figures go to out/
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.delenv("MPLBACKEND", raising=False)  # the tests use Agg; a kernel picks its inline backend
+    NotebookClient(notebook, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": str(lesson.path.parent)}}).execute()
+    text, figures = [], 0
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream" and output.get("name") == "stdout":
+                text.append(output["text"])
+            if "image/png" in output.get("data", {}):
+                figures += 1
+    return "".join(text), figures
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("lesson", LESSONS, ids=[lesson.name for lesson in LESSONS])
-def test_lesson_runs_straight_through(lesson, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("sys.stdin", io.StringIO(""))  # the default run never waits for input
-    threads = torch.get_num_threads()
-    try:
-        run_in_process(lesson, ["--out", str(tmp_path)])
-    finally:
-        torch.set_num_threads(threads)  # a lesson runs on one thread; the other tests keep their setting
-    out = capsys.readouterr().out
+def test_lesson_runs_as_a_notebook_and_its_verdicts_hold(lesson, tmp_path, monkeypatch):
+    """Every lesson, opened as a notebook (jupytext) and run cell by cell (nbclient) from lessons/,
+    shows each figure inline and saves it, and every outcome it claims holds under the fixed seed."""
+    out, inline_figures = _execute_as_notebook(lesson, tmp_path, monkeypatch)
     assert "Step 1 ·" in out and f"{lesson.name}: " in out  # header of the first step, closing line
     source = lesson.path.read_text(encoding="utf-8")
     for erratum in re.findall(r'check_note\(\s*"(E\d)"', source):
         assert f"Check the note · {erratum}" in out
     saved = list((tmp_path / lesson.name).glob("*.png"))
     assert len(saved) == source.count("lesson.save("), "every figure is saved under OUT/<lesson>/"
+    assert inline_figures == len(saved), "every figure is shown inline, under its cell"
     # Every outcome the lesson claims is computed from its numbers; under the fixed seed each one holds.
     record = json.loads((tmp_path / lesson.name / VERDICTS_FILE).read_text(encoding="utf-8"))
     assert record["lesson"] == lesson.name and record["seed"] == 0
@@ -88,6 +108,19 @@ def test_lesson_runs_straight_through(lesson, tmp_path, capsys, monkeypatch):
     assert not not_shown, f"{lesson.name}: claims its numbers do not show: {not_shown}"
     assert "NOT SHOWN" not in out
     assert len(record["verdicts"]) >= len(re.findall(r'check_note\(\s*"(E\d)"', source))
+
+
+def test_a_lesson_runs_as_a_script(tmp_path, capsys, monkeypatch):
+    """`python -m lessons run 1` (in this process): the same lesson as a plain script."""
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))  # the default run never waits for input
+    threads = torch.get_num_threads()
+    try:
+        run_in_process(LESSONS[0], ["--out", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)  # a lesson runs on one thread; the other tests keep their setting
+    out = capsys.readouterr().out
+    assert f"{LESSONS[0].name}: " in out and "NOT SHOWN" not in out
+    assert list((tmp_path / LESSONS[0].name).glob("*.png"))
 
 
 def test_step_mode_pauses_after_each_step(tmp_path, capsys, monkeypatch):
