@@ -373,6 +373,9 @@ CL4_CONFIGS = {
 
 @formula("CL-4")
 @formula("CL-1")
+@formula("DA-1")
+@formula("TR-2")
+@formula("TR-3")
 @pytest.mark.parametrize("case", list(CL4_CONFIGS))
 def test_ppo_update_step_is_the_gradient_of_the_hand_loss(case):
     """One epoch, one minibatch, SGD with lr = 1: the parameter change is minus the gradient of
@@ -403,6 +406,15 @@ def test_ppo_update_step_is_the_gradient_of_the_hand_loss(case):
     high = config.clip_coef_high or config.clip_coef
     outside = ((ratio < 1 - config.clip_coef) | (ratio > 1 + high)).double().mean()
     assert stats["losses/clipfrac"] == pytest.approx(float(outside), rel=1e-6)
+    if controller is not None:
+        # TR-3: after the update, d = mean k3 of KL[π_old‖π_θ] at the new parameters; β adapts to it
+        with torch.no_grad():
+            log_ratio = hand_policy(model.W, model.v, batch["obs"], batch["actions"])[0] - batch["logprobs"]
+        d = float((log_ratio.exp() - 1 - log_ratio).mean())
+        assert stats["ppo/kl_after_update"] == pytest.approx(d, rel=1e-6)
+        assert stats["charts/kl_coef"] == beta  # the β this update used
+        expected_beta = 2 * beta if d > 1.5 * 0.01 else beta / 2 if d < 0.01 / 1.5 else beta
+        assert controller.beta == pytest.approx(expected_beta)
 
 
 @formula("CL-4")
