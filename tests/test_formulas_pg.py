@@ -204,28 +204,13 @@ def test_a_baseline_keeps_the_gradient_and_lowers_the_variance(device):
 # PG-7: the policy gradient theorem on a small MDP
 # ----------------------------------------------------------------------------------------------
 
-GAMMA = 0.9
-P = torch.tensor([  # P[s, a, s']
-    [[0.7, 0.2, 0.1], [0.1, 0.6, 0.3]],
-    [[0.3, 0.4, 0.3], [0.0, 0.2, 0.8]],
-    [[0.5, 0.0, 0.5], [0.9, 0.1, 0.0]],
-], dtype=f64)
-R = torch.tensor([[1.0, 0.0], [0.0, 0.5], [-1.0, 2.0]], dtype=f64)
 START = torch.tensor([0.6, 0.4, 0.0], dtype=f64)
 
 
-def mdp_values(theta):
-    pi = F.softmax(theta, -1)
-    P_pi = torch.einsum("sa,sat->st", pi, P)
-    V = torch.linalg.solve(torch.eye(3, dtype=f64) - GAMMA * P_pi, (pi * R).sum(-1))
-    Q = R + GAMMA * torch.einsum("sat,t->sa", P, V)
-    return pi, P_pi, V, Q
-
-
 @formula("PG-7")
-def test_policy_gradient_theorem_on_a_small_mdp():
+def test_policy_gradient_theorem_on_a_small_mdp(small_mdp):
     theta = torch.tensor([[0.2, -0.1], [0.0, 0.3], [0.5, -0.4]], dtype=f64, requires_grad=True)
-    pi, P_pi, V, Q = mdp_values(theta)
+    pi, P_pi, V, Q, _ = small_mdp.solve(theta)
     J = START @ V  # J = E_{s₀}[V(s₀)]
     (exact,) = torch.autograd.grad(J, theta)
     pi, P_pi, V, Q = (t.detach() for t in (pi, P_pi, V, Q))
@@ -233,7 +218,7 @@ def test_policy_gradient_theorem_on_a_small_mdp():
     # discounted visitation d(s) = Σ_t γ^t P(s_t = s), by iterating the chain (not by a solve)
     visitation, occupancy = torch.zeros(3, dtype=f64), START.clone()
     for t in range(600):
-        visitation += GAMMA**t * occupancy
+        visitation += small_mdp.gamma**t * occupancy
         occupancy = occupancy @ P_pi
     logp = F.log_softmax(theta, -1)
     # ∇J = Σ_s d(s) Σ_a π(a|s) ∇log π(a|s) Q(s, a)
