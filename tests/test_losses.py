@@ -248,6 +248,7 @@ def test_masked_helpers_ignore_padding(device):
     assert white[0, 2] == 0 and white[1, 1] == 0
 
 
+@formula("KL-2")
 def test_approx_kl_hand_cases(device):
     # ρ = e: (e − 1) − 1;  ρ = 1: 0;  ρ = ½: (½ − 1) + log 2
     new = torch.tensor([1.0, 0.0, -math.log(2.0)], dtype=torch.float64, device=device)
@@ -258,6 +259,7 @@ def test_approx_kl_hand_cases(device):
     assert float(approx_kl(new, old, mask)) == pytest.approx((per_action[0] + per_action[2]) / 2, rel=1e-12)
 
 
+@formula("KL-2")
 def test_approx_kl_estimates_the_exact_kl_from_old_to_new():
     """Actions drawn from π_old: approx_kl of their log-probs → KL[π_old‖π_θ], enumerated."""
     old_logits = torch.tensor([0.5, -0.3, 1.2, 0.0, -1.0], dtype=torch.float64)
@@ -275,6 +277,7 @@ def test_approx_kl_estimates_the_exact_kl_from_old_to_new():
     assert abs(reverse - forward) > 50 * stderr  # and the direction is told apart at this n
 
 
+@formula("DA-1")
 def test_clip_fraction_and_explained_variance(device):
     old = torch.zeros(4, device=device)
     new = torch.log(torch.tensor([1.0, 1.1, 1.3, 0.7], device=device))

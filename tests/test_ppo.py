@@ -161,6 +161,7 @@ def two_token_batch(policy, g, n=256, device="cpu"):
             "returns": (adv + ev.values) * mask, "mask": mask}
 
 
+@formula("AC-2")
 @pytest.mark.parametrize("reduction", ["seq_mean", "token_mean"])
 def test_ppo_solves_a_two_token_language_task_with_masks(reduction, device):
     torch.manual_seed(0)
@@ -339,16 +340,17 @@ def hand_ppo_loss(W, v, mb, cfg, beta=0.0, ent_sign=-1.0):
     return loss + ent_sign * cfg.ent_coef * hand_reduce(entropy, mask, cfg.loss_reduction)
 
 
-def cl4_batch(n=16, shape=(), seed=1, with_mask=False):
-    """A batch collected by an older policy (ratios away from 1, some clipped) with old values
-    away from the current critic (some value losses clipped)."""
+def cl4_batch(n=24, shape=(), seed=17, with_mask=False):
+    """A batch collected by an older policy near the current `LinearActorCritic()`: ratios on every
+    side of the clip range, old values near enough that some value losses are clipped and some not."""
     g = torch.Generator().manual_seed(seed)
-    old = LinearActorCritic(seed=seed + 100)
+    current = LinearActorCritic()
+    W_old = current.W.detach() + 0.3 * torch.randn(3, 4, generator=g, dtype=torch.float64)
+    v_old = current.v.detach() + 0.1 * torch.randn(3, generator=g, dtype=torch.float64)
     obs = torch.randn(n, *shape, 3, generator=g, dtype=torch.float64)
-    with torch.no_grad():
-        probs = torch.softmax(obs @ old.W, -1)
-        actions = torch.multinomial(probs.reshape(-1, 4), 1, generator=g).reshape(n, *shape)
-        logp, _, old_values = hand_policy(old.W, old.v, obs, actions)
+    probs = torch.softmax(obs @ W_old, -1)
+    actions = torch.multinomial(probs.reshape(-1, 4), 1, generator=g).reshape(n, *shape)
+    logp, _, old_values = hand_policy(W_old, v_old, obs, actions)
     batch = {"obs": obs, "actions": actions, "logprobs": logp, "values": old_values,
              "advantages": 2.0 * torch.randn(n, *shape, generator=g, dtype=torch.float64) + 0.5,
              "returns": old_values + torch.randn(n, *shape, generator=g, dtype=torch.float64),
@@ -381,7 +383,7 @@ def test_ppo_update_step_is_the_gradient_of_the_hand_loss(case):
     """One epoch, one minibatch, SGD with lr = 1: the parameter change is minus the gradient of
     the CL-4 loss written out by hand, with c₁ > 0 and c₂ > 0."""
     batch = cl4_batch()
-    config = PPOConfig(minibatch_size=16, update_epochs=1, max_grad_norm=None, vf_coef=0.7, ent_coef=0.05,
+    config = PPOConfig(minibatch_size=24, update_epochs=1, max_grad_norm=None, vf_coef=0.7, ent_coef=0.05,
                        clip_coef=0.2, vf_clip_coef=0.1, **CL4_CONFIGS[case])
     model = LinearActorCritic()
     W0, v0 = model.W.detach().clone().requires_grad_(True), model.v.detach().clone().requires_grad_(True)
@@ -395,14 +397,21 @@ def test_ppo_update_step_is_the_gradient_of_the_hand_loss(case):
     torch.testing.assert_close(model.W.detach() - W0.detach(), -gW, rtol=1e-7, atol=1e-9)
     torch.testing.assert_close(model.v.detach() - v0.detach(), -gv, rtol=1e-7, atol=1e-9)
 
-    # the batch exercises every branch: ratios clipped on both sides, value losses clipped
+    # the batch exercises every branch: each side of the clip range with each sign of Â, the band
+    # (1 + ε, 1 + ε_high] that only clip-higher lets through, value losses clipped and not
     with torch.no_grad():
         logp, entropy, values = hand_policy(W0, v0, batch["obs"], batch["actions"])
     ratio = (logp - batch["logprobs"]).exp()
-    assert (ratio > 1.35).any() and (ratio < 0.8).any() and ((ratio > 0.8) & (ratio < 1.2)).any()
-    assert ((values - batch["values"]).abs() > 0.1).any()
+    adv = batch["advantages"] - batch["advantages"].mean()
+    for rows in (ratio > 1.35, ratio < 0.8):
+        assert (rows & (adv > 0)).any() and (rows & (adv < 0)).any()
+    assert ((ratio > 1.2) & (ratio < 1.35) & (adv > 0)).any() and ((ratio > 0.8) & (ratio < 1.2)).any()
+    moved = (values - batch["values"]).abs() > config.vf_clip_coef
+    assert moved.any() and not moved.all()
     # the reported metrics are the hand quantities at the parameters before the step
     assert stats["losses/entropy"] == pytest.approx(float(entropy.mean()), rel=1e-6)  # summed in float32
+    k3 = ratio - 1 - ratio.log()  # approx_kl: the k3 estimate of KL[π_old‖π_θ] before the step
+    assert stats["losses/approx_kl"] == pytest.approx(float(k3.mean()), rel=1e-6)
     high = config.clip_coef_high or config.clip_coef
     outside = ((ratio < 1 - config.clip_coef) | (ratio > 1 + high)).double().mean()
     assert stats["losses/clipfrac"] == pytest.approx(float(outside), rel=1e-6)
@@ -420,7 +429,7 @@ def test_ppo_update_step_is_the_gradient_of_the_hand_loss(case):
 @formula("CL-4")
 def test_entropy_bonus_sign_is_pinned():
     """With −c₂·H the step raises the entropy; the hand loss with +c₂·H gives another step."""
-    batch = cl4_batch(seed=4)
+    batch = cl4_batch(n=16, seed=4)
     batch["advantages"] = torch.zeros_like(batch["advantages"])  # only the entropy moves the policy
     config = PPOConfig(minibatch_size=16, update_epochs=1, max_grad_norm=None, vf_coef=0.5, ent_coef=0.1,
                        norm_adv=False)
