@@ -239,6 +239,7 @@ def test_k_step_bias_falls_and_variance_grows_with_k():
     assert all(a < b for a, b in zip(variances, variances[1:]))
 
 
+@formula("PG-8")
 def test_discounted_returns_plain_loop(device):
     rewards = torch.tensor([1.0, 2.0, 3.0, 4.0], device=device)
     dones = torch.tensor([0.0, 1.0, 0.0, 0.0], device=device)

@@ -13,53 +13,39 @@ from core.losses import score_function_surrogate, value_loss
 formula = pytest.mark.formula
 f64 = torch.float64
 
-GAMMA = 0.9
-P = torch.tensor([  # P[s, a, s']
-    [[0.7, 0.2, 0.1], [0.1, 0.6, 0.3]],
-    [[0.3, 0.4, 0.3], [0.0, 0.2, 0.8]],
-    [[0.5, 0.0, 0.5], [0.9, 0.1, 0.0]],
-], dtype=f64)
-R = torch.tensor([[1.0, 0.0], [0.0, 0.5], [-1.0, 2.0]], dtype=f64)
 START = torch.tensor([1.0, 0.0, 0.0], dtype=f64)
 THETA = torch.tensor([[0.2, -0.1], [0.0, 0.3], [0.5, -0.4]], dtype=f64)
 
 
-def exact_quantities(theta):
-    pi = F.softmax(theta, -1)
-    P_pi = torch.einsum("sa,sat->st", pi, P)
-    V = torch.linalg.solve(torch.eye(3, dtype=f64) - GAMMA * P_pi, (pi * R).sum(-1))
-    visitation = torch.linalg.solve((torch.eye(3, dtype=f64) - GAMMA * P_pi).T, START)  # Σ_t γ^t P(s_t = s)
-    return pi, V, visitation
-
-
-def expected_actor_gradient(theta, critic, visitation):
+def expected_actor_gradient(mdp, theta, critic, visitation):
     """Σ_s d(s) Σ_a π(a|s) Σ_s' P(s'|s,a) ∇log π(a|s) Â,  Â = r + γV(s′) − V(s) (td_residuals)."""
     logp = F.log_softmax(theta, -1)
     pi = logp.exp().detach()
     s, a, s_next = torch.meshgrid(torch.arange(3), torch.arange(2), torch.arange(3), indexing="ij")
     s, a, s_next = s.flatten(), a.flatten(), s_next.flatten()  # all 18 transitions
-    weight = visitation[s] * pi[s, a] * P[s, a, s_next]
-    advantage = td_residuals(R[s, a], critic[s], gamma=GAMMA, next_values=critic[s_next])
+    weight = visitation[s] * pi[s, a] * mdp.P[s, a, s_next]
+    advantage = td_residuals(mdp.R[s, a], critic[s], gamma=mdp.gamma, next_values=critic[s_next])
     (grad,) = torch.autograd.grad((weight * score_function_surrogate(logp[s, a], advantage)).sum(), theta)
     return grad
 
 
 @formula("AC-1")
-def test_actor_gradient_with_the_true_critic_is_the_policy_gradient():
+def test_actor_gradient_with_the_true_critic_is_the_policy_gradient(small_mdp):
     theta = THETA.clone().requires_grad_(True)
-    pi, V, visitation = exact_quantities(theta)
+    pi, _, V, _, visitation = small_mdp.solve(theta, START)
     (exact,) = torch.autograd.grad(START @ V, theta)
-    grad = expected_actor_gradient(theta, V.detach(), visitation.detach())
+    grad = expected_actor_gradient(small_mdp, theta, V.detach(), visitation.detach())
     torch.testing.assert_close(grad, exact, rtol=1e-9, atol=1e-12)
     # with a critic that is off by a state-dependent error the actor gradient is biased
     wrong = V.detach() + torch.tensor([1.0, -1.0, 0.5], dtype=f64)
-    assert float((expected_actor_gradient(theta, wrong, visitation.detach()) - exact).abs().max()) > 0.05
+    assert float((expected_actor_gradient(small_mdp, theta, wrong, visitation.detach()) - exact).abs().max()) > 0.05
 
 
 @formula("AC-1")
-def test_critic_regressed_to_one_step_targets_learns_v_and_the_actor_follows():
+def test_critic_regressed_to_one_step_targets_learns_v_and_the_actor_follows(small_mdp):
+    P, R, GAMMA = small_mdp.P, small_mdp.R, small_mdp.gamma
     theta = THETA.clone().requires_grad_(True)
-    pi, V_true, visitation = exact_quantities(theta)
+    pi, _, V_true, _, visitation = small_mdp.solve(theta, START)
     pi, V_true, visitation = pi.detach(), V_true.detach(), visitation.detach()
     # A fixed batch of transitions from the on-policy state distribution.
     g = torch.Generator().manual_seed(0)
@@ -86,10 +72,10 @@ def test_critic_regressed_to_one_step_targets_learns_v_and_the_actor_follows():
     torch.testing.assert_close(critic.detach(), empirical, atol=2e-3, rtol=0)
     # ... which is V^π up to the sampling error of 10000 transitions
     torch.testing.assert_close(critic.detach(), V_true, atol=0.3, rtol=0)
-    (exact,) = torch.autograd.grad(START @ exact_quantities(theta)[1], theta)
-    grad = expected_actor_gradient(theta, critic.detach(), visitation)
+    (exact,) = torch.autograd.grad(START @ small_mdp.solve(theta)[2], theta)
+    grad = expected_actor_gradient(small_mdp, theta, critic.detach(), visitation)
     assert float((grad - exact).abs().max()) < 0.05 * float(exact.abs().max())
     # the actor step improves J
     with torch.no_grad():
         improved = THETA + 0.1 * grad
-        assert float(START @ exact_quantities(improved)[1]) > float(START @ V_true)
+        assert float(START @ small_mdp.solve(improved)[2]) > float(START @ V_true)

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from core.advantages import discounted_returns, td_residuals
+from core.kl import kl_regularized_objective
 from core.losses import ratio_surrogate, score_function_surrogate, sequence_logprobs
 
 formula = pytest.mark.formula
@@ -45,41 +46,45 @@ def objective_by_loops(D, r, probs):
                for x in range(r.shape[0]))
 
 
+def project_objective(D, r, theta):
+    """J(θ) from core: the per-prompt expected reward of `kl_regularized_objective` at β = 0, averaged
+    over x ∼ D (the reference policy does not matter when β = 0)."""
+    per_prompt = kl_regularized_objective(theta, torch.zeros_like(theta), r, beta=0.0)
+    return (D * per_prompt).sum(), per_prompt
+
+
 @formula("PG-1")
 def test_objective_is_the_prompt_average_of_per_prompt_expectations(device):
     D, r, theta = toy_rlhf(device)
     probs = F.softmax(theta, -1).detach()
-    J = objective_by_loops(D, r, probs)
+    J, per_prompt = project_objective(D, r, theta.detach())
+    assert float(J) == pytest.approx(objective_by_loops(D, r, probs), rel=1e-12)
+    # erratum E1: D weighs prompts. A point mass on prompt x gives that prompt's expected reward.
+    for x in range(3):
+        point = F.one_hot(torch.tensor(x), 3).to(f64).to(device)
+        assert float(per_prompt[x]) == pytest.approx(objective_by_loops(point, r, probs), rel=1e-12)
     # Sampling x ∼ D, then y ∼ π(·|x), and averaging r estimates J: within 4 standard errors.
     g = torch.Generator().manual_seed(1)
     n = 200_000
     xs = torch.multinomial(D.cpu(), n, replacement=True, generator=g)
     ys = torch.multinomial(probs.cpu()[xs], 1, generator=g).squeeze(1)
     sampled = r.cpu()[xs, ys]
-    assert abs(float(sampled.mean()) - J) < 4 * float(sampled.std()) / math.sqrt(n)
-    # D weighs prompts: J is linear in D (a mixture of prompt sets averages their objectives), and a
-    # point mass on one prompt gives that prompt's expected reward. A divergence has neither property.
-    D2 = torch.tensor([0.0, 0.1, 0.9], dtype=f64, device=device)
-    mixed = objective_by_loops(0.3 * D + 0.7 * D2, r, probs)
-    assert mixed == pytest.approx(0.3 * J + 0.7 * objective_by_loops(D2, r, probs), rel=1e-12)
-    for x in range(3):
-        point = torch.nn.functional.one_hot(torch.tensor(x), 3).to(f64).to(device)
-        assert objective_by_loops(point, r, probs) == pytest.approx(float((probs[x] * r[x]).sum()), rel=1e-12)
+    assert abs(float(sampled.mean()) - float(J)) < 4 * float(sampled.std()) / math.sqrt(n)
 
 
 @formula("PG-1")
 def test_gradient_of_the_objective_is_the_prompt_average_of_policy_gradients(device):
     """Note 000: E_{x∼D}[∇E[r|x]] = ∇E_{x∼D}[E[r|x]]; the score function over (x, y) pairs estimates it."""
     D, r, theta = toy_rlhf(device)
-    (grad_J,) = torch.autograd.grad((D * (F.softmax(theta, -1) * r).sum(-1)).sum(), theta)
-    per_prompt = torch.stack([
-        torch.autograd.grad((F.softmax(theta, -1)[x] * r[x]).sum(), theta)[0] for x in range(3)
-    ])  # (x, 3, 4): ∇E[r|x] for each prompt
-    torch.testing.assert_close(grad_J, (D[:, None, None] * per_prompt).sum(0))
+    (grad_J,) = torch.autograd.grad(project_objective(D, r, theta)[0], theta)
+    # by hand: ∂/∂θ[x, y] of D(x) Σ_y' π(y'|x) r(x, y') = D(x) π(y|x) (r(x, y) − E[r|x])
+    probs = F.softmax(theta, -1).detach()
+    hand = D[:, None] * probs * (r - (probs * r).sum(-1, keepdim=True))
+    torch.testing.assert_close(grad_J, hand, rtol=1e-12, atol=1e-14)
     g = torch.Generator().manual_seed(2)
     n = 200_000
     xs = torch.multinomial(D.cpu(), n, replacement=True, generator=g).to(device)
-    ys = torch.multinomial(F.softmax(theta, -1).detach().cpu()[xs.cpu()], 1, generator=g).squeeze(1).to(device)
+    ys = torch.multinomial(probs.cpu()[xs.cpu()], 1, generator=g).squeeze(1).to(device)
     logp = F.log_softmax(theta, -1)[xs, ys]
     (estimate,) = torch.autograd.grad(score_function_surrogate(logp, r[xs, ys]).mean(), theta)
     assert float((estimate - grad_J).abs().max()) < 0.01  # MC error ≈ 0.5/√n ≈ 0.001 per entry
@@ -94,8 +99,8 @@ def test_gradient_of_the_objective_is_the_prompt_average_of_policy_gradients(dev
 def test_sampling_mean_approaches_the_exact_sum(device):
     _, r, theta = toy_rlhf(device)
     probs = F.softmax(theta, -1).detach()[0]
-    exact = sum(float(probs[y]) * float(r[0, y]) for y in range(4))  # Σ_y r(x,y) π(y|x)
-    assert exact == pytest.approx(float((r[0] * probs).sum()), rel=1e-12)
+    exact = float(kl_regularized_objective(theta[0].detach(), torch.zeros(4, dtype=f64, device=device), r[0], 0.0))
+    assert exact == pytest.approx(sum(float(probs[y]) * float(r[0, y]) for y in range(4)), rel=1e-12)
     g = torch.Generator().manual_seed(3)
     errors = []
     for n in (1_000, 16_000, 256_000):
@@ -109,6 +114,8 @@ def test_sampling_mean_approaches_the_exact_sum(device):
 
 @formula("PG-3")
 def test_log_derivative_trick_by_autograd_on_a_nonlinear_policy():
+    """∇π(y|x) (autograd through softmax) equals the gradient of the project's score-function
+    surrogate log π(y|x)·stopgrad(π(y|x)), which is π ∇log π."""
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 5)).double()
     x = torch.randn(3, dtype=f64)
@@ -116,9 +123,10 @@ def test_log_derivative_trick_by_autograd_on_a_nonlinear_policy():
     for y in range(5):
         pi_y = F.softmax(net(x), -1)[y]
         grad_pi = torch.autograd.grad(pi_y, params)  # ∇π(y|x)
-        grad_log = torch.autograd.grad(F.log_softmax(net(x), -1)[y], params)  # ∇log π(y|x)
-        for a, b in zip(grad_pi, grad_log):
-            torch.testing.assert_close(a, float(pi_y.detach()) * b, rtol=1e-10, atol=1e-12)
+        log_pi_y = F.log_softmax(net(x), -1)[y]
+        grad_trick = torch.autograd.grad(score_function_surrogate(log_pi_y, pi_y), params)  # π ∇log π
+        for a, b in zip(grad_pi, grad_trick):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
         assert any(float(a.abs().max()) > 1e-3 for a in grad_pi)  # not a trivially zero case
 
 
@@ -196,28 +204,13 @@ def test_a_baseline_keeps_the_gradient_and_lowers_the_variance(device):
 # PG-7: the policy gradient theorem on a small MDP
 # ----------------------------------------------------------------------------------------------
 
-GAMMA = 0.9
-P = torch.tensor([  # P[s, a, s']
-    [[0.7, 0.2, 0.1], [0.1, 0.6, 0.3]],
-    [[0.3, 0.4, 0.3], [0.0, 0.2, 0.8]],
-    [[0.5, 0.0, 0.5], [0.9, 0.1, 0.0]],
-], dtype=f64)
-R = torch.tensor([[1.0, 0.0], [0.0, 0.5], [-1.0, 2.0]], dtype=f64)
 START = torch.tensor([0.6, 0.4, 0.0], dtype=f64)
 
 
-def mdp_values(theta):
-    pi = F.softmax(theta, -1)
-    P_pi = torch.einsum("sa,sat->st", pi, P)
-    V = torch.linalg.solve(torch.eye(3, dtype=f64) - GAMMA * P_pi, (pi * R).sum(-1))
-    Q = R + GAMMA * torch.einsum("sat,t->sa", P, V)
-    return pi, P_pi, V, Q
-
-
 @formula("PG-7")
-def test_policy_gradient_theorem_on_a_small_mdp():
+def test_policy_gradient_theorem_on_a_small_mdp(small_mdp):
     theta = torch.tensor([[0.2, -0.1], [0.0, 0.3], [0.5, -0.4]], dtype=f64, requires_grad=True)
-    pi, P_pi, V, Q = mdp_values(theta)
+    pi, P_pi, V, Q, _ = small_mdp.solve(theta)
     J = START @ V  # J = E_{s₀}[V(s₀)]
     (exact,) = torch.autograd.grad(J, theta)
     pi, P_pi, V, Q = (t.detach() for t in (pi, P_pi, V, Q))
@@ -225,7 +218,7 @@ def test_policy_gradient_theorem_on_a_small_mdp():
     # discounted visitation d(s) = Σ_t γ^t P(s_t = s), by iterating the chain (not by a solve)
     visitation, occupancy = torch.zeros(3, dtype=f64), START.clone()
     for t in range(600):
-        visitation += GAMMA**t * occupancy
+        visitation += small_mdp.gamma**t * occupancy
         occupancy = occupancy @ P_pi
     logp = F.log_softmax(theta, -1)
     # ∇J = Σ_s d(s) Σ_a π(a|s) ∇log π(a|s) Q(s, a)

@@ -111,9 +111,9 @@ def test_controller_factory_and_validation():
     assert isinstance(make_kl_controller("fixed", 0.3), FixedKLController)
     assert make_kl_controller("fixed", 0.3).update(99.0, 1) == 0.3
     assert isinstance(make_kl_controller("adaptive", 1.0, 0.01), AdaptiveKLController)
-    with pytest.raises(ValueError, match="target_kl"):
+    with pytest.raises(ValueError, match="'adaptive' KL controller needs target"):
         make_kl_controller("adaptive", 1.0, None)
-    with pytest.raises(ValueError, match="target_kl must be > 0"):
+    with pytest.raises(ValueError, match="target must be > 0"):
         AdaptiveKLController(beta=1.0, target=0.0)
     with pytest.raises(ValueError, match="unknown KL controller"):
         make_kl_controller("pid", 1.0, 0.1)

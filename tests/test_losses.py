@@ -248,15 +248,47 @@ def test_masked_helpers_ignore_padding(device):
     assert white[0, 2] == 0 and white[1, 1] == 0
 
 
-def test_diagnostics(device):
+@formula("KL-2")
+def test_approx_kl_hand_cases(device):
+    # ρ = e: (e − 1) − 1;  ρ = 1: 0;  ρ = ½: (½ − 1) + log 2
+    new = torch.tensor([1.0, 0.0, -math.log(2.0)], dtype=torch.float64, device=device)
+    old = torch.zeros(3, dtype=torch.float64, device=device)
+    per_action = [math.e - 2.0, 0.0, math.log(2.0) - 0.5]
+    assert float(approx_kl(new, old)) == pytest.approx(sum(per_action) / 3, rel=1e-12)
+    mask = torch.tensor([1, 0, 1], device=device)  # padding is not counted
+    assert float(approx_kl(new, old, mask)) == pytest.approx((per_action[0] + per_action[2]) / 2, rel=1e-12)
+
+
+@formula("KL-2")
+def test_approx_kl_estimates_the_exact_kl_from_old_to_new():
+    """Actions drawn from π_old: approx_kl of their log-probs → KL[π_old‖π_θ], enumerated."""
+    old_logits = torch.tensor([0.5, -0.3, 1.2, 0.0, -1.0], dtype=torch.float64)
+    new_logits = torch.tensor([0.1, 0.4, 0.9, -0.6, -0.2], dtype=torch.float64)
+    p_old, p_new = F.softmax(old_logits, -1).tolist(), F.softmax(new_logits, -1).tolist()
+    forward = sum(q * math.log(q / p) for q, p in zip(p_old, p_new))  # KL[π_old‖π_θ]
+    reverse = sum(p * math.log(p / q) for q, p in zip(p_old, p_new))  # KL[π_θ‖π_old]
+    n = 400_000
+    actions = torch.multinomial(torch.tensor(p_old), n, replacement=True, generator=torch.Generator().manual_seed(0))
+    logp_old, logp_new = F.log_softmax(old_logits, -1)[actions], F.log_softmax(new_logits, -1)[actions]
+    got = float(approx_kl(logp_new, logp_old))
+    log_ratio = logp_new - logp_old
+    stderr = float((log_ratio.exp() - 1 - log_ratio).std()) / math.sqrt(n)
+    assert abs(got - forward) < 4 * stderr  # unbiased
+    assert abs(reverse - forward) > 50 * stderr  # and the direction is told apart at this n
+
+
+@formula("DA-1")
+def test_clip_fraction_and_explained_variance(device):
     old = torch.zeros(4, device=device)
     new = torch.log(torch.tensor([1.0, 1.1, 1.3, 0.7], device=device))
-    rho = new.exp()
-    assert float(approx_kl(new, old)) == pytest.approx(float((rho - 1 - rho.log()).mean()), rel=1e-5)
     assert float(clip_fraction(new, old, 0.2)) == pytest.approx(0.5)  # 1.3 and 0.7 lie outside [0.8, 1.2]
+    assert float(clip_fraction(new, old, 0.2, clip_high=0.35)) == pytest.approx(0.25)  # only 0.7 now
     targets = torch.tensor([1.0, 2.0, 3.0, 4.0], device=device)
     assert float(explained_variance(targets, targets)) == pytest.approx(1.0)
     assert float(explained_variance(torch.zeros(4, device=device) + 2.5, targets)) == pytest.approx(0.0, abs=1e-6)
+    # residuals [0.5, −0.5, 0.5, −0.5]: Var = 1/3 against Var[targets] = 5/3 → 1 − 1/5
+    predictions = targets + torch.tensor([-0.5, 0.5, -0.5, 0.5], device=device)
+    assert float(explained_variance(predictions, targets)) == pytest.approx(0.8, rel=1e-6)
 
 
 def test_bad_arguments(device):

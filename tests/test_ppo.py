@@ -161,6 +161,7 @@ def two_token_batch(policy, g, n=256, device="cpu"):
             "returns": (adv + ev.values) * mask, "mask": mask}
 
 
+@formula("AC-2")
 @pytest.mark.parametrize("reduction", ["seq_mean", "token_mean"])
 def test_ppo_solves_a_two_token_language_task_with_masks(reduction, device):
     torch.manual_seed(0)
@@ -263,3 +264,240 @@ def test_nan_from_the_model_stops_the_update(device):
         policy.logits[0, 0] = float("nan")
     with pytest.raises(FloatingPointError, match="PPO loss"):
         ppo_update(policy.evaluate, batch, torch.optim.Adam(policy.parameters()), PPOConfig(minibatch_size=32))
+
+
+# ----------------------------------------------------------------------------------------------
+# CL-4: the full loss and its gradient, against a hand-written loss in plain torch ops
+# ----------------------------------------------------------------------------------------------
+
+
+class LinearActorCritic(torch.nn.Module):
+    """logits = obs·W, V = obs·v: small enough that a hand loss can be written out in full."""
+
+    def __init__(self, n_features=3, n_actions=4, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.W = torch.nn.Parameter(torch.randn(n_features, n_actions, generator=g, dtype=torch.float64))
+        self.v = torch.nn.Parameter(torch.randn(n_features, generator=g, dtype=torch.float64))
+
+    def evaluate(self, mb):
+        return Evaluation(*hand_policy(self.W, self.v, mb["obs"], mb["actions"]))
+
+
+def hand_policy(W, v, obs, actions):
+    """log π(a|s), H[π(·|s)], V(s) with plain softmax arithmetic (no core function)."""
+    logits = obs @ W
+    logits = logits - logits.max(-1, keepdim=True).values
+    probs = logits.exp() / logits.exp().sum(-1, keepdim=True)
+    logp = probs.log().gather(-1, actions[..., None]).squeeze(-1)
+    entropy = -(probs * probs.log()).sum(-1)
+    return logp, entropy, obs @ v
+
+
+def hand_reduce(x, mask, mode):
+    if mask is None:
+        return x.mean()
+    if mode == "token_mean":
+        return (x * mask).sum() / mask.sum()
+    return ((x * mask).sum(-1) / mask.sum(-1)).mean()  # seq_mean
+
+
+def hand_ppo_loss(W, v, mb, cfg, beta=0.0, ent_sign=-1.0):
+    """CL-4 written out:  −reduce(min(ρÂ, clip(ρ, 1−ε, 1+ε_high)Â))
+                          + c₁·reduce(max((V − R)², (V_old + clip(V − V_old, ±ε_v) − R)²))   (no ½)
+                          − c₂·reduce(H)
+    plus β·k3(π_old, π_θ) for the penalty objectives and β_ref·reduce(k3(π_θ, π_ref))."""
+    logp, entropy, values = hand_policy(W, v, mb["obs"], mb["actions"])
+    mask = mb.get("mask")
+    m = torch.ones_like(logp) if mask is None else mask
+    adv = mb["advantages"]
+    if cfg.norm_adv:  # zero mean, unit (unbiased) std over this minibatch's real positions
+        mean = (adv * m).sum() / m.sum()
+        std = (((adv - mean) ** 2 * m).sum() / (m.sum() - 1)).sqrt()
+        adv = (adv - mean) / std * m
+    ratio = (logp - mb["logprobs"]).exp()
+    high = cfg.clip_coef if cfg.clip_coef_high is None else cfg.clip_coef_high
+    clipped = torch.where(ratio > 1 + high, 1 + high, torch.where(ratio < 1 - cfg.clip_coef, 1 - cfg.clip_coef, ratio))
+    if cfg.objective == "ratio":
+        objective = ratio * adv
+    elif cfg.objective == "kl_penalty":
+        objective = ratio * adv
+    else:
+        objective = torch.where(ratio * adv < clipped * adv, ratio * adv, clipped * adv)
+    if cfg.objective in ("kl_penalty", "clip+kl_penalty"):
+        objective = objective - beta * (ratio - 1 - (logp - mb["logprobs"]))
+    loss = -hand_reduce(objective, mask, cfg.loss_reduction)
+    if cfg.ref_kl_coef > 0:
+        log_r = mb["ref_logprobs"] - logp
+        loss = loss + cfg.ref_kl_coef * hand_reduce(log_r.exp() - 1 - log_r, mask, cfg.loss_reduction)
+    old_v, returns = mb["values"], mb["returns"]
+    v_clipped = old_v + torch.where(values - old_v > cfg.vf_clip_coef, cfg.vf_clip_coef,
+                                    torch.where(values - old_v < -cfg.vf_clip_coef, -cfg.vf_clip_coef, values - old_v))
+    squared = (values - returns) ** 2
+    if cfg.clip_vloss:
+        squared = torch.where(squared > (v_clipped - returns) ** 2, squared, (v_clipped - returns) ** 2)
+    loss = loss + cfg.vf_coef * hand_reduce(squared, mask, cfg.loss_reduction)
+    return loss + ent_sign * cfg.ent_coef * hand_reduce(entropy, mask, cfg.loss_reduction)
+
+
+def cl4_batch(n=24, shape=(), seed=17, with_mask=False):
+    """A batch collected by an older policy near the current `LinearActorCritic()`: ratios on every
+    side of the clip range, old values near enough that some value losses are clipped and some not."""
+    g = torch.Generator().manual_seed(seed)
+    current = LinearActorCritic()
+    W_old = current.W.detach() + 0.3 * torch.randn(3, 4, generator=g, dtype=torch.float64)
+    v_old = current.v.detach() + 0.1 * torch.randn(3, generator=g, dtype=torch.float64)
+    obs = torch.randn(n, *shape, 3, generator=g, dtype=torch.float64)
+    probs = torch.softmax(obs @ W_old, -1)
+    actions = torch.multinomial(probs.reshape(-1, 4), 1, generator=g).reshape(n, *shape)
+    logp, _, old_values = hand_policy(W_old, v_old, obs, actions)
+    batch = {"obs": obs, "actions": actions, "logprobs": logp, "values": old_values,
+             "advantages": 2.0 * torch.randn(n, *shape, generator=g, dtype=torch.float64) + 0.5,
+             "returns": old_values + torch.randn(n, *shape, generator=g, dtype=torch.float64),
+             "ref_logprobs": logp + 0.3 * torch.randn(n, *shape, generator=g, dtype=torch.float64)}
+    if with_mask:
+        lengths = torch.randint(1, shape[-1] + 1, (n,), generator=g)
+        batch["mask"] = (torch.arange(shape[-1])[None] < lengths[:, None]).to(torch.float64)
+    return batch
+
+
+CL4_CONFIGS = {
+    "clip": dict(),
+    "clip-high": dict(clip_coef_high=0.35),
+    "no-norm-adv": dict(norm_adv=False),
+    "no-value-clip": dict(clip_vloss=False),
+    "ratio": dict(objective="ratio"),
+    "kl_penalty": dict(objective="kl_penalty"),
+    "clip+kl_penalty": dict(objective="clip+kl_penalty"),
+    "ref-kl": dict(ref_kl_coef=0.3),
+}
+
+
+@formula("CL-4")
+@formula("CL-1")
+@formula("DA-1")
+@formula("TR-2")
+@formula("TR-3")
+@pytest.mark.parametrize("case", list(CL4_CONFIGS))
+def test_ppo_update_step_is_the_gradient_of_the_hand_loss(case):
+    """One epoch, one minibatch, SGD with lr = 1: the parameter change is minus the gradient of
+    the CL-4 loss written out by hand, with c₁ > 0 and c₂ > 0."""
+    batch = cl4_batch()
+    config = PPOConfig(minibatch_size=24, update_epochs=1, max_grad_norm=None, vf_coef=0.7, ent_coef=0.05,
+                       clip_coef=0.2, vf_clip_coef=0.1, **CL4_CONFIGS[case])
+    model = LinearActorCritic()
+    W0, v0 = model.W.detach().clone().requires_grad_(True), model.v.detach().clone().requires_grad_(True)
+    beta = 0.8 if "kl_penalty" in case else 0.0
+    controller = AdaptiveKLController(beta=beta, target=0.01) if beta else None
+
+    loss = hand_ppo_loss(W0, v0, batch, config, beta=beta)
+    gW, gv = torch.autograd.grad(loss, (W0, v0))
+    stats = ppo_update(model.evaluate, batch, torch.optim.SGD(model.parameters(), lr=1.0), config,
+                       kl_controller=controller, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(model.W.detach() - W0.detach(), -gW, rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(model.v.detach() - v0.detach(), -gv, rtol=1e-7, atol=1e-9)
+
+    # the batch exercises every branch: each side of the clip range with each sign of Â, the band
+    # (1 + ε, 1 + ε_high] that only clip-higher lets through, value losses clipped and not
+    with torch.no_grad():
+        logp, entropy, values = hand_policy(W0, v0, batch["obs"], batch["actions"])
+    ratio = (logp - batch["logprobs"]).exp()
+    adv = batch["advantages"] - batch["advantages"].mean()
+    for rows in (ratio > 1.35, ratio < 0.8):
+        assert (rows & (adv > 0)).any() and (rows & (adv < 0)).any()
+    assert ((ratio > 1.2) & (ratio < 1.35) & (adv > 0)).any() and ((ratio > 0.8) & (ratio < 1.2)).any()
+    moved = (values - batch["values"]).abs() > config.vf_clip_coef
+    assert moved.any() and not moved.all()
+    # the reported metrics are the hand quantities at the parameters before the step
+    assert stats["losses/entropy"] == pytest.approx(float(entropy.mean()), rel=1e-6)  # summed in float32
+    k3 = ratio - 1 - ratio.log()  # approx_kl: the k3 estimate of KL[π_old‖π_θ] before the step
+    assert stats["losses/approx_kl"] == pytest.approx(float(k3.mean()), rel=1e-6)
+    high = config.clip_coef_high or config.clip_coef
+    outside = ((ratio < 1 - config.clip_coef) | (ratio > 1 + high)).double().mean()
+    assert stats["losses/clipfrac"] == pytest.approx(float(outside), rel=1e-6)
+    if controller is not None:
+        # TR-3: after the update, d = mean k3 of KL[π_old‖π_θ] at the new parameters; β adapts to it
+        with torch.no_grad():
+            log_ratio = hand_policy(model.W, model.v, batch["obs"], batch["actions"])[0] - batch["logprobs"]
+        d = float((log_ratio.exp() - 1 - log_ratio).mean())
+        assert stats["ppo/kl_after_update"] == pytest.approx(d, rel=1e-6)
+        assert stats["charts/kl_coef"] == beta  # the β this update used
+        expected_beta = 2 * beta if d > 1.5 * 0.01 else beta / 2 if d < 0.01 / 1.5 else beta
+        assert controller.beta == pytest.approx(expected_beta)
+
+
+@formula("CL-4")
+def test_entropy_bonus_sign_is_pinned():
+    """With −c₂·H the step raises the entropy; the hand loss with +c₂·H gives another step."""
+    batch = cl4_batch(n=16, seed=4)
+    batch["advantages"] = torch.zeros_like(batch["advantages"])  # only the entropy moves the policy
+    config = PPOConfig(minibatch_size=16, update_epochs=1, max_grad_norm=None, vf_coef=0.5, ent_coef=0.1,
+                       norm_adv=False)
+    model = LinearActorCritic(seed=5)
+    W0 = model.W.detach().clone().requires_grad_(True)
+    v0 = model.v.detach().clone()
+    (g_minus,) = torch.autograd.grad(hand_ppo_loss(W0, v0, batch, config, ent_sign=-1.0), W0)
+    (g_plus,) = torch.autograd.grad(hand_ppo_loss(W0, v0, batch, config, ent_sign=+1.0), W0)
+    assert float((g_minus - g_plus).abs().max()) > 1e-2  # the two signs are far apart
+    before = hand_policy(W0.detach(), v0, batch["obs"], batch["actions"])[1].mean()
+    ppo_update(model.evaluate, batch, torch.optim.SGD(model.parameters(), lr=0.1), config)
+    torch.testing.assert_close(model.W.detach() - W0.detach(), -0.1 * g_minus, rtol=1e-7, atol=1e-9)
+    after = hand_policy(model.W.detach(), v0, batch["obs"], batch["actions"])[1].mean()
+    assert float(after) > float(before)  # the bonus is a bonus: entropy goes up
+
+
+@formula("CL-4")
+@formula("GR-2")
+@formula("DA-3")
+@pytest.mark.parametrize("reduction", ["token_mean", "seq_mean"])
+def test_ppo_update_on_masked_sequences_is_the_gradient_of_the_hand_loss(reduction):
+    """(B, T) replies with padding: the same hand loss reduced over real tokens only."""
+    batch = cl4_batch(n=8, shape=(5,), seed=2, with_mask=True)
+    assert 0 < float(batch["mask"].sum()) < batch["mask"].numel()
+    batch["advantages"] = batch["advantages"] * batch["mask"]
+    config = PPOConfig(minibatch_size=8, update_epochs=1, max_grad_norm=None, vf_coef=0.7, ent_coef=0.05,
+                       loss_reduction=reduction, ref_kl_coef=0.2)
+    model = LinearActorCritic()
+    W0, v0 = model.W.detach().clone().requires_grad_(True), model.v.detach().clone().requires_grad_(True)
+    gW, gv = torch.autograd.grad(hand_ppo_loss(W0, v0, batch, config), (W0, v0))
+    ppo_update(model.evaluate, batch, torch.optim.SGD(model.parameters(), lr=1.0), config)
+    torch.testing.assert_close(model.W.detach() - W0.detach(), -gW, rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(model.v.detach() - v0.detach(), -gv, rtol=1e-7, atol=1e-9)
+
+
+@formula("CL-4")
+def test_advantages_are_normalised_per_minibatch():
+    """Two minibatches, two SGD steps: each step's loss whitens Â over its own rows. The rows of
+    each minibatch are read from the update itself; the steps are replayed by hand."""
+    batch = cl4_batch(n=16, seed=3)
+    batch["row"] = torch.arange(16)
+    batch["advantages"][:8] += 3.0  # whitening per minibatch and per batch now differ
+    config = PPOConfig(minibatch_size=8, update_epochs=1, max_grad_norm=None, vf_coef=0.7, ent_coef=0.05)
+    model = LinearActorCritic()
+    seen = []
+
+    def evaluate(mb):
+        seen.append(mb["row"].clone())
+        return model.evaluate(mb)
+
+    W, v = model.W.detach().clone(), model.v.detach().clone()
+    ppo_update(evaluate, batch, torch.optim.SGD(model.parameters(), lr=1.0), config,
+               generator=torch.Generator().manual_seed(0))
+    assert len(seen) == 2 and sorted(torch.cat(seen).tolist()) == list(range(16))
+
+    def replay(normalise_over_batch):
+        W_, v_ = W.clone(), v.clone()
+        mean, std = batch["advantages"].mean(), batch["advantages"].std()
+        for rows in seen:
+            mb = {k: t[rows] for k, t in batch.items()}
+            hand_config = config
+            if normalise_over_batch:
+                mb["advantages"] = (mb["advantages"] - mean) / std
+                hand_config = PPOConfig(**{**config.__dict__, "norm_adv": False})
+            W_.requires_grad_(True), v_.requires_grad_(True)
+            gW, gv = torch.autograd.grad(hand_ppo_loss(W_, v_, mb, hand_config), (W_, v_))
+            W_, v_ = (W_ - gW).detach(), (v_ - gv).detach()
+        return W_
+
+    torch.testing.assert_close(model.W.detach(), replay(False), rtol=1e-7, atol=1e-9)
+    assert float((replay(True) - model.W.detach()).abs().max()) > 1e-3
