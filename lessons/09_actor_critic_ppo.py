@@ -376,16 +376,17 @@ class LiveMetrics:
         return False
 
 
-def episode_ends(agent, env_id, num_envs, steps, seed):
-    """Run the sampling policy like the training loop does; count terminations and truncations and
-    collect V(final obs) and V(reset obs) where a time limit cut an episode."""
+def episode_ends(agent, env_id, num_envs, steps, seed, greedy=False):
+    """Run the policy through the loop's vector env (sampling as in training, or greedily); count
+    terminations and truncations and collect V(final obs) and V(reset obs) where a time limit cut an
+    episode."""
     envs = make_vector_env(env_id, num_envs, CPU)
     obs = envs.reset(seed=seed)
     counts = {"terminated": 0, "truncated": 0}
     v_final, v_reset = [], []
     with torch.no_grad():
         for _ in range(steps):
-            actions, _, _ = agent.act(obs)
+            actions, _, _ = agent.act(obs, greedy=greedy)
             step = envs.step(actions)
             counts["terminated"] += int(step.terminated.sum())
             counts["truncated"] += int(step.truncated.sum())
@@ -520,9 +521,9 @@ lesson.step(
     "δ_t = r_t + γ(1 − terminated_t) V(s_{t+1}) − V(s_t)",
     "V(s_{t+1}) is V(step.final_obs): the state step t led to, also where the episode ended")
 rows, bootstrap = [], {}
-for game, env_id, agent, n, steps in (("CartPole-v1", "CartPole-v1", cartpole_run["agent"], 8, 1500),
-                                      ("Flappy Bird", "flappy", flappy_run["agent"], 64, 400)):
-    counts, v_final, v_reset = episode_ends(agent, env_id, n, steps, seed=lesson.seed + 20_000)
+for game, env_id, agent, n, steps, greedy in (("CartPole-v1", "CartPole-v1", cartpole_run["agent"], 8, 1500, True),
+                                              ("Flappy Bird", "flappy", flappy_run["agent"], 64, 400, False)):
+    counts, v_final, v_reset = episode_ends(agent, env_id, n, steps, seed=lesson.seed + 20_000, greedy=greedy)
     total = counts["terminated"] + counts["truncated"]
     bootstrap[game] = statistics.fmean(v_final) if v_final else 0.0
     rows.append([game, n * steps, total, counts["terminated"], counts["truncated"],
@@ -538,7 +539,8 @@ lesson.verdict("CartPole-v1 cuts episodes at 500 steps (truncations), and the st
                f"{0.5 / (1 - cartpole.gamma):.0f}")
 lesson.verdict("Flappy Bird's episodes end in crashes (terminations)", rows[1][3] > 0 and rows[1][4] == 0,
                f"{rows[1][3]} terminations, {rows[1][4]} truncations")
-print("    Rollouts of the trained policies, sampling as in training. CartPole-v1 cuts an episode at 500 steps:")
+print("    Rollouts of the trained policies: CartPole greedily (its best play, so that episodes reach the limit),")
+print("    Flappy Bird sampling as in training. CartPole-v1 cuts an episode at 500 steps:")
 print("    a truncation, not a failure, the pole is still up. The loop stores V(step.final_obs), the state the")
 print(f"    episode was cut in, as next_values, so δ keeps γ·V(s_T) ≈ {cartpole.gamma} × {v_cut:.1f} = "
       f"{cartpole.gamma * v_cut:.1f}.")

@@ -25,8 +25,8 @@ Every lesson accepts the same options:
 from __future__ import annotations
 
 import argparse
-import os
 import json
+import os
 import re
 import sys
 import textwrap
