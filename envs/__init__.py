@@ -12,14 +12,18 @@ Both are limited to 20,000 frames by `max_episode_steps` and have a batched vers
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gymnasium
 
 from .flappy_bird.rules import MAX_EPISODE_STEPS
 
-__all__ = ["FLAPPY_ID", "FLAPPY_PIXELS_ID"]
+__all__ = ["FLAPPY_ID", "FLAPPY_PIXELS_ID", "SHIPPED_AGENT"]
 
 FLAPPY_ID = "proximal/FlappyBird-v0"
 FLAPPY_PIXELS_ID = "proximal/FlappyBirdPixels-v0"
+# The trained Flappy Bird agent that ships with the package (`envs.checkpoints.load_agent(SHIPPED_AGENT)`).
+SHIPPED_AGENT = Path(__file__).resolve().parent / "agents" / "flappy_features.pt"
 
 for _id, _obs_type in ((FLAPPY_ID, "features"), (FLAPPY_PIXELS_ID, "pixels")):
     if _id not in gymnasium.registry:  # importing twice must not register twice

@@ -122,6 +122,19 @@ class ActorCritic(nn.Module):
         logprobs = F.log_softmax(logits, dim=-1).gather(-1, actions[:, None]).squeeze(-1)
         return actions, logprobs, values
 
+    def predict(self, obs, greedy: bool = True):
+        """The action for one observation or a batch, as gymnasium envs take it (the SB3-style call).
+
+        `obs`: a NumPy array or tensor, one observation `obs_shape` or a batch `(B, *obs_shape)`.
+        Returns an int for one observation, a NumPy array `(B,)` for a batch; `greedy=False`
+        samples from π(·|s) instead of taking its most likely action.
+        """
+        device = next(self.parameters()).device
+        obs = torch.as_tensor(obs, device=device)
+        single = obs.shape == self.obs_shape
+        actions = self.act(obs[None] if single else obs, greedy=greedy)[0].cpu()
+        return int(actions[0]) if single else actions.numpy()
+
     def evaluate(self, minibatch: dict[str, torch.Tensor]) -> Evaluation:
         """The `evaluate` callable of `core.ppo.ppo_update`: new log π, entropy and V of stored actions."""
         logits, values = self.forward(minibatch["obs"])

@@ -85,7 +85,12 @@ def _shown(path: Path) -> Path:
 
 
 def _in_notebook() -> bool:
-    return "ipykernel" in sys.modules
+    """True inside a Jupyter kernel (not merely when ipykernel was imported, as a notebook runner does)."""
+    if "IPython" not in sys.modules:
+        return False
+    from IPython import get_ipython
+
+    return type(get_ipython()).__name__ == "ZMQInteractiveShell"
 
 
 @dataclass(frozen=True)

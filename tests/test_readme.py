@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
+import importlib
+import os
 import re
+import shlex
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -17,7 +25,7 @@ def readme_block(name: str) -> list[str]:
 
 def test_readme_has_one_test_command_that_installs_lints_and_tests():
     (command,) = readme_block("test-command")
-    assert "pip install" in command and "-r requirements.txt" in command
+    assert "pip install" in command and "-e ." in command
     assert "ruff check" in command and "pytest" in command
 
 
@@ -40,4 +48,93 @@ def test_requirements_pin_torch_to_a_cpu_installable_range():
 
 def test_readme_main_command_installs_and_trains():
     (command,) = readme_block("main-command")
-    assert "-r requirements.txt" in command and command.endswith("-m envs.train")
+    assert "-e ." in command and command.endswith("-m envs.train")
+
+
+def code_blocks(language: str = "") -> list[str]:
+    """The README's fenced code blocks whose fence names `language` ("" for shell commands)."""
+    blocks, current, fence = [], None, None
+    for line in (ROOT / "README.md").read_text(encoding="utf-8").splitlines():
+        if line.startswith("```"):
+            if current is None:
+                current, fence = [], line[3:].strip()
+            else:
+                if fence == language:
+                    blocks.append("\n".join(current) + "\n")
+                current = None
+        elif current is not None:
+            current.append(line)
+    return blocks
+
+
+def python_snippets() -> list[str]:
+    return code_blocks("python")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("index", range(len(python_snippets())))
+def test_readme_python_snippets_run_as_printed(index, tmp_path):
+    """Each ```python block of the README, verbatim, in a fresh interpreter started outside the
+    checkout (the installed package is what it imports)."""
+    snippet = python_snippets()[index]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip(), "the snippet prints its result"
+
+
+def test_the_readme_has_python_snippets_for_the_agent_and_the_pipeline():
+    joined = "\n".join(python_snippets())
+    assert "load_agent(" in joined and "predict(" in joined and "evaluate_policy(" in joined
+    assert "run_pipeline(PipelineConfig(" in joined
+
+
+class _Parsed(Exception):
+    """Raised instead of running a command once its arguments have parsed."""
+
+
+def readme_commands() -> list[tuple[str, list[str]]]:
+    """(module, arguments) of every `python -m MODULE …` in the README's command blocks (also after `&&`)."""
+    commands = []
+    for block in code_blocks(""):
+        for line in block.splitlines():
+            line = re.split(r"\s#", line)[0].strip()
+            for part in line.split("&&"):
+                match = re.match(r"(?:\.venv/bin/)?python -m ([\w.]+)(.*)", part.strip())
+                if match and match.group(1) != "venv":
+                    commands.append((match.group(1), shlex.split(match.group(2).replace("<run>", "RUN"))))
+    return commands
+
+
+def test_readme_lists_commands():
+    modules = {module for module, _ in readme_commands()}
+    assert {"envs.train", "envs.evaluate", "lessons", "llm.pipeline"} <= modules
+
+
+@pytest.mark.parametrize("module,args", readme_commands(), ids=[" ".join([m, *a]) for m, a in readme_commands()])
+def test_every_readme_command_line_parses(module, args, monkeypatch):
+    """Every command line the README shows is accepted by its parser: each flag exists and each
+    value is allowed (the command is stopped right after parsing, so nothing runs)."""
+    original = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self, argv=None, namespace=None):
+        original(self, argv, namespace)
+        raise _Parsed
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    main = importlib.import_module(module if module != "lessons" else "lessons.__main__").main
+    with pytest.raises(_Parsed):
+        main(args)
+
+
+def test_a_command_runs_from_outside_the_checkout(tmp_path):
+    """`python -m envs.evaluate` from another folder: the installed package, not the working
+    directory, provides `envs` (pip install -e .)."""
+    result = subprocess.run([sys.executable, "-m", "envs.evaluate", "--checkpoint",
+                             str(ROOT / "envs" / "agents" / "flappy_features.pt"), "--episodes", "2", "--cap", "5",
+                             "--json"], cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "envs" not in os.listdir(tmp_path)
+    assert '"mean"' in result.stdout
