@@ -53,6 +53,7 @@ __all__ = [
     "mean_over_ranks",
     "sum_over_ranks",
     "any_rank",
+    "min_over_ranks",
     "broadcast_parameters",
     "broadcast_object",
     "gather_objects",
@@ -180,6 +181,15 @@ def any_rank(flag: bool) -> bool:
     value = torch.tensor([1.0 if flag else 0.0], device=_collective_device())
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
+
+
+def min_over_ranks(value: int) -> int:
+    """The smallest `value` of any rank, on every rank (e.g. the rows every rank can train on)."""
+    if not _active():
+        return value
+    tensor = torch.tensor([value], dtype=torch.int64, device=_collective_device())
+    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    return int(tensor.item())
 
 
 def broadcast_parameters(module: torch.nn.Module) -> None:
