@@ -177,27 +177,40 @@ GAME = ["-m", "envs.train", "--env", "flappy", "--num-envs", "4", "--num-steps",
         "--total-steps", "512", "--no-anneal-lr", "--checkpoint-every", "100", "--no-progress", "--device", "cpu"]
 
 
-def test_game_agent_under_torchrun_resumes_to_the_uninterrupted_weights(tmp_path):
-    # 512 steps over 2 ranks × 4 envs × 16 steps: 4 updates of 128 steps
-    _torchrun(*GAME, "--out", str(tmp_path / "full"))
-    full = tmp_path / "full"
-    assert sorted(p.name for p in full.iterdir()) == ["checkpoint.pt", "config.json", "learning_curve.png",
-                                                        "metrics.jsonl"]
-    records = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory) -> Path:
+    """An uninterrupted 2-rank run: 512 steps over 2 ranks × 4 envs × 16 steps, 4 updates of 128 steps."""
+    out = tmp_path_factory.mktemp("dist") / "full"
+    _torchrun(*GAME, "--out", str(out))
+    return out
+
+
+def test_game_agent_under_torchrun_writes_one_set_of_outputs(full_run):
+    names = {p.name for p in full_run.iterdir()}  # one set of outputs (the plot once an episode has ended)
+    assert {"checkpoint.pt", "config.json", "metrics.jsonl"} <= names <= {"checkpoint.pt", "config.json",
+                                                                          "metrics.jsonl", "learning_curve.png"}
+    records = [json.loads(line) for line in (full_run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [128, 256, 384, 512]  # one file: every rank's steps, logged once
-    saved = load_checkpoint(full / "checkpoint.pt")
+    saved = load_checkpoint(full_run / "checkpoint.pt")
     assert saved["meta"]["world_size"] == 2 and len(saved["state"]["other_ranks"]) == 1
     # the two ranks' games differ (own seeds), and both were saved
     assert not torch.equal(saved["state"]["obs"], saved["state"]["other_ranks"][0]["obs"])
+    assert "env" in saved["state"]["other_ranks"][0]
 
+
+def test_game_agent_under_torchrun_resumes_to_the_uninterrupted_weights(full_run, tmp_path):
     # stop after 2 updates (total_steps 256; a constant learning rate, so the schedule is the same), resume to 512
     _torchrun(*[a if a != "512" else "256" for a in GAME], "--out", str(tmp_path / "part"))
     _torchrun("-m", "envs.train", "--resume", str(tmp_path / "part"), "--total-steps", "512", "--no-progress")
+    saved = load_checkpoint(full_run / "checkpoint.pt")
     resumed = load_checkpoint(tmp_path / "part" / "checkpoint.pt")
     assert resumed["meta"]["global_step"] == 512
-    for name, tensor in saved["state"]["model"].items():
+    for name, tensor in saved["state"]["model"].items():  # rank 1's envs came back too, or its rollouts differ
         assert torch.equal(tensor, resumed["state"]["model"][name]), name
-    assert torch.equal(saved["state"]["other_ranks"][0]["obs"], resumed["state"]["other_ranks"][0]["obs"])
+    for own_saved, own_resumed in ((saved["state"], resumed["state"]),
+                                   (saved["state"]["other_ranks"][0], resumed["state"]["other_ranks"][0])):
+        assert torch.equal(own_saved["obs"], own_resumed["obs"])
+        assert torch.equal(own_saved["shuffle_rng"], own_resumed["shuffle_rng"])
 
 
 def test_game_checkpoint_of_two_ranks_refuses_one_process(tmp_path):
