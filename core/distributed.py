@@ -157,9 +157,9 @@ def sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
     """The sum of `tensor` over the ranks (a new tensor; `tensor` itself without torchrun)."""
     if not _active():
         return tensor
-    total = tensor.detach().clone()
+    total = tensor.detach().to(_collective_device(), copy=True)  # NCCL reduces CUDA tensors only
     dist.all_reduce(total, op=dist.ReduceOp.SUM)
-    return total
+    return total.to(tensor.device)
 
 
 def mean_over_ranks(stats: dict[str, float]) -> dict[str, float]:
