@@ -28,6 +28,7 @@ from typing import Literal, NamedTuple, get_args
 
 import torch
 
+from core import distributed
 from core.catalog import implements
 from core.checks import check_finite, check_positive, check_same_shape
 from core.config import check_choices
@@ -160,6 +161,12 @@ def ppo_update(
       with the measured KL[π_old‖π_θ] (TR-3/TR-4). Required for that objective.
     - `generator`: the random stream for shuffling (reproducible runs), on the CPU.
 
+    Under torchrun (`core.distributed`) each rank passes its own batch and generator: the
+    gradients are averaged over the ranks after each backward pass and before the grad-norm
+    clip, the early stop tests the rank-averaged KL, and the returned metrics (and the KL given
+    to the β controller) are means over the ranks, so every rank takes the same decisions.
+    Every rank needs the same number of minibatches.
+
     Returns floats under the fixed metric names (`core.metrics.METRICS`): losses/policy_loss,
     losses/value_loss, losses/entropy, losses/approx_kl, losses/clipfrac,
     losses/explained_variance, losses/ref_kl (when used), charts/kl_coef (β of the penalty on
@@ -258,6 +265,7 @@ def ppo_update(
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            distributed.average_gradients(params)  # under torchrun: the mean over ranks; a no-op alone
             if config.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
@@ -271,8 +279,11 @@ def ppo_update(
                                                 config.clip_coef_high, mb_mask)
             minibatches_run += 1
         epochs_run += 1
-        if config.target_kl is not None and float(epoch_kl) / max(n_minibatches, 1) > config.target_kl:
-            break  # early stopping (detail: the policy already moved as far as we allow)
+        if config.target_kl is not None:
+            # the KL averaged over ranks, so that every rank stops at the same epoch
+            mean_kl = distributed.mean_over_ranks({"kl": float(epoch_kl) / max(n_minibatches, 1)})["kl"]
+            if mean_kl > config.target_kl:
+                break  # early stopping (detail: the policy already moved as far as we allow)
 
     stats = {f"losses/{name}": float(total) / max(minibatches_run, 1) for name, total in totals.items()}
     if config.ref_kl_coef == 0:
@@ -282,11 +293,13 @@ def ppo_update(
     )
     stats["ppo/epochs"] = float(epochs_run)
     stats["ppo/minibatches"] = float(minibatches_run)
+    stats = distributed.mean_over_ranks(stats)  # under torchrun: the mean over ranks, the same on each
     if kl_controller is not None:
         stats["charts/kl_coef"] = beta
         if uses_penalty:
             # TR-3: measure d = E[KL[π_old‖π_θ]] once the update is done, then adapt β for the next.
-            stats["ppo/kl_after_update"] = _mean_kl_after_update(evaluate, batch, config.minibatch_size)
+            stats["ppo/kl_after_update"] = distributed.mean_over_ranks(
+                {"kl": _mean_kl_after_update(evaluate, batch, config.minibatch_size)})["kl"]
             kl_controller.update(stats["ppo/kl_after_update"], n_rows)
     return stats
 

@@ -19,6 +19,24 @@ configuration, also printed at the start), `metrics.jsonl` (names in `core/metri
 
 Defaults: the fields of `TrainConfig`; those that differ by env family (flappy, flappy-pixels,
 atari, classic) default to None and take the value of `PRESETS` in `resolve`.
+
+Several processes (`core.distributed`; CleanRL's `ppo_atari_multigpu.py` convention):
+
+    torchrun --standalone --nproc_per_node=2 -m envs.train   # OMP_NUM_THREADS=1 on a CPU
+
+Each of the N ranks steps its own `num_envs` envs for `num_steps` steps, so a rank's batch is
+num_envs·num_steps rows and the run's batch is N·num_envs·num_steps; each rank shuffles its own
+rows (seed + rank) into batch/minibatch_size minibatches of `minibatch_size` rows, and the
+gradients of the N minibatches are averaged before each step (an effective minibatch of
+N·minibatch_size). `total_steps` counts the steps of all ranks, so the run does
+total_steps / (N·num_envs·num_steps) updates and anneals the learning rate to 0 over those: the
+same schedule per update as one process, N times fewer updates of N times more data. Rank 0's
+weights are broadcast at the start; rank r seeds torch, NumPy and its shuffling with seed + r
+and its envs with seed + r·num_envs (no env seed shared between ranks). Episode statistics and
+losses are averaged over all ranks, and the early stop at `target_kl` tests the rank-averaged KL.
+Only rank 0 writes config.json, metrics.jsonl, the plot and checkpoint.pt; the checkpoint holds
+every rank's envs, observations and random streams (rank 0 gathers them), and `--resume` under
+torchrun with the same N gives each rank its own back.
 """
 
 from __future__ import annotations
@@ -38,14 +56,15 @@ from typing import Literal
 import numpy as np
 import torch
 
+from core import distributed
 from core.checkpoint import CheckpointError, load_checkpoint
 from core.config import add_arguments, check_choices, format_config, from_arguments, given_flags, save_config
-from core.device import resolve_device, seed_everything
+from core.device import seed_everything
 from core.kl import KLControllerKind, make_kl_controller
 from core.metrics import MetricsWriter, Tracker
 from core.ppo import Objective, PPOConfig, ppo_update
 from core.rollout import RolloutBuffer
-from envs.checkpoints import CHECKPOINT_KIND, restore_training_state, save_training_state
+from envs.checkpoints import CHECKPOINT_KIND, rank_state, restore_training_state, save_training_state
 from envs.networks import ActorCritic
 from envs.vector import make_vector_env, resolve_env_id
 
@@ -268,43 +287,52 @@ def train(
     done (benchmarks stop once the task is solved)."""
     config = resolve(config)
     ppo_config = config.ppo
-    device = resolve_device(config.device)
-    seed_everything(config.seed)
+    device = distributed.setup(config.device)  # under torchrun: join the group, this rank's GPU
+    world, main = distributed.world_size(), distributed.is_main()
+    config = replace(config, out=distributed.broadcast_object(config.out))  # rank 0's folder (its name holds a time)
+    seed_everything(distributed.rank_seed(config.seed))
+    env_seed = distributed.rank_seed(config.seed, config.num_envs)  # rank r's envs: no seed shared with another rank
     out = Path(config.out)
     check_run_folder(out, resuming=resume is not None, overwrite=config.overwrite)
-    save_config(config, out)
+    distributed.barrier()  # every rank has looked at the folder before rank 0 writes into it
+    if main:
+        save_config(config, out)
+    num_iterations = max(1, config.total_steps // (config.batch_size * world))  # total_steps counts every rank's
     envs = make_vector_env(config.env_id, config.num_envs, device)
     obs_shape = tuple(envs.single_observation_space.shape)
     agent = build_agent(config, obs_shape, int(envs.single_action_space.n)).to(device)
+    distributed.broadcast_parameters(agent)  # every rank starts from rank 0's weights
     if device.type == "cpu":
         torch.set_num_threads(config.cpu_threads or (1 if agent.arch != "cnn" else os.cpu_count() or 1))
     optimizer = torch.optim.Adam(agent.parameters(), lr=config.learning_rate, eps=1e-5)
     kl_controller = make_kl_controller(config.kl_controller, config.kl_coef, config.kl_controller_target) \
         if "kl_penalty" in config.objective else None
-    shuffle = torch.Generator().manual_seed(config.seed)
+    shuffle = torch.Generator().manual_seed(distributed.rank_seed(config.seed))
     obs_dtype = torch.from_numpy(np.zeros(0, dtype=envs.single_observation_space.dtype)).dtype
     rollout = RolloutBuffer.allocate(num_envs=config.num_envs, num_steps=config.num_steps, obs_shape=obs_shape,
                                      obs_dtype=obs_dtype, device=device)
 
     start_iteration, global_step = 0, 0
-    obs = envs.reset(seed=config.seed)
+    obs = envs.reset(seed=env_seed)
     if resume is not None:
         start_iteration, global_step, obs = restore_training_state(resume, agent, optimizer, kl_controller, shuffle,
-                                                                   envs, config.seed, device)
-    print(f"env {resolve_env_id(config.env_id)} · {config.num_envs} envs × {config.num_steps} steps = batch "
-          f"{config.batch_size} · {config.num_iterations} updates · {agent.arch} · {device}", file=sys.stderr)
+                                                                   envs, env_seed, device, distributed.rank(), world)
+    if main:
+        print(f"env {resolve_env_id(config.env_id)} · {config.num_envs} envs × {config.num_steps} steps = batch "
+              f"{config.batch_size}" + (f" per process × {world} processes" if world > 1 else "")
+              + f" · {num_iterations} updates · {agent.arch} · {device}", file=sys.stderr)
 
-    metrics = MetricsWriter(out / "metrics.jsonl", append=resume is not None, track=config.track)
-    progress = _progress_bar(config, start_iteration)
+    metrics = MetricsWriter(out / "metrics.jsonl", append=resume is not None, track=config.track) if main else None
+    progress = _progress_bar(config, start_iteration, num_iterations) if main else None
     finished = {name: torch.zeros((), device=device) for name in ("returns", "scores", "lengths", "count")}
     history: list[dict] = []
     started, steps_at_start = time.perf_counter(), global_step
     last_plot = started
     iteration = start_iteration
     with StopRequest() as stop:
-        for iteration in range(start_iteration, config.num_iterations):
+        for iteration in range(start_iteration, num_iterations):
             if config.anneal_lr:  # detail 4: linear decay to 0 over the whole run
-                optimizer.param_groups[0]["lr"] = config.learning_rate * (1.0 - iteration / config.num_iterations)
+                optimizer.param_groups[0]["lr"] = config.learning_rate * (1.0 - iteration / num_iterations)
 
             # 1. Collect N × T transitions with the current policy (no gradients, no host syncs).
             for t in range(config.num_steps):
@@ -320,7 +348,7 @@ def train(
                 finished["lengths"] += step.episode_length.sum()
                 finished["count"] += step.game_over.sum()
                 obs = step.obs
-            global_step += config.batch_size
+            global_step += config.batch_size * world
 
             # 2. Advantages by GAE(λ), bootstrapping from V(final obs) at a truncation and from
             # nothing at a termination, then K epochs of PPO on the N·T rows.
@@ -329,51 +357,57 @@ def train(
                                generator=shuffle)
 
             # 3. Log, plot, checkpoint.
-            count = float(finished["count"])
+            episodes = distributed.sum_over_ranks(torch.stack(list(finished.values())))  # every rank's episodes
+            ended = dict(zip(finished, episodes.tolist()))
+            count = ended["count"]
             if count > 0:
-                stats["charts/episodic_return"] = float(finished["returns"]) / count
-                stats["charts/score"] = float(finished["scores"]) / count
-                stats["charts/episodic_length"] = float(finished["lengths"]) / count
+                stats["charts/episodic_return"] = ended["returns"] / count
+                stats["charts/score"] = ended["scores"] / count
+                stats["charts/episodic_length"] = ended["lengths"] / count
                 stats["charts/episodes"] = count
                 for value in finished.values():
                     value.zero_()
             stats["charts/learning_rate"] = optimizer.param_groups[0]["lr"]
             stats["charts/sps"] = (global_step - steps_at_start) / (time.perf_counter() - started)
-            metrics.write(global_step, stats)
+            if metrics is not None:
+                metrics.write(global_step, stats)
             history.append({"step": global_step, **stats})
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(sps=f"{stats['charts/sps']:.0f}",
                                      ret=f"{stats.get('charts/episodic_return', float('nan')):.1f}",
                                      score=f"{stats.get('charts/score', float('nan')):.1f}")
-            if time.perf_counter() - last_plot > config.plot_every_seconds:
+            if main and time.perf_counter() - last_plot > config.plot_every_seconds:
                 plot_learning_curve(out / "metrics.jsonl", out / "learning_curve.png")
                 last_plot = time.perf_counter()
             done_iterations = iteration + 1
             asked_to_stop = stop_when is not None and stop_when(agent, global_step)
-            stopping = (asked_to_stop or stop.requested
-                        or (stop_after_iterations is not None
-                            and done_iterations - start_iteration >= stop_after_iterations))
-            if done_iterations % config.checkpoint_every == 0 or done_iterations == config.num_iterations or stopping:
-                save_training_state(out / "checkpoint.pt", config, agent, optimizer, kl_controller, shuffle, envs,
-                                    obs, done_iterations, global_step)
+            stopping = distributed.any_rank(  # all ranks stop together (a Ctrl-C may reach one first)
+                asked_to_stop or stop.requested
+                or (stop_after_iterations is not None and done_iterations - start_iteration >= stop_after_iterations))
+            if done_iterations % config.checkpoint_every == 0 or done_iterations == num_iterations or stopping:
+                others = distributed.gather_objects(rank_state(shuffle, envs, obs))  # each rank's envs, on rank 0
+                if main:
+                    save_training_state(out / "checkpoint.pt", config, agent, optimizer, kl_controller, shuffle, envs,
+                                        obs, done_iterations, global_step, other_ranks=others[1:])
             if stopping:
                 break
-    metrics.close()
-    if progress is not None:
-        progress.close()
-    plot_learning_curve(out / "metrics.jsonl", out / "learning_curve.png")
+    if main:
+        metrics.close()
+        if progress is not None:
+            progress.close()
+        plot_learning_curve(out / "metrics.jsonl", out / "learning_curve.png")
     envs.close()
     return {"global_step": global_step, "iterations": iteration + 1, "seconds": time.perf_counter() - started,
             "history": history, "agent": agent}
 
 
-def _progress_bar(config: TrainConfig, start: int):
+def _progress_bar(config: TrainConfig, start: int, total: int):
     if not config.progress:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=config.num_iterations, initial=start, unit="update", dynamic_ncols=True, file=sys.stderr)
+    return tqdm(total=total, initial=start, unit="update", dynamic_ncols=True, file=sys.stderr)
 
 
 def plot_learning_curve(metrics_path: Path, png_path: Path) -> None:
@@ -459,8 +493,15 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    print(format_config(config, title="resumed configuration" if resume else "configuration"), file=sys.stderr)
-    summary = train(config, resume=resume)
+    main_rank = os.environ.get("RANK", "0") == "0"  # torchrun's rank, before the group is joined
+    if main_rank:
+        print(format_config(config, title="resumed configuration" if resume else "configuration"), file=sys.stderr)
+    try:
+        summary = train(config, resume=resume)
+    finally:
+        distributed.cleanup()
+    if not main_rank:
+        return
     last = next((h for h in reversed(summary["history"]) if "charts/episodic_return" in h), {})
     print(f"done: {summary['global_step']} steps in {summary['seconds']:.0f} s; last return "
           f"{last.get('charts/episodic_return', math.nan):.1f}, score {last.get('charts/score', math.nan):.1f}; "

@@ -54,6 +54,15 @@ reduction), and `group/…` (over every sampled reply, kept or not):
 held-out accuracy every `group_eval_every` iterations, training reward and accuracy, the length
 of wrong replies, the shares of groups dropped and of replies truncated.
 
+Under torchrun (`core.distributed`) each rank owns group_prompts/N prompts of every batch and
+samples all G replies of each (a group never spans two ranks, so its baseline and std are its
+own), with its own prompt, sampling and shuffling streams (seed + 1000·r); `ppo_update` trains on
+minibatches of minibatch_size/N replies a rank with the gradients averaged over the ranks. With
+dynamic sampling a rank may keep fewer groups than another: every rank then trains on the
+smallest rank's number of replies, so all run the same number of minibatches. The logged figures
+are means over the ranks (the summary's shares are over every rank's groups); every rank
+evaluates the same held-out prompts.
+
 Sources: note 004 (PG to GRPO: GRPO's three parts; DAPO's four changes; Dr. GRPO's removal of the length
 and std terms and of the KL; "GRPO 是使用 KL3 训练的"); Shao et al. 2024; Yu et al. 2025; Liu et
 al. 2025; Schulman 2020, "Approximating KL Divergence".
@@ -81,12 +90,13 @@ import math
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from core import distributed
 from core.advantages import group_advantages, informative_groups, overlong_penalty
 from core.losses import masked_mean
 from core.ppo import PPOConfig, ppo_update
@@ -375,9 +385,13 @@ def train(
     optimizer = torch.optim.AdamW(policy.parameters(), lr=config.group_lr, weight_decay=0.0, betas=(0.9, 0.95),
                                   eps=1e-6)
     evaluate = make_evaluate(policy, None)  # values=None: no critic
-    prompt_rng = random.Random(config.seed + 5)
-    sample_gen = torch.Generator(device=device).manual_seed(config.seed + 6)
-    shuffle_gen = torch.Generator().manual_seed(config.seed + 7)
+    prompt_rng = random.Random(distributed.rank_seed(config.seed + 5, 1000))
+    sample_gen = torch.Generator(device=device).manual_seed(distributed.rank_seed(config.seed + 6, 1000))
+    shuffle_gen = torch.Generator().manual_seed(distributed.rank_seed(config.seed + 7, 1000))
+    # this rank's share of every batch: group_prompts/N whole groups, minibatches of minibatch_size/N replies
+    own = config if distributed.world_size() == 1 else replace(
+        config, group_prompts=distributed.share(config.group_prompts, "group_prompts"),
+        minibatch_size=distributed.share(config.minibatch_size, "minibatch_size"))
     eval_seed = config.seed + 100
 
     def held_out(temperature: float = 0.0) -> dict:  # the same prompts every time
@@ -393,7 +407,7 @@ def train(
         for group in optimizer.param_groups:
             group["lr"] = config.group_lr * min(1.0, (it + 1) / (config.group_warmup + 1))
         # 1. sample groups and score them (with DAPO's filter and overlong penalty)
-        gb = collect_groups(policy, task, tok, config, prompt_rng, device, sample_gen)
+        gb = collect_groups(policy, task, tok, own, prompt_rng, device, sample_gen)
         for key in totals:
             totals[key] += gb.sampled[key]
         gen = gb.gen
@@ -409,7 +423,8 @@ def train(
             "group/uniform_share": gb.sampled["uniform_groups"] / gb.sampled["groups"],
             "group/dropped_share": 1.0 - gb.sampled["kept_groups"] / gb.sampled["groups"],
         }
-        if gen.reply_ids.shape[0] > 0:
+        n_rows = distributed.min_over_ranks(gen.reply_ids.shape[0])  # the same minibatches on every rank
+        if n_rows > 0:
             # 2. log π_old (and π_ref) of the sampled tokens, then the PPO epochs of core.ppo
             with torch.no_grad():
                 logprobs, entropy = reply_logprobs(policy, gen.input_ids, gen.attention_mask, gen.reply_ids,
@@ -419,13 +434,15 @@ def train(
                     ref_logprobs, _ = reply_logprobs(ref, gen.input_ids, gen.attention_mask, gen.reply_ids,
                                                      name="reference model")  # (B, R)
             batch = build_batch(gen, gb.rewards, logprobs, ref_logprobs, config)
-            ppo_config = group_ppo_config(config, gen.reply_ids.shape[0], task.max_new_tokens, config.max_grad_norm)
+            batch = {key: tensor[:n_rows] for key, tensor in batch.items()}  # whole groups first
+            ppo_config = group_ppo_config(own, n_rows, task.max_new_tokens, config.max_grad_norm)
             stats = ppo_update(evaluate, batch, optimizer, ppo_config, generator=shuffle_gen)
             record.update({k: v for k, v in stats.items()
                            if k in ("losses/policy_loss", "losses/approx_kl", "losses/clipfrac", "losses/ref_kl")})
             record["losses/entropy"] = float(masked_mean(entropy, gen.reply_mask))
             if ref_logprobs is not None:
                 record["rlhf/ref_kl"] = float(((logprobs - ref_logprobs) * gen.reply_mask).sum(dim=1).mean())
+        record = distributed.mean_over_ranks(record)
         if not all(math.isfinite(v) for k, v in record.items() if k != "group/wrong_length"):
             raise FloatingPointError(f"non-finite {config.algo} statistics at iteration {it}: {record}")
         history.append({"step": it, **record})
@@ -434,6 +451,8 @@ def train(
         bar.set_postfix(reward=f"{record['group/train_reward']:.2f}", acc=f"{record.get('group/accuracy', 0):.2f}")
 
     policy.eval()
+    totals = dict(zip(totals, distributed.sum_over_ranks(torch.tensor(list(totals.values()))).tolist()))
+    totals["rounds"] /= distributed.world_size()  # rounds per rank; the group counts are over every rank
     after, after_sampled = held_out(), held_out(1.0)
     final = {"group/accuracy": after["accuracy"]}  # after the last update: one more point on the curve
     history.append({"step": config.group_iterations, **final})

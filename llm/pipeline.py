@@ -22,6 +22,12 @@ documented in `METRIC_DOCS`), `ppo.png` (proxy score, gold reward, KL and β ove
 shows the untagged run for comparison; another method's are `ALGO[-T].pt`, `config-ALGO[-T].json`,
 `metrics-ALGO[-T].jsonl`, `ALGO[-T].png`. The last line printed is one JSON object with the
 headline numbers.
+
+Several processes: `torchrun --standalone --nproc_per_node=2 -m llm.pipeline` runs every stage
+data-parallel (`core.distributed`): the batch sizes stay those of the run (each rank takes its
+share: `sft_batch_size`, `rm_batch_size`, `pref_batch_size`, `rollout_batch_size`,
+`group_prompts` and `minibatch_size` must be multiples of N), the gradients are averaged over
+the ranks, and only rank 0 writes config.json, the metrics, the checkpoints, plots and reports.
 """
 
 from __future__ import annotations
@@ -29,16 +35,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from core import distributed
 from core.checkpoint import CheckpointError, load_checkpoint
 from core.checks import NonFiniteError
 from core.config import add_arguments, config_to_dict, format_config, from_arguments, given_flags, save_config
-from core.device import resolve_device, seed_everything
+from core.device import seed_everything
 from core.metrics import MetricsWriter
 from llm import group, preference, reward_model, rlhf, sft
 from llm.checkpoints import STAGE_KINDS, load_stage, save_stage
@@ -140,12 +148,14 @@ def run_pipeline(config: PipelineConfig, given: set[str] = frozenset()) -> dict:
     config = resolve(config)
     tok = CharTokenizer()
     task = get_task(config.task)
-    device = resolve_device(config.device)
+    device = distributed.setup(config.device)  # under torchrun: join the group, this rank's GPU
+    main = distributed.is_main()  # only rank 0 writes files and shows progress
     out = Path(config.out or f"runs/llm-{config.task}")
     out.mkdir(parents=True, exist_ok=True)
-    seed_everything(config.seed)
-    _print_start(config, out, device, tok)
-    save_config(config, out, config_file(config))
+    seed_everything(config.seed)  # the same on every rank: same weights; each stage seeds its own streams
+    if main:
+        _print_start(config, out, device, tok)
+        save_config(config, out, config_file(config))
     expected = model_config(config, tok)
     all_stages = stages_of(config.algo)
     requested = all_stages if config.stage == "all" else [config.stage]
@@ -172,7 +182,7 @@ def run_pipeline(config: PipelineConfig, given: set[str] = frozenset()) -> dict:
         extra_names=tuple(METRIC_DOCS),
         append=config.resume or (config.stage != "all" and not tagged),
         track=config.track,
-    )
+    ) if main else None
     summary: dict = {
         "task": config.task,
         "algo": config.algo,
@@ -212,28 +222,33 @@ def run_pipeline(config: PipelineConfig, given: set[str] = frozenset()) -> dict:
             stage_writer = (
                 MetricsWriter(out / f"metrics-{stage}{tag_suffix(config.tag)}.jsonl", extra_names=tuple(METRIC_DOCS),
                               append=config.resume, track=config.track)
-                if own_file else writer
+                if own_file and main else writer
             )
             try:
                 trained, stage_summary = STAGES[stage].train(
-                    config, task, tok, *inputs, device, out=out, progress=config.progress, log=stage_writer.write
+                    config, task, tok, *inputs, device, out=out if main else None,
+                    progress=config.progress and main, log=stage_writer.write if main else None,
                 )
             finally:
-                if own_file:
+                if own_file and main:
                     stage_writer.close()
             stats = {k: v for k, v in stage_summary.items() if k != "history"}
-            save_stage(paths[stage], STAGE_KINDS[stage], trained, tok,
-                       {"task": config.task, "config": config_to_dict(config), "seconds": stats["seconds"],
-                        "stats": stats})
+            if main:
+                save_stage(paths[stage], STAGE_KINDS[stage], trained, tok,
+                           {"task": config.task, "config": config_to_dict(config), "seconds": stats["seconds"],
+                            "stats": stats})
+            distributed.barrier()  # the checkpoint is on disk before any rank goes on
             models[stage] = trained
             summary["seconds"][stage] = stats["seconds"]
             if stage == "rm":
                 summary["rm_gold_agreement"] = stats["gold_agreement"]
             elif stage == config.algo:
                 summary.update({k: v for k, v in stats.items() if k != "seconds"})
-            print(f"[llm.pipeline] {stage}: {stats['seconds']:.0f}s → {paths[stage]}", file=sys.stderr)
+            if main:
+                print(f"[llm.pipeline] {stage}: {stats['seconds']:.0f}s → {paths[stage]}", file=sys.stderr)
     except KeyboardInterrupt:
-        writer.close()
+        if writer is not None:
+            writer.close()
         kept = [str(p) for p in paths.values() if p.is_file()]
         print(
             f"\n[llm.pipeline] interrupted during stage {current!r}; checkpoints intact: "
@@ -241,7 +256,8 @@ def run_pipeline(config: PipelineConfig, given: set[str] = frozenset()) -> dict:
             file=sys.stderr,
         )
         raise
-    writer.close()
+    if writer is not None:
+        writer.close()
     return summary
 
 
@@ -285,6 +301,10 @@ def main(argv: list[str] | None = None) -> dict:
     except (CheckpointError, NonFiniteError, FloatingPointError) as exc:
         print(f"llm.pipeline: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    finally:
+        distributed.cleanup()
+    if os.environ.get("RANK", "0") != "0":
+        return summary  # rank 0 alone prints the summary
     print(f"[llm.pipeline] total {time.perf_counter() - start:.0f}s", file=sys.stderr)
     print(json.dumps(summary))
     return summary

@@ -67,6 +67,12 @@ Deviations from the papers, and why:
   1e-6 on models of billions of parameters). On these off-policy pairs a smaller β or a larger
   learning rate moved the policy into misspelt replies, which the gold reward calls
   ungrammatical (llm/README.md has the runs).
+
+Under torchrun (`core.distributed`) each batch of `pref_batch_size` rows is split over the N
+ranks (rank r takes rows r, r + N, …) and the gradients are averaged before the clip: the losses
+are means over rows, so the step is the one of the whole batch. KTO's z₀ is the rank-averaged
+mean log-ratio, clamped (each rank's mismatched pairs are drawn within its own share). Every rank
+evaluates the same prompts and held-out pairs; only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -80,6 +86,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from core import distributed
 from core.checks import check_finite
 from core.losses import sequence_logprobs
 from core.preference import dpo_loss, ipo_loss, kto_loss, kto_reference_point
@@ -269,6 +276,10 @@ def train(
     random.Random(config.seed + 31).shuffle(rows)
     n_batches = min(config.pref_steps, len(rows) // B)
     rows = rows[: n_batches * B]
+    if distributed.world_size() > 1:  # this rank's share of every batch: rows r, r + N, … of it
+        rank, world = distributed.rank(), distributed.world_size()
+        B = distributed.share(B, "pref_batch_size")
+        rows = [rows[k * B * world + j] for k in range(n_batches) for j in range(rank, B * world, world)]
     prompts = [r[0] for r in rows]
     # reference log-probs, once: π_ref never changes
     if algo == "kto":
@@ -325,6 +336,9 @@ def train(
             with torch.no_grad():  # z₀ carries no gradient, so its forward pass needs none
                 policy_mismatched = sequence_logps(policy, tok, prompts[batch], mismatched[batch], device)  # (B,)
             z0 = kto_reference_point(policy_mismatched, ref_mismatched[batch])
+            if distributed.world_size() > 1:  # z₀ over every rank's mismatched pairs: mean, then clamp
+                local = float((policy_mismatched - ref_mismatched[batch]).mean())
+                z0 = torch.tensor(max(0.0, distributed.mean_over_ranks({"z": local})["z"]), device=z0.device)
             good = desirable[batch]  # (B,)
             losses = kto_loss(
                 policy_logps,
@@ -352,19 +366,20 @@ def train(
         check_finite(**{f"{algo} loss": loss})
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients(policy.parameters())  # under torchrun: the mean over ranks
         torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
         optimizer.step()
         margin = float(chosen_ratio.mean() - rejected_ratio.mean())
         record(
             step,
-            {
+            distributed.mean_over_ranks({
                 "pref/loss": loss.item(),
                 "pref/margin": margin,
                 "pref/chosen_reward": coef * float(chosen_ratio.mean()),
                 "pref/rejected_reward": coef * float(rejected_ratio.mean()),
                 "charts/learning_rate": lr,
                 **extra,
-            },
+            }),
         )
         if (step + 1) % config.pref_eval_every == 0 or step + 1 == config.pref_steps:
             last = run_evaluation(step + 1)

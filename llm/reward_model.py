@@ -9,6 +9,11 @@ attended to the whole prompt and reply.
 The annotator's labels are noisy (Bradley–Terry sampling on the hidden gold reward), so the
 reward model is judged against the *gold ranking* on held-out pairs whose gold rewards differ,
 not against the labels.
+
+Under torchrun (`core.distributed`) every rank draws the same batch of `rm_batch_size` pairs and
+trains on its share, pairs r, r + N, …; the gradients are averaged before the clip (the
+Bradley–Terry loss is a mean over pairs, so this is the gradient of the whole batch). Every rank
+evaluates the same held-out pairs.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import time
 import torch
 from tqdm import tqdm
 
+from core import distributed
 from core.checks import check_finite
 from core.losses import bradley_terry_loss
 from llm.config import RMArgs
@@ -150,6 +156,8 @@ def train(
         split="test",
     )
     rng = random.Random(config.seed + 3)
+    rank, world = distributed.rank(), distributed.world_size()
+    distributed.share(config.rm_batch_size, "rm_batch_size")
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.rm_lr, weight_decay=0.01, betas=(0.9, 0.95)
     )
@@ -157,7 +165,7 @@ def train(
     history = []
     bar = tqdm(range(config.rm_steps), desc="reward model", disable=not progress, leave=False)
     for step in bar:
-        batch = [train_pairs[rng.randrange(len(train_pairs))] for _ in range(config.rm_batch_size)]
+        batch = [train_pairs[rng.randrange(len(train_pairs))] for _ in range(config.rm_batch_size)][rank::world]
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, config.rm_steps, config.rm_lr)
         chosen, rejected = pair_scores(model, tok, batch, device)
@@ -165,12 +173,13 @@ def train(
         check_finite(**{"reward-model loss": loss})
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients(model.parameters())  # under torchrun: the mean over ranks
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         accuracy = (chosen > rejected).float().mean().item()
         bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{accuracy:.2f}")
         if step % 10 == 0 or step == config.rm_steps - 1:
-            record = {"rm/loss": loss.item(), "rm/accuracy": accuracy}
+            record = distributed.mean_over_ranks({"rm/loss": loss.item(), "rm/accuracy": accuracy})
             history.append({"step": step, **record})
             if log is not None:
                 log(step, record)

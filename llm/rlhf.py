@@ -19,6 +19,13 @@ in all of them.
 Deviations from InstructGPT/TRL: models trained from scratch; one optimiser over policy and
 value (two parameter groups, one global gradient clip); β adapted once per rollout by the
 PPO paper's doubling rule by default (TRL's default is the proportional rule, also available).
+
+Under torchrun (`core.distributed`) the rollout batch is split over the N ranks: every rank
+draws the same `rollout_batch_size` prompts and samples replies for its share (prompts r, r + N,
+…) with its own sampling and shuffling streams (seed + 1000·r), and `ppo_update` trains on
+minibatches of minibatch_size/N replies a rank with the gradients averaged over the ranks, so the
+batch and minibatch sizes are those of one process. The logged figures are means over the ranks,
+and β follows the rank-averaged KL. Every rank evaluates the same prompts before and after.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from core import distributed
 from core.advantages import gae
 from core.catalog import implements
 from core.checks import check_finite
@@ -338,8 +346,8 @@ def train(
         clip_coef=config.clip_coef,
         clip_coef_high=config.clip_coef_high,
         update_epochs=config.update_epochs,
-        minibatch_size=config.minibatch_size,
-        batch_size=config.rollout_batch_size,
+        minibatch_size=distributed.share(config.minibatch_size, "minibatch_size"),  # this rank's share
+        batch_size=distributed.share(config.rollout_batch_size, "rollout_batch_size"),
         norm_adv=True,
         clip_vloss=True,
         vf_clip_coef=config.vf_clip_coef,
@@ -363,8 +371,9 @@ def train(
     )
     target = config.ref_kl_controller_target
     prompt_rng = random.Random(config.seed + 5)
-    sample_gen = torch.Generator(device=device).manual_seed(config.seed + 6)
-    shuffle_gen = torch.Generator().manual_seed(config.seed + 7)
+    sample_gen = torch.Generator(device=device).manual_seed(distributed.rank_seed(config.seed + 6, 1000))
+    shuffle_gen = torch.Generator().manual_seed(distributed.rank_seed(config.seed + 7, 1000))
+    rank, world = distributed.rank(), distributed.world_size()
 
     history = []
     adapting, since_update = False, 0
@@ -372,7 +381,7 @@ def train(
     for it in bar:
         beta = float(controller.beta)
         # 1–2. sample and score
-        prompts = [task.sample_prompt(prompt_rng) for _ in range(config.rollout_batch_size)]
+        prompts = [task.sample_prompt(prompt_rng) for _ in range(config.rollout_batch_size)][rank::world]
         ro = collect_rollout(
             policy, ref, value_model, score_fn, task, tok, prompts, device, sample_gen
         )
@@ -408,8 +417,18 @@ def train(
         stats = ppo_update(
             make_evaluate(policy, value_model), batch, optimizer, ppo_config, generator=shuffle_gen
         )
-        # 5. β from the measured KL: the mean over replies of Σ_t (log π_θ − log π_ref)
-        seq_kl = float(((ro.logprobs - ro.ref_logprobs) * mask).sum(dim=1).mean())
+        # 5. β from the measured KL: the mean over replies of Σ_t (log π_θ − log π_ref), over every rank's
+        record = distributed.mean_over_ranks({
+            "rlhf/score": float(ro.scores.mean()),
+            "rlhf/gold_reward": float(ro.gold.mean()),
+            "rlhf/ref_kl": float(((ro.logprobs - ro.ref_logprobs) * mask).sum(dim=1).mean()),
+            "rlhf/response_length": float(mask.sum(dim=1).mean()),
+            "rlhf/eos_rate": float(ro.gen.ended.float().mean()),
+            "rlhf/shaped_return": float((rewards * mask).sum(dim=1).mean()),
+            "charts/ref_kl_coef": beta,
+            **{k: v for k, v in stats.items() if k.startswith("losses/")},
+        })
+        seq_kl = record["rlhf/ref_kl"]
         if (target and seq_kl >= target / 1.5) or it + 1 >= config.ref_kl_warmup:
             adapting = True  # the policy has moved: from now on β follows the controller
         if adapting:
@@ -417,16 +436,6 @@ def train(
             if since_update >= config.ref_kl_update_every:
                 controller.update(seq_kl, config.rollout_batch_size * since_update)
                 since_update = 0
-        record = {
-            "rlhf/score": float(ro.scores.mean()),
-            "rlhf/gold_reward": float(ro.gold.mean()),
-            "rlhf/ref_kl": seq_kl,
-            "rlhf/response_length": float(mask.sum(dim=1).mean()),
-            "rlhf/eos_rate": float(ro.gen.ended.float().mean()),
-            "rlhf/shaped_return": float((rewards * mask).sum(dim=1).mean()),
-            "charts/ref_kl_coef": beta,
-            **{k: v for k, v in stats.items() if k.startswith("losses/")},
-        }
         if not all(math.isfinite(v) for k, v in record.items() if k != "losses/explained_variance"):
             raise FloatingPointError(f"non-finite PPO statistics at iteration {it}: {record}")
         history.append({"step": it, **record})

@@ -7,6 +7,10 @@ policy of RL, the frozen reference π_ref, and the initial weights of the reward
 
 Deviations from common recipes: training from scratch instead of fine-tuning a pretrained
 model, and a demonstrator that is a grammar rather than people.
+
+Under torchrun (`core.distributed`) every rank draws the same batch of `sft_batch_size`
+demonstrations and trains on its share, rows r, r + N, …; the gradients are averaged before the
+clip, so the run sees the batches one process would (each rank's loss is its share's token mean).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from core import distributed
 from core.checks import check_finite
 from llm.config import SFTArgs, model_config, resolve
 from llm.model import GPT
@@ -72,6 +77,9 @@ def train(
     config = resolve(config)
     torch.manual_seed(config.seed)
     model = GPT(model_config(config, tok)).to(device)
+    distributed.broadcast_parameters(model)  # the same seed gives the same weights; this makes sure
+    rank, world = distributed.rank(), distributed.world_size()
+    distributed.share(config.sft_batch_size, "sft_batch_size")
     data = sft_examples(task, config.sft_examples, seed=config.seed)
     rng = random.Random(config.seed + 1)
     optimizer = torch.optim.AdamW(
@@ -83,7 +91,7 @@ def train(
     running = None
     history = []
     for step in bar:
-        batch = [data[rng.randrange(len(data))] for _ in range(config.sft_batch_size)]
+        batch = [data[rng.randrange(len(data))] for _ in range(config.sft_batch_size)][rank::world]  # this rank's
         ids, reply_mask, _ = pad_sequences(
             tok, [p for p, _ in batch], [r for _, r in batch], model.config.block_size, device
         )
@@ -93,14 +101,16 @@ def train(
         check_finite(**{"SFT loss": loss})
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients(model.parameters())  # under torchrun: the mean over ranks
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         running = loss.item() if running is None else 0.9 * running + 0.1 * loss.item()
         bar.set_postfix(loss=f"{running:.3f}")
         if step % 10 == 0 or step == config.sft_steps - 1:
-            history.append({"step": step, "sft/loss": loss.item()})
+            logged = distributed.mean_over_ranks({"sft/loss": loss.item()})
+            history.append({"step": step, **logged})
             if log is not None:
-                log(step, {"sft/loss": loss.item()})
+                log(step, logged)
     model.eval()
     seconds = time.perf_counter() - start
     print(f"[llm.sft] loss {running:.3f} after {config.sft_steps} steps, in {seconds:.0f}s", file=sys.stderr)
