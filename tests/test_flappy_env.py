@@ -245,7 +245,6 @@ def test_pixel_observation_is_the_frame():
 
 
 def test_make_flappy_pixels_standard_preprocessing():
-    pytest.importorskip("cv2", reason="gymnasium's ResizeObservation needs OpenCV")
     from envs.flappy_bird import make_flappy_pixels
 
     env = make_flappy_pixels()
