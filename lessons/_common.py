@@ -39,6 +39,7 @@ import matplotlib.pyplot as plt  # the backend is matplotlib's choice (inline in
 import torch
 
 from core.catalog import ERRATA, FORMULAS
+from core.catalog import NOTES as CATALOG_NOTES
 from core.device import seed_everything
 
 __all__ = ["Lesson", "Verdict", "NOTES", "VERDICTS_FILE", "table", "say", "fmt", "plt", "ROOT"]
@@ -50,14 +51,8 @@ DEFAULT_OUT = Path(os.environ.get("PROXIMAL_LESSONS_OUT", ROOT / "runs" / "lesso
 WIDTH = 92
 VERDICTS_FILE = "verdicts.json"  # written by Lesson.done() into OUT/<lesson>/
 
-# The five notes (FORMULAS.md calls them by number); lessons cite them by file name.
-NOTES = {
-    "000": "000_8217fa03f8526d4c.txt",
-    "001": "001_883a2028b23f6fee.txt",
-    "002": "002_c297ee72da052b00.txt",
-    "003": "003_0b6419f90971e6ff.txt",
-    "004": "004_27c6b9375ccb306e.txt",
-}
+# The five notes by number → file name, from the catalog (lessons cite them by file name).
+NOTES = {number: note.file for number, note in CATALOG_NOTES.items()}
 
 _ERRATUM = re.compile(r"\((\d{3})\)[^']*'([^']+)'[^:]*:\s*(.+)")
 
@@ -215,7 +210,7 @@ class Lesson:
             note, quote, verdict = "", ERRATA[erratum], ""
         else:
             note, quote, verdict = match.groups()
-        source = NOTES.get(note, note)
+        source = f"note {note} ({CATALOG_NOTES[note].short})" if note in CATALOG_NOTES else note
         inner = WIDTH - 4
         print()
         print(f"  ┌─ Check the note · {erratum} · {source} ".ljust(WIDTH - 1, "─") + "┐")
