@@ -1,9 +1,9 @@
 """Evaluate a trained agent: greedy actions on held-out seeds, score statistics, watching.
 
-    python -m envs.evaluate --checkpoint runs/flappy/checkpoint.pt
+    python -m envs.evaluate --checkpoint runs/<run>/checkpoint.pt
     python -m envs.evaluate --checkpoint envs/agents/flappy_features.pt --episodes 100 --cap 500 --json
     python -m envs.evaluate --checkpoint envs/agents/flappy_features.pt --render human
-    python -m envs.evaluate --checkpoint runs/flappy/checkpoint.pt --video runs/flappy/episode.mp4
+    python -m envs.evaluate --checkpoint runs/<run>/checkpoint.pt --video episode.mp4
 
 Every episode runs in its own environment copy, all stepped together, and only each copy's
 first episode counts, so short episodes are not over-represented. Seeds start at `--seed`

@@ -95,21 +95,34 @@ class _Parsed(Exception):
 
 
 def readme_commands() -> list[tuple[str, list[str]]]:
-    """(module, arguments) of every `python -m MODULE …` in the README's command blocks (also after `&&`)."""
+    """(module, arguments) of every `python -m MODULE …` in the README's command blocks (also after
+    `&&`, after `VAR=value`, and the `-m MODULE …` a torchrun line starts on every rank). The test
+    runner itself (`-m pytest`) is left out: parsing its arguments would run the suite."""
     commands = []
     for block in code_blocks(""):
         for line in block.splitlines():
-            line = re.split(r"\s#", line)[0].strip()
+            line = re.split(r"\s#", line)[0].strip().rstrip("\\").strip()
             for part in line.split("&&"):
-                match = re.match(r"(?:\.venv/bin/)?python -m ([\w.]+)(.*)", part.strip())
-                if match and match.group(1) != "venv":
-                    commands.append((match.group(1), shlex.split(match.group(2).replace("<run>", "RUN"))))
+                if not re.match(r"(?:[A-Z_]+=\S+\s+)*\S*(?:python|torchrun)\s", part.strip() + " "):
+                    continue  # not a command (the layout block, prose)
+                words = shlex.split(part.replace("<run>", "RUN"))
+                while words and re.match(r"^[A-Z_]+=", words[0]):  # OMP_NUM_THREADS=1 …
+                    words = words[1:]
+                if not words or not re.search(r"(python|torchrun)$", words[0]):
+                    continue
+                if words[0].endswith("torchrun") or words[1:3] == ["-m", "torch.distributed.run"]:
+                    options = words[1:] if words[0].endswith("torchrun") else words[3:]
+                    # the per-rank command follows torchrun's own options: python -m MODULE …
+                    words = ["python", *options[options.index("-m"):]] if "-m" in options else []
+                if len(words) >= 3 and words[1] == "-m" and words[2] not in ("venv", "pytest"):
+                    commands.append((words[2], words[3:]))
     return commands
 
 
 def test_readme_lists_commands():
     modules = {module for module, _ in readme_commands()}
     assert {"envs.train", "envs.evaluate", "lessons", "llm.pipeline"} <= modules
+    assert "pytest" not in modules
 
 
 @pytest.mark.parametrize("module,args", readme_commands(), ids=[" ".join([m, *a]) for m, a in readme_commands()])
