@@ -1,15 +1,22 @@
 """Saving and loading a game agent: the training state of a run, and the agent alone.
 
 A checkpoint of kind `ppo_agent` (written atomically by `core.checkpoint`) holds in `state`
-the weights, the optimiser, the random streams, the current observations and, when the env
-can be snapshot (our batched Flappy Bird), the env itself; in `meta` the env id, what rebuilds
+the weights, the optimiser, the random streams, the current observations, the observation and
+reward normalisers' statistics (continuous control) and, when the env can be snapshot (our
+batched Flappy Bird), the env itself; in `meta` the env id, what rebuilds
 the network (`ActorCritic.describe()`), the resolved configuration, the position in the run
 and the KL controller's β. `envs.train` writes and resumes it; `envs.evaluate` and the
-lessons only load the agent.
+lessons only load the agent (and `load_normalizer_statistics`, which evaluation uses frozen).
+
+What a resume continues: with an env snapshot, everything, so the resumed run is the
+uninterrupted one (`RESUME_EXACT`); without one (any gymnasium env but ours), the weights, the
+optimiser, the random streams, the normaliser statistics and the step counter, while the
+episodes in progress restart (`RESUME_EPISODES_RESTART`).
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import torch
@@ -19,14 +26,23 @@ from core.config import config_to_dict
 from envs.networks import ActorCritic
 from envs.vector import resolve_env_id
 
-__all__ = ["CHECKPOINT_KIND", "save_training_state", "restore_training_state", "load_agent", "load_agent_weights"]
+__all__ = ["CHECKPOINT_KIND", "save_training_state", "restore_training_state", "load_agent", "load_agent_weights",
+           "load_normalizer_statistics", "RESUME_EXACT", "RESUME_EPISODES_RESTART"]
 
 CHECKPOINT_KIND = "ppo_agent"
+RESUME_EXACT = ("resume: exact — weights, optimiser, random streams, normaliser statistics, step counter and the "
+                "environments' own state are restored; the run continues as if never stopped")
+RESUME_EPISODES_RESTART = (
+    "resume: weights, optimiser, random streams, normaliser statistics and step counter continue exactly; "
+    "{env_id} cannot be saved mid-episode, so the episodes in progress restart (fresh episodes, seeded by the "
+    "position in the run) and the run will not match an uninterrupted one step for step"
+)
 
 
 def save_training_state(path, config, agent, optimizer, kl_controller, shuffle, envs, obs, iteration: int,
                         global_step: int) -> None:
-    """Everything needed to continue exactly where we are, written atomically."""
+    """Everything needed to continue where we are, written atomically (`envs` may be a
+    `envs.normalize.NormalizedEnv`: its statistics are saved too)."""
     state: dict[str, Any] = {
         "model": agent.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -38,6 +54,8 @@ def save_training_state(path, config, agent, optimizer, kl_controller, shuffle, 
         state["cuda_rng"] = torch.cuda.get_rng_state_all()
     if envs.state_dict() is not None:
         state["env"] = envs.state_dict()
+    if hasattr(envs, "statistics"):
+        state["normalizers"] = envs.statistics()
     meta = {
         "env_id": resolve_env_id(config.env_id),
         "network": agent.describe(),
@@ -51,7 +69,10 @@ def save_training_state(path, config, agent, optimizer, kl_controller, shuffle, 
 
 def restore_training_state(payload: dict, agent, optimizer, kl_controller, shuffle, envs, seed: int,
                            device: torch.device) -> tuple[int, int, torch.Tensor]:
-    """Put a run back where `save_training_state` left it; returns (iteration, global_step, obs)."""
+    """Put a run back where `save_training_state` left it; returns (iteration, global_step, obs).
+
+    Prints on stderr what continues exactly and what does not (`RESUME_EXACT`,
+    `RESUME_EPISODES_RESTART`)."""
     meta, state = payload["meta"], payload["state"]
     load_agent_weights(agent, payload)
     optimizer.load_state_dict(state["optimizer"])
@@ -61,18 +82,23 @@ def restore_training_state(payload: dict, agent, optimizer, kl_controller, shuff
     shuffle.set_state(state["shuffle_rng"])
     if kl_controller is not None and meta.get("beta") is not None:
         kl_controller.beta = meta["beta"]
+    if hasattr(envs, "load_statistics"):
+        envs.load_statistics(state.get("normalizers", {}))
     if "env" in state:
         envs.load_state_dict(state["env"])
         obs = state["obs"].to(device)
+        print(RESUME_EXACT, file=sys.stderr)
     else:
         # gymnasium envs cannot be snapshot: start fresh episodes, seeded by the position in the run
+        # (the reset also feeds the new first observations to the restored observation statistics)
         obs = envs.reset(seed=seed + meta["iteration"])
+        print(RESUME_EPISODES_RESTART.format(env_id=meta["env_id"]), file=sys.stderr)
     return meta["iteration"], meta["global_step"], obs
 
 
 def load_agent_weights(agent: ActorCritic, payload: dict) -> None:
     """Load weights, with a clear error when the checkpoint's network differs from `agent`'s."""
-    saved = payload["meta"].get("network", {})
+    saved = {"continuous": False, **payload["meta"].get("network", {})}  # older checkpoints: discrete
     if saved != agent.describe():
         raise ValueError(f"checkpoint network {saved} does not match this agent {agent.describe()} "
                          f"(env {payload['meta'].get('env_id')!r})")
@@ -83,6 +109,12 @@ def load_agent(path, device: torch.device | str = "cpu") -> tuple[ActorCritic, d
     """Rebuild the agent saved in a checkpoint; returns (agent, meta)."""
     payload = load_checkpoint(path, kind=CHECKPOINT_KIND, map_location=device)
     net = payload["meta"]["network"]
-    agent = ActorCritic(tuple(net["obs_shape"]), net["n_actions"], arch=net["arch"], hidden=net["hidden"])
+    agent = ActorCritic(tuple(net["obs_shape"]), net["n_actions"], arch=net["arch"], hidden=net["hidden"],
+                        continuous=net.get("continuous", False))
     load_agent_weights(agent, payload)
     return agent.to(device).eval(), payload["meta"]
+
+
+def load_normalizer_statistics(path) -> dict:
+    """The observation/reward normaliser statistics saved with an agent ({} when it used none)."""
+    return load_checkpoint(path, kind=CHECKPOINT_KIND)["state"].get("normalizers", {})
