@@ -199,9 +199,10 @@ PRESETS: dict[str, dict] = {
     "classic": dict(num_envs=8, num_steps=128, minibatch_size=256, learning_rate=2.5e-4, clip_coef=0.2,
                     ent_coef=0.01, total_steps=500_000, **_DISCRETE),
     # Pendulum-v1: the continuous recipe with a shorter horizon (γ 0.9, as RL Zoo's tuned PPO), a larger
-    # learning rate and 8 envs: solved (≥ −200) in about 1.5e5 steps instead of never within 1e6
-    "pendulum": {**_CONTINUOUS, **dict(num_envs=8, num_steps=256, minibatch_size=256, learning_rate=1e-3,
-                                       gamma=0.9, total_steps=200_000)},
+    # learning rate, 8 envs and 4 minibatches: greedy mean ≥ −200 after 1.2e5 steps (README), where the
+    # MuJoCo settings are still near −1000
+    "pendulum": {**_CONTINUOUS, **dict(num_envs=8, num_steps=256, minibatch_size=512, learning_rate=1e-3,
+                                       gamma=0.9, total_steps=120_000)},
     "mujoco": dict(_CONTINUOUS),
     "continuous": dict(_CONTINUOUS),
 }
