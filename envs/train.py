@@ -185,9 +185,11 @@ class TrainConfig:
 # The defaults that differ by env family: the value of every TrainConfig field left None.
 # Discrete families follow CleanRL's ppo.py / ppo_atari.py (Flappy Bird tuned for speed); the
 # continuous ones its ppo_continuous_action.py (lr 3e-4, 2048 steps per update, 32 minibatches,
-# 10 epochs, no entropy bonus, normalised observations and rewards), measured in the README.
+# 10 epochs, no entropy bonus, normalised observations and rewards), except that the 2048 steps
+# come from 8 envs × 256 rather than 1 × 2048: the same batch, 2.3× the steps/s on HalfCheetah
+# (README), since one policy pass then serves 8 envs.
 _DISCRETE = dict(gamma=0.99, update_epochs=4, norm_obs=False, norm_reward=False)
-_CONTINUOUS = dict(num_envs=1, num_steps=2048, minibatch_size=64, learning_rate=3e-4, clip_coef=0.2, ent_coef=0.0,
+_CONTINUOUS = dict(num_envs=8, num_steps=256, minibatch_size=64, learning_rate=3e-4, clip_coef=0.2, ent_coef=0.0,
                    total_steps=1_000_000, gamma=0.99, update_epochs=10, norm_obs=True, norm_reward=True)
 PRESETS: dict[str, dict] = {
     "flappy": dict(num_envs=64, num_steps=128, minibatch_size=1024, learning_rate=3e-3, clip_coef=0.2,
@@ -201,8 +203,7 @@ PRESETS: dict[str, dict] = {
     # Pendulum-v1: the continuous recipe with a shorter horizon (γ 0.9, as RL Zoo's tuned PPO), a larger
     # learning rate, 8 envs and 4 minibatches: greedy mean ≥ −200 after 1.2e5 steps (README), where the
     # MuJoCo settings are still near −1000
-    "pendulum": {**_CONTINUOUS, **dict(num_envs=8, num_steps=256, minibatch_size=512, learning_rate=1e-3,
-                                       gamma=0.9, total_steps=120_000)},
+    "pendulum": {**_CONTINUOUS, **dict(minibatch_size=512, learning_rate=1e-3, gamma=0.9, total_steps=120_000)},
     "mujoco": dict(_CONTINUOUS),
     "continuous": dict(_CONTINUOUS),
 }
