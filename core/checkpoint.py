@@ -18,6 +18,7 @@ the previous checkpoint intact.
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -70,9 +71,15 @@ def load_checkpoint(
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises several types for truncated/corrupt files
+    except pickle.UnpicklingError:  # weights_only refused the file's objects, or it is not a pickle at all
         raise CheckpointError(
-            f"checkpoint {path} is corrupt or not a proximal checkpoint ({type(exc).__name__}: {exc})"
+            f"checkpoint {path} is corrupt or not a proximal checkpoint (it holds something other than tensors and "
+            "plain values; such a file is not unpickled, since that could run code from it)"
+        ) from None
+    except Exception as exc:  # torch raises several types for truncated/corrupt files
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or not a proximal checkpoint ({type(exc).__name__}: {first_line})"
         ) from exc
     if not isinstance(payload, dict) or "format_version" not in payload or "state" not in payload:
         raise CheckpointError(f"checkpoint {path} is not a proximal checkpoint (no format_version/state)")

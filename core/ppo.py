@@ -137,6 +137,14 @@ class Evaluation(NamedTuple):
     """V_ψ(s); None when there is no critic (vf_coef = 0)."""
 
 
+def _one_per_step(actions: torch.Tensor, logprobs: torch.Tensor) -> torch.Tensor:
+    """`actions` seen with one entry per step: a continuous action is a vector, (N, A) for
+    log-probs (N,), whose trailing dimensions belong to the action itself."""
+    if actions.dim() <= logprobs.dim():
+        return actions
+    return actions.flatten(logprobs.dim())[..., 0]
+
+
 @implements("AC-2")
 def ppo_update(
     evaluate: Callable[[dict[str, torch.Tensor]], Evaluation],
@@ -154,7 +162,8 @@ def ppo_update(
       token ids or attention masks travel along).
     - `batch`: tensors sharing the leading dimension N (rows). Required: `actions`, `logprobs`
       (log π_old, from the rollout), `advantages` Â, `returns` V^targ = Â + V_old, `values` V_old;
-      all the same shape, (N,) for game steps or (N, T) for token sequences. Optional `mask`
+      all the same shape, (N,) for game steps or (N, T) for token sequences (a continuous action
+      is a vector: `actions` (N, A) with the others (N,)). Optional `mask`
       (same shape; 1 = real token) and `ref_logprobs` (for `ref_kl_coef`).
     - `optimizer`: steps every parameter it holds; the gradient norm is clipped over them all.
     - `kl_controller`: supplies β for the `kl_penalty` objective and is updated once at the end
@@ -184,7 +193,7 @@ def ppo_update(
     actions = batch["actions"]
     per_action = ("logprobs", "advantages", "returns", "values", "mask", "ref_logprobs")
     shaped = {k: batch[k] for k in per_action if k in batch}
-    check_same_shape("actions", actions, **shaped)
+    check_same_shape("actions", _one_per_step(actions, batch["logprobs"]), **shaped)
     check_finite(**{k: v for k, v in shaped.items() if k != "mask"})
     n_rows = actions.shape[0]
     for key, tensor in batch.items():
@@ -211,7 +220,7 @@ def ppo_update(
             mb = {key: tensor[rows] for key, tensor in batch.items()}
             mb_mask = mb.get("mask")
             new = evaluate(mb)
-            check_same_shape("minibatch actions", mb["actions"], **{
+            check_same_shape("minibatch actions", _one_per_step(mb["actions"], mb["logprobs"]), **{
                 "evaluate(...).logprobs": new.logprobs, "evaluate(...).entropy": new.entropy,
                 "evaluate(...).values": new.values,
             })

@@ -1,4 +1,5 @@
-"""Atari games with the standard preprocessing of DQN and PPO, built from gymnasium wrappers.
+"""Atari games with the standard preprocessing of DQN and PPO: ale-py's native vector env (the
+default, fast) and the same preprocessing built from gymnasium wrappers (the readable reference).
 
 `make_atari_env("ALE/Breakout-v5")` returns one env whose observation is uint8
 `(4, 84, 84)`: the last 4 grey 84×84 frames, oldest first. The layers, innermost first:
@@ -26,6 +27,17 @@ SAME_STEP autoreset; with `device=...` it returns torch tensors and the same `in
 `envs.flappy_bird.BatchedFlappyBird` (a full `final_obs` tensor), so one PPO loop serves both
 (`envs.vector.make_vector_env` builds them this way, with `envs.vector.TorchVectorEnv`).
 
+**Native** (`make_native_atari_vector_env`, `--atari-backend native`, the trainer's default):
+ale-py ≥ 0.10's `AtariVectorEnv` steps N games on C++ threads with the same preprocessing done
+in C++ (no-op reset, frame skip 4 with max-pooling, 84×84 grey, FIRE reset, 4-frame stack),
+several times faster than the wrappers (`python -m envs.bench_atari`). Two of the stages are
+done here, the same way as in the wrapper stack, so both backends give the same signals:
+its `life_loss_info` ends the agent's episode at a lost life while the game goes on (our
+`EpisodicLifeEnv`, not its `episodic_life`, which restarts the whole game); rewards are
+clipped here from the raw ones, which are also summed into the whole-game return (what
+`RecordEpisodeStatistics` reports on the wrapper path). A game is over at a truncation, or at
+a termination where the lives did not drop (a lost life lowers them; a new game resets them).
+
 ale-py ships the ROMs; `AtariPreprocessing` needs OpenCV (`opencv-python-headless`).
 """
 
@@ -35,6 +47,8 @@ from functools import partial
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
+import torch
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv, VectorEnv
 from gymnasium.wrappers import (
     AtariPreprocessing,
@@ -50,6 +64,8 @@ __all__ = [
     "FireResetEnv",
     "make_atari_env",
     "make_atari_vector_env",
+    "make_native_atari_vector_env",
+    "NativeAtariVectorEnv",
     "register_ale",
 ]
 
@@ -201,3 +217,90 @@ def make_atari_vector_env(
     vector_cls = SyncVectorEnv if vectorization == "sync" else AsyncVectorEnv
     venv = vector_cls(fns, **vector_kwargs)
     return venv if device is None else TorchVectorEnv(venv, device)
+
+
+class NativeAtariVectorEnv:
+    """ale-py's `AtariVectorEnv` seen as torch tensors, with the `info` layout of `TorchVectorEnv`.
+
+    `step(actions (N,))` returns obs (N, 4, 84, 84) uint8, reward (N,) float32 (clipped to
+    [−1, 1] with `clip_rewards`), terminated and truncated (N,) bool, and `info` with
+    `final_obs` (N, 4, 84, 84) (the frames an episode ended in, else obs), `final_info`
+    {"episode_return": the unclipped whole-game return} and `_final_info` (N,) bool: the games
+    that ended this step. See the module docstring for lives and returns.
+    """
+
+    def __init__(self, game: str, num_envs: int, device: Any, *, episodic_life: bool = True,
+                 clip_rewards: bool = True, **ale_kwargs: Any):
+        from ale_py.vector_env import AtariVectorEnv
+
+        self.env = AtariVectorEnv(game, num_envs, autoreset_mode=AutoresetMode.SAME_STEP, episodic_life=False,
+                                  life_loss_info=episodic_life, reward_clipping=False, **ale_kwargs)
+        self.device, self.num_envs, self.clip_rewards = torch.device(device), num_envs, clip_rewards
+        self.single_observation_space = self.env.single_observation_space
+        self.single_action_space = self.env.single_action_space
+        self.metadata = dict(self.env.metadata)
+        self._returns = np.zeros(num_envs, np.float64)  # raw reward of each game so far
+        self._lives = np.zeros(num_envs, np.int64)
+
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(array, device=self.device)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        obs, info = self.env.reset(seed=seed, options=options)
+        self._returns[:] = 0.0
+        self._lives[:] = info["lives"]
+        return self._tensor(obs), info
+
+    def step(self, actions):
+        if isinstance(actions, torch.Tensor):
+            actions = actions.detach().cpu().numpy()
+        obs, reward, terminated, truncated, info = self.env.step(np.asarray(actions, dtype=np.int64))
+        lives = np.asarray(info["lives"], np.int64)
+        lost_life = terminated & (lives < self._lives)
+        game_over = (terminated | truncated) & ~lost_life
+        self._returns += reward
+        episode_return = np.where(game_over, self._returns, 0.0).astype(np.float32)
+        self._returns[game_over] = 0.0
+        self._lives = lives
+        reward = np.clip(reward, -1, 1) if self.clip_rewards else reward
+        out_info = {
+            "final_obs": self._tensor(info.get("final_obs", obs)),
+            "final_info": {"episode_return": self._tensor(episode_return)},
+            "_final_info": self._tensor(game_over),
+        }
+        return (self._tensor(obs), self._tensor(reward.astype(np.float32)), self._tensor(terminated),
+                self._tensor(truncated), out_info)
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def make_native_atari_vector_env(
+    env_id: str,
+    num_envs: int,
+    *,
+    device: Any = "cpu",
+    frame_stack: int = 4,
+    noop_max: int = 30,
+    frame_skip: int = 4,
+    screen_size: int = 84,
+    episodic_life: bool = True,
+    fire_reset: bool = True,
+    clip_rewards: bool = True,
+    repeat_action_probability: float = 0.0,
+    num_threads: int = 0,
+) -> NativeAtariVectorEnv:
+    """`num_envs` games of `env_id` in ale-py's C++ vector env, preprocessed as `make_atari_env`.
+
+    The arguments mean what they mean in `make_atari_env` (FIRE is pressed at reset only in
+    games that have it); `num_threads` 0 lets ale-py pick. Seed with `reset(seed=s)`: game i
+    gets s + i.
+    """
+    if not isinstance(num_envs, int) or num_envs < 1:
+        raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
+    register_ale()
+    game = gym.spec(env_id).kwargs["game"]  # "ALE/MsPacman-v5" → "ms_pacman", the ROM's name
+    return NativeAtariVectorEnv(game, num_envs, device, episodic_life=episodic_life, clip_rewards=clip_rewards,
+                                stack_num=frame_stack, noop_max=noop_max, frameskip=frame_skip,
+                                img_height=screen_size, img_width=screen_size, use_fire_reset=fire_reset,
+                                repeat_action_probability=repeat_action_probability, num_threads=num_threads)

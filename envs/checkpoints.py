@@ -1,16 +1,23 @@
 """Saving and loading a game agent: the training state of a run, and the agent alone.
 
 A checkpoint of kind `ppo_agent` (written atomically by `core.checkpoint`) holds in `state`
-the weights, the optimiser, the random streams, the current observations and, when the env
-can be snapshot (our batched Flappy Bird), the env itself (under torchrun: those of every rank,
-gathered by rank 0 into its one file); in `meta` the env id, what rebuilds
+the weights, the optimiser, the random streams, the current observations, the observation and
+reward normalisers' statistics (continuous control) and, when the env can be snapshot (our
+batched Flappy Bird), the env itself (under torchrun: those of every rank, gathered by rank 0
+into its one file); in `meta` the env id, what rebuilds
 the network (`ActorCritic.describe()`), the resolved configuration, the position in the run
 and the KL controller's β. `envs.train` writes and resumes it; `envs.evaluate` and the
-lessons only load the agent.
+lessons only load the agent (and `load_normalizer_statistics`, which evaluation uses frozen).
+
+What a resume continues: with an env snapshot, everything, so the resumed run is the
+uninterrupted one (`RESUME_EXACT`); without one (any gymnasium env but ours), the weights, the
+optimiser, the random streams, the normaliser statistics and the step counter, while the
+episodes in progress restart (`RESUME_EPISODES_RESTART`).
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import torch
@@ -21,14 +28,22 @@ from envs.networks import ActorCritic
 from envs.vector import resolve_env_id
 
 __all__ = ["CHECKPOINT_KIND", "rank_state", "save_training_state", "restore_training_state", "load_agent",
-           "load_agent_weights"]
+           "load_agent_weights", "load_normalizer_statistics", "RESUME_EXACT", "RESUME_EPISODES_RESTART"]
 
 CHECKPOINT_KIND = "ppo_agent"
+RESUME_EXACT = ("resume: exact — weights, optimiser, random streams, normaliser statistics, step counter and the "
+                "environments' own state are restored; the run continues as if never stopped")
+RESUME_EPISODES_RESTART = (
+    "resume: weights, optimiser, random streams, normaliser statistics and step counter continue exactly; "
+    "{env_id} cannot be saved mid-episode, so the episodes in progress restart (fresh episodes, seeded by the "
+    "position in the run) and the run will not match an uninterrupted one step for step"
+)
 
 
 def rank_state(shuffle, envs, obs) -> dict[str, Any]:
-    """What each rank keeps of its own, on the CPU: its random streams, its current observations and,
-    when the env can be snapshot, its envs. Under torchrun rank 0 gathers every rank's."""
+    """What each rank keeps of its own, on the CPU: its random streams, its current observations, its
+    normalisers' statistics (`envs` may be a `envs.normalize.NormalizedEnv`) and, when the env can be
+    snapshot, its envs. Under torchrun rank 0 gathers every rank's."""
     state: dict[str, Any] = {
         "torch_rng": torch.get_rng_state(),
         "shuffle_rng": shuffle.get_state(),
@@ -39,6 +54,8 @@ def rank_state(shuffle, envs, obs) -> dict[str, Any]:
     env_state = envs.state_dict()
     if env_state is not None:
         state["env"] = _to_cpu(env_state)
+    if hasattr(envs, "statistics"):
+        state["normalizers"] = _to_cpu(envs.statistics())
     return state
 
 
@@ -73,9 +90,10 @@ def restore_training_state(payload: dict, agent, optimizer, kl_controller, shuff
                            device: torch.device, rank: int = 0, world_size: int = 1) -> tuple[int, int, torch.Tensor]:
     """Put a run back where `save_training_state` left it; returns (iteration, global_step, obs).
 
-    Rank r of N takes its own envs and random streams (rank 0's at the top level, the others' in
-    `other_ranks`); the checkpoint must have been written by N processes. `seed` seeds fresh
-    episodes when the env cannot be snapshot (this rank's env seed).
+    Rank r of N takes its own envs, normaliser statistics and random streams (rank 0's at the top
+    level, the others' in `other_ranks`); the checkpoint must have been written by N processes.
+    `seed` seeds fresh episodes when the env cannot be snapshot (this rank's env seed). Prints on
+    stderr what continues exactly and what does not (`RESUME_EXACT`, `RESUME_EPISODES_RESTART`).
     """
     meta, state = payload["meta"], payload["state"]
     saved_world = meta.get("world_size", 1)
@@ -93,12 +111,17 @@ def restore_training_state(payload: dict, agent, optimizer, kl_controller, shuff
     shuffle.set_state(own["shuffle_rng"])
     if kl_controller is not None and meta.get("beta") is not None:
         kl_controller.beta = meta["beta"]
+    if hasattr(envs, "load_statistics"):
+        envs.load_statistics(own.get("normalizers", {}))
     if "env" in own:
         envs.load_state_dict(own["env"])
         obs = own["obs"].to(device)
+        print(RESUME_EXACT, file=sys.stderr)
     else:
         # gymnasium envs cannot be snapshot: start fresh episodes, seeded by the position in the run
+        # (the reset also feeds the new first observations to the restored observation statistics)
         obs = envs.reset(seed=seed + meta["iteration"])
+        print(RESUME_EPISODES_RESTART.format(env_id=meta["env_id"]), file=sys.stderr)
     return meta["iteration"], meta["global_step"], obs
 
 
@@ -115,7 +138,7 @@ def _to_cpu(value):
 
 def load_agent_weights(agent: ActorCritic, payload: dict) -> None:
     """Load weights, with a clear error when the checkpoint's network differs from `agent`'s."""
-    saved = payload["meta"].get("network", {})
+    saved = {"continuous": False, **payload["meta"].get("network", {})}  # older checkpoints: discrete
     if saved != agent.describe():
         raise ValueError(f"checkpoint network {saved} does not match this agent {agent.describe()} "
                          f"(env {payload['meta'].get('env_id')!r})")
@@ -126,6 +149,12 @@ def load_agent(path, device: torch.device | str = "cpu") -> tuple[ActorCritic, d
     """Rebuild the agent saved in a checkpoint; returns (agent, meta)."""
     payload = load_checkpoint(path, kind=CHECKPOINT_KIND, map_location=device)
     net = payload["meta"]["network"]
-    agent = ActorCritic(tuple(net["obs_shape"]), net["n_actions"], arch=net["arch"], hidden=net["hidden"])
+    agent = ActorCritic(tuple(net["obs_shape"]), net["n_actions"], arch=net["arch"], hidden=net["hidden"],
+                        continuous=net.get("continuous", False))
     load_agent_weights(agent, payload)
     return agent.to(device).eval(), payload["meta"]
+
+
+def load_normalizer_statistics(path) -> dict:
+    """The observation/reward normaliser statistics saved with an agent ({} when it used none)."""
+    return load_checkpoint(path, kind=CHECKPOINT_KIND)["state"].get("normalizers", {})

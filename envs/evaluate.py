@@ -9,7 +9,12 @@ Every episode runs in its own environment copy, all stepped together, and only e
 first episode counts, so short episodes are not over-represented. Seeds start at `--seed`
 (10 000 by default, away from the training seeds). For Flappy Bird the score is the number of
 pipes passed and `--cap` ends an episode (truncation) once it reaches that many; for other
-games the score is the undiscounted episode return and `--cap` is not used.
+games the score is the undiscounted episode return (the whole game's, on Atari) and `--cap` is
+not used. An agent trained with observation normalisation sees its observations normalised by
+the statistics saved in its checkpoint, frozen (they are not updated by evaluation).
+
+Bad input (a missing or foreign checkpoint, an env id whose module is gone, `--episodes 0`,
+`--cap -5`, `--device cuda` without a GPU) is refused in one line, exit code 2.
 """
 
 from __future__ import annotations
@@ -22,9 +27,10 @@ import sys
 import torch
 
 from core.checkpoint import CheckpointError
-from envs.checkpoints import load_agent
+from envs.checkpoints import load_agent, load_normalizer_statistics
 from envs.networks import ActorCritic
-from envs.vector import make_vector_env, resolve_env_id
+from envs.normalize import NormalizedEnv
+from envs.vector import gym_id, make_vector_env, resolve_env_id
 
 
 @torch.no_grad()
@@ -37,16 +43,25 @@ def evaluate_policy(
     seed: int = 10_000,
     device: torch.device | str = "cpu",
     max_steps: int = 1_000_000,
+    normalizers: dict | None = None,
+    atari_backend: str = "native",
 ) -> list[float]:
-    """Scores of `episodes` greedy episodes, one per environment copy, seeds seed..seed+episodes−1."""
+    """Scores of `episodes` greedy episodes, one per environment copy, seeds seed..seed+episodes−1.
+
+    `normalizers`: the statistics a training run saved (`load_normalizer_statistics`); the
+    observation normaliser is applied with them, frozen. `atari_backend`: see `make_vector_env`.
+    """
     if episodes < 1:
         raise ValueError(f"episodes must be ≥ 1, got {episodes}")
     device = torch.device(device)
     env_id = resolve_env_id(env_id)  # "flappy" → "proximal/FlappyBird-v0", so the cap applies
     if device.type == "cpu" and agent.arch != "cnn":
         torch.set_num_threads(1)  # batch-of-100 MLP steps: threads only add synchronisation
-    kwargs = {"max_score": cap} if env_id.startswith("proximal/") and cap is not None else {}
-    envs = make_vector_env(env_id, episodes, device, **kwargs)
+    kwargs = {"max_score": cap} if gym_id(env_id).startswith("proximal/") and cap is not None else {}
+    envs = make_vector_env(env_id, episodes, device, atari_backend=atari_backend, **kwargs)
+    if normalizers and "obs" in normalizers:
+        envs = NormalizedEnv(envs, obs=True, reward=False, frozen=True)
+        envs.load_statistics(normalizers)
     agent = agent.to(device).eval()
     obs = envs.reset(seed=seed)
     scores = torch.zeros(episodes, device=device)
@@ -79,8 +94,16 @@ def summarize(scores: list[float], cap: int | None) -> dict:
     }
 
 
+def np_obs_float(obs):
+    """A gymnasium observation as the trainer saw it (float64 → float32; uint8 frames kept)."""
+    import numpy as np
+
+    obs = np.asarray(obs)
+    return obs.astype(np.float32) if obs.dtype == np.float64 else obs
+
+
 def watch(agent: ActorCritic, env_id: str, *, render: str | None, video: str | None, seed: int,
-          cap: int | None) -> dict:
+          cap: int | None, normalizers: dict | None = None) -> dict:
     """Play one greedy episode in a pygame window (`render='human'`) and/or stream it to a video (.gif or .mp4).
 
     For Flappy Bird the agent sees exactly what it saw in training — the batched env's
@@ -91,6 +114,8 @@ def watch(agent: ActorCritic, env_id: str, *, render: str | None, video: str | N
     """
     shown: dict = {}
     from envs.flappy_bird.record import record_video, run_episode
+
+    obs_rms = (normalizers or {}).get("obs")
 
     if env_id.startswith("proximal/"):
         kwargs = {"max_score": cap} if cap is not None else {}
@@ -108,13 +133,20 @@ def watch(agent: ActorCritic, env_id: str, *, render: str | None, video: str | N
             return policy
     else:
         kwargs, display_id = {}, env_id
-        if env_id.startswith("ALE/"):
+        if gym_id(env_id).startswith("ALE/"):
             from envs.atari import make_atari_env
 
             display_id = make_atari_env(env_id, render_mode="rgb_array" if video else render)
 
         def make_policy():
-            return lambda obs: int(agent.act(torch.as_tensor(obs)[None], greedy=True)[0])
+            def policy(obs):
+                obs = torch.as_tensor(np_obs_float(obs))[None]
+                if obs_rms is not None:  # the training statistics, frozen
+                    obs = ((obs - obs_rms["mean"]) / torch.sqrt(obs_rms["var"] + 1e-8)).clamp(-10, 10).float()
+                action = agent.act(obs, greedy=True)[0][0]
+                return action.numpy() if agent.continuous else int(action)
+
+            return policy
 
     if video:
         result = record_video(display_id, make_policy(), video, seed=seed, **kwargs)
@@ -145,18 +177,33 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     from core.device import resolve_device
 
+    def fail(message: str) -> None:
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+    if args.episodes < 1:
+        fail(f"--episodes must be ≥ 1, got {args.episodes}")
+    if args.cap < 1:
+        fail(f"--cap must be ≥ 1 (pipes at which a Flappy Bird episode ends), got {args.cap}")
     try:
         device = resolve_device(args.device)
+    except ValueError as exc:
+        fail(f"--device {args.device!r}: {exc}")
+    try:
         agent, meta = load_agent(args.checkpoint, device)
+        normalizers = load_normalizer_statistics(args.checkpoint)
+        env_id = resolve_env_id(meta["env_id"])
     except (CheckpointError, ValueError) as exc:
-        sys.exit(f"error: {exc}")
-    env_id = meta["env_id"]
-    cap = args.cap if env_id.startswith("proximal/") else None
+        fail(f"--checkpoint {args.checkpoint}: {exc}")
+    backend = meta.get("config", {}).get("atari_backend", "native")
+    cap = args.cap if gym_id(env_id).startswith("proximal/") else None
     if args.render or args.video:
-        watch(agent.cpu(), env_id, render=args.render, video=args.video, seed=args.seed, cap=cap)
+        watch(agent.cpu(), env_id, render=args.render, video=args.video, seed=args.seed, cap=cap,
+              normalizers=normalizers)
         if not args.json:
             return
-    scores = evaluate_policy(agent, env_id, episodes=args.episodes, cap=cap, seed=args.seed, device=device)
+    scores = evaluate_policy(agent, env_id, episodes=args.episodes, cap=cap, seed=args.seed, device=device,
+                             normalizers=normalizers, atari_backend=backend)
     result = summarize(scores, cap)
     print(f"{env_id}: {result['episodes']} episodes · mean {result['mean']:.1f} · median {result['median']:.1f} · "
           f"min {result['min']:.0f} · max {result['max']:.0f}"

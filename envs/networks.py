@@ -6,6 +6,13 @@ initialisation with gain √2 in hidden layers, 0.01 for the policy head (a near
 first policy) and 1 for the value head; biases at 0 (detail 2). Tanh MLPs of 64 units and
 separate actor and critic networks by default (detail 13); the CNN shares its trunk between
 actor and critic, as in the Atari setting of the PPO paper. Pixel inputs are scaled to [0, 1].
+
+For a Box action space the policy is a diagonal Gaussian, as in CleanRL's
+`ppo_continuous_action.py` (the continuous-action details of the same paper): the network
+gives the mean μ_θ(s), the log standard deviation is one state-independent parameter vector
+(initialised at 0: σ = 1), actions are sampled unclipped (the env adapter clips them to the
+bounds), and log π and the entropy sum over the action's dimensions (`gaussian_log_prob`,
+`gaussian_entropy`).
 """
 
 from __future__ import annotations
@@ -19,9 +26,28 @@ import torch.nn.functional as F
 from core.losses import entropy_from_logits
 from core.ppo import Evaluation
 
-__all__ = ["layer_init", "ActorCritic", "ARCHITECTURES"]
+__all__ = ["layer_init", "ActorCritic", "ARCHITECTURES", "gaussian_log_prob", "gaussian_entropy"]
 
 ARCHITECTURES = ("mlp", "mlp_shared", "cnn")
+HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def gaussian_log_prob(actions: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """log N(a; μ, diag σ²) = Σ_i [−½((a_i − μ_i)/σ_i)² − log σ_i − ½ log 2π].
+
+    actions a and mean μ (B, A); log_std log σ (A,) or (B, A). Returns (B,): the log-density of
+    the whole action vector, its dimensions independent (CleanRL: `Normal(μ, σ).log_prob(a).sum(1)`).
+    """
+    z = (actions - mean) * torch.exp(-log_std)
+    return (-0.5 * z.pow(2) - log_std - HALF_LOG_2PI).sum(-1)
+
+
+def gaussian_entropy(log_std: torch.Tensor) -> torch.Tensor:
+    """H[N(μ, diag σ²)] = Σ_i ½ log(2πe σ_i²) = Σ_i (log σ_i + ½ + ½ log 2π), independent of μ.
+
+    log_std log σ (..., A) → (...) (CleanRL: `Normal(μ, σ).entropy().sum(1)`).
+    """
+    return (log_std + 0.5 + HALF_LOG_2PI).sum(-1)
 
 
 def layer_init(layer: nn.Module, gain: float = math.sqrt(2), bias: float = 0.0) -> nn.Module:
@@ -57,18 +83,26 @@ class NatureCNN(nn.Module):
 
 
 class ActorCritic(nn.Module):
-    """π_θ(a|s) as a categorical over `n_actions` and V_ψ(s), for one of three architectures.
+    """π_θ(a|s) and V_ψ(s), for one of three architectures.
+
+    The policy is a categorical over `n_actions` actions, or with `continuous` a diagonal
+    Gaussian over an `n_actions`-dimensional action vector: the policy head gives its mean,
+    `log_std` (n_actions,) its state-independent log standard deviation.
 
     - "mlp": separate tanh MLPs for actor and critic (features; CleanRL's default)
     - "mlp_shared": one tanh trunk, two linear heads
     - "cnn": the Nature CNN trunk shared by a policy head and a value head (pixels, Atari)
     """
 
-    def __init__(self, obs_shape: tuple[int, ...], n_actions: int, arch: str = "mlp", hidden: int = 64):
+    def __init__(self, obs_shape: tuple[int, ...], n_actions: int, arch: str = "mlp", hidden: int = 64,
+                 continuous: bool = False):
         super().__init__()
         if arch not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {arch!r}: expected one of {ARCHITECTURES}")
         self.obs_shape, self.n_actions, self.arch, self.hidden = tuple(obs_shape), n_actions, arch, hidden
+        self.continuous = continuous
+        if continuous:  # CleanRL's actor_logstd: σ = 1 at the start, learned, the same in every state
+            self.log_std = nn.Parameter(torch.zeros(n_actions))
         if arch == "cnn":
             if len(obs_shape) != 3:
                 raise ValueError(f"the CNN needs (C, H, W) observations, got shape {tuple(obs_shape)}")
@@ -94,10 +128,10 @@ class ActorCritic(nn.Module):
     def describe(self) -> dict:
         """What a checkpoint needs to rebuild this network."""
         return {"obs_shape": list(self.obs_shape), "n_actions": self.n_actions, "arch": self.arch,
-                "hidden": self.hidden}
+                "hidden": self.hidden, "continuous": self.continuous}
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """obs (B, *obs_shape) → logits (B, A), values (B,)."""
+        """obs (B, *obs_shape) → logits (B, A) (the Gaussian's mean with `continuous`), values (B,)."""
         if self.arch == "mlp":
             obs = obs.float()
             return self.actor(obs), self.critic(obs).squeeze(-1)
@@ -111,8 +145,14 @@ class ActorCritic(nn.Module):
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, greedy: bool = False, generator: torch.Generator | None = None):
-        """Sample (or take the most likely) action: returns actions (B,), log π (B,), V (B,)."""
+        """Sample (or take the most likely) action: returns actions (B,) or (B, A), log π (B,), V (B,)."""
         logits, values = self.forward(obs)
+        if self.continuous:  # a = μ + σ·ξ, ξ ~ N(0, I), unclipped; greedy: a = μ
+            actions = logits
+            if not greedy:
+                noise = torch.randn(logits.shape, device=logits.device, generator=generator)
+                actions = logits + torch.exp(self.log_std) * noise
+            return actions, gaussian_log_prob(actions, logits, self.log_std), values
         if greedy:
             actions = logits.argmax(dim=-1)
         else:
@@ -138,6 +178,9 @@ class ActorCritic(nn.Module):
     def evaluate(self, minibatch: dict[str, torch.Tensor]) -> Evaluation:
         """The `evaluate` callable of `core.ppo.ppo_update`: new log π, entropy and V of stored actions."""
         logits, values = self.forward(minibatch["obs"])
+        if self.continuous:
+            entropy = gaussian_entropy(self.log_std).expand(logits.shape[0])
+            return Evaluation(gaussian_log_prob(minibatch["actions"], logits, self.log_std), entropy, values)
         log_probs = F.log_softmax(logits, dim=-1)  # (B, A)
         taken = log_probs.gather(-1, minibatch["actions"].long()[:, None]).squeeze(-1)  # (B,)
         return Evaluation(taken, entropy_from_logits(logits), values)

@@ -17,7 +17,7 @@ from envs.checkpoints import CHECKPOINT_KIND, load_agent, load_agent_weights
 from envs.evaluate import evaluate_policy, summarize, watch
 from envs.networks import ActorCritic
 from envs.train import TrainConfig, parse_config, train
-from envs.vector import make_vector_env
+from envs.vector import check_action_space, make_vector_env
 
 FAST_CARTPOLE = dict(env_id="CartPole-v1", num_envs=8, num_steps=32, minibatch_size=64, update_epochs=10,
                      learning_rate=2.5e-3, gamma=0.98, gae_lambda=0.8, ent_coef=0.0, progress=False,
@@ -97,8 +97,8 @@ def test_evaluation_statistics_of_a_scripted_policy():
 def test_bad_input_is_named():
     with pytest.raises(ValueError, match="unknown env id 'NoSuchGame-v9'"):
         make_vector_env("NoSuchGame-v9", 2, torch.device("cpu"))
-    with pytest.raises(ValueError, match="supports Discrete"):
-        make_vector_env("Pendulum-v1", 2, torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"MultiDiscrete\(\[2 3\]\).*supports Discrete .* or a 1-D Box"):
+        check_action_space(gym.spaces.MultiDiscrete([2, 3]))
     with pytest.raises(ValueError, match="minibatch_size"):
         TrainConfig(**{**FAST_CARTPOLE, "minibatch_size": 1024})
     with pytest.raises(ValueError, match="gamma"):

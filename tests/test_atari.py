@@ -8,9 +8,6 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-
-pytest.importorskip("ale_py")
-
 from gymnasium.wrappers import (
     AtariPreprocessing,
     ClipReward,
@@ -179,3 +176,52 @@ def test_life_and_fire_wrappers_on_the_raw_game():
     env.close()
     with pytest.raises(ValueError, match="FIRE"):
         FireResetEnv(gym.make("ALE/Freeway-v5"))  # a game without a FIRE action
+
+
+def test_native_backend_gives_the_wrappers_observation_format():
+    from envs.vector import make_vector_env
+
+    for backend in ("native", "wrappers"):
+        if backend == "wrappers" and importlib.util.find_spec("cv2") is None:
+            continue
+        envs = make_vector_env(GAME, 3, torch.device("cpu"), atari_backend=backend)
+        obs = envs.reset(seed=0)
+        step = envs.step(torch.zeros(3, dtype=torch.long))
+        for frames in (obs, step.obs, step.final_obs):
+            assert frames.shape == (3, 4, 84, 84) and frames.dtype == torch.uint8, backend
+        assert int(obs.max()) > 0  # real frames, not an empty buffer
+        envs.close()
+
+
+def test_native_backend_reports_whole_game_returns():
+    """Against ale-py's vector env without life-loss signals (the same emulator, same seed and
+    actions): our episodes end at every lost life, but a game ends, with the raw (unclipped)
+    sum of its rewards as its return, exactly where the raw env's episode does."""
+    from ale_py.vector_env import AtariVectorEnv
+
+    from envs.vector import make_vector_env
+
+    n, steps, seed = 2, 1500, 3
+    ours = make_vector_env(GAME, n, torch.device("cpu"), atari_backend="native")
+    raw = AtariVectorEnv("breakout", n, autoreset_mode="SameStep", reward_clipping=False,
+                         repeat_action_probability=0.0)
+    ours.reset(seed=seed)
+    raw.reset(seed=seed)
+    rng = np.random.default_rng(0)
+    raw_returns, expected, reported, life_losses = np.zeros(n), [], [], 0
+    for _ in range(steps):
+        actions = rng.integers(0, 4, n)
+        step = ours.step(torch.as_tensor(actions))
+        _, reward, terminated, truncated, _ = raw.step(actions)
+        assert np.array_equal(step.reward.numpy(), np.clip(reward, -1, 1))  # the agent learns from clipped rewards
+        raw_returns += reward
+        game_over = terminated | truncated
+        assert np.array_equal(step.game_over.numpy(), game_over)
+        expected += list(raw_returns[game_over])
+        reported += list(step.episode_return.numpy()[game_over])
+        raw_returns[game_over] = 0
+        life_losses += int((step.terminated.numpy() & ~game_over).sum())
+    assert len(expected) >= 4 and life_losses >= 3 * len(expected)  # Breakout: 5 lives per game
+    assert reported == expected and max(expected) > 0
+    ours.close()
+    raw.close()
