@@ -25,7 +25,8 @@ import torch.nn.functional as F
 
 from core.checks import check_finite
 from core.losses import entropy_from_logits
-from llm.model import GPT, KVCache
+from llm.model import GPT
+from llm.models import context_length, new_cache
 from llm.tokenizer import CharTokenizer
 
 __all__ = [
@@ -173,16 +174,16 @@ def generate(
     if model.head != "lm":
         raise ValueError("generate needs a language model (head='lm'), not a scalar model")
     B, P = prompt_ids.shape
-    if P + max_new_tokens > model.config.block_size:
+    if P + max_new_tokens > context_length(model):
         raise ValueError(
             f"{P} prompt positions + {max_new_tokens} new tokens exceed the context "
-            f"(block_size={model.config.block_size})"
+            f"(block_size={context_length(model)})"
         )
     was_training = model.training
     model.eval()
     device = prompt_ids.device
     ids, mask = prompt_ids, prompt_mask.long()
-    cache = KVCache(model.config, B, P + max_new_tokens, device) if use_cache else None
+    cache = new_cache(model, B, P + max_new_tokens, device) if use_cache else None
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     out_ids, out_mask = [], []
     step_input, step_mask = ids, mask  # the prefill reads the whole prompt
