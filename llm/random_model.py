@@ -99,6 +99,9 @@ def write_random_model(
                              num_hidden_layers=n_layer, num_attention_heads=n_head,
                              num_key_value_heads=max(1, n_head // 2), max_position_embeddings=context,
                              tie_word_embeddings=True, **ids)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     out = Path(out)

@@ -224,3 +224,11 @@ def test_short_ppo_run_on_a_wrapped_model_raises_the_gold_reward(model_dirs):
     assert stats["history"][0]["rlhf/ref_kl"] == pytest.approx(0.0, abs=1e-4)  # the first rollout is π_ref's
     assert isinstance(trained["policy"], HFModel)
     assert dataclasses.asdict(config)["model"] == path
+
+
+def test_random_model_command_prints_its_help(capsys):
+    from llm.random_model import main as random_model_main
+
+    with pytest.raises(SystemExit) as exc:
+        random_model_main(["--help"])
+    assert exc.value.code == 0 and "--arch {gpt2,llama}" in capsys.readouterr().out
