@@ -2,6 +2,8 @@
 
 Shared by every stage that reads or writes replies (SFT evaluation, the reward model, PPO,
 and the preference and group methods built on the same pieces).
+Every helper takes any model of the interface of `llm.models` (the project's GPT or a wrapped
+`transformers` causal LM) and its tokenizer; padding is known from masks and lengths only.
 
 Sequence layouts
 - Training batches (SFT, reward model): `[BOS] prompt reply [EOS] [PAD …]`, right-padded. No
