@@ -244,3 +244,17 @@ def test_bench_compares_a_wrapped_model_with_the_gpt_of_its_size(model_dirs, cap
     assert cpu["gpt"]["params"] > 0 and cpu["wrapped"]["vocab_size"] == 320
     assert cpu["ratio"]["generate_tokens_per_s"] == cpu["wrapped"]["generate_tokens_per_s"] / cpu["gpt"][
         "generate_tokens_per_s"]
+
+
+def test_an_exported_policy_loads_back_as_a_causal_lm_with_the_same_logits(model_dirs, tmp_path):
+    from llm.models import export_pretrained
+
+    model, tok = _loaded(model_dirs, "gpt2")
+    with torch.no_grad():
+        model.lm.get_input_embeddings().weight.add_(0.5)  # weights of its own, not the source's
+    export_pretrained(model, tok, tmp_path / "policy")
+    back, back_tok = load_hf_model(tmp_path / "policy"), HFTokenizer.load(tmp_path / "policy")
+    ids, mask = encode_prompts(tok, PROMPTS, 96, 4, CPU)
+    with torch.no_grad():
+        torch.testing.assert_close(back(ids, attention_mask=mask), model(ids, attention_mask=mask))
+    assert back_tok.encode(PROMPTS[0]) == tok.encode(PROMPTS[0])
