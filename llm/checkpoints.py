@@ -5,6 +5,11 @@ Each stage writes one file under the run folder (`sft.pt`, `rm.pt`, `ppo.pt`) wi
 interrupted mid-way leaves the previous stage's file intact and the pipeline resumes from it.
 Loading rebuilds each model from the stored architecture and refuses, with the reason, a file
 written with another vocabulary or (when the caller says what it expects) another architecture.
+
+A wrapped Hugging Face model (`llm.models.HFModel`) is stored the same way: its state_dict, and
+as its architecture the source folder and the head; loading builds it from that folder
+(`from_pretrained`, local files only) and loads the stored weights, so the folder must still be
+where the run found it. The vocabulary is the folder's tokenizer (`HFTokenizer.meta`).
 """
 
 from __future__ import annotations
@@ -14,9 +19,10 @@ from typing import Any
 
 from core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from llm.model import GPT, GPTConfig, check_architecture
+from llm.models import HFTokenizer, load_hf_model
 from llm.tokenizer import CharTokenizer
 
-__all__ = ["save_stage", "load_stage", "STAGE_KINDS"]
+__all__ = ["save_stage", "load_stage", "stage_tokenizer", "STAGE_KINDS"]
 
 # the kind written by each stage (the method stages store their trained policy as "policy")
 STAGE_KINDS = {
@@ -60,6 +66,9 @@ def load_stage(
         arch = meta.get("arch", {}).get(name)
         if arch is None:
             raise CheckpointError(f"checkpoint {path} has no architecture for model {name!r}")
+        if "hf" in arch:
+            models[name] = _load_wrapped(path, name, arch, weights, expected_config, device)
+            continue
         if expected_config is not None:
             try:
                 check_architecture(
@@ -84,3 +93,32 @@ def load_stage(
             ) from exc
         models[name] = model.to(device)
     return models, meta
+
+
+def _load_wrapped(path, name: str, arch: dict, weights: dict, expected_config, device):
+    """A wrapped model: built from its source folder, then the stored weights loaded."""
+    if expected_config is not None:
+        raise CheckpointError(
+            f"checkpoint {path} holds a model of {arch['hf']}, this run the project's GPT: pass --model {arch['hf']}"
+        )
+    try:
+        model = load_hf_model(arch["hf"], head=arch["head"])
+    except ValueError as exc:
+        raise CheckpointError(f"checkpoint {path}: {exc} (the folder its models were loaded from)") from exc
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint {path}: weights of {name!r} do not fit {arch['hf']} ({exc})") from exc
+    return model.to(device)
+
+
+def stage_tokenizer(path: str | Path) -> CharTokenizer | HFTokenizer:
+    """The tokenizer a stage checkpoint was written with: the character tokenizer, or the
+    tokenizer of the wrapped model's folder."""
+    vocab = load_checkpoint(path, map_location="cpu")["meta"].get("vocab", {})
+    if "hf" in vocab:
+        try:
+            return HFTokenizer.load(vocab["hf"])
+        except ValueError as exc:
+            raise CheckpointError(f"checkpoint {path}: {exc}") from exc
+    return CharTokenizer()

@@ -105,6 +105,11 @@ class ModelArgs:
     """Seed of every random stream (data, initialisation, sampling, minibatch order)."""
     device: str = "auto"
     """'auto', 'cpu', 'cuda' or 'cuda:N'."""
+    model: str | None = None
+    """A local Hugging Face causal-LM folder (config.json, weights, tokenizer; nothing is
+    downloaded): SFT fine-tunes it and every later stage uses it and its tokenizer, through
+    `llm.models`. None: the project's character-level GPT, trained from scratch (n_layer, n_head,
+    n_embd, block_size and dropout describe it and are unused with a model folder)."""
     n_layer: int = 4
     """Transformer blocks of every model (policy, reference, reward, value)."""
     n_head: int = 4

@@ -101,7 +101,8 @@ from core.advantages import group_advantages, informative_groups, overlong_penal
 from core.losses import masked_mean
 from core.ppo import PPOConfig, ppo_update
 from llm.config import GROUP_ALGOS, GroupArgs, PolicyArgs, resolve, tag_suffix
-from llm.model import GPT, copy_model, disable_dropout
+from llm.model import GPT, disable_dropout
+from llm.models import context_length, copy_model
 from llm.plots import plot_group
 from llm.rlhf import evaluate_policy, make_evaluate
 from llm.rollout import Generation, decode_replies, encode_prompts, generate, reply_logprobs
@@ -134,7 +135,7 @@ def sample_groups(
     """G replies to each of P prompts at temperature 1. Rows are prompt-major: row p·G + i is
     reply i to prompt p, so `.view(P, G)` of any per-reply tensor gives the groups."""
     repeated = [p for p in prompts for _ in range(group_size)]
-    ids, mask = encode_prompts(tok, repeated, policy.config.block_size, task.max_new_tokens, device)
+    ids, mask = encode_prompts(tok, repeated, context_length(policy), task.max_new_tokens, device)
     return generate(
         policy, ids, mask, max_new_tokens=task.max_new_tokens, eos_id=tok.eos_id, pad_id=tok.pad_id,
         generator=generator,

@@ -61,6 +61,7 @@ from llm.config import (
     tag_suffix,
 )
 from llm.model import GPT
+from llm.models import check_model_dir, load_tokenizer
 from llm.tasks import get_task
 from llm.tokenizer import CharTokenizer
 
@@ -129,12 +130,16 @@ def ignored_flags(given: set[str], stages_run: list[str]) -> list[str]:
 
 def _print_start(config: PipelineConfig, out: Path, device: torch.device, tok: CharTokenizer) -> None:
     task = get_task(config.task)
-    n_params = GPT(model_config(config, tok)).num_params()
     print(format_config(config, "[llm.pipeline] resolved configuration"), file=sys.stderr)
+    if config.model:
+        described = f"model: {config.model} (transformers)"
+    else:
+        n_params = GPT(model_config(config, tok)).num_params()
+        described = (f"model: {config.n_layer} layers × {config.n_embd} channels, {n_params / 1e6:.2f}M parameters, "
+                     f"context {config.block_size}")
     print(
         f"[llm.pipeline] task={config.task} algo={config.algo} stage={config.stage} device={device} out={out}; "
-        f"model: {config.n_layer} layers × {config.n_embd} channels, {n_params / 1e6:.2f}M parameters, "
-        f"context {config.block_size}; vocabulary {tok.vocab_size}; reply budget {task.max_new_tokens} tokens",
+        f"{described}; vocabulary {tok.vocab_size}; reply budget {task.max_new_tokens} tokens",
         file=sys.stderr,
     )
 
@@ -146,7 +151,7 @@ def run_pipeline(config: PipelineConfig, given: set[str] = frozenset()) -> dict:
     of this run reads (a stage skipped by --resume, or one another --algo has) are named.
     """
     config = resolve(config)
-    tok = CharTokenizer()
+    tok = load_tokenizer(config.model)  # the character tokenizer, or the wrapped model's own
     task = get_task(config.task)
     device = distributed.setup(config.device)  # under torchrun: join the group, this rank's GPU
     main = distributed.is_main()  # only rank 0 writes files and shows progress
@@ -156,7 +161,7 @@ def run_pipeline(config: PipelineConfig, given: set[str] = frozenset()) -> dict:
     if main:
         _print_start(config, out, device, tok)
         save_config(config, out, config_file(config))
-    expected = model_config(config, tok)
+    expected = None if config.model else model_config(config, tok)  # a wrapped model: its folder is checked
     all_stages = stages_of(config.algo)
     requested = all_stages if config.stage == "all" else [config.stage]
     paths = {stage: out / f"{stage}.pt" for stage in ("sft", "rm")}
@@ -293,6 +298,12 @@ def main(argv: list[str] | None = None) -> dict:
     except ValueError as exc:
         parser.error(str(exc))
     torch.set_num_threads(config.threads)
+    if config.model:
+        try:
+            check_model_dir(config.model)
+        except ValueError as exc:
+            print(f"llm.pipeline: error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
     start = time.perf_counter()
     try:
         summary = run_pipeline(config, given_flags(argv, parser))

@@ -91,7 +91,8 @@ from core.checks import check_finite
 from core.losses import sequence_logprobs
 from core.preference import dpo_loss, ipo_loss, kto_loss, kto_reference_point
 from llm.config import PREFERENCE_ALGOS, PreferenceArgs, resolve, tag_suffix
-from llm.model import GPT, copy_model, disable_dropout
+from llm.model import GPT, disable_dropout
+from llm.models import context_length, copy_model
 from llm.plots import PREFERENCE_PANELS, plot_rlhf
 from llm.rlhf import evaluate_policy
 from llm.rollout import Generation, pad_sequences, reply_logprobs, token_logprobs
@@ -134,7 +135,7 @@ def sequence_logps(model: GPT, tok: CharTokenizer, prompts: list[str], replies: 
     looks right, so no mask is needed and each row computes as if it were alone. Gradients flow
     when the caller has them on.
     """
-    ids, reply_mask, _ = pad_sequences(tok, prompts, replies, model.config.block_size, device)  # (N, T)
+    ids, reply_mask, _ = pad_sequences(tok, prompts, replies, context_length(model), device)  # (N, T)
     logits = model(ids[:, :-1])  # (N, T − 1, V): position t predicts token t + 1
     check_finite(**{"policy logits": logits})
     logps = token_logprobs(logits, ids[:, 1:])  # (N, T − 1)

@@ -30,6 +30,7 @@ from core.checks import check_finite
 from core.losses import bradley_terry_loss
 from llm.config import RMArgs
 from llm.model import GPT
+from llm.models import HFModel, context_length, hf_scalar_model_from
 from llm.rollout import last_token_scores, pad_sequences
 from llm.sft import lr_at
 from llm.tasks import PreferencePair, Task, preference_pairs
@@ -50,7 +51,10 @@ def scalar_model_from(lm: GPT, head_weights: GPT | None = None) -> GPT:
     The new head starts at zero, so every score starts at 0 and the first steps of training
     move the head before they move the body. With `head_weights` (a scalar model) the head is
     copied from it too: that is how the value model starts as the reward model (RM-5).
+    A wrapped model (`llm.models.HFModel`) gets the same: its body and a zero `Linear(hidden, 1)`.
     """
+    if isinstance(lm, HFModel):
+        return hf_scalar_model_from(lm, head_weights)
     model = GPT(lm.config, head="scalar").to(next(lm.parameters()).device)
     body = {k: v for k, v in lm.state_dict().items() if k.startswith("transformer.")}
     missing, unexpected = model.load_state_dict(body, strict=False)
@@ -81,7 +85,7 @@ def score_replies(
                 tok,
                 prompts[i : i + batch_size],
                 replies[i : i + batch_size],
-                reward_model.config.block_size,
+                context_length(reward_model),
                 device,
             )
             scores = last_token_scores(reward_model(ids), lengths=lengths)  # (b,)
@@ -96,7 +100,7 @@ def pair_scores(
     """(R(x, y⁺), R(x, y⁻)) for a list of pairs, both sides in one forward pass. Each (B,)."""
     prompts = [p.prompt for p in pairs] * 2
     replies = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-    ids, _, lengths = pad_sequences(tok, prompts, replies, reward_model.config.block_size, device)
+    ids, _, lengths = pad_sequences(tok, prompts, replies, context_length(reward_model), device)
     scores = last_token_scores(reward_model(ids), lengths=lengths)  # (2B,): read on EOS
     return scores[: len(pairs)], scores[len(pairs) :]
 

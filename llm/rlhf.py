@@ -49,7 +49,8 @@ from core.kl import KLEstimator, kl_estimate, make_kl_controller
 from core.losses import masked_whiten
 from core.ppo import Evaluation, PPOConfig, ppo_update
 from llm.config import PPOArgs, resolve, tag_suffix
-from llm.model import GPT, copy_model, disable_dropout
+from llm.model import GPT, disable_dropout
+from llm.models import context_length, copy_model
 from llm.plots import plot_rlhf, read_ppo_history
 from llm.reward_model import scalar_model_from, score_replies
 from llm.rollout import (
@@ -158,7 +159,7 @@ def collect_rollout(
     `score_fn(gen, prompts, replies) -> (B,)` is the reward model or the verifier. `ref=None`
     means no KL term (the reference is not even loaded; DR-2), `value_model=None` no critic.
     """
-    ids, mask = encode_prompts(tok, prompts, policy.config.block_size, task.max_new_tokens, device)
+    ids, mask = encode_prompts(tok, prompts, context_length(policy), task.max_new_tokens, device)
     gen = generate(
         policy,
         ids,
@@ -266,7 +267,7 @@ def evaluate_policy(
     for i in range(0, n, batch_size):
         chunk = prompts[i : i + batch_size]
         ids, mask = encode_prompts(
-            tok, chunk, policy.config.block_size, task.max_new_tokens, device
+            tok, chunk, context_length(policy), task.max_new_tokens, device
         )
         gen = generate(
             policy,

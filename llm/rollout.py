@@ -2,6 +2,8 @@
 
 Shared by every stage that reads or writes replies (SFT evaluation, the reward model, PPO,
 and the preference and group methods built on the same pieces).
+Every helper takes any model of the interface of `llm.models` (the project's GPT or a wrapped
+`transformers` causal LM) and its tokenizer; padding is known from masks and lengths only.
 
 Sequence layouts
 - Training batches (SFT, reward model): `[BOS] prompt reply [EOS] [PAD …]`, right-padded. No
@@ -25,7 +27,8 @@ import torch.nn.functional as F
 
 from core.checks import check_finite
 from core.losses import entropy_from_logits
-from llm.model import GPT, KVCache
+from llm.model import GPT
+from llm.models import context_length, new_cache
 from llm.tokenizer import CharTokenizer
 
 __all__ = [
@@ -173,16 +176,16 @@ def generate(
     if model.head != "lm":
         raise ValueError("generate needs a language model (head='lm'), not a scalar model")
     B, P = prompt_ids.shape
-    if P + max_new_tokens > model.config.block_size:
+    if P + max_new_tokens > context_length(model):
         raise ValueError(
             f"{P} prompt positions + {max_new_tokens} new tokens exceed the context "
-            f"(block_size={model.config.block_size})"
+            f"(block_size={context_length(model)})"
         )
     was_training = model.training
     model.eval()
     device = prompt_ids.device
     ids, mask = prompt_ids, prompt_mask.long()
-    cache = KVCache(model.config, B, P + max_new_tokens, device) if use_cache else None
+    cache = new_cache(model, B, P + max_new_tokens, device) if use_cache else None
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     out_ids, out_mask = [], []
     step_input, step_mask = ids, mask  # the prefill reads the whole prompt

@@ -23,11 +23,11 @@ from core.checkpoint import CheckpointError
 from core.checks import NonFiniteError
 from core.config import add_arguments, from_arguments
 from core.device import resolve_device
-from llm.checkpoints import load_stage
+from llm.checkpoints import load_stage, stage_tokenizer
+from llm.models import context_length
 from llm.reward_model import score_replies
 from llm.rollout import decode_replies, encode_prompts, generate
 from llm.tasks import get_task
-from llm.tokenizer import CharTokenizer
 
 __all__ = ["SampleConfig", "sample", "main"]
 
@@ -66,7 +66,7 @@ class SampleConfig:
 
 def sample(config: SampleConfig) -> list[str]:
     """Replies (or, for a reward model, one score as text) for `config.prompt`."""
-    tok = CharTokenizer()
+    tok = stage_tokenizer(config.checkpoint)  # the character tokenizer or the wrapped model's
     device = resolve_device(config.device)
     models, meta = load_stage(config.checkpoint, tok, device=device)
     task = get_task(meta.get("task", "reviews"))
@@ -78,7 +78,7 @@ def sample(config: SampleConfig) -> list[str]:
     model = models.get("policy") or models.get("model")
     budget = config.max_new_tokens or task.max_new_tokens
     ids, mask = encode_prompts(
-        tok, [config.prompt] * config.num_samples, model.config.block_size, budget, device
+        tok, [config.prompt] * config.num_samples, context_length(model), budget, device
     )
     gen = generate(
         model,

@@ -26,8 +26,9 @@ from tqdm import tqdm
 
 from core import distributed
 from core.checks import check_finite
-from llm.config import SFTArgs, model_config, resolve
+from llm.config import SFTArgs, resolve
 from llm.model import GPT
+from llm.models import build_model, context_length
 from llm.rollout import pad_sequences
 from llm.tasks import Task, sft_examples
 from llm.tokenizer import CharTokenizer
@@ -76,7 +77,7 @@ def train(
     """
     config = resolve(config)
     torch.manual_seed(config.seed)
-    model = GPT(model_config(config, tok)).to(device)
+    model = build_model(config, tok, device)  # a fresh GPT, or the pretrained model of --model
     distributed.broadcast_parameters(model)  # the same seed gives the same weights; this makes sure
     rank, world = distributed.rank(), distributed.world_size()
     distributed.share(config.sft_batch_size, "sft_batch_size")
@@ -93,7 +94,7 @@ def train(
     for step in bar:
         batch = [data[rng.randrange(len(data))] for _ in range(config.sft_batch_size)][rank::world]  # this rank's
         ids, reply_mask, _ = pad_sequences(
-            tok, [p for p, _ in batch], [r for _, r in batch], model.config.block_size, device
+            tok, [p for p, _ in batch], [r for _, r in batch], context_length(model), device
         )
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, config.sft_steps, config.sft_lr)
