@@ -55,9 +55,9 @@ def code_blocks(language: str = "") -> list[str]:
     """The README's fenced code blocks whose fence names `language` ("" for shell commands)."""
     blocks, current, fence = [], None, None
     for line in (ROOT / "README.md").read_text(encoding="utf-8").splitlines():
-        if line.startswith("```"):
+        if line.strip().startswith("```"):  # fences may be indented (a block inside a list item)
             if current is None:
-                current, fence = [], line[3:].strip()
+                current, fence = [], line.strip()[3:].strip()
             else:
                 if fence == language:
                     blocks.append("\n".join(current) + "\n")
@@ -100,8 +100,8 @@ def readme_commands() -> list[tuple[str, list[str]]]:
     runner itself (`-m pytest`) is left out: parsing its arguments would run the suite."""
     commands = []
     for block in code_blocks(""):
-        for line in block.splitlines():
-            line = re.split(r"\s#", line)[0].strip().rstrip("\\").strip()
+        for line in block.replace("\\\n", " ").splitlines():  # a command continued with \ is one line
+            line = re.split(r"\s#", line)[0].strip()
             for part in line.split("&&"):
                 if not re.match(r"(?:[A-Z_]+=\S+\s+)*\S*(?:python|torchrun)\s", part.strip() + " "):
                     continue  # not a command (the layout block, prose)
