@@ -103,7 +103,7 @@ def np_obs_float(obs):
 
 
 def watch(agent: ActorCritic, env_id: str, *, render: str | None, video: str | None, seed: int,
-          cap: int | None, normalizers: dict | None = None) -> dict:
+          cap: int | None, normalizers: dict | None = None, shrink: int = 1) -> dict:
     """Play one greedy episode in a pygame window (`render='human'`) and/or stream it to a video (.gif or .mp4).
 
     For Flappy Bird the agent sees exactly what it saw in training — the batched env's
@@ -149,7 +149,7 @@ def watch(agent: ActorCritic, env_id: str, *, render: str | None, video: str | N
             return policy
 
     if video:
-        result = record_video(display_id, make_policy(), video, seed=seed, **kwargs)
+        result = record_video(display_id, make_policy(), video, seed=seed, shrink=shrink, **kwargs)
         shown["video"] = result["score"] if result["score"] is not None else result["return"]
         print(f"saved {video}: {result['frames']} frames, score {shown['video']}", file=sys.stderr)
     if render == "human":
@@ -174,6 +174,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--render", choices=["human"], default=None, help="watch one episode in a window")
     parser.add_argument("--video", default=None, metavar="FILE",
                         help="stream one greedy episode to FILE: .gif or .mp4 (frames are written as they are drawn)")
+    parser.add_argument("--shrink", type=int, default=1, metavar="K",
+                        help="--video keeps one pixel in K along each side (2: half the width and height)")
     args = parser.parse_args(argv)
     from core.device import resolve_device
 
@@ -183,6 +185,8 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.episodes < 1:
         fail(f"--episodes must be ≥ 1, got {args.episodes}")
+    if args.shrink < 1:
+        fail(f"--shrink must be ≥ 1 (1 keeps every pixel, 2 halves each side), got {args.shrink}")
     if args.cap < 1:
         fail(f"--cap must be ≥ 1 (pipes at which a Flappy Bird episode ends), got {args.cap}")
     try:
@@ -199,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
     cap = args.cap if gym_id(env_id).startswith("proximal/") else None
     if args.render or args.video:
         watch(agent.cpu(), env_id, render=args.render, video=args.video, seed=args.seed, cap=cap,
-              normalizers=normalizers)
+              normalizers=normalizers, shrink=args.shrink)
         if not args.json:
             return
     scores = evaluate_policy(agent, env_id, episodes=args.episodes, cap=cap, seed=args.seed, device=device,

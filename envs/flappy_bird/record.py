@@ -55,23 +55,31 @@ class VideoWriter:
     first frame (the game's colours do not change) and its bytes are appended at once, with
     Pillow's frame-level GIF encoder (`getheader`/`getdata`). MP4: raw RGB frames are piped to
     the ffmpeg binary that `imageio-ffmpeg` ships (H.264, yuv420p, playable in browsers).
-    Use as a context manager; `append(frame)` takes an (H, W, 3) uint8 array.
+    Use as a context manager; `append(frame)` takes an (H, W, 3) uint8 array. `shrink = k` keeps
+    one pixel in k along each side (the mean of each k × k block): a README-sized GIF at k = 2.
     """
 
     SUFFIXES = (".gif", ".mp4")
 
-    def __init__(self, path: str | Path, fps: int = FPS):
+    def __init__(self, path: str | Path, fps: int = FPS, shrink: int = 1):
+        if shrink < 1:
+            raise ValueError(f"shrink must be ≥ 1, got {shrink}")
         self.path = Path(path)
         if self.path.suffix.lower() not in self.SUFFIXES:
             raise ValueError(f"video: the file must end in {' or '.join(self.SUFFIXES)}, got {str(path)!r}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fps, self.frames = fps, 0
+        self.fps, self.shrink, self.frames = fps, shrink, 0
         self._file = None
         self._palette = None
         self._ffmpeg = None
 
     def append(self, frame: Any) -> None:
-        frame = np.ascontiguousarray(np.asarray(frame, dtype=np.uint8))  # (H, W, 3)
+        frame = np.asarray(frame, dtype=np.uint8)  # (H, W, 3)
+        if self.shrink > 1:
+            from PIL import Image
+
+            frame = np.asarray(Image.fromarray(frame).reduce(self.shrink))
+        frame = np.ascontiguousarray(frame)
         if self.path.suffix.lower() == ".gif":
             self._append_gif(frame)
         else:
@@ -89,7 +97,7 @@ class VideoWriter:
             self._file = open(self.path, "wb")
             for chunk in GifImagePlugin.getheader(self._palette, info={"loop": 0})[0]:
                 self._file.write(chunk)
-        indexed = image.quantize(palette=self._palette)
+        indexed = image.quantize(palette=self._palette, dither=Image.Dither.NONE)  # flat colours compress
         for chunk in GifImagePlugin.getdata(indexed, duration=duration):
             self._file.write(chunk)
         self._file.flush()  # on disk now: an interrupted recording keeps every frame drawn so far
@@ -130,6 +138,7 @@ def record_video(
     seed: int | None = None,
     max_frames: int = 60 * FPS,
     fps: int = FPS,
+    shrink: int = 1,
     **make_kwargs: Any,
 ) -> dict[str, Any]:
     """Play one episode with `policy_fn(obs) -> action` and stream its frames to a GIF or MP4.
@@ -143,6 +152,7 @@ def record_video(
         seed: passed to `reset`, so the same seed records the same episode.
         max_frames: stop after this many steps even if the episode goes on (60 s by default).
         fps: playback speed.
+        shrink: keep one pixel in `shrink` along each side (2 halves the width and height).
 
     Each frame goes to the file as soon as it is drawn (`VideoWriter`), so memory stays flat
     however long the episode. Returns `{"path", "frames", "return", "score"}` (score when the
@@ -158,7 +168,7 @@ def record_video(
         raise ValueError(f"record_video needs an env with render_mode='rgb_array', got "
                          f"{env.render_mode!r}")
     try:
-        with VideoWriter(path, fps=fps) as video:
+        with VideoWriter(path, fps=fps, shrink=shrink) as video:
             obs, info = env.reset(seed=seed)
             video.append(env.render())
             total = 0.0
