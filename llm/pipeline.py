@@ -53,6 +53,7 @@ from llm.checkpoints import STAGE_KINDS, load_stage, save_stage
 from llm.config import (
     GROUP_ALGOS,
     PREFERENCE_ALGOS,
+    PRESETS,
     STAGE_ARGS,
     PipelineConfig,
     model_config,
@@ -285,10 +286,16 @@ def _load(path: Path, stage: str, tok, expected, device) -> dict[str, GPT]:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    presets = "\n".join(
+        f"  {kind} {name:<11} " + ", ".join(f"{k}={v}" for k, v in values.items())
+        for kind, table in PRESETS.items() for name, values in table.items() if values
+    )
     parser = argparse.ArgumentParser(
         prog="python -m llm.pipeline",
         description="SFT → Bradley–Terry reward model → PPO-RLHF on a tiny GPT, "
         "on tasks the project generates.",
+        epilog=f"presets (the value of a field whose default is None), by --task and by --algo:\n{presets}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_arguments(parser, PipelineConfig)
     argv = sys.argv[1:] if argv is None else argv
