@@ -35,6 +35,7 @@ __all__ = [
     "check_choices",
     "add_arguments",
     "from_arguments",
+    "parse_into",
     "given_flags",
     "config_to_dict",
     "format_config",
@@ -157,6 +158,20 @@ def from_arguments(cls: type[C], args: argparse.Namespace, **overrides: Any) -> 
               if f.init and hasattr(args, f.name)}
     values.update(overrides)
     return cls(**values)
+
+
+def parse_into(cls: type[C], argv: list[str] | None = None, **parser_options: Any) -> C:
+    """Parse a command line into `cls`: one option per field (`add_arguments`), then the dataclass,
+    whose `__post_init__` checks the values; a value it refuses ends the program as argparse does
+    with a bad flag, in one line naming the field (exit code 2). `parser_options` go to
+    `argparse.ArgumentParser` (prog, description, epilog)."""
+    parser = argparse.ArgumentParser(**parser_options)
+    add_arguments(parser, cls)
+    args = parser.parse_args(argv)
+    try:
+        return from_arguments(cls, args)
+    except ValueError as exc:
+        parser.error(str(exc))
 
 
 def given_flags(argv: list[str], parser: argparse.ArgumentParser) -> set[str]:

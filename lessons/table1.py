@@ -17,7 +17,6 @@ last line on stdout is one JSON object with every score.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from core.config import add_arguments, from_arguments
+from core.config import parse_into
 from envs.train import TrainConfig, preset_for, train
 from envs.vector import make_vector_env
 
@@ -176,13 +175,7 @@ def run_table1(config: Table1Config, log: Callable[[str], None] = print) -> dict
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m lessons.table1", description=__doc__.split("\n")[0])
-    add_arguments(parser, Table1Config)
-    args = parser.parse_args(argv)
-    try:
-        config = from_arguments(Table1Config, args)
-    except ValueError as exc:
-        parser.error(str(exc))
+    config = parse_into(Table1Config, argv, prog="python -m lessons.table1", description=__doc__.split("\n")[0])
     torch.set_num_threads(config.threads)
     result = run_table1(config, log=lambda line: print(line, file=sys.stderr, flush=True))
     print(f"\n    {'setting':<27} {'normalised':>10} {'PPO paper':>9}", file=sys.stderr)

@@ -25,7 +25,6 @@ first of its list) and the held-out exact-match accuracy on `arithmetic`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -36,7 +35,7 @@ from typing import Literal
 import torch
 from matplotlib.figure import Figure  # the object API: no pyplot state, no backend switched
 
-from core.config import add_arguments, check_choices, from_arguments
+from core.config import check_choices, parse_into
 from core.metrics import read_metrics
 from llm.config import GROUP_ALGOS, PREFERENCE_ALGOS, PipelineConfig
 from llm.pipeline import run_pipeline
@@ -212,13 +211,7 @@ def compare(config: CompareConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m llm.compare", description=__doc__.split("\n")[0])
-    add_arguments(parser, CompareConfig)
-    args = parser.parse_args(argv)
-    try:
-        config = from_arguments(CompareConfig, args)
-    except ValueError as exc:
-        parser.error(str(exc))
+    config = parse_into(CompareConfig, argv, prog="python -m llm.compare", description=__doc__.split("\n")[0])
     torch.set_num_threads(config.threads)
     summary = compare(config)
     print(json.dumps(summary))

@@ -13,7 +13,6 @@ a matching checkpoint stop with a message that says what is wrong.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
 
@@ -21,7 +20,7 @@ import torch
 
 from core.checkpoint import CheckpointError
 from core.checks import NonFiniteError
-from core.config import add_arguments, from_arguments
+from core.config import parse_into
 from core.device import resolve_device
 from llm.checkpoints import load_stage, stage_tokenizer
 from llm.models import context_length
@@ -96,15 +95,7 @@ def sample(config: SampleConfig) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> list[str]:
-    parser = argparse.ArgumentParser(
-        prog="python -m llm.sample", description=__doc__.split("\n")[0]
-    )
-    add_arguments(parser, SampleConfig)
-    args = parser.parse_args(argv)
-    try:
-        config = from_arguments(SampleConfig, args)
-    except ValueError as exc:
-        parser.error(str(exc))
+    config = parse_into(SampleConfig, argv, prog="python -m llm.sample", description=__doc__.split("\n")[0])
     torch.set_num_threads(config.threads)
     try:
         lines = sample(config)
