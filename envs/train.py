@@ -496,6 +496,7 @@ def make_parser() -> argparse.ArgumentParser:
                                                      for k, v in values.items())
                         for family, values in PRESETS.items())
     parser = argparse.ArgumentParser(
+        prog="python -m envs.train",
         description=__doc__.split("\n\n")[0],
         epilog=f"presets (the value of a field whose default is None), by env family:\n{presets}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
