@@ -28,6 +28,7 @@ import torch
 
 from core.checkpoint import CheckpointError
 from envs.checkpoints import load_agent, load_normalizer_statistics
+from envs.flappy_bird.record import VideoWriter
 from envs.networks import ActorCritic
 from envs.normalize import NormalizedEnv
 from envs.vector import gym_id, make_vector_env, resolve_env_id
@@ -185,6 +186,8 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.episodes < 1:
         fail(f"--episodes must be ≥ 1, got {args.episodes}")
+    if args.video is not None and not args.video.lower().endswith(VideoWriter.SUFFIXES):
+        fail(f"--video must end in {' or '.join(VideoWriter.SUFFIXES)}, got {args.video!r}")
     if args.shrink < 1:
         fail(f"--shrink must be ≥ 1 (1 keeps every pixel, 2 halves each side), got {args.shrink}")
     if args.cap < 1:

@@ -153,6 +153,10 @@ def test_evaluate_refuses_zero_episodes_and_a_negative_cap(cartpole_run, capsys)
         "error: --episodes must be ≥ 1, got 0"
     line = refused(envs.evaluate, ["--checkpoint", checkpoint, "--cap", "-5"], capsys)
     assert line.startswith("error: --cap must be ≥ 1") and line.endswith("got -5")
+    assert refused(envs.evaluate, ["--checkpoint", checkpoint, "--video", "run.avi"], capsys) == \
+        "error: --video must end in .gif or .mp4, got 'run.avi'"
+    assert refused(envs.evaluate, ["--checkpoint", checkpoint, "--shrink", "0"], capsys).startswith(
+        "error: --shrink must be ≥ 1")
 
 
 def test_resume_of_a_gymnasium_env_says_what_continues_and_continues(cartpole_run, capsys):
