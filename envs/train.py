@@ -217,11 +217,11 @@ class TrainConfig:
 _DISCRETE = dict(gamma=0.99, update_epochs=4, norm_obs=False, norm_reward=False)
 _CONTINUOUS = dict(num_envs=8, num_steps=256, minibatch_size=64, learning_rate=3e-4, clip_coef=0.2, ent_coef=0.0,
                    total_steps=1_000_000, gamma=0.99, update_epochs=10, norm_obs=True, norm_reward=True)
+_FLAPPY = dict(num_envs=64, num_steps=128, minibatch_size=1024, learning_rate=3e-3, clip_coef=0.2, ent_coef=0.01,
+               total_steps=10_000_000, **_DISCRETE)
 PRESETS: dict[str, dict] = {
-    "flappy": dict(num_envs=64, num_steps=128, minibatch_size=1024, learning_rate=3e-3, clip_coef=0.2,
-                   ent_coef=0.01, total_steps=10_000_000, **_DISCRETE),
-    "flappy-pixels": dict(num_envs=64, num_steps=128, minibatch_size=1024, learning_rate=3e-3, clip_coef=0.2,
-                          ent_coef=0.01, total_steps=10_000_000, **_DISCRETE),
+    "flappy": _FLAPPY,
+    "flappy-pixels": dict(_FLAPPY),  # the same recipe; the observation shape picks the CNN
     "atari": dict(num_envs=8, num_steps=128, minibatch_size=256, learning_rate=2.5e-4, clip_coef=0.1,
                   ent_coef=0.01, total_steps=10_000_000, **_DISCRETE),
     "classic": dict(num_envs=8, num_steps=128, minibatch_size=256, learning_rate=2.5e-4, clip_coef=0.2,
