@@ -244,12 +244,15 @@ def copy_model(model: GPT) -> GPT:
 def disable_dropout(model: nn.Module) -> nn.Module:
     """Set every dropout probability to 0. RL needs it: with dropout on, the log-probs that
     PPO recomputes differ from those of the rollout even before any update, so the ratio
-    ρ = π_θ/π_old is noise instead of 1 at the first step."""
+    ρ = π_θ/π_old is noise instead of 1 at the first step. Works on the project's GPT and on a
+    wrapped `transformers` model: besides `nn.Dropout` layers, attention modules keep their
+    probability as a float attribute (ours and transformers' names below)."""
     for m in model.modules():
         if isinstance(m, nn.Dropout):
             m.p = 0.0
-        if isinstance(m, CausalSelfAttention):
-            m.dropout = 0.0
+        for name in ("dropout", "attention_dropout", "attn_pdrop", "resid_pdrop", "embd_pdrop"):
+            if isinstance(getattr(m, name, None), float):
+                setattr(m, name, 0.0)
     return model
 
 

@@ -58,7 +58,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from llm.model import GPT, KVCache
+from llm.model import GPT, KVCache, disable_dropout
 from llm.model import copy_model as copy_gpt
 
 __all__ = [
@@ -106,15 +106,6 @@ class HFCache:
     """(B, S) 1 on real tokens of the S positions seen so far."""
 
 
-def _zero_dropout(module: nn.Module) -> None:
-    for m in module.modules():
-        if isinstance(m, nn.Dropout):
-            m.p = 0.0
-        for name in ("attention_dropout", "dropout", "attn_pdrop", "resid_pdrop", "embd_pdrop"):
-            if isinstance(getattr(m, name, None), float):
-                setattr(m, name, 0.0)
-
-
 class HFModel(nn.Module):
     """A `transformers` causal LM behind the interface of this module (see the module docstring).
 
@@ -127,7 +118,7 @@ class HFModel(nn.Module):
         if head not in ("lm", "scalar"):
             raise ValueError(f"head must be 'lm' or 'scalar', got {head!r}")
         self.lm, self.source, self.head = lm, str(source), head
-        _zero_dropout(lm)
+        disable_dropout(lm)
         # transformers 5 names the cache argument `cache`, 4.x `past_key_values`
         called = lm if head == "lm" else lm.base_model
         params = inspect.signature(called.forward).parameters
