@@ -349,7 +349,10 @@ def train(
     distributed.broadcast_parameters(agent)  # every rank starts from rank 0's weights
     if device.type == "cpu":
         torch.set_num_threads(config.cpu_threads or (1 if agent.arch != "cnn" else os.cpu_count() or 1))
-    optimizer = torch.optim.Adam(agent.parameters(), lr=config.learning_rate, eps=1e-5)
+    # fused: one kernel per parameter for the whole Adam step instead of five (about 100 of the ~370
+    # torch ops of a minibatch of the MLP; each op costs microseconds however small its tensors)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=config.learning_rate, eps=1e-5,
+                                 fused=device.type in ("cpu", "cuda"))
     kl_controller = make_kl_controller(config.kl_controller, config.kl_coef, config.kl_controller_target) \
         if "kl_penalty" in config.objective else None
     shuffle = torch.Generator().manual_seed(distributed.rank_seed(config.seed))
