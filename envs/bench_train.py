@@ -64,7 +64,8 @@ class SolvedCheck:
         now = (time.perf_counter() - self.started - self.eval_seconds, global_step)
         at_cap = None if self.cap is None else sum(s >= self.cap for s in scores) / len(scores)
         self.evaluations.append({"seconds": round(now[0], 1), "steps": global_step,
-                                 "mean": sum(scores) / len(scores), "at_cap": at_cap})
+                                 "mean": sum(scores) / len(scores), "at_cap": at_cap,
+                                 "solved": self.is_solved(scores)})
         print(f"  eval at {global_step} steps, {now[0]:.0f} s: {self.evaluations[-1]}", file=sys.stderr)
         if self.solved_at is None and self.is_solved(scores):
             self.solved_at = now
