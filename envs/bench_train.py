@@ -1,11 +1,20 @@
 """How fast does PPO solve Flappy Bird and CartPole here? Wall-clock and environment steps.
 
-    python -m envs.bench_train                 # both tasks, ours and (if installed) SB3 on CartPole
+    python -m envs.bench_train                 # everything below (the SB3 rows when it is installed)
     python -m envs.bench_train --only cartpole
+    python -m envs.bench_train --only flappy flappy-sb3 --sb3-budget 300
 
 - Flappy Bird: the default `python -m envs.train` configuration; after every few updates the
   greedy policy plays 100 held-out episodes with a 500-pipe cap. Solved = mean ≥ 100 pipes and
   ≥ 90% of episodes past 40 pipes; mastered = ≥ 95% of episodes at the cap.
+- Flappy Bird with Stable-Baselines3 (`flappy-sb3`, when `stable-baselines3` is installed: the
+  `bench` extra): SB3's PPO on our `proximal/FlappyBird-v0` through its own single-env API
+  (`make_vec_env`, 8 envs, RL Zoo's LunarLander hyperparameters, one torch thread), judged by
+  the same solved check, on the same held-out seeds, by the same batched evaluation
+  (`evaluate_policy` on SB3's greedy policy), every 81 920 steps as ours. It trains for at most
+  `--sb3-budget` seconds (evaluations excluded) and reports "not solved within budget" past it;
+  `--sb3-budget 0` skips it. The ratio is ours/SB3 seconds to solved (when SB3 does not solve,
+  ours/budget bounds it from above).
 - CartPole-v1: solved = mean return ≥ 475 over 10 greedy episodes on held-out seeds, checked
   every 2 048 steps, for our PPO and for Stable-Baselines3's PPO with the RL Zoo
   hyperparameters (when `stable-baselines3` is installed), in the same run.
@@ -26,6 +35,10 @@ from envs.evaluate import evaluate_policy
 from envs.train import TrainConfig, preset_for, train
 
 CARTPOLE_EVAL_EVERY = 2048
+FLAPPY_ID = "proximal/FlappyBird-v0"
+# Ours evaluates every 10 updates of 64 envs × 128 steps; SB3's 8 envs × 1 024 steps make the same
+# 8 192-step batch, so both are checked at the same step counts: 81 920, 163 840, ...
+FLAPPY_EVAL_EVERY = 81_920
 
 
 class SolvedCheck:
@@ -51,7 +64,8 @@ class SolvedCheck:
         now = (time.perf_counter() - self.started - self.eval_seconds, global_step)
         at_cap = None if self.cap is None else sum(s >= self.cap for s in scores) / len(scores)
         self.evaluations.append({"seconds": round(now[0], 1), "steps": global_step,
-                                 "mean": sum(scores) / len(scores), "at_cap": at_cap})
+                                 "mean": sum(scores) / len(scores), "at_cap": at_cap,
+                                 "solved": self.is_solved(scores)})
         print(f"  eval at {global_step} steps, {now[0]:.0f} s: {self.evaluations[-1]}", file=sys.stderr)
         if self.solved_at is None and self.is_solved(scores):
             self.solved_at = now
@@ -73,16 +87,114 @@ def cartpole_solved(scores) -> bool:
     return sum(scores) / len(scores) >= 475
 
 
+def flappy_check(is_done=flappy_mastered) -> SolvedCheck:
+    """The one Flappy Bird check both implementations are judged by (the clock starts here)."""
+    return SolvedCheck(FLAPPY_ID, every=FLAPPY_EVAL_EVERY, episodes=100, cap=500, is_solved=flappy_solved,
+                       is_done=is_done)
+
+
 def bench_flappy(seed: int) -> dict:
     config = TrainConfig(**preset_for("flappy"), seed=seed, out="runs/bench/flappy", overwrite=True,
                          progress=False)
-    check = SolvedCheck("proximal/FlappyBird-v0", every=config.batch_size * 10, episodes=100, cap=500,
-                        is_solved=flappy_solved, is_done=flappy_mastered)
+    assert config.batch_size * 10 == FLAPPY_EVAL_EVERY, "the preset's batch changed: update FLAPPY_EVAL_EVERY"
+    check = flappy_check()
     train(config, stop_when=check)
     seconds, steps = check.solved_at if check.solved_at else (None, None)
     mastered_seconds, mastered_steps = check.done_at if check.done_at else (None, None)
     return {"seconds_to_solved": seconds, "steps_to_solved": steps, "seconds_to_mastered": mastered_seconds,
             "steps_to_mastered": mastered_steps}
+
+
+class SB3Greedy(torch.nn.Module):
+    """SB3's policy behind our agent's `act(obs, greedy=True)`, so that `evaluate_policy` (and so
+    `SolvedCheck`) judges it exactly as it judges ours: a batch of observation tensors in, the
+    policy's most likely action for each out (what `model.predict(obs, deterministic=True)` gives)."""
+
+    arch = "mlp"
+    continuous = False
+
+    def __init__(self, policy):
+        super().__init__()
+        self.policy = policy
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, greedy: bool = True, generator=None):
+        if not greedy:
+            raise ValueError("SB3Greedy only gives greedy actions")
+        device = next(self.policy.parameters()).device
+        actions = self.policy._predict(obs.to(device), deterministic=True)
+        return actions.to(obs.device), None, None
+
+
+# RL Zoo (hyperparams/ppo.yml) has no Flappy Bird entry; of its discrete-action entries we take
+# LunarLander-v2's (n_steps 1024, batch_size 64, gae_lambda 0.98, gamma 0.999, n_epochs 4, ent_coef 0.01,
+# learning rate and clip range at SB3's defaults, 3e-4 and 0.2), with 8 envs instead of its 16. It is the
+# zoo's long-episode discrete task (up to 1 000 steps, many small rewards, an entropy bonus), like Flappy
+# Bird (thousands of frames, +0.1 per frame alive); CartPole-v1's entry (gamma 0.98, 32-step rollouts,
+# 20 epochs) is tuned for a 500-step balancing task whose horizon is far shorter. 8 × 1 024 is also
+# our preset's batch (64 × 128), so both are evaluated at the same step counts.
+SB3_FLAPPY = dict(n_steps=1024, batch_size=64, gae_lambda=0.98, gamma=0.999, n_epochs=4, ent_coef=0.01)
+SB3_FLAPPY_ENVS = 8
+
+
+def bench_flappy_sb3(seed: int, budget: float, every: int = FLAPPY_EVAL_EVERY,
+                     max_steps: int | None = None) -> dict | None:
+    """SB3's PPO on our Flappy Bird until solved, `budget` seconds of training (evaluations
+    excluded) or `max_steps` env steps; None when SB3 is not installed."""
+    try:
+        from stable_baselines3 import PPO
+        from stable_baselines3.common.callbacks import BaseCallback
+        from stable_baselines3.common.env_util import make_vec_env
+    except ImportError:
+        return None
+    import envs  # noqa: F401  (registers proximal/FlappyBird-v0 for gymnasium.make)
+
+    check = flappy_check(is_done=flappy_solved)
+    check.every = check.next_check = every
+
+    class Check(BaseCallback):
+        """Evaluates after each update (at rollout start, as ours after each update), stops when
+        solved or when the training time (evaluations excluded) passes the budget."""
+
+        def __init__(self):
+            super().__init__()
+            self.stop, self.over_budget = False, False
+
+        def _on_rollout_start(self) -> None:
+            self.stop = check(SB3Greedy(self.model.policy), self.num_timesteps)
+            self.model.policy.set_training_mode(False)  # as SB3 collects rollouts (check's train() undone)
+
+        def _on_step(self) -> bool:
+            if time.perf_counter() - check.started - check.eval_seconds > budget:
+                self.over_budget = True
+            return not (self.stop or self.over_budget)
+
+    torch.set_num_threads(1)
+    env = make_vec_env(FLAPPY_ID, n_envs=SB3_FLAPPY_ENVS, seed=seed)
+    model = PPO("MlpPolicy", env, **SB3_FLAPPY, seed=seed, device="cpu", verbose=0)
+    callback = Check()
+    model.learn(total_timesteps=max_steps or 10**12, callback=callback)  # stopped by the callback
+    trained = time.perf_counter() - check.started - check.eval_seconds
+    env.close()
+    seconds, steps = check.solved_at if check.solved_at else (None, None)
+    return {"seconds_to_solved": seconds, "steps_to_solved": steps, "budget_seconds": budget,
+            "trained_seconds": round(trained, 1), "trained_steps": int(model.num_timesteps),
+            "steps_per_second": round(model.num_timesteps / trained) if trained > 0 else None,
+            "best_mean": max((e["mean"] for e in check.evaluations), default=None),
+            "evaluations": len(check.evaluations)}
+
+
+def sb3_ratio(ours: dict | None, sb3: dict | None) -> dict:
+    """ours/SB3 seconds to solved; when SB3 did not solve, ours/budget is an upper bound of it."""
+    ours_s = ours["seconds_to_solved"] if ours else None
+    sb3_s = sb3["seconds_to_solved"] if sb3 else None
+    ratio = ours_s / sb3_s if ours_s is not None and sb3_s else None
+    bound = ours_s / sb3["budget_seconds"] if ours_s is not None and sb3 and sb3_s is None else None
+    if ours is None or sb3 is None:
+        met = None  # only one of the two ran
+    else:  # the target: ours ≤ 0.1 × SB3's time, or SB3 not solving within its budget (ours solving)
+        met = ours_s is not None and (sb3_s is None or ratio <= 0.1)
+    return {"ratio": ratio, "ratio_below": bound, "target_met": met}
 
 
 CARTPOLE_OURS = dict(env_id="CartPole-v1", num_envs=8, num_steps=32, minibatch_size=128, update_epochs=10,
@@ -170,22 +282,44 @@ def warm_up() -> None:
     torch.set_num_threads(1)
 
 
-def main(argv: list[str] | None = None) -> None:
+ONLY = ("flappy", "flappy-sb3", "cartpole")
+
+
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", choices=["flappy", "cartpole"], default=None)
+    parser.add_argument("--only", nargs="+", choices=ONLY, default=None,
+                        help="run only these (default: all); `--only flappy flappy-sb3` gives the Flappy Bird ratio")
     parser.add_argument("--seed", type=int, default=1, help="Flappy Bird's seed; CartPole uses seed, seed+1, …")
     parser.add_argument("--cartpole-seeds", type=int, default=5, help="CartPole runs per implementation (medians)")
+    parser.add_argument("--sb3-budget", type=float, default=600.0, metavar="SECONDS",
+                        help="training seconds SB3 gets on Flappy Bird (evaluations excluded); 0 skips it")
+    parser.add_argument("--sb3-every", type=int, default=FLAPPY_EVAL_EVERY, metavar="STEPS",
+                        help="env steps between SB3's Flappy Bird evaluations")
     args = parser.parse_args(argv)
+    if args.sb3_budget < 0 or args.sb3_every < 1 or args.cartpole_seeds < 1:
+        parser.error("--sb3-budget must be ≥ 0, --sb3-every and --cartpole-seeds ≥ 1")
+    selected = set(args.only or ONLY)
+    if args.sb3_budget == 0:
+        selected.discard("flappy-sb3")
     warm_up()
-    result: dict = {"flappy": None, "cartpole": None}
+    result: dict = {"flappy": None, "flappy_sb3": None, "cartpole": None}
     rows = []
-    if args.only in (None, "flappy"):
+    if "flappy" in selected:
         result["flappy"] = bench_flappy(args.seed)
         rows.append(("Flappy Bird solved (ours)", result["flappy"]["seconds_to_solved"],
                      result["flappy"]["steps_to_solved"]))
         rows.append(("Flappy Bird mastered (ours)", result["flappy"]["seconds_to_mastered"],
                      result["flappy"]["steps_to_mastered"]))
-    if args.only in (None, "cartpole"):
+    if "flappy-sb3" in selected:
+        sb3 = bench_flappy_sb3(args.seed, args.sb3_budget, args.sb3_every)
+        if sb3 is None:
+            print("flappy-sb3: stable-baselines3 is not installed (pip install -e \".[bench]\"); skipped",
+                  file=sys.stderr)
+        else:
+            result["flappy_sb3"] = {**sb3, **sb3_ratio(result["flappy"], sb3)}
+            rows.append((f"Flappy Bird solved (SB3 RL Zoo, ≤ {args.sb3_budget:g} s)", sb3["seconds_to_solved"],
+                         sb3["steps_to_solved"]))
+    if "cartpole" in selected:
         seeds = range(args.seed, args.seed + args.cartpole_seeds)
         ours_runs, sb3_runs = [], []
         for seed in seeds:  # alternate, so that a change in machine load hits both alike
@@ -200,12 +334,25 @@ def main(argv: list[str] | None = None) -> None:
             rows.append((f"CartPole-v1 ≥ 475 (ours, seed {seed})", o["seconds"], o["steps"]))
             rows.append((f"CartPole-v1 ≥ 475 (SB3 RL Zoo, seed {seed})", s["seconds"] if s else None,
                          s["steps"] if s else None))
-    print(f"{'task':42s} {'seconds':>10s} {'env steps':>12s}", file=sys.stderr)
+    print(f"{'task':46s} {'seconds':>26s} {'env steps':>12s}", file=sys.stderr)
     for name, seconds, steps in rows:
-        s = f"{seconds:10.1f}" if seconds is not None else f"{'not solved':>10s}"
+        s = f"{seconds:26.1f}" if seconds is not None else f"{'not solved':>26s}"
+        if seconds is None and "SB3" in name and "Flappy" in name:
+            s = f"{'not solved within budget':>26s}"
         n = f"{steps:12d}" if steps is not None else f"{'-':>12s}"
-        print(f"{name:42s} {s} {n}", file=sys.stderr)
+        print(f"{name:46s} {s} {n}", file=sys.stderr)
+    flappy_sb3 = result["flappy_sb3"]
+    if flappy_sb3 is not None:
+        print(f"SB3 on Flappy Bird: {flappy_sb3['trained_steps']} steps in {flappy_sb3['trained_seconds']} s "
+              f"({flappy_sb3['steps_per_second']} steps/s), best greedy mean {flappy_sb3['best_mean']} pipes",
+              file=sys.stderr)
+        if flappy_sb3["ratio"] is not None:
+            print(f"ours/SB3, seconds to solved: {flappy_sb3['ratio']:.3f} (target ≤ 0.1)", file=sys.stderr)
+        elif flappy_sb3["ratio_below"] is not None:
+            print(f"ours/SB3, seconds to solved: below {flappy_sb3['ratio_below']:.3f} (SB3 not solved within "
+                  f"{flappy_sb3['budget_seconds']:g} s)", file=sys.stderr)
     print(json.dumps(result))
+    return result
 
 
 if __name__ == "__main__":

@@ -181,7 +181,7 @@ def test_field_docs_include_base_classes():
 
 @pytest.mark.parametrize(
     "module",
-    ["envs.train", "envs.evaluate", "envs.bench", "envs.bench_train", "envs.flappy_bird.play",
+    ["envs.train", "envs.evaluate", "envs.bench", "envs.bench_train", "envs.bench_gpu", "envs.flappy_bird.play",
      "llm.pipeline", "llm.sample", "llm.bench", "llm.compare"],
 )
 def test_every_command_prints_its_help(module, capsys):

@@ -1,0 +1,87 @@
+"""`python -m envs.bench_train`'s Stable-Baselines3 side on our Flappy Bird (SB3 is the optional
+`bench` extra: those tests are skipped without it), its ratio and its flags."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from envs import bench_train
+from envs.bench_train import FLAPPY_ID, SB3Greedy, sb3_ratio
+
+
+def _sb3_model(n_envs: int = 2, seed: int = 0):
+    pytest.importorskip("stable_baselines3")
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_vec_env
+
+    import envs  # noqa: F401  (registers proximal/FlappyBird-v0)
+
+    env = make_vec_env(FLAPPY_ID, n_envs=n_envs, seed=seed)
+    return PPO("MlpPolicy", env, **bench_train.SB3_FLAPPY, seed=seed, device="cpu", verbose=0)
+
+
+def test_sb3_greedy_gives_the_actions_of_predict_deterministic():
+    model = _sb3_model()
+    with torch.no_grad():  # sharpen the fresh policy's logits so that both actions occur
+        model.policy.action_net.weight.mul_(300.0)
+    obs = np.random.default_rng(0).uniform(-1, 1, size=(64, 12)).astype(np.float32)
+    expected, _ = model.predict(obs, deterministic=True)
+    actions, _, _ = SB3Greedy(model.policy).act(torch.as_tensor(obs), greedy=True)
+    assert actions.shape == (64,) and actions.tolist() == expected.tolist()
+    assert len(set(expected.tolist())) == 2, "the check should see both actions"
+
+
+def test_sb3_greedy_is_judged_by_our_batched_evaluation():
+    from envs.evaluate import evaluate_policy
+
+    model = _sb3_model()
+    scores = evaluate_policy(SB3Greedy(model.policy), FLAPPY_ID, episodes=4, cap=3, seed=10_000)
+    assert len(scores) == 4 and all(0 <= s <= 3 for s in scores)
+
+
+def test_sb3_flappy_run_stops_at_its_budget():
+    pytest.importorskip("stable_baselines3")
+    result = bench_train.bench_flappy_sb3(seed=1, budget=0.5, every=10**9)
+    assert result["seconds_to_solved"] is None and result["budget_seconds"] == 0.5
+    assert result["trained_steps"] > 0 and 0.5 <= result["trained_seconds"] < 5
+    assert result["evaluations"] == 0
+
+
+def test_sb3_flappy_run_evaluates_every_fixed_number_of_steps(monkeypatch):
+    """After each update whose step count reaches the next multiple of `every` (here every update of
+    8 envs × 64 steps, shortened from 1 024 to keep the test fast): the first rollout's start is not one."""
+    pytest.importorskip("stable_baselines3")
+    monkeypatch.setitem(bench_train.SB3_FLAPPY, "n_steps", 64)
+    result = bench_train.bench_flappy_sb3(seed=1, budget=1e9, every=512, max_steps=3 * 512)
+    assert result["evaluations"] == 2 and result["trained_steps"] == 3 * 512
+    assert result["best_mean"] is not None and result["seconds_to_solved"] is None
+
+
+def test_ratio_and_target():
+    ours = {"seconds_to_solved": 30.0}
+    assert sb3_ratio(ours, {"seconds_to_solved": 600.0, "budget_seconds": 900}) == {
+        "ratio": 0.05, "ratio_below": None, "target_met": True}
+    assert sb3_ratio(ours, {"seconds_to_solved": 100.0, "budget_seconds": 900})["target_met"] is False
+    unsolved = sb3_ratio(ours, {"seconds_to_solved": None, "budget_seconds": 300})
+    assert unsolved == {"ratio": None, "ratio_below": 0.1, "target_met": True}
+    assert sb3_ratio({"seconds_to_solved": None}, {"seconds_to_solved": None, "budget_seconds": 300})[
+        "target_met"] is False
+    assert sb3_ratio(None, {"seconds_to_solved": None, "budget_seconds": 300})["target_met"] is None
+
+
+def test_a_zero_budget_skips_sb3(capsys):
+    result = bench_train.main(["--only", "flappy-sb3", "--sb3-budget", "0"])
+    assert result == {"flappy": None, "flappy_sb3": None, "cartpole": None}
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result
+
+
+@pytest.mark.parametrize("argv", [["--sb3-budget", "-1"], ["--sb3-every", "0"], ["--only", "puffer-x"],
+                                  ["--cartpole-seeds", "0"]])
+def test_bad_flags_are_refused(argv):
+    with pytest.raises(SystemExit) as exit_info:
+        bench_train.main(argv)
+    assert exit_info.value.code == 2
