@@ -89,28 +89,32 @@ def cartpole_solved(scores) -> bool:
     return sum(scores) / len(scores) >= 475
 
 
-def flappy_check(is_done=flappy_mastered) -> SolvedCheck:
+def flappy_check(is_done=flappy_mastered, every: int = FLAPPY_EVAL_EVERY) -> SolvedCheck:
     """The one Flappy Bird check both implementations are judged by (the clock starts here)."""
-    return SolvedCheck(FLAPPY_ID, every=FLAPPY_EVAL_EVERY, episodes=100, cap=500, is_solved=flappy_solved,
-                       is_done=is_done)
+    return SolvedCheck(FLAPPY_ID, every=every, episodes=100, cap=500, is_solved=flappy_solved, is_done=is_done)
 
 
 FRESH_SEED = 1_000_000  # seeds of the final check: far from the held-out 10 000.. of SolvedCheck
 
 
-def bench_flappy(seed: int) -> dict:
-    config = TrainConfig(**preset_for("flappy"), seed=seed, out="runs/bench/flappy", overwrite=True,
-                         progress=False)
-    assert config.batch_size * 10 == FLAPPY_EVAL_EVERY, "the preset's batch changed: update FLAPPY_EVAL_EVERY"
-    check = flappy_check()
+def bench_flappy(seed: int, device: str = "cpu", **overrides) -> dict:
+    """The flappy preset (with `overrides`, e.g. total_steps or num_envs) on `device` until mastered or
+    its last step, checked every 10 updates; then the policy it stopped with on fresh seeds."""
+    config = TrainConfig(**{**preset_for("flappy"), **overrides}, seed=seed, device=device,
+                         out="runs/bench/flappy", overwrite=True, progress=False)
+    check = flappy_check(every=config.batch_size * 10)  # the preset's: FLAPPY_EVAL_EVERY, as SB3's
     summary = train(config, stop_when=check)
+    trained = summary["seconds"] - check.eval_seconds
     seconds, steps = check.solved_at if check.solved_at else (None, None)
     mastered_seconds, mastered_steps = check.done_at if check.done_at else (None, None)
     # The policy the run ended with, on 100 seeds no evaluation above has used: a policy that
     # oscillates can pass one check on the held-out seeds by luck; on fresh seeds it shows.
-    fresh = evaluate_policy(summary["agent"], FLAPPY_ID, episodes=100, cap=500, seed=FRESH_SEED + seed * 1000)
+    fresh = evaluate_policy(summary["agent"], FLAPPY_ID, episodes=100, cap=500, seed=FRESH_SEED + seed * 1000,
+                            device=device)
     return {"seconds_to_solved": seconds, "steps_to_solved": steps, "seconds_to_mastered": mastered_seconds,
-            "steps_to_mastered": mastered_steps, "training_seconds": round(summary["seconds"] - check.eval_seconds, 1),
+            "steps_to_mastered": mastered_steps, "num_envs": config.num_envs, "steps": summary["global_step"],
+            "training_seconds": round(trained, 1), "eval_seconds": round(check.eval_seconds, 1),
+            "steps_per_second": round(summary["global_step"] / trained) if trained > 0 else None,
             "final_at_cap_fresh_seeds": sum(s >= 500 for s in fresh) / len(fresh),
             "final_mastered_fresh_seeds": flappy_mastered(fresh)}
 
