@@ -65,4 +65,6 @@ def test_the_script_runs_end_to_end_on_the_cpu_when_told(capsys):
     assert result["env_sps"]["64"] > 0 and result["gpu"] is None
     assert result["train"]["steps"] == 8192 and result["train"]["steps_per_second"] > 0
     assert result["train"]["seconds_to_solved"] is None
+    # 8 updates of 8 envs do not master the game: the fresh-seed replay of the final policy says so
+    assert result["train"]["final_at_cap_fresh_seeds"] < 0.95 and not result["train"]["final_mastered_fresh_seeds"]
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith('{"device": "cpu"')
