@@ -350,7 +350,9 @@ def train(
     distributed.broadcast_parameters(agent)  # every rank starts from rank 0's weights
     if device.type == "cpu":
         torch.set_num_threads(config.cpu_threads or (1 if agent.arch != "cnn" else os.cpu_count() or 1))
-    optimizer = torch.optim.Adam(agent.parameters(), lr=config.learning_rate, eps=1e-5)
+    # foreach (the default on CUDA only): each Adam op runs once over every parameter instead of once
+    # per parameter, ~100 fewer torch calls per minibatch on the CPU and bit-for-bit the same update
+    optimizer = torch.optim.Adam(agent.parameters(), lr=config.learning_rate, eps=1e-5, foreach=True)
     kl_controller = make_kl_controller(config.kl_controller, config.kl_coef, config.kl_controller_target) \
         if "kl_penalty" in config.objective else None
     shuffle = torch.Generator().manual_seed(distributed.rank_seed(config.seed))
