@@ -37,7 +37,8 @@ Two implementations of the step (`step_kernel`):
   torch step's is (whole numbers), and its two roundings, the episode return and the
   features' `(raw - mid) * scale`, are the same float32 operations in the same order. A torch
   op costs about a microsecond to launch whatever its size, so fifty of them bound the torch
-  step on a CPU; one call of the kernel is several times faster (`python -m envs.bench`).
+  step on a CPU; the kernel's one call is 2.5 to 8 times faster, depending on N and on the
+  machine's load (`python -m envs.bench` times both).
 
 `tests/test_flappy_kernel.py` proves the two identical, bit for bit: every output and the
 whole state after every step, over thousands of steps of random play. The state layout is the
