@@ -2,12 +2,15 @@
 
 Measures, in one run, with random actions: the single env
 (`gymnasium.make("proximal/FlappyBird-v0")`), the batched env on the CPU at N = 1, 64, 1024
-and 8192, the batched env at N = 65,536 on CUDA when a GPU is present, and, when the
-`flappy-bird-gymnasium` package is installed, its `FlappyBird-v0` with `use_lidar=False` (the
-reference). Each figure is the best of `repeats` timed windows of `seconds` each, taken in
-turns (window 1 of every workload, then window 2, ...): on a shared machine the best window is
-the one least disturbed by others, and taking turns spreads any disturbance over all the
-workloads alike. One CPU thread by default.
+and 8192, with its default step (the C kernel `envs/flappy_bird/step.c` where a C compiler is
+found) and with its torch ops (`step_kernel="torch"`, the reference step and the GPU's), the
+batched env at N = 65,536 on CUDA when a GPU is present, and, when the `flappy-bird-gymnasium`
+package is installed, its `FlappyBird-v0` with `use_lidar=False` (the reference). Each figure
+is the best of `repeats` timed windows of `seconds` each, taken in turns (window 1 of every
+workload, then window 2, ...): on a shared machine the best window is the one least disturbed
+by others, and taking turns spreads any disturbance over all the workloads alike. One CPU
+thread by default. The C kernel is compiled before any timing (on first use, about a second;
+then cached).
 
 Two ways of feeding random actions to a single env are timed:
 
@@ -24,10 +27,13 @@ Ends with one JSON line (ratios are batched steps/s over the reference's steps/s
      "reference_sps": ... or null, "ratio_1024": ... or null, "ratio_8192": ... or null,
      "device": "cpu", "cuda_sps": {"65536": ...} or null, "threads": ...,
      "single_sps_sampled": ..., "reference_sps_sampled": ... or null,
-     "ratio_1024_sampled": ... or null, "ratio_8192_sampled": ... or null}
+     "ratio_1024_sampled": ... or null, "ratio_8192_sampled": ... or null,
+     "step_kernel": "c" or "torch", "batched_sps_torch": {"1": ..., ...} or null}
 
-`single_sps`, `reference_sps` and `ratio_*` are "env only"; the `*_sampled` keys are the same
-with actions from `action_space.sample()`.
+`batched_sps` and the ratios are the batched env's default step, `step_kernel` says which one
+that was ("c", or "torch" without a C compiler), and `batched_sps_torch` is the torch-op step
+at the same sizes (null with `--no-torch-ops`). `single_sps`, `reference_sps` and `ratio_*`
+are "env only"; the `*_sampled` keys are the same with actions from `action_space.sample()`.
 """
 
 from __future__ import annotations
@@ -67,6 +73,9 @@ class BenchConfig:
     one core too, so the ratios are per core, and one thread is steadier on a shared machine."""
     reference: bool = True
     """Measure flappy-bird-gymnasium's FlappyBird-v0 when it is installed."""
+    torch_ops: bool = True
+    """Also measure the batched env's torch-op step on the CPU (its default step there is the
+    C kernel)."""
     seed: int = 0
     """Seed of the envs and of the random actions."""
 
@@ -91,8 +100,9 @@ class Workload:
     """A piece of work to time: `run()` does a chunk of steps and returns how many."""
 
     def __init__(self, run: Callable[[], int], sync: Callable[[], None] | None = None,
-                 close: Callable[[], None] | None = None):
+                 close: Callable[[], None] | None = None, step_kernel: str | None = None):
         self.run, self.sync, self.close = run, sync, close
+        self.step_kernel = step_kernel  # the batched env's step ("c" or "torch"), else None
         self.run()  # warm-up (allocations, caches, lazy initialisation)
 
     def window(self, seconds: float) -> float:
@@ -134,11 +144,12 @@ def single_workload(make_env: Callable[[], object], seed: int = 0,
 
 
 def batched_workload(num_envs: int, device: str, obs_type: str = "features",
-                     seed: int = 0) -> Workload:
-    """The batched env with random actions (env steps: N per call)."""
+                     seed: int = 0, step_kernel: str = "auto") -> Workload:
+    """The batched env with random actions (env steps: N per call); `step_kernel` as for
+    `BatchedFlappyBird` (the one used is the workload's `step_kernel`)."""
     from envs.flappy_bird import BatchedFlappyBird
 
-    env = BatchedFlappyBird(num_envs, device=device, obs_type=obs_type)
+    env = BatchedFlappyBird(num_envs, device=device, obs_type=obs_type, step_kernel=step_kernel)
     env.reset(seed=seed)
     generator = torch.Generator(device=env.device).manual_seed(seed)
     actions = torch.randint(0, 2, (16, num_envs), device=env.device, generator=generator)
@@ -150,7 +161,7 @@ def batched_workload(num_envs: int, device: str, obs_type: str = "features",
         return calls * num_envs
 
     sync = torch.cuda.synchronize if env.device.type == "cuda" else None
-    return Workload(run, sync=sync, close=env.close)
+    return Workload(run, sync=sync, close=env.close, step_kernel=env.step_kernel)
 
 
 def _reference_maker():
@@ -190,6 +201,9 @@ def main(argv: list[str] | None = None) -> dict:
     for n in sizes:
         builders.append((f"batched, cpu, N={n}",
                          lambda n=n: batched_workload(n, "cpu", cfg.obs_type, cfg.seed)))
+    for n in sizes if cfg.torch_ops else ():
+        builders.append((f"batched, torch ops, cpu, N={n}", lambda n=n: batched_workload(
+            n, "cpu", cfg.obs_type, cfg.seed, step_kernel="torch")))
     if cuda:
         builders.append((f"batched, cuda, N={cfg.cuda_envs}", lambda: batched_workload(
             cfg.cuda_envs, "cuda", cfg.obs_type, cfg.seed)))
@@ -210,8 +224,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     ref = results.get(REFERENCE)
     ref_sampled = results.get(REFERENCE + " (sampled)")
+    kernels = {workloads[f"batched, cpu, N={n}"].step_kernel for n in sizes}
+    step_kernel = kernels.pop() if len(kernels) == 1 else None
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU thread(s), "
-          f"obs_type={cfg.obs_type}, best of {cfg.repeats} x {cfg.seconds:g} s")
+          f"obs_type={cfg.obs_type}, best of {cfg.repeats} x {cfg.seconds:g} s, "
+          f"batched step on the CPU: {step_kernel}")
     print(f"{'environment':<46}{'steps/s':>14}{'x ref':>9}{'x ref (sampled)':>17}")
     for name, rate in results.items():
         ratio = f"{rate / ref:,.1f}" if ref else "-"
@@ -219,6 +236,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{name:<46}{rate:>14,.0f}{ratio:>9}{ratio_sampled:>17}")
 
     batched = {str(n): round(results[f"batched, cpu, N={n}"]) for n in sizes}
+    batched_torch = ({str(n): round(results[f"batched, torch ops, cpu, N={n}"]) for n in sizes}
+                     if cfg.torch_ops else None)
 
     def ratio(n: str, base: float | None) -> float | None:
         return round(batched[n] / base, 1) if base and n in batched else None
@@ -237,6 +256,8 @@ def main(argv: list[str] | None = None) -> dict:
         "reference_sps_sampled": round(ref_sampled) if ref_sampled else None,
         "ratio_1024_sampled": ratio("1024", ref_sampled),
         "ratio_8192_sampled": ratio("8192", ref_sampled),
+        "step_kernel": step_kernel,
+        "batched_sps_torch": batched_torch,
     }
     print(json.dumps(summary))
     return summary

@@ -4,7 +4,8 @@ The PPO loop sees `reset(seed) -> obs` and `step(actions) -> Step`, torch tensor
 training device, whatever runs underneath:
 
 - our batched Flappy Bird (`envs.flappy_bird.BatchedFlappyBird`), which steps as tensors on
-  the device: on CUDA a rollout never copies anything to the host;
+  the device: on CUDA a rollout never copies anything to the host; on the CPU its C step
+  kernel steps all envs in one call (`step_kernel`, "auto" by default);
 - Atari through ale-py's own vector env (C++ threads, preprocessing built in) or the readable
   gymnasium-wrapper stack (`envs.atari`, `atari_backend`);
 - any other gymnasium id (CartPole, Pendulum, MuJoCo, third-party ids) through a gymnasium
@@ -198,7 +199,8 @@ def make_vector_env(env_id: str, num_envs: int, device: torch.device, *, atari_b
     "wrappers" (the gymnasium-wrapper stack of `envs.atari.make_atari_env`, the readable
     reference); both give (N, 4, 84, 84) uint8 frames and whole-game returns.
     `env_kwargs` go to the env: for Flappy Bird any `FlappyConfig` field (`max_score=500`,
-    `pipe_gap=...`) or `max_episode_steps`; for Atari, `make_atari_env`'s arguments.
+    `pipe_gap=...`), `max_episode_steps` or `step_kernel` ("auto", "c" or "torch": see
+    `envs.flappy_bird.batched`); for Atari, `make_atari_env`'s arguments.
     """
     env_id = resolve_env_id(env_id)
     name = gym_id(env_id)

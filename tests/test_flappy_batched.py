@@ -9,7 +9,7 @@ import torch
 from gymnasium.vector import AutoresetMode, VectorEnv
 
 import envs
-from envs.flappy_bird import BatchedFlappyBird, autopilot, make_batched_flappy
+from envs.flappy_bird import BatchedFlappyBird, autopilot, kernel, make_batched_flappy
 from envs.flappy_bird.render import GRAY
 
 
@@ -33,6 +33,19 @@ def policy_actions(obs: torch.Tensor, rng: np.random.Generator, config) -> np.nd
     return actions
 
 
+@pytest.fixture(params=["torch", "c"])
+def step_kernel(request, device):
+    """Each of the batched env's two steps: the torch ops and, on the CPU, the C kernel."""
+    if request.param == "c":
+        if device.type != "cpu":
+            pytest.skip("the C step kernel runs on the CPU only")
+        try:
+            kernel.load()
+        except kernel.KernelUnavailable as exc:
+            pytest.skip(f"the C step kernel is unavailable here: {exc}")
+    return request.param
+
+
 @pytest.mark.parametrize(
     ("seed", "overrides"),
     [
@@ -42,9 +55,11 @@ def policy_actions(obs: torch.Tensor, rng: np.random.Generator, config) -> np.nd
                  "max_fall_speed": 12, "gap_table_size": 16}),
     ],
 )
-def test_batched_equals_single_env_step_for_step(seed, overrides, device):
+def test_batched_equals_single_env_step_for_step(seed, overrides, device, step_kernel):
     n, steps, limit = 5, 2500, 700
-    batched = BatchedFlappyBird(n, device=device, max_episode_steps=limit, **overrides)
+    batched = BatchedFlappyBird(n, device=device, max_episode_steps=limit,
+                                step_kernel=step_kernel, **overrides)
+    assert batched.step_kernel == step_kernel
     singles = [gym.make(envs.FLAPPY_ID, max_episode_steps=limit, **overrides) for _ in range(n)]
     obs, _ = batched.reset(seed=seed)
     single_obs = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(singles)])
@@ -297,4 +312,5 @@ def test_wide_batch_path_equals_single_env(monkeypatch, device):
     from envs.flappy_bird import batched as batched_module
 
     monkeypatch.setattr(batched_module, "_SPARSE_MIN_ENVS", 1)
-    test_batched_equals_single_env_step_for_step(100, {"ceiling": "crash", "max_score": 4}, device)
+    test_batched_equals_single_env_step_for_step(100, {"ceiling": "crash", "max_score": 4}, device,
+                                                 "torch")

@@ -17,6 +17,9 @@ def test_bench_smoke(capsys):
     assert set(summary["batched_sps"]) == {"1", "64"} and summary["batched_sps"]["64"] > 0
     assert summary["single_sps"] > 0 and summary["reference_sps"] is None
     assert summary["ratio_1024"] is None and summary["device"] == "cpu"
+    assert summary["step_kernel"] in ("c", "torch")  # "torch" where no C compiler is found
+    assert set(summary["batched_sps_torch"]) == {"1", "64"}
+    assert summary["batched_sps_torch"]["64"] > 0
 
 
 def test_bench_rejects_bad_settings():

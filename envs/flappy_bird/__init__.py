@@ -7,6 +7,8 @@ Files (read them in this order):
 - `env.py`       `FlappyBirdEnv`, one game in plain Python (gymnasium `Env`);
 - `batched.py`   `BatchedFlappyBird`, N games as torch tensors on any device
                  (gymnasium `VectorEnv`, SAME_STEP autoreset), and `make_batched_flappy`;
+- `step.c`       the same step in C, one call for all N games: the batched env's step on
+                 the CPU (`kernel.py` compiles it on first use and calls it with ctypes);
 - `render.py`    the pygame renderer (sprites drawn in code) and the shared palette;
 - `autopilot.py` a look-ahead scripted player over the features;
 - `record.py`    `record_video`, `run_episode` and `make_flappy_pixels` (gymnasium's pixel
