@@ -13,7 +13,7 @@ Measures, on the GPU:
    `python -m envs.bench_train` judges the CPU run (`SolvedCheck`: 100 held-out greedy episodes
    with the 500-pipe cap every 10 updates; solved = mean ≥ 100 pipes and ≥ 90% past 40,
    mastered = ≥ 95% at the cap), the evaluations' time excluded. The run stops once mastered,
-   or at `--total-steps` (the preset's 10 M by default); the policy it stopped with then plays
+   or at `--total-steps` (the preset's 20 M by default); the policy it stopped with then plays
    100 episodes on fresh seeds (`envs.bench_train.bench_flappy`, the same code as the CPU run).
 
 Prints a table on stderr and ends with one JSON line on stdout:
@@ -82,7 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=_positive(int), default=3, help="timed windows per size (best kept)")
     parser.add_argument("--no-train", dest="train", action="store_false", help="only the env's steps/s")
     parser.add_argument("--total-steps", type=_positive(int), default=None,
-                        help="stop training here if not mastered before (default: the flappy preset's 10 M)")
+                        help="stop training here if not mastered before (default: the flappy preset's 20 M)")
     parser.add_argument("--num-envs", type=_positive(int), default=None,
                         help="training envs (default: the flappy preset's 64, as the CPU figures)")
     parser.add_argument("--seed", type=int, default=1, help="training seed (the env benchmark uses 0)")
