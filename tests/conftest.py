@@ -4,6 +4,8 @@
   `PROXIMAL_TEST_DEVICE=cuda` to run the same tests on a GPU.
 - `@pytest.mark.formula("ID")` must name an ID of the catalog (checked at collection).
 - `@pytest.mark.gpu` tests are skipped when CUDA is absent.
+- `one_torch_thread` fixture: one torch thread during a test, the previous count restored
+  after it (for modules that train or step envs: `pytestmark = pytest.mark.usefixtures(...)`).
 - `small_mdp` fixture: a three-state, two-action MDP solved exactly (the policy-gradient
   theorem, PG-7, and actor–critic, AC-1, are both checked on it).
 """
@@ -34,6 +36,17 @@ def pytest_collection_modifyitems(config, items):
                 )
         if item.get_closest_marker("gpu") and not torch.cuda.is_available():
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+
+
+@pytest.fixture
+def one_torch_thread():
+    """These tests move small tensors; a second intra-op thread only adds synchronisation,
+    which costs whole milliseconds per op when the machine's cores are busy elsewhere. A test
+    that trains may change the count (`cpu_threads`): it is put back afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

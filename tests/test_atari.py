@@ -30,14 +30,7 @@ needs_cv2 = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """These tests move small tensors; a second intra-op thread only adds synchronisation,
-    which costs whole milliseconds per op when the machine's cores are busy elsewhere."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def wrappers_of(env):

@@ -18,13 +18,7 @@ from envs.normalize import NormalizedEnv, RunningMeanStd
 from envs.train import TrainConfig, env_family, train
 from envs.vector import AgentEnv, Step
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def test_gaussian_log_prob_and_entropy_against_torch_and_by_hand():

@@ -12,15 +12,7 @@ import envs
 from envs.flappy_bird import BatchedFlappyBird, autopilot, kernel, make_batched_flappy
 from envs.flappy_bird.render import GRAY
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """These tests move small tensors; a second intra-op thread only adds synchronisation,
-    which costs whole milliseconds per op when the machine's cores are busy elsewhere."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def policy_actions(obs: torch.Tensor, rng: np.random.Generator, config) -> np.ndarray:

@@ -11,13 +11,7 @@ from envs.flappy_bird import BatchedFlappyBird, autopilot, kernel
 from envs.flappy_bird.kernel import KernelUnavailable
 from envs.flappy_bird.rules import BIRD_H
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 @pytest.fixture
