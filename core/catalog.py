@@ -189,7 +189,7 @@ FORMULAS: dict[str, Formula] = dict(
         _f("CL-2", "Why the min: gradient zero exactly when (A>0, ρ>1+ε) or (A<0, ρ<1−ε); clip alone also "
            "zeroes (A>0, ρ<1−ε) and (A<0, ρ>1+ε)", "003", "autograd over all six cases"),
         _f("CL-3", "L^CLIP ≤ E[ρ A] pointwise, equal to first order at ρ = 1", "003", "property test"),
-        _f("CL-4", "Full loss: −L^CLIP + c₁(V_ψ(s) − V^targ)² − c₂ H[π_θ(·|s)], optional value clipping",
+        _f("CL-4", "Full loss: −L^CLIP + c₁·½(V_ψ(s) − V^targ)² − c₂ H[π_θ(·|s)], optional value clipping",
            "001, 004", "hand case"),
         # AD — advantages and GAE(λ)
         _f("AD-1", "A(s,a) = Q(s,a) − V(s); RLHF form A(x,y) = r′(x,y) − V_ψ(x)", "003, 001", "tiny MDP"),
@@ -201,7 +201,7 @@ FORMULAS: dict[str, Formula] = dict(
         _f("AD-5", "Episode boundaries: Â_t = δ_t + γλ(1 − done) Â_{t+1}; bootstrap V at truncation, "
            "not at termination", "implementation of AD-4", "no leak across episodes; truncation bootstraps"),
         _f("AD-6", "Larger k: less bias, more variance", "003", "bias falls and variance grows with k"),
-        _f("AD-7", "Critic target V^targ_t = Â_t + V_t (λ-return); critic loss (V_ψ(s_t) − V^targ_t)²",
+        _f("AD-7", "Critic target V^targ_t = Â_t + V_t (λ-return); critic loss ½(V_ψ(s_t) − V^targ_t)²",
            "004", "G^λ_t = R_t + γ[(1−λ)V_{t+1} + λG^λ_{t+1}]"),
         # RM — reward model and RLHF with PPO
         _f("RM-1", "Bradley–Terry: P(y⁺ ≻ y⁻) = σ(R(x,y⁺) − R(x,y⁻)); L = −log σ(R(x,y⁺) − R(x,y⁻))",

@@ -150,27 +150,33 @@ def value_loss(
     *,
     clip_range: float | None = None,
 ) -> torch.Tensor:
-    """Critic loss (V_ψ(s) − V^targ)², optionally clipped   (CL-4, AD-7; notes 001, 004).
+    """Critic loss ½(V_ψ(s) − V^targ)², optionally clipped   (CL-4, AD-7; notes 001, 004).
 
-    V^targ is the λ-return Â + V_old (`returns`). With `clip_range` ε_v (PPO's reference code,
-    detail 9 of "The 37 Implementation Details of PPO"), the new value may move at most ε_v from
-    the old one before the loss stops pulling it further:
-        max((V − V^targ)², (V_old + clip(V − V_old, −ε_v, ε_v) − V^targ)²).
+    V^targ is the λ-return Â + V_old (`returns`). The ½ is the reference code's (OpenAI
+    baselines' ppo2, CleanRL, TRL): the gradient is the error V − V^targ itself, and c₁ = 0.5
+    (`vf_coef`) weighs the critic exactly as CleanRL's `ppo.py` does. The PPO paper writes
+    c₁(V − V^targ)² (eq. 9), which is this loss with c₁ doubled; Stable-Baselines3 also leaves
+    the ½ out (its vf_coef 0.5 is our 1.0).
+
+    With `clip_range` ε_v (PPO's reference code, detail 9 of "The 37 Implementation Details of
+    PPO"), the new value may move at most ε_v from the old one before the loss stops pulling it
+    further:
+        ½·max((V − V^targ)², (V_old + clip(V − V_old, −ε_v, ε_v) − V^targ)²).
 
     Symbols → arguments: V_ψ(s) → `values`, V^targ → `returns`, V_old → `old_values`,
-    ε_v → `clip_range`. Shapes: equal; returns the per-element squared error.
+    ε_v → `clip_range`. Shapes: equal; returns the per-element loss.
     """
     check_same_shape("values", values, returns=returns, old_values=old_values)
     returns = returns.detach()
     unclipped = (values - returns) ** 2
     if clip_range is None:
-        return unclipped
+        return 0.5 * unclipped
     if old_values is None:
         raise ValueError("value clipping needs old_values")
     check_positive("clip_range", clip_range)
     old_values = old_values.detach()
     clipped_values = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
-    return torch.maximum(unclipped, (clipped_values - returns) ** 2)
+    return 0.5 * torch.maximum(unclipped, (clipped_values - returns) ** 2)
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:

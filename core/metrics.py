@@ -22,11 +22,13 @@ TRACKERS = get_args(Tracker)
 METRICS: dict[str, str] = {
     # PPO update (core.ppo.ppo_update)
     "losses/policy_loss": "−L^CLIP (or −L^KLPEN) averaged over minibatches; what the optimiser lowers",
-    "losses/value_loss": "(V − V^targ)², clipped if enabled, averaged over minibatches",
+    "losses/value_loss": "½(V − V^targ)², clipped if enabled, averaged over minibatches",
     "losses/entropy": "mean entropy H[π(·|s)] of the current policy on the batch",
     "losses/approx_kl": "mean k3 estimate of KL[π_old‖π_θ] while updating; large values mean big policy moves",
     "losses/clipfrac": "share of ratios outside [1 − ε, 1 + ε_high]; how often clipping was active",
     "losses/explained_variance": "1 − Var[V^targ − V]/Var[V^targ] of the rollout's values; 1 is a perfect critic",
+    "losses/grad_norm": "global gradient norm before the clip at max_grad_norm, averaged over minibatches; "
+                        "max_grad_norm / grad_norm < 1 is the factor the clip shrank the step by",
     "losses/ref_kl": "in-loss KL to the reference policy π_ref (GRPO's k3 term, weight ref_kl_coef), when used",
     "ppo/epochs": "epochs actually run (fewer than configured after an early stop at target_kl)",
     "ppo/minibatches": "minibatch updates actually run",

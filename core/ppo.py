@@ -210,7 +210,7 @@ def ppo_update(
 
     # Sums of per-minibatch statistics, kept on the device: one host sync per epoch, not per step.
     totals = {name: torch.zeros((), device=device) for name in
-              ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac", "ref_kl")}
+              ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac", "ref_kl", "grad_norm")}
     epochs_run = minibatches_run = 0
     for _epoch in range(config.update_epochs):
         order = torch.randperm(n_rows, generator=generator).to(device)
@@ -277,7 +277,8 @@ def ppo_update(
             distributed.average_gradients(params)  # under torchrun: the mean over ranks; a no-op alone
             if config.max_grad_norm is not None:
                 # foreach: one call for all the gradients (the default on CUDA), the same numbers
-                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm, foreach=True)
+                # the norm before clipping: how often and how hard the clip binds (losses/grad_norm)
+                totals["grad_norm"] += torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm, foreach=True)
             optimizer.step()
 
             mb_kl = approx_kl(new.logprobs, mb["logprobs"], mb_mask)
@@ -298,6 +299,8 @@ def ppo_update(
     stats = {f"losses/{name}": float(total) / max(minibatches_run, 1) for name, total in totals.items()}
     if config.ref_kl_coef == 0:
         del stats["losses/ref_kl"]
+    if config.max_grad_norm is None:
+        del stats["losses/grad_norm"]
     stats["losses/explained_variance"] = float(
         explained_variance(batch["values"], batch["returns"], mask)
     )

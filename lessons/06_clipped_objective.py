@@ -153,8 +153,8 @@ print("    ratios move does the bound start to bite.")
 # %% Step 4 — CL-4: the full loss, on a hand case
 lesson.step(
     "The full PPO loss (policy and value trained together, notes 001 and 004)",
-    "loss = −L^CLIP + c₁ (V_ψ(s) − V^targ)² − c₂ H[π_θ(·|s)]",
-    "value clipping: max((V − V^targ)², (V_old + clip(V − V_old, −ε_v, ε_v) − V^targ)²)",
+    "loss = −L^CLIP + c₁·½(V_ψ(s) − V^targ)² − c₂ H[π_θ(·|s)]  (the ½ of the reference code: c₁ = 0.5 as CleanRL)",
+    "value clipping: ½·max((V − V^targ)², (V_old + clip(V − V_old, −ε_v, ε_v) − V^targ)²)",
     ids=["CL-4"])
 
 logits = torch.tensor([[1.0, 0.0, -1.0], [0.2, 0.3, 0.1]], dtype=torch.float64, requires_grad=True)
@@ -182,12 +182,12 @@ for i in range(2):
     hand_policy += min(ratio * a, min(max(ratio, 1 - EPS), 1 + EPS) * a) / 2
     v, v_old, target = float(values[i].detach()), float(old_values[i]), float(returns[i])
     v_clipped = v_old + min(max(v - v_old, -eps_v), eps_v)
-    hand_value += max((v - target) ** 2, (v_clipped - target) ** 2) / 2
+    hand_value += 0.5 * max((v - target) ** 2, (v_clipped - target) ** 2) / 2  # ½·max, averaged over 2
     hand_entropy += -sum(math.exp(x) * x for x in lp) / 2
 hand_loss = -hand_policy + c1 * hand_value - c2 * hand_entropy
 table(["term", "core.losses", "by hand"],
       [["L^CLIP (mean)", float(policy_term.detach()), hand_policy],
-       ["(V − V^targ)², clipped (mean)", float(value_term.detach()), hand_value],
+       ["½(V − V^targ)², clipped (mean)", float(value_term.detach()), hand_value],
        ["H[π] (mean)", float(entropy_term.detach()), hand_entropy],
        ["loss", float(loss.detach()), hand_loss]], digits=6)
 (grad_values,) = torch.autograd.grad(loss, values)

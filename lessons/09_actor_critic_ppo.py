@@ -182,7 +182,7 @@ uniform = torch.zeros(N_CELLS, 2, dtype=f64)
 V_uniform = exact_values(uniform)
 g = lesson.generator(1)
 critic = torch.zeros(N_CELLS, dtype=f64, requires_grad=True)
-critic_opt = torch.optim.SGD([critic], lr=1.0)
+critic_opt = torch.optim.SGD([critic], lr=2.0)  # 2 × ½(V − y)²: each step moves V by the mean error
 # A decaying step size averages the noise of successive batches of sampled targets.
 schedule = torch.optim.lr_scheduler.LambdaLR(critic_opt, lambda i: 1.0 / (1.0 + i / 10))
 state = torch.full((N_ENVS,), START)
@@ -289,7 +289,7 @@ g = lesson.generator(3)
 actor = torch.zeros(N_CELLS, 2, dtype=f64, requires_grad=True)  # logits: starts uniform
 critic = torch.zeros(N_CELLS, dtype=f64, requires_grad=True)
 actor_opt = torch.optim.SGD([actor], lr=2.0)
-critic_opt = torch.optim.SGD([critic], lr=1.0)
+critic_opt = torch.optim.SGD([critic], lr=2.0)  # 2 × ½(V − y)²: each step moves V by the mean error
 state = torch.full((N_ENVS,), START)
 iterations = 400 if lesson.long else 200
 trace = {"J": [], "critic_error": []}
@@ -413,7 +413,7 @@ print("         a row: s, a, log π_old(a|s), V(s), r, terminated, truncated, V(
 print(f"      2. Â ← GAE(γ = {c.gamma}, λ = {c.gae_lambda});  V^targ ← Â + V        RolloutBuffer.batch")
 print(f"      3. K = {c.update_epochs} epochs × {nt // c.minibatch_size} minibatches of M = {c.minibatch_size}"
       "           core.ppo.ppo_update")
-print(f"         minimise −L^CLIP(ε = {c.clip_coef}) + c₁(V − V^targ)² − c₂H     "
+print(f"         minimise −L^CLIP(ε = {c.clip_coef}) + c₁·½(V − V^targ)² − c₂H     "
       f"(CL-4; c₁ = {c.vf_coef}, c₂ = {c.ent_coef:g})")
 print(f"      4. θ_old ← θ      ({c.update_epochs * nt // c.minibatch_size} Adam steps per iteration; learning rate "
       f"{c.learning_rate:g}, annealed to 0)\n")

@@ -103,7 +103,7 @@ def test_game_update_applies_the_gradient_of_the_whole_batch(tmp_path):
     ratio = torch.exp(dist.log_prob(batch["actions"]) - batch["logprobs"])
     adv = batch["advantages"]
     policy_loss = -torch.min(ratio * adv, ratio.clamp(0.8, 1.2) * adv).mean()
-    value_loss = ((net["v"](batch["obs"]).squeeze(-1) - batch["returns"]) ** 2).mean()  # (V − V^targ)², CL-4
+    value_loss = 0.5 * ((net["v"](batch["obs"]).squeeze(-1) - batch["returns"]) ** 2).mean()  # ½(V − V^targ)², CL-4
     loss = policy_loss + 0.5 * value_loss - 0.01 * dist.entropy().mean()
     grads = torch.autograd.grad(loss, list(net.parameters()))
     norm = torch.sqrt(sum((g ** 2).sum() for g in grads))

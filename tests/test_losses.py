@@ -154,9 +154,19 @@ def test_value_loss_hand_case_with_and_without_clipping(device):
     values = torch.tensor([1.5, 0.9], device=device)
     old = torch.tensor([1.0, 1.0], device=device)
     returns = torch.tensor([2.0, 2.0], device=device)
-    assert value_loss(values, returns).tolist() == pytest.approx([0.25, 1.21])
-    # clipped: V_old + clip(V − V_old, ±0.2) = [1.2, 0.9] → squared errors [0.64, 1.21]; max per element
-    assert value_loss(values, returns, old, clip_range=0.2).tolist() == pytest.approx([0.64, 1.21])
+    # ½(V − V^targ)²: errors [−0.5, −1.1] → [0.125, 0.605] (the ½ of baselines, CleanRL and TRL)
+    assert value_loss(values, returns).tolist() == pytest.approx([0.125, 0.605])
+    # clipped: V_old + clip(V − V_old, ±0.2) = [1.2, 0.9] → squared errors [0.64, 1.21]; ½·max per element
+    assert value_loss(values, returns, old, clip_range=0.2).tolist() == pytest.approx([0.32, 0.605])
+
+
+@formula("CL-4")
+def test_value_loss_gradient_is_the_error(device):
+    """With the ½, d loss/dV = V − V^targ (the reference code's scale: vf_coef 0.5 = CleanRL's 0.5)."""
+    values = torch.tensor([1.5, 0.9, -2.0], device=device, requires_grad=True)
+    returns = torch.tensor([2.0, 2.0, 1.0], device=device)
+    (grad,) = torch.autograd.grad(value_loss(values, returns).sum(), values)
+    torch.testing.assert_close(grad, values.detach() - returns)
 
 
 @formula("CL-4")

@@ -336,7 +336,7 @@ def hand_ppo_loss(W, v, mb, cfg, beta=0.0, ent_sign=-1.0):
     squared = (values - returns) ** 2
     if cfg.clip_vloss:
         squared = torch.where(squared > (v_clipped - returns) ** 2, squared, (v_clipped - returns) ** 2)
-    loss = loss + cfg.vf_coef * hand_reduce(squared, mask, cfg.loss_reduction)
+    loss = loss + cfg.vf_coef * hand_reduce(0.5 * squared, mask, cfg.loss_reduction)  # ½(V − V^targ)²
     return loss + ent_sign * cfg.ent_coef * hand_reduce(entropy, mask, cfg.loss_reduction)
 
 
@@ -501,3 +501,22 @@ def test_advantages_are_normalised_per_minibatch():
 
     torch.testing.assert_close(model.W.detach(), replay(False), rtol=1e-7, atol=1e-9)
     assert float((replay(True) - model.W.detach()).abs().max()) > 1e-3
+
+
+@formula("CL-4")
+def test_grad_norm_is_the_norm_before_the_clip_and_the_step_is_clipped_to_max_grad_norm():
+    """losses/grad_norm reports ‖∇loss‖ over every parameter before the clip; the SGD step (lr = 1)
+    is then that gradient scaled to norm max_grad_norm (detail 11), computed here by hand."""
+    batch = cl4_batch()
+    config = PPOConfig(minibatch_size=24, update_epochs=1, max_grad_norm=0.05, vf_coef=0.7, ent_coef=0.05)
+    model = LinearActorCritic()
+    W0, v0 = model.W.detach().clone().requires_grad_(True), model.v.detach().clone().requires_grad_(True)
+    gW, gv = torch.autograd.grad(hand_ppo_loss(W0, v0, batch, config), (W0, v0))
+    norm = float(torch.sqrt((gW ** 2).sum() + (gv ** 2).sum()))
+    assert norm > 0.05  # the clip binds
+    stats = ppo_update(model.evaluate, batch, torch.optim.SGD(model.parameters(), lr=1.0), config,
+                       generator=torch.Generator().manual_seed(0))
+    assert stats["losses/grad_norm"] == pytest.approx(norm, rel=1e-5)
+    scale = 0.05 / (norm + 1e-6)  # torch's clip divides by norm + 1e-6
+    torch.testing.assert_close(model.W.detach() - W0.detach(), -scale * gW, rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(model.v.detach() - v0.detach(), -scale * gv, rtol=1e-5, atol=1e-8)

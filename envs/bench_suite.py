@@ -1,0 +1,247 @@
+"""Do the defaults hold where nobody tuned them? Ours and Stable-Baselines3's PPO on a suite.
+
+    python -m envs.bench_suite                  # every task, 3 seeds, ours and SB3 (about an hour here)
+    python -m envs.bench_suite --quick          # CartPole-v1 and one unseen task, 1 seed, short budgets
+    python -m envs.bench_suite --tasks Acrobot-v1 --seeds 1 2 3 --no-sb3
+
+Each task trains `python -m envs.train --env-id TASK --total-steps BUDGET --seed S` exactly as
+a user gets it (every other field from its preset), and Stable-Baselines3's PPO with its own
+defaults (`PPO("MlpPolicy", env)`, one env, one torch thread; the `bench` extra) on the same
+task, budget and seeds, in the same run, two jobs at a time (one per core).
+
+The tasks: CleanRL's published `ppo.py` tasks at CleanRL's budget (CartPole-v1, Acrobot-v1,
+MountainCar-v0 at 500 k steps), Pendulum-v1 at its preset's budget, LunarLander-v3 (when Box2D
+is installed) at 1 M steps (RL Zoo's budget; CleanRL publishes none), and the discrete tasks of
+`envs.unseen_tasks` that nobody here tuned on, reached as `module:EnvId` as a user would.
+
+The statistic is CleanRL's: the average episodic return of training episodes at the end of the
+run (here the last 100 episodes of each seed, with the stochastic policy, as SB3's
+`ep_rew_mean`), then mean ± std (population) over the seeds. RL Zoo's published figure is a
+different statistic (one tuned run, its deterministic policy evaluated after training): shown
+for scale only. For our discrete runs the table also shows how much of the entropy maximum
+log|A| the policy kept (its minimum over the first 10% of the run): below 25% is an entropy
+collapse, the policy stopped exploring before it had learned.
+
+Ends with one JSON line: per task, ours and SB3's per-seed returns, mean and std, the published
+figures, and ours' entropy figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+__all__ = ["Task", "TASKS", "final_return", "entropy_kept", "main"]
+
+
+@dataclass(frozen=True)
+class Task:
+    env_id: str
+    steps: int
+    """The budget in env steps, the same for ours and SB3."""
+    cleanrl: tuple[float, float] | None = None
+    """CleanRL's published ppo.py figure (mean, std over 3 seeds), docs/rl-algorithms/ppo.md."""
+    zoo: tuple[float, float, str] | None = None
+    """RL Zoo's published PPO figure (mean, std, its budget), benchmark.md: tuned, one run, greedy."""
+    bar: float | None = None
+    """The return ours must reach (mean over seeds) for the suite to pass; None: at least SB3's."""
+
+
+TASKS = (
+    Task("CartPole-v1", 500_000, cleanrl=(490.04, 6.12), zoo=(500.0, 0.0, "100k"), bar=470.0),
+    Task("Acrobot-v1", 500_000, cleanrl=(-86.36, 1.32), zoo=(-73.5, 18.2, "1M"), bar=-88.4),
+    Task("MountainCar-v0", 500_000, cleanrl=(-200.0, 0.0), zoo=(-110.4, 19.5, "1M")),
+    Task("Pendulum-v1", 120_000, zoo=(-172.2, 104.2, "100k"), bar=-200.0),
+    Task("LunarLander-v3", 1_000_000, zoo=(242.1, 31.8, "1M, v2")),
+    Task("envs.unseen_tasks:FlappyBirdFeatures-v0", 1_000_000),
+    Task("envs.unseen_tasks:DoorKey5x5Flat-v0", 300_000, zoo=(0.964, 0.006, "100k, tuned wrapper")),
+)
+QUICK = (Task("CartPole-v1", 50_000), Task("envs.unseen_tasks:FlappyBirdFeatures-v0", 30_000))
+LAST_EPISODES = 100
+COLLAPSE_FRACTION = 0.25
+
+
+def final_return(history: list[dict], episodes: int = LAST_EPISODES) -> float:
+    """Mean return of the last `episodes` training episodes, from the per-update means and counts
+    of `envs.train` (whole updates: it takes updates from the end until they hold ≥ `episodes`)."""
+    total, count = 0.0, 0.0
+    for row in reversed(history):
+        n = row.get("charts/episodes", 0.0)
+        if n:
+            total += row["charts/episodic_return"] * n
+            count += n
+        if count >= episodes:
+            break
+    return total / count if count else float("nan")
+
+
+def entropy_kept(history: list[dict], n_actions: int, early: float = 0.1) -> float:
+    """The lowest entropy over the first `early` share of the updates, as a share of log|A|."""
+    rows = history[: max(1, math.ceil(len(history) * early))]
+    return min(row["losses/entropy"] for row in rows) / math.log(n_actions)
+
+
+def run_ours(env_id: str, steps: int, seed: int) -> dict:
+    import gymnasium as gym
+    import torch
+
+    from envs.train import TrainConfig, train
+    from envs.vector import env_spaces
+
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as out:
+        config = TrainConfig(env_id=env_id, total_steps=steps, seed=seed, out=out, overwrite=True, progress=False,
+                             checkpoint_every=10**9, plot_every_seconds=float("inf"), device="cpu")
+        history = train(config)["history"]
+    action_space = env_spaces(env_id)[1]
+    result = {"return": final_return(history), "seconds": time.perf_counter() - started}
+    if isinstance(action_space, gym.spaces.Discrete):
+        result["entropy_kept"] = entropy_kept(history, int(action_space.n))
+    return result
+
+
+def run_sb3(env_id: str, steps: int, seed: int) -> dict:
+    import torch
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from envs.vector import resolve_env_id
+
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    env = make_vec_env(resolve_env_id(env_id), n_envs=1, seed=seed)  # resolve: imports the module of module:EnvId
+    model = PPO("MlpPolicy", env, seed=seed, device="cpu", verbose=0, stats_window_size=LAST_EPISODES)
+    model.learn(total_timesteps=steps)
+    returns = [info["r"] for info in model.ep_info_buffer]  # the last 100 training episodes (Monitor)
+    env.close()
+    return {"return": sum(returns) / len(returns) if returns else float("nan"),
+            "seconds": time.perf_counter() - started}
+
+
+def _job(args: tuple[str, str, int, int]) -> tuple[str, str, int, dict]:
+    impl, env_id, steps, seed = args
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    result = (run_ours if impl == "ours" else run_sb3)(env_id, steps, seed)
+    print(f"  {impl:4s} {env_id} seed {seed}: return {result['return']:.2f} in {result['seconds']:.0f} s",
+          file=sys.stderr, flush=True)
+    return impl, env_id, seed, result
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and population standard deviation (CleanRL's ± over seeds)."""
+    mean = sum(values) / len(values)
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+
+
+def summarise(tasks, seeds, results: dict, with_sb3: bool) -> dict:
+    summary = {}
+    for task in tasks:
+        row: dict = {"steps": task.steps, "seeds": list(seeds), "cleanrl": task.cleanrl, "rl_zoo": task.zoo}
+        for impl in ("ours", "sb3") if with_sb3 else ("ours",):
+            runs = [results[(impl, task.env_id, seed)] for seed in seeds]
+            mean, std = mean_std([r["return"] for r in runs])
+            row[impl] = {"returns": [round(r["return"], 3) for r in runs], "mean": round(mean, 3),
+                         "std": round(std, 3), "seconds": round(sum(r["seconds"] for r in runs), 1)}
+            if impl == "ours" and "entropy_kept" in runs[0]:
+                kept = [r["entropy_kept"] for r in runs]
+                row[impl]["entropy_kept"] = [round(k, 3) for k in kept]
+                row[impl]["collapsed"] = any(k < COLLAPSE_FRACTION for k in kept)
+        bar = task.bar if task.bar is not None else (row["sb3"]["mean"] if with_sb3 else None)
+        row["bar"] = bar
+        row["passed"] = None if bar is None else row["ours"]["mean"] >= bar and not row["ours"].get("collapsed")
+        summary[task.env_id] = row
+    return summary
+
+
+def print_table(summary: dict, seeds) -> None:
+    def cell(pair):
+        return "-" if pair is None else f"{pair[0]:.1f} ± {pair[1]:.1f}"
+
+    print(f"final return: mean of the last {LAST_EPISODES} training episodes per seed, mean ± std over seeds "
+          f"{list(seeds)}", file=sys.stderr)
+    header = f"{'task':40s} {'steps':>9s} {'ours':>17s} {'SB3 defaults':>17s} {'CleanRL ppo.py':>16s} " \
+             f"{'RL Zoo (tuned)':>26s} {'entropy kept':>18s} {'bar':>8s} pass"
+    print(header, file=sys.stderr)
+    for env_id, row in summary.items():
+        ours = row["ours"]
+        sb3 = row.get("sb3")
+        zoo = "-" if row["rl_zoo"] is None else f"{row['rl_zoo'][0]:.1f} ± {row['rl_zoo'][1]:.1f} ({row['rl_zoo'][2]})"
+        kept = ",".join(f"{k:.2f}" for k in ours.get("entropy_kept", [])) or "-"
+        bar = "-" if row["bar"] is None else f"{row['bar']:.1f}"
+        passed = {None: "-", True: "yes", False: "NO"}[row["passed"]]
+        print(f"{env_id.split(':')[-1]:40s} {row['steps']:9d} {cell((ours['mean'], ours['std'])):>17s} "
+              f"{cell((sb3['mean'], sb3['std']) if sb3 else None):>17s} {cell(row['cleanrl']):>16s} {zoo:>26s} "
+              f"{kept:>18s} {bar:>8s} {passed}", file=sys.stderr)
+
+
+def _fail(message: str) -> None:
+    """Bad input: one line on stderr, exit status 2 (as argparse)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    names = [t.env_id for t in TASKS]
+    parser.add_argument("--tasks", nargs="+", default=None, metavar="ENV_ID",
+                        help=f"a subset of the suite (default: all): {', '.join(names)}")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument("--quick", action="store_true", help="CartPole-v1 and Flappy Bird features, short budgets, "
+                        "seed 1 (a smoke run)")
+    parser.add_argument("--no-sb3", dest="sb3", action="store_false", help="train ours only")
+    parser.add_argument("--workers", type=int, default=2, help="jobs at a time (default 2: one per core here)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        tasks, seeds = QUICK, args.seeds[:1] if argv and "--seeds" in argv else [1]
+    else:
+        unknown = [t for t in args.tasks or [] if t not in names and t.split(":")[-1] not in
+                   [n.split(":")[-1] for n in names]]
+        if unknown:
+            _fail(f"--tasks: unknown {unknown}; the suite's tasks are {names}")
+        tasks = tuple(t for t in TASKS if args.tasks is None or t.env_id in args.tasks
+                      or t.env_id.split(":")[-1] in args.tasks)
+        seeds = args.seeds
+    if args.workers < 1:
+        _fail(f"--workers must be ≥ 1, got {args.workers}")
+    available = []
+    from envs.vector import env_spaces
+
+    for task in tasks:
+        try:
+            env_spaces(task.env_id)
+            available.append(task)
+        except ValueError as exc:  # a package the task needs is not installed (box2d, the bench extra)
+            print(f"{task.env_id}: skipped ({exc})", file=sys.stderr)
+    tasks = tuple(available)
+    if args.sb3:
+        try:
+            import stable_baselines3  # noqa: F401
+        except ImportError:
+            print("stable-baselines3 is not installed (pip install -e \".[bench]\"): ours only", file=sys.stderr)
+            args.sb3 = False
+    impls = ("ours", "sb3") if args.sb3 else ("ours",)
+    # SB3's jobs are the long ones: start them first so the two workers finish together
+    jobs = [(impl, t.env_id, t.steps, seed) for impl in reversed(impls) for t in tasks for seed in seeds]
+    started = time.perf_counter()
+    results = {}
+    with multiprocessing.get_context("spawn").Pool(args.workers, maxtasksperchild=1) as pool:
+        for impl, env_id, seed, result in pool.imap_unordered(_job, jobs):
+            results[(impl, env_id, seed)] = result
+    summary = summarise(tasks, seeds, results, args.sb3)
+    print_table(summary, seeds)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    out = {"seconds": round(time.perf_counter() - started, 1), "load_average": load, "tasks": summary}
+    print(json.dumps(out))
+    return out
+
+
+if __name__ == "__main__":
+    main()
