@@ -245,8 +245,9 @@ class PPOArgs(RLArgs):
     vf_clip_coef: float = 1.0
     """ε_v: how far a value may move from its rollout value before its loss is clipped (scores
     span several units here, so 0.2 would hold the critic back for many iterations)."""
-    vf_coef: float = 0.5
-    """c₁: weight of the value loss."""
+    vf_coef: float = 1.0
+    """c₁: weight of the value loss ½(V − V^targ)² (1.0: the weight these runs were tuned with before the ½
+    joined the loss; TRL's default is 0.1 with the same ½)."""
     ent_coef: float = 0.0
     """c₂: weight of the entropy bonus (RLHF usually relies on the KL term instead)."""
     gamma: float = 1.0
