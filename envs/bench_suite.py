@@ -1,7 +1,7 @@
 """Do the defaults hold where nobody tuned them? Ours and Stable-Baselines3's PPO on a suite.
 
     python -m envs.bench_suite                  # every task, 3 seeds, ours and SB3 (about an hour here)
-    python -m envs.bench_suite --quick          # CartPole-v1 and one unseen task, 1 seed, short budgets
+    python -m envs.bench_suite --quick          # CartPole-v1 and one unseen task, 1 seed, 4 096 steps
     python -m envs.bench_suite --tasks Acrobot-v1 --seeds 1 2 3 --no-sb3
 
 Each task trains `python -m envs.train --env-id TASK --total-steps BUDGET --seed S` exactly as
@@ -11,8 +11,9 @@ task, budget and seeds, in the same run, two jobs at a time (one per core).
 
 The tasks: CleanRL's published `ppo.py` tasks at CleanRL's budget (CartPole-v1, Acrobot-v1,
 MountainCar-v0 at 500 k steps), Pendulum-v1 at its preset's budget, LunarLander-v3 (when Box2D
-is installed) at 1 M steps (RL Zoo's budget; CleanRL publishes none), and the discrete tasks of
-`envs.unseen_tasks` that nobody here tuned on, reached as `module:EnvId` as a user would.
+is installed; CleanRL publishes none, RL Zoo trains 1 M) at 500 k, and the discrete tasks of
+`envs.unseen_tasks` that nobody here tuned on, reached as `module:EnvId` as a user would
+(Flappy Bird's 12 features at 500 k steps, Minigrid's DoorKey-5x5 at 200 k).
 
 The statistic is CleanRL's: the average episodic return of training episodes at the end of the
 run (here the last 100 episodes of each seed, with the stochastic policy, as SB3's
@@ -22,6 +23,11 @@ for scale only. For our discrete runs the table also shows how much of the entro
 log|A| the policy kept (its minimum over the first 10% of the run): below 25% is an entropy
 collapse, the policy stopped exploring before it had learned.
 
+Each finished job appends one JSON line to `--results` (default runs/bench_suite/results.jsonl)
+with its return, seconds and the load average at its end; a rerun skips the jobs already there
+(an interrupted hour is not lost) and `--fresh` starts over. Our jobs are keyed by the resolved
+configuration too, so a changed default never reuses an old result.
+
 Ends with one JSON line: per task, ours and SB3's per-seed returns, mean and std, the published
 figures, and ours' entropy figures.
 """
@@ -29,6 +35,7 @@ figures, and ours' entropy figures.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import multiprocessing
@@ -37,6 +44,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 __all__ = ["Task", "TASKS", "final_return", "entropy_kept", "main"]
 
@@ -59,11 +67,11 @@ TASKS = (
     Task("Acrobot-v1", 500_000, cleanrl=(-86.36, 1.32), zoo=(-73.5, 18.2, "1M"), bar=-88.4),
     Task("MountainCar-v0", 500_000, cleanrl=(-200.0, 0.0), zoo=(-110.4, 19.5, "1M")),
     Task("Pendulum-v1", 120_000, zoo=(-172.2, 104.2, "100k"), bar=-200.0),
-    Task("LunarLander-v3", 1_000_000, zoo=(242.1, 31.8, "1M, v2")),
-    Task("envs.unseen_tasks:FlappyBirdFeatures-v0", 1_000_000),
-    Task("envs.unseen_tasks:DoorKey5x5Flat-v0", 300_000, zoo=(0.964, 0.006, "100k, tuned wrapper")),
+    Task("LunarLander-v3", 500_000, zoo=(242.1, 31.8, "1M, v2")),
+    Task("envs.unseen_tasks:FlappyBirdFeatures-v0", 500_000),
+    Task("envs.unseen_tasks:DoorKey5x5Flat-v0", 200_000, zoo=(0.964, 0.006, "100k, tuned wrapper")),
 )
-QUICK = (Task("CartPole-v1", 50_000), Task("envs.unseen_tasks:FlappyBirdFeatures-v0", 30_000))
+QUICK = (Task("CartPole-v1", 4096), Task("envs.unseen_tasks:FlappyBirdFeatures-v0", 4096))
 LAST_EPISODES = 100
 COLLAPSE_FRACTION = 0.25
 
@@ -88,19 +96,38 @@ def entropy_kept(history: list[dict], n_actions: int, early: float = 0.1) -> flo
     return min(row["losses/entropy"] for row in rows) / math.log(n_actions)
 
 
+def ours_config(env_id: str, steps: int, seed: int, out: str = "unused"):
+    """The TrainConfig a user gets from `python -m envs.train --env-id ENV --total-steps N --seed S`."""
+    from envs.train import TrainConfig
+
+    return TrainConfig(env_id=env_id, total_steps=steps, seed=seed, out=out, overwrite=True, progress=False,
+                       checkpoint_every=10**9, plot_every_seconds=float("inf"), device="cpu")
+
+
+def job_key(impl: str, env_id: str, steps: int, seed: int) -> str:
+    """The identity of a job in the results file: ours includes a hash of its resolved configuration."""
+    key = f"{impl}|{env_id}|{steps}|{seed}"
+    if impl == "ours":
+        from core.config import config_to_dict
+        from envs.train import resolve
+
+        fields = config_to_dict(resolve(ours_config(env_id, steps, seed)))
+        digest = hashlib.sha1(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:10]
+        key += f"|{digest}"
+    return key
+
+
 def run_ours(env_id: str, steps: int, seed: int) -> dict:
     import gymnasium as gym
     import torch
 
-    from envs.train import TrainConfig, train
+    from envs.train import train
     from envs.vector import env_spaces
 
     torch.set_num_threads(1)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
-        config = TrainConfig(env_id=env_id, total_steps=steps, seed=seed, out=out, overwrite=True, progress=False,
-                             checkpoint_every=10**9, plot_every_seconds=float("inf"), device="cpu")
-        history = train(config)["history"]
+        history = train(ours_config(env_id, steps, seed, out))["history"]
     action_space = env_spaces(env_id)[1]
     result = {"return": final_return(history), "seconds": time.perf_counter() - started}
     if isinstance(action_space, gym.spaces.Discrete):
@@ -126,13 +153,27 @@ def run_sb3(env_id: str, steps: int, seed: int) -> dict:
             "seconds": time.perf_counter() - started}
 
 
-def _job(args: tuple[str, str, int, int]) -> tuple[str, str, int, dict]:
-    impl, env_id, steps, seed = args
+def _job(args: tuple[str, str, int, int, str]) -> tuple[str, str, int, dict]:
+    impl, env_id, steps, seed, key = args
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     result = (run_ours if impl == "ours" else run_sb3)(env_id, steps, seed)
-    print(f"  {impl:4s} {env_id} seed {seed}: return {result['return']:.2f} in {result['seconds']:.0f} s",
-          file=sys.stderr, flush=True)
+    result.update(key=key, load_average=os.getloadavg()[0] if hasattr(os, "getloadavg") else None)
+    print(f"  {impl:4s} {env_id} seed {seed}: return {result['return']:.2f} in {result['seconds']:.0f} s "
+          f"(load {result['load_average']})", file=sys.stderr, flush=True)
     return impl, env_id, seed, result
+
+
+def read_results(path: Path) -> dict[str, dict]:
+    """Finished jobs of a results file, by key (a truncated last line is skipped)."""
+    done = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            done[record["key"]] = record
+    return done
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -198,6 +239,11 @@ def main(argv: list[str] | None = None) -> dict:
                         "seed 1 (a smoke run)")
     parser.add_argument("--no-sb3", dest="sb3", action="store_false", help="train ours only")
     parser.add_argument("--workers", type=int, default=2, help="jobs at a time (default 2: one per core here)")
+    parser.add_argument("--impl", choices=("both", "ours", "sb3"), default="both",
+                        help="train only one side now (the table still shows what the results file holds)")
+    parser.add_argument("--results", type=Path, default=Path("runs/bench_suite/results.jsonl"),
+                        help="one JSON line per finished job; jobs already there are skipped")
+    parser.add_argument("--fresh", action="store_true", help="ignore the results file's earlier jobs")
     args = parser.parse_args(argv)
     if args.quick:
         tasks, seeds = QUICK, args.seeds[:1] if argv and "--seeds" in argv else [1]
@@ -228,17 +274,34 @@ def main(argv: list[str] | None = None) -> dict:
             print("stable-baselines3 is not installed (pip install -e \".[bench]\"): ours only", file=sys.stderr)
             args.sb3 = False
     impls = ("ours", "sb3") if args.sb3 else ("ours",)
+    done = {} if args.fresh else read_results(args.results)
+    keys = {(impl, t.env_id, seed): job_key(impl, t.env_id, t.steps, seed)
+            for impl in impls for t in tasks for seed in seeds}
     # SB3's jobs are the long ones: start them first so the two workers finish together
-    jobs = [(impl, t.env_id, t.steps, seed) for impl in reversed(impls) for t in tasks for seed in seeds]
+    jobs = [(impl, t.env_id, t.steps, seed, keys[impl, t.env_id, seed]) for impl in reversed(impls)
+            for t in tasks for seed in seeds
+            if keys[impl, t.env_id, seed] not in done and args.impl in ("both", impl)]
+    print(f"{len(jobs)} jobs to run, {len(keys) - len(jobs)} in {args.results} or not asked for", file=sys.stderr)
     started = time.perf_counter()
-    results = {}
-    with multiprocessing.get_context("spawn").Pool(args.workers, maxtasksperchild=1) as pool:
-        for impl, env_id, seed, result in pool.imap_unordered(_job, jobs):
-            results[(impl, env_id, seed)] = result
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    if jobs:
+        with multiprocessing.get_context("spawn").Pool(args.workers, maxtasksperchild=1) as pool, \
+                args.results.open("a", encoding="utf-8") as log:
+            for _impl, _env_id, _seed, result in pool.imap_unordered(_job, jobs):
+                log.write(json.dumps(result) + "\n")
+                log.flush()
+                done[result["key"]] = result
+    results = {job: done[key] for job, key in keys.items() if key in done}
+    missing = sorted({env_id for (_, env_id, _), key in keys.items() if key not in done})
+    if missing:
+        print(f"not in the table (some jobs not run yet): {missing}", file=sys.stderr)
+    tasks = tuple(t for t in tasks if t.env_id not in missing)
     summary = summarise(tasks, seeds, results, args.sb3)
     print_table(summary, seeds)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    out = {"seconds": round(time.perf_counter() - started, 1), "load_average": load, "tasks": summary}
+    loads = [r["load_average"] for r in results.values() if r.get("load_average") is not None]
+    out = {"seconds": round(time.perf_counter() - started, 1), "load_average": load,
+           "job_load_average": [round(min(loads), 1), round(max(loads), 1)] if loads else None, "tasks": summary}
     print(json.dumps(out))
     return out
 
