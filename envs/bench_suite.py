@@ -20,8 +20,11 @@ run (here the last 100 episodes of each seed, with the stochastic policy, as SB3
 `ep_rew_mean`), then mean ± std (population) over the seeds. RL Zoo's published figure is a
 different statistic (one tuned run, its deterministic policy evaluated after training): shown
 for scale only. For our discrete runs the table also shows how much of the entropy maximum
-log|A| the policy kept (its minimum over the first 10% of the run): below 25% is an entropy
-collapse, the policy stopped exploring before it had learned.
+log|A| the policy kept (its minimum over the first 10% of the run) and how far it moved per update
+afterwards (the median approx_kl of the other 90%). An entropy collapse is both at once: below
+25% of log|A| early, then a policy that hardly moves (median approx_kl < 1e-4), so it stops
+exploring before it has learned and never leaves what it found (`python -m envs.diagnose RUN`
+prints the same symptoms for any run).
 
 Each finished job appends one JSON line to `--results` (default runs/bench_suite/results.jsonl)
 with its return, seconds and the load average at its end; a rerun skips the jobs already there
@@ -40,6 +43,7 @@ import json
 import math
 import multiprocessing
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -74,6 +78,7 @@ TASKS = (
 QUICK = (Task("CartPole-v1", 4096), Task("envs.unseen_tasks:FlappyBirdFeatures-v0", 4096))
 LAST_EPISODES = 100
 COLLAPSE_FRACTION = 0.25
+STUCK_KL = 1e-4
 
 
 def final_return(history: list[dict], episodes: int = LAST_EPISODES) -> float:
@@ -117,6 +122,17 @@ def job_key(impl: str, env_id: str, steps: int, seed: int) -> str:
     return key
 
 
+def late_kl(history: list[dict], early: float = 0.1) -> float:
+    """The median approx_kl per update after the first `early` share of the updates."""
+    rows = history[math.ceil(len(history) * early):] or history
+    return statistics.median(row["losses/approx_kl"] for row in rows)
+
+
+def collapsed(entropy_share: float, kl_after: float) -> bool:
+    """An entropy collapse: early entropy below COLLAPSE_FRACTION·log|A|, then a stuck policy."""
+    return entropy_share < COLLAPSE_FRACTION and kl_after < STUCK_KL
+
+
 def run_ours(env_id: str, steps: int, seed: int) -> dict:
     import gymnasium as gym
     import torch
@@ -132,6 +148,7 @@ def run_ours(env_id: str, steps: int, seed: int) -> dict:
     result = {"return": final_return(history), "seconds": time.perf_counter() - started}
     if isinstance(action_space, gym.spaces.Discrete):
         result["entropy_kept"] = entropy_kept(history, int(action_space.n))
+        result["late_kl"] = late_kl(history)
     return result
 
 
@@ -192,9 +209,9 @@ def summarise(tasks, seeds, results: dict, with_sb3: bool) -> dict:
             row[impl] = {"returns": [round(r["return"], 3) for r in runs], "mean": round(mean, 3),
                          "std": round(std, 3), "seconds": round(sum(r["seconds"] for r in runs), 1)}
             if impl == "ours" and "entropy_kept" in runs[0]:
-                kept = [r["entropy_kept"] for r in runs]
-                row[impl]["entropy_kept"] = [round(k, 3) for k in kept]
-                row[impl]["collapsed"] = any(k < COLLAPSE_FRACTION for k in kept)
+                row[impl]["entropy_kept"] = [round(r["entropy_kept"], 3) for r in runs]
+                row[impl]["late_kl"] = [float(f"{r['late_kl']:.2e}") for r in runs]
+                row[impl]["collapsed"] = any(collapsed(r["entropy_kept"], r["late_kl"]) for r in runs)
         bar = task.bar if task.bar is not None else (row["sb3"]["mean"] if with_sb3 else None)
         row["bar"] = bar
         row["passed"] = None if bar is None else row["ours"]["mean"] >= bar and not row["ours"].get("collapsed")
@@ -209,18 +226,19 @@ def print_table(summary: dict, seeds) -> None:
     print(f"final return: mean of the last {LAST_EPISODES} training episodes per seed, mean ± std over seeds "
           f"{list(seeds)}", file=sys.stderr)
     header = f"{'task':40s} {'steps':>9s} {'ours':>17s} {'SB3 defaults':>17s} {'CleanRL ppo.py':>16s} " \
-             f"{'RL Zoo (tuned)':>26s} {'entropy kept':>18s} {'bar':>8s} pass"
+             f"{'RL Zoo (tuned)':>26s} {'entropy kept':>15s} {'late approx_kl':>24s} {'bar':>8s} pass"
     print(header, file=sys.stderr)
     for env_id, row in summary.items():
         ours = row["ours"]
         sb3 = row.get("sb3")
         zoo = "-" if row["rl_zoo"] is None else f"{row['rl_zoo'][0]:.1f} ± {row['rl_zoo'][1]:.1f} ({row['rl_zoo'][2]})"
         kept = ",".join(f"{k:.2f}" for k in ours.get("entropy_kept", [])) or "-"
+        kls = ",".join(f"{k:.0e}" for k in ours.get("late_kl", [])) or "-"
         bar = "-" if row["bar"] is None else f"{row['bar']:.1f}"
         passed = {None: "-", True: "yes", False: "NO"}[row["passed"]]
         print(f"{env_id.split(':')[-1]:40s} {row['steps']:9d} {cell((ours['mean'], ours['std'])):>17s} "
               f"{cell((sb3['mean'], sb3['std']) if sb3 else None):>17s} {cell(row['cleanrl']):>16s} {zoo:>26s} "
-              f"{kept:>18s} {bar:>8s} {passed}", file=sys.stderr)
+              f"{kept:>15s} {kls:>24s} {bar:>8s} {passed}", file=sys.stderr)
 
 
 def _fail(message: str) -> None:

@@ -36,6 +36,15 @@ def test_entropy_kept_is_the_early_minimum_over_log_actions():
     assert entropy_kept(history, n_actions=2, early=1.0) == pytest.approx(0.01 / math.log(2))
 
 
+def test_a_collapse_is_low_early_entropy_and_then_a_stuck_policy():
+    late = [dict(_row(0.0, 0, 0.1), **{"losses/approx_kl": kl}) for kl in (1e-2, 3e-5, 2e-5, 1e-5)]
+    history = [_row(0.0, 0, 0.6), *late]
+    history[0]["losses/approx_kl"] = 0.5  # the first 10% (one update here) is left out of the median
+    assert bench_suite.late_kl(history) == pytest.approx(2.5e-5)  # the median of the last four
+    assert bench_suite.collapsed(0.2, 5e-5) and not bench_suite.collapsed(0.2, 1e-3)
+    assert not bench_suite.collapsed(0.3, 5e-5)
+
+
 def test_mean_std_is_the_population_statistic():
     values = [488.0, 470.5, 500.0]
     assert mean_std(values) == pytest.approx((statistics.fmean(values), statistics.pstdev(values)))
@@ -45,12 +54,13 @@ def test_summary_passes_on_the_bar_or_on_sb3_and_fails_a_collapse():
     tasks = (bench_suite.Task("A-v0", 10, bar=5.0), bench_suite.Task("B-v0", 10))
     results = {("ours", "A-v0", 1): {"return": 6.0, "seconds": 1.0},
                ("sb3", "A-v0", 1): {"return": 9.0, "seconds": 1.0},
-               ("ours", "B-v0", 1): {"return": 3.0, "seconds": 1.0, "entropy_kept": 0.1},
+               ("ours", "B-v0", 1): {"return": 3.0, "seconds": 1.0, "entropy_kept": 0.1, "late_kl": 5e-5},
                ("sb3", "B-v0", 1): {"return": 2.0, "seconds": 1.0}}
     summary = bench_suite.summarise(tasks, [1], results, with_sb3=True)
     assert summary["A-v0"]["passed"] is True  # its own bar, though below SB3
     assert summary["B-v0"]["bar"] == 2.0 and summary["B-v0"]["ours"]["collapsed"] is True
     assert summary["B-v0"]["passed"] is False  # above SB3 but collapsed
+    assert summary["B-v0"]["ours"]["late_kl"] == [5e-5]
 
 
 def test_unseen_tasks_are_reached_as_module_ids():
@@ -69,7 +79,8 @@ def test_unseen_tasks_are_reached_as_module_ids():
 def test_a_short_run_of_ours_reports_a_return_and_the_entropy_kept():
     result = bench_suite.run_ours("CartPole-v1", 4096, seed=1)
     assert 8 <= result["return"] <= 500  # CartPole's returns: at least 8 steps, at most 500
-    assert 0.5 < result["entropy_kept"] <= 1.0 + 1e-6  # 4 updates cannot make a 2-action policy deterministic
+    assert 0.5 < result["entropy_kept"] <= 1.0 + 1e-6  # 2 updates cannot make a 2-action policy deterministic
+    assert result["late_kl"] > 0
 
 
 def test_a_short_run_of_sb3_reports_the_return_of_its_monitor():
