@@ -299,7 +299,8 @@ def main(argv: list[str] | None = None) -> dict:
     jobs = [(impl, t.env_id, t.steps, seed, keys[impl, t.env_id, seed]) for impl in reversed(impls)
             for t in tasks for seed in seeds
             if keys[impl, t.env_id, seed] not in done and args.impl in ("both", impl)]
-    print(f"{len(jobs)} jobs to run, {len(keys) - len(jobs)} in {args.results} or not asked for", file=sys.stderr)
+    print(f"{len(jobs)} jobs to run ({len(keys) - len(jobs)} others already in {args.results} or left to another "
+          "--impl)", file=sys.stderr)
     started = time.perf_counter()
     args.results.parent.mkdir(parents=True, exist_ok=True)
     if jobs:
