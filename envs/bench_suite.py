@@ -69,11 +69,11 @@ class Task:
 TASKS = (
     Task("CartPole-v1", 500_000, cleanrl=(490.04, 6.12), zoo=(500.0, 0.0, "100k"), bar=470.0),
     Task("Acrobot-v1", 500_000, cleanrl=(-86.36, 1.32), zoo=(-73.5, 18.2, "1M"), bar=-88.4),
-    Task("MountainCar-v0", 500_000, cleanrl=(-200.0, 0.0), zoo=(-110.4, 19.5, "1M")),
     Task("Pendulum-v1", 120_000, zoo=(-172.2, 104.2, "100k"), bar=-200.0),
-    Task("LunarLander-v3", 500_000, zoo=(242.1, 31.8, "1M, v2")),
     Task("envs.unseen_tasks:FlappyBirdFeatures-v0", 500_000),
     Task("envs.unseen_tasks:DoorKey5x5Flat-v0", 200_000, zoo=(0.964, 0.006, "100k, tuned wrapper")),
+    Task("LunarLander-v3", 500_000, zoo=(242.1, 31.8, "1M, v2")),
+    Task("MountainCar-v0", 500_000, cleanrl=(-200.0, 0.0), zoo=(-110.4, 19.5, "1M")),
 )
 QUICK = (Task("CartPole-v1", 4096), Task("envs.unseen_tasks:FlappyBirdFeatures-v0", 4096))
 LAST_EPISODES = 100
