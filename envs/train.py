@@ -244,6 +244,18 @@ PRESETS: dict[str, dict] = {
     "continuous": dict(_CONTINUOUS),
 }
 PRESET_FIELDS = tuple(PRESETS["flappy"])
+# What each preset is, in the one line the trainer prints at the start of a run.
+PRESET_NOTES = {
+    "flappy": "our Flappy Bird's tuned recipe (64 envs × 128, minibatches of 1 024, lr 3e-3, 20 M steps)",
+    "flappy-pixels": "our Flappy Bird's tuned recipe, Nature CNN on the frames",
+    "atari": "CleanRL's ppo_atari.py (8 envs × 128, 4 minibatches, 4 epochs, lr 2.5e-4, clip 0.1)",
+    "classic": "discrete actions: CleanRL's ppo.py loss with SB3's sample-efficient update (8 envs × 256, "
+               "minibatches of 64, 10 epochs, lr 3e-4), the default that held on the suite (envs.bench_suite)",
+    "pendulum": "CleanRL's ppo_continuous_action.py with γ 0.9, lr 1e-3, 4 minibatches, 120 k steps",
+    "mujoco": "CleanRL's ppo_continuous_action.py (1 env × 2 048, 32 minibatches, 10 epochs, normalised obs and "
+              "rewards)",
+    "continuous": "CleanRL's ppo_continuous_action.py with 8 envs × 256 (normalised observations and rewards)",
+}
 
 
 @lru_cache(maxsize=64)
@@ -571,6 +583,8 @@ def main(argv: list[str] | None = None) -> None:
     main_rank = os.environ.get("RANK", "0") == "0"  # torchrun's rank, before the group is joined
     if main_rank:
         print(format_config(config, title="resumed configuration" if resume else "configuration"), file=sys.stderr)
+        print(f"preset '{env_family(config.env_id)}': {PRESET_NOTES[env_family(config.env_id)]}; a flag overrides "
+              "any field", file=sys.stderr)
     try:
         summary = train(config, resume=resume)
     finally:

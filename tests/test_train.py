@@ -13,7 +13,7 @@ import envs.train
 from core.config import config_to_dict
 from core.metrics import read_metrics
 from envs.networks import ActorCritic
-from envs.train import PRESETS, TrainConfig, main, parse_config, train
+from envs.train import PRESET_NOTES, PRESETS, TrainConfig, main, parse_config, train
 
 # ---- the bootstrap: V(final obs) at a truncation, nothing at a termination -------------------
 
@@ -188,6 +188,7 @@ def test_a_run_prints_and_saves_its_resolved_configuration(tmp_path, capsys):
     assert saved == config_to_dict(resolved)
     assert saved["learning_rate"] == PRESETS["classic"]["learning_rate"] and saved["num_envs"] == 2
     err = capsys.readouterr().err
+    assert f"preset 'classic': {PRESET_NOTES['classic']}" in err and set(PRESET_NOTES) == set(PRESETS)
     assert "configuration:" in err and f"learning_rate        = {PRESETS['classic']['learning_rate']!r}" in err
 
 
@@ -215,3 +216,4 @@ def test_resume_names_the_flags_it_ignores(tmp_path, capsys):
     assert config.learning_rate == PRESETS["classic"]["learning_rate"] and config.num_envs == 2  # the saved ones
     parse_config(["--resume", str(tmp_path / "run"), "--total-steps", "512", "--no-progress"])
     assert capsys.readouterr().err == ""  # nothing ignored, nothing said
+
