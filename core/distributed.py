@@ -24,7 +24,8 @@ What each rank does here:
   (stride 1 for a generator, num_envs for N seeded envs so that no two envs share a seed);
   rank 0 keeps `seed`, so one process is the run it always was.
 - `broadcast_parameters(module)`: every rank starts from rank 0's weights.
-- `cleanup()`: `destroy_process_group` at the end.
+- `cleanup()`: `destroy_process_group` at the end, which ends gloo's threads, so no rank exits
+  with them running (`setup` says why torch._dynamo is imported before the group is joined).
 
 Every rank must make the same collective calls in the same order (the same number of
 minibatches, epochs and updates); the front ends keep their loops in lockstep for that.
@@ -32,6 +33,7 @@ minibatches, epochs and updates); the front ends keep their loops in lockstep fo
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Iterable
 from typing import Any
@@ -85,6 +87,12 @@ def setup(device: str | torch.device = "auto") -> torch.device:
         raise RuntimeError("WORLD_SIZE > 1 but this build of torch has no torch.distributed")
     if "RANK" not in os.environ:
         raise ValueError("WORLD_SIZE > 1 without RANK: start the processes with torchrun")
+    # torch._dynamo (imported by the first optimiser step, if not before) takes references to the
+    # process groups that exist when it is imported and never drops them; destroy_process_group then
+    # leaves gloo's threads running into the interpreter's exit, where a rank aborts now and then
+    # ("terminate called without an active exception", SIGABRT). Imported before the group exists,
+    # it holds none, and `cleanup` ends the threads.
+    importlib.import_module("torch._dynamo")
     if resolved.type == "cuda":
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if local_rank >= torch.cuda.device_count():

@@ -469,6 +469,7 @@ def train(
             progress.close()
         plot_learning_curve(out / "metrics.jsonl", out / "learning_curve.png")
     envs.close()
+    distributed.barrier()  # every rank leaves once rank 0 has written its files
     return {"global_step": global_step, "iterations": iteration + 1, "seconds": time.perf_counter() - started,
             "history": history, "agent": agent}
 

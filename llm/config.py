@@ -127,6 +127,8 @@ class ModelArgs:
     def __post_init__(self) -> None:
         check_choices(self)  # every Literal field of the whole (possibly derived) config
         _at_least(self, 1, "n_layer", "n_head", "n_embd", "block_size")
+        if self.model is None and self.n_embd % self.n_head:  # each head reads n_embd / n_head channels
+            raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         _positive(self, "label_temperature")

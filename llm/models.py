@@ -26,7 +26,10 @@ Implementations:
   position ids from the attention mask (cumsum − 1, as the project's GPT does), passes the mask to
   the model, and generates with the model's own cache (`transformers.DynamicCache`). The scalar head
   is a `Linear(hidden, 1)` on the last hidden state of the model's body (`base_model`), started at
-  zero; the language head is the model's own (`.logits`).
+  zero; the language head is the model's own (`.logits`). `check_model(PATH)` refuses, in one line,
+  a folder that is not a causal LM, has no tokenizer, or whose tokenizer has ids past the input
+  embedding's rows (a tokenizer that adds a pad token on loading); SFT checks the last again on
+  the loaded weights.
 
 Rules kept for every model (the pitfalls TRL's users report):
 - Padding is known from the attention mask and the lengths, never from token equality. PAD is a
@@ -66,6 +69,8 @@ __all__ = [
     "HFTokenizer",
     "HFCache",
     "check_model_dir",
+    "check_model",
+    "check_vocab_fits",
     "load_hf_model",
     "load_tokenizer",
     "context_length",
@@ -92,7 +97,59 @@ def check_model_dir(path: str | Path) -> Path:
         raise ValueError(f"--model {path}: config.json cannot be read ({str(exc).splitlines()[0]})") from None
     if type(config) not in AutoModelForCausalLM._model_mapping:
         raise ValueError(f"--model {path}: a {config.model_type!r} model is not a causal language model")
+    # a model type with a causal head may be saved without it (BERT as a `BertModel`, an encoder)
+    architectures = getattr(config, "architectures", None) or []
+    if architectures and not set(architectures) & _causal_lm_classes():
+        raise ValueError(f"--model {path}: the folder holds a {architectures[0]}, not a causal language model "
+                         "(a folder saved from an ...ForCausalLM or ...LMHeadModel is expected)")
     return p
+
+
+def _causal_lm_classes() -> set[str]:
+    """The class names `AutoModelForCausalLM` builds (GPT2LMHeadModel, LlamaForCausalLM, …)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    names: set[str] = set()
+    for value in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values():
+        names.update([value] if isinstance(value, str) else value)
+    return names
+
+
+# The files a Hugging Face tokenizer is loaded from (one of them at least is in a model folder).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
+                   "spiece.model")
+
+
+def check_model(path: str | Path) -> Path:
+    """Everything a run checks of a `--model` folder before it writes anything, each failure a
+    `ValueError` of one line: a causal-LM folder (`check_model_dir`), a tokenizer in it with an
+    EOS token, and no token id the model cannot embed (`check_vocab_fits`). The embedding's rows
+    are read from the model built on the meta device (no weights are loaded)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    p = check_model_dir(path)
+    if not any((p / name).is_file() for name in TOKENIZER_FILES):
+        raise ValueError(f"--model {path}: no tokenizer in the folder (none of {', '.join(TOKENIZER_FILES)}); "
+                         "save the model's tokenizer beside it (tokenizer.save_pretrained)")
+    tok = HFTokenizer.load(p)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(p, local_files_only=True))
+    check_vocab_fits(tok, skeleton.get_input_embeddings().num_embeddings)
+    return p
+
+
+def check_vocab_fits(tok: HFTokenizer, rows: int) -> None:
+    """Raise `ValueError` (one line) when the tokenizer has more tokens than the model's input
+    embedding has rows: ids ≥ rows (a pad token the tokenizer adds on loading, say) would index
+    past the embedding."""
+    if tok.vocab_size > rows:
+        extra = tok.tokenizer.convert_ids_to_tokens(list(range(rows, min(tok.vocab_size, rows + 3))))
+        raise ValueError(
+            f"--model {tok.source}: the tokenizer has {tok.vocab_size} tokens but the model's input embedding "
+            f"has {rows} rows (ids {rows}… such as {extra} cannot be embedded); resize the embedding "
+            "(model.resize_token_embeddings(len(tokenizer))) and save the folder again, or use a tokenizer "
+            "that adds no tokens"
+        )
 
 
 @dataclass
@@ -289,7 +346,9 @@ def build_model(config, tok, device) -> nn.Module:
     """SFT's starting model: the wrapped model of `config.model` with its pretrained weights, or
     the project's GPT with fresh weights (`llm.config.model_config`)."""
     if getattr(config, "model", None):
-        return load_hf_model(config.model, device=device)
+        model = load_hf_model(config.model, device=device)
+        check_vocab_fits(tok, model.lm.get_input_embeddings().num_embeddings)
+        return model
     from llm.config import model_config
 
     return GPT(model_config(config, tok)).to(device)

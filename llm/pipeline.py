@@ -46,7 +46,7 @@ from core import distributed
 from core.checkpoint import CheckpointError, load_checkpoint
 from core.checks import NonFiniteError
 from core.config import add_arguments, config_to_dict, format_config, from_arguments, given_flags, save_config
-from core.device import seed_everything
+from core.device import resolve_device, seed_everything
 from core.metrics import MetricsWriter
 from llm import group, preference, reward_model, rlhf, sft
 from llm.checkpoints import STAGE_KINDS, load_stage, save_stage
@@ -62,7 +62,7 @@ from llm.config import (
     tag_suffix,
 )
 from llm.model import GPT
-from llm.models import check_model_dir, load_tokenizer
+from llm.models import check_model, load_tokenizer
 from llm.tasks import get_task
 from llm.tokenizer import CharTokenizer
 
@@ -300,17 +300,16 @@ def main(argv: list[str] | None = None) -> dict:
     add_arguments(parser, PipelineConfig)
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    # bad input is said in one line, before anything is built or written (nothing saved is lost)
     try:
         config = resolve(from_arguments(PipelineConfig, args))  # a preset that conflicts is refused here
+        resolve_device(config.device)  # --device cuda without a GPU
+        if config.model:
+            check_model(config.model)  # a causal LM with a tokenizer whose every id it can embed
     except ValueError as exc:
-        parser.error(str(exc))
+        print(f"llm.pipeline: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     torch.set_num_threads(config.threads)
-    if config.model:
-        try:
-            check_model_dir(config.model)
-        except ValueError as exc:
-            print(f"llm.pipeline: error: {exc}", file=sys.stderr)
-            raise SystemExit(2) from None
     start = time.perf_counter()
     try:
         summary = run_pipeline(config, given_flags(argv, parser))

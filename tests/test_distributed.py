@@ -118,6 +118,70 @@ def test_game_update_applies_the_gradient_of_the_whole_batch(tmp_path):
                                rtol=1e-4, atol=1e-6)
 
 
+# ---- leaving the group: no gloo thread outlives it ----------------------------------------------
+
+def _native_threads() -> list[str]:
+    """The names of this process's threads, C++ ones included (Linux: /proc/self/task/*/comm)."""
+    names = []
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            names.append((task / "comm").read_text().strip())
+        except OSError:  # a thread that ended meanwhile
+            pass
+    return names
+
+
+def _leave_worker(rank: int, out: str) -> None:
+    net = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.Adam(net.parameters())
+    net(torch.ones(1, 3)).sum().backward()
+    distributed.average_gradients(net.parameters())  # an all-reduce: gloo's threads are running
+    optimizer.step()  # the first step of an optimiser imports torch._dynamo, after the group was joined
+    during = _native_threads()
+    distributed.cleanup()
+    Path(out, f"threads-{rank}.json").write_text(json.dumps({"during": during, "after": _native_threads()}))
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="thread names are read from /proc")
+def test_leaving_the_group_ends_gloos_threads(tmp_path):
+    # gloo threads alive at the interpreter's exit made a rank abort now and then (SIGABRT, "terminate
+    # called without an active exception"): torch._dynamo, imported after the group was joined, kept it alive
+    _spawn(_leave_worker, str(tmp_path))
+    for rank in range(WORLD):
+        threads = json.loads((tmp_path / f"threads-{rank}.json").read_text())
+        assert "gloo_tcp_loop" in threads["during"] and "pt_gloo_runloop" in threads["during"]  # names as read
+        assert not [name for name in threads["after"] if "gloo" in name], threads["after"]
+
+
+# torchrun's report of the failure (abridged): rank 1 aborted at its exit, torchrun then ended rank 0
+ABORTED_RUN = """env CartPole-v1 · 8 envs × 128 steps = batch 1024 per process × 2 processes · 8 updates · mlp · cpu
+terminate called without an active exception
+W1207 02:29:06.524000 3418 api.py:1028] Sending process 3422 closing signal SIGTERM
+E1207 02:29:06.556000 3418 api.py:1002] failed (exitcode: -6) local_rank: 1 (pid: 3423) of binary: python
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+Failures:
+[1]:
+  time      : 2026-12-07_02:29:06
+  rank      : 0 (local_rank: 0)
+  exitcode  : -15 (pid: 3422)  (SIGTERM)
+Root Cause (first observed failure):
+[0]:
+  time      : 2026-12-07_02:29:06
+  rank      : 1 (local_rank: 1)
+  exitcode  : -6 (pid: 3423)  (SIGABRT)
+"""
+
+
+def test_stress_check_names_the_rank_that_died_and_what_it_said():
+    from envs.bench_dist import describe_failure
+
+    assert describe_failure(ABORTED_RUN, 1) == ("rank 0: SIGTERM; rank 1: SIGABRT; "
+                                                "terminate called without an active exception")
+    raised = ("[rank1]: RuntimeError: Connection closed by peer\n"
+              "  rank      : 1 (local_rank: 1)\n  exitcode  : 1 (pid: 7)\n")
+    assert describe_failure(raised, 1) == "rank 1: exit status 1; [rank1]: RuntimeError: Connection closed by peer"
+
+
 # ---- an LLM stage: DPO on a tiny GPT ------------------------------------------------------------
 
 def _tiny_gpt():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
 import pytest
 import torch
@@ -196,15 +197,56 @@ def test_every_stage_runs_on_a_wrapped_model_and_its_checkpoints_load_back(model
     assert exc.value.code == 2 and "different vocabulary" in capsys.readouterr().err
 
 
-def test_a_bad_model_folder_stops_in_one_line_with_exit_2(tmp_path, capsys):
+def _encoder_folder(path):
+    """A BERT encoder saved as a `BertModel`, without a tokenizer (BERT has a causal head, this folder not)."""
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32)).save_pretrained(path)
+    return path
+
+
+def _tokenizer_larger_than_embedding(source, path):
+    """A copy of `source` whose tokenizer adds a pad token: one id more than the embedding has rows."""
+    from transformers import AutoTokenizer
+
+    shutil.copytree(source, path)
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    tokenizer.add_special_tokens({"pad_token": "<pad>"})
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_a_bad_model_folder_stops_in_one_line_with_exit_2(model_dirs, tmp_path, capsys):
     (tmp_path / "vit").mkdir()
     (tmp_path / "vit" / "config.json").write_text(json.dumps({"model_type": "vit"}))
+    no_tokenizer = tmp_path / "no-tokenizer"
+    shutil.copytree(model_dirs["llama"], no_tokenizer, ignore=shutil.ignore_patterns("tokenizer*"))
+    larger = _tokenizer_larger_than_embedding(model_dirs["gpt2"], tmp_path / "larger")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text("{}")  # a run already there: nothing of it is touched
     for folder, says in ((tmp_path / "missing", "no such directory"), (tmp_path, "no config.json"),
-                         (tmp_path / "vit", "not a causal language model")):
+                         (tmp_path / "vit", "not a causal language model"),
+                         (_encoder_folder(tmp_path / "bert"), "holds a BertModel, not a causal language model"),
+                         (no_tokenizer, "no tokenizer in the folder"),
+                         (larger, "the tokenizer has 321 tokens but the model's input embedding has 320 rows")):
         with pytest.raises(SystemExit) as exc:
             pipeline_main(["--model", str(folder), "--out", str(tmp_path / "run"), "--device", "cpu"])
         err = capsys.readouterr().err.strip().splitlines()
-        assert exc.value.code == 2 and len(err) == 1 and says in err[0], err
+        assert exc.value.code == 2 and len(err) == 1 and says in err[0] and f"--model {folder}" in err[0], err
+        assert [p.name for p in (tmp_path / "run").iterdir()] == ["config.json"]
+        assert (tmp_path / "run" / "config.json").read_text() == "{}"
+
+
+def test_sft_refuses_a_tokenizer_larger_than_the_embedding_when_it_loads_the_model(model_dirs, tmp_path):
+    # the check at load time, on the loaded weights (without it: IndexError in the first forward)
+    larger = _tokenizer_larger_than_embedding(model_dirs["gpt2"], tmp_path / "larger")
+    tok = HFTokenizer.load(larger)
+    assert tok.vocab_size == 321 and tok.pad_id == 320  # the added pad token, past the embedding's 320 rows
+    config = resolve(PipelineConfig(model=str(larger), sft_steps=1, progress=False, device="cpu"))
+    with pytest.raises(ValueError, match="321 tokens but the model's input embedding has 320 rows"):
+        sft.train(config, TASK, tok, CPU, progress=False)
 
 
 def test_short_ppo_run_on_a_wrapped_model_raises_the_gold_reward(model_dirs):

@@ -142,6 +142,19 @@ def test_a_bad_choice_is_refused_in_one_line_naming_the_flag(args, flag, capsys)
     assert flag in last and "invalid choice" in last and args[1] in last
 
 
+@pytest.mark.parametrize("args, says", [(["--device", "cuda"], "device 'cuda' was requested but CUDA is not available"),
+                                        (["--n-embd", "30", "--n-head", "4"],
+                                         "n_embd (30) must be a multiple of n_head (4)")])
+def test_bad_settings_are_refused_in_one_line_before_anything_is_written(args, says, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a machine without a GPU
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as stop:
+        pipeline_main([*args, "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1 and says in err[0], err
+    assert not out.exists()
+
+
 def test_interrupted_stage_keeps_earlier_checkpoints_and_resume_continues(
     tiny_run, tmp_path, monkeypatch, capsys
 ):
