@@ -194,7 +194,8 @@ def table(cells: list[dict]) -> str:
     for c in cells:
         p, d, g = c["ppo"], c["dpo"], c["grpo"]
         lines.append(
-            f"| {c['model']} | {c['seed']} | {c['rm_gold_agreement']:.1%} | {p['gold_sft']:.2f} → {p['gold_final']:.2f} | "
+            f"| {c['model']} | {c['seed']} | {c['rm_gold_agreement']:.1%} | "
+            f"{p['gold_sft']:.2f} → {p['gold_final']:.2f} | "
             f"{p['kl_last_half_ratio']:.2f} ({p['kl_final_ratio']:.2f}) | {p['kl_last_half_in_band']:.0%} | "
             f"{p['final_ref_kl_coef']:.3g} | {'yes' if p['reward_hacking'] else 'no'} | "
             f"{d['gold_sft']:.2f} → {d['gold_final']:.2f} | {g['gold_sft']:.2f} → {g['gold_final']:.2f} | "
@@ -210,7 +211,8 @@ def main(argv: list[str] | None = None) -> dict:
         models = _parse_list(config.models, "models", tuple(MODELS))
         seeds = [int(s) for s in _parse_list(config.seeds, "seeds")]
         if config.ref_kl_controller not in ("", "fixed", "adaptive", "proportional"):
-            raise ValueError(f"--ref-kl-controller must be fixed, adaptive or proportional, got {config.ref_kl_controller!r}")
+            raise ValueError("--ref-kl-controller must be fixed, adaptive or proportional, "
+                             f"got {config.ref_kl_controller!r}")
     except ValueError as exc:
         parser.error(str(exc))
     torch.set_num_threads(config.threads)

@@ -404,7 +404,7 @@ def train(
         vf_coef=config.vf_coef,
         ent_coef=config.ent_coef,
         max_grad_norm=config.max_grad_norm,
-        loss_reduction="token_mean",
+        loss_reduction="minibatch_token_mean",  # each minibatch over its own tokens, as TRL
     )
     optimizer = torch.optim.AdamW(
         [
