@@ -16,7 +16,7 @@ learning rates, epochs, clipping) and the budgets below (fewer iterations and sm
 than the defaults: every cell has to fit a CPU). What a cell reports:
 - PPO: gold reward SFT → after PPO (temperature 1, `eval_prompts` prompts); the KL to π_ref over
   its target, as the mean of the last half of the iterations and of the last 10, and the share
-  of the last half within 0.5×–2× of the target, all read back from `metrics.jsonl`; the final
+  of the last half within 0.5×–2× of the target, all read back from `metrics-bench.jsonl`; the final
   β; whether the run flagged reward hacking (`llm.rlhf.detect_reward_hacking`).
 - DPO: gold reward SFT → final (temperature 1).
 - GRPO: gold reward SFT → final (GRPO's greedy evaluation of `group_eval_prompts` prompts), the
@@ -25,8 +25,9 @@ A cell *holds* when PPO's last-10 KL is at most 2× its target and every method 
 gold reward above the SFT policy's.
 
 Each cell's figures are saved in `OUT/cells/MODEL-sSEED.json` and a cell already there is not run
-again, so an interrupted run resumes and several processes may share the cells of one folder
-(`--models` apart); the table is built from the files. The last line printed is one JSON object.
+again (nor an SFT or reward model already in `OUT/MODEL-sSEED/`), so an interrupted run
+resumes and several processes may share the cells of one folder (`--models` apart); the table
+is built from the files. The last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -65,9 +66,9 @@ class TransferConfig:
     """Tiny budgets and models (seconds): checks that everything runs, measures nothing."""
     ref_kl_controller: str = ""
     """Run PPO with this β schedule instead of the default ('fixed', 'adaptive', 'proportional')."""
-    sft_steps: int = 300
-    """SFT steps of each cell (the task's default)."""
-    rm_steps: int = 200
+    sft_steps: int = 150
+    """SFT steps of each cell (the task's default is 300)."""
+    rm_steps: int = 100
     """Reward-model steps (the default is 300)."""
     ppo_iterations: int = 40
     """PPO iterations (the default is 80)."""
@@ -75,13 +76,13 @@ class TransferConfig:
     """Replies per PPO iteration (the default is 64)."""
     minibatch_size: int = 16
     """Replies per PPO minibatch (the default is 32)."""
-    eval_prompts: int = 128
+    eval_prompts: int = 64
     """Prompts of the before/after evaluations of PPO and DPO (the default is 256)."""
-    group_iterations: int = 15
+    group_iterations: int = 10
     """GRPO iterations (the default is 60)."""
     group_prompts: int = 8
     """GRPO groups per batch (the default is 64; 8 replies each)."""
-    group_eval_prompts: int = 128
+    group_eval_prompts: int = 64
     """Prompts of GRPO's evaluation (the default is 500)."""
     threads: int = 1
     """CPU threads for torch."""
@@ -119,12 +120,14 @@ def cell_config(config: TransferConfig, model_dir: str | None, seed: int, out: P
     extra = dict(budgets(config))
     if algo != "grpo":
         extra.pop("group_eval_every", None)
+    if algo in ("dpo", "grpo"):  # GRPO's minibatch is its own setting (the whole batch), not a budget
+        extra.pop("minibatch_size", None)
     if config.quick and model_dir is None:
         extra.update(n_layer=1, n_embd=32, n_head=2)
     if config.ref_kl_controller:
         extra["ref_kl_controller"] = config.ref_kl_controller
-    stage = "all" if algo == "ppo" else algo
-    return PipelineConfig(task="reviews", seed=seed, model=model_dir, out=str(out), algo=algo, stage=stage,
+    return PipelineConfig(task="reviews", seed=seed, model=model_dir, out=str(out),
+                          algo="ppo" if algo in ("sft", "rm") else algo, stage=algo, tag="bench",
                           progress=False, threads=config.threads, **extra)
 
 
@@ -151,6 +154,8 @@ def kl_figures(metrics_path: Path, target: float) -> dict:
 
 def run_cell(config: TransferConfig, model: str, seed: int) -> dict:
     """SFT and the reward model once, then PPO, DPO and GRPO from them; the cell's figures."""
+    from core.checkpoint import load_checkpoint
+    from llm.checkpoints import STAGE_KINDS
     from llm.pipeline import run_pipeline
     from llm.random_model import write_random_model
 
@@ -161,17 +166,25 @@ def run_cell(config: TransferConfig, model: str, seed: int) -> dict:
         settings = dict(MODELS[model])
         if config.quick:
             settings.update(n_layer=1, n_embd=32, n_head=2)
-        model_dir = str(write_random_model(out / "model", seed=seed, **settings))
+        model_dir = str(out / "model")
+        if not (out / "model" / "config.json").is_file():
+            write_random_model(model_dir, seed=seed, **settings)
     start = time.perf_counter()
+    # SFT and the reward model once (kept in the cell's folder: a rerun reuses them), then the
+    # three methods, each a tagged run with a metrics file of its own
+    for stage in ("sft", "rm"):
+        if not (out / f"{stage}.pt").is_file():
+            run_pipeline(cell_config(config, model_dir, seed, out, stage))
+    rm_meta = load_checkpoint(out / "rm.pt", kind=STAGE_KINDS["rm"])["meta"]
     ppo = run_pipeline(cell_config(config, model_dir, seed, out, "ppo"))
     dpo = run_pipeline(cell_config(config, model_dir, seed, out, "dpo"))
     grpo = run_pipeline(cell_config(config, model_dir, seed, out, "grpo"))
     target = ppo["kl"]["target"]
-    kl = kl_figures(out / "metrics.jsonl", target)
+    kl = kl_figures(out / "metrics-bench.jsonl", target)
     cell = {
         "model": model,
         "seed": seed,
-        "rm_gold_agreement": ppo["rm_gold_agreement"],
+        "rm_gold_agreement": rm_meta["stats"]["gold_agreement"],
         "ppo": {"gold_sft": ppo["gold_reward"]["sft"], "gold_final": ppo["gold_reward"]["final"],
                 "score_sft": ppo["score"]["sft"], "score_final": ppo["score"]["final"],
                 "kl_target": target, **{f"kl_{k}": v for k, v in kl.items()},
