@@ -361,8 +361,10 @@ class GroupArgs(RLArgs):
     """Iterations of linear learning-rate warm-up (0: none)."""
     loss_reduction: LossReduction | None = None
     """Per-token terms to a scalar: 'seq_mean' (GRPO: 1/|o_i| per reply, GR-2), 'token_mean'
-    (DAPO: over every token of the batch, DA-3) or 'constant' (Dr. GRPO: divided by the reply
-    budget in tokens, DR-1). None: the preset's value (the method's own)."""
+    (DAPO: over every token of the sampled batch, each minibatch step its share, DA-3),
+    'constant' (Dr. GRPO: divided by the reply budget in tokens, DR-1) or 'minibatch_token_mean'
+    (each minibatch over its own tokens: not DAPO's when minibatches hold unequal tokens).
+    None: the preset's value (the method's own)."""
     scale_by_std: bool | None = None
     """Divide the group-centred rewards by the group's std (GR-1); Dr. GRPO does not (DR-1).
     None: the preset's value (the method's own)."""
