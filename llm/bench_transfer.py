@@ -19,8 +19,8 @@ than the defaults: every cell has to fit a CPU). What a cell reports:
   of the last half within 0.5×–2× of the target, all read back from `metrics-bench.jsonl`; the final
   β; whether the run flagged reward hacking (`llm.rlhf.detect_reward_hacking`).
 - DPO: gold reward SFT → final (temperature 1).
-- GRPO: gold reward SFT → final (GRPO's greedy evaluation of `group_eval_prompts` prompts), the
-  task's gold reward as its verifier.
+- GRPO, the task's gold reward as its verifier: gold reward SFT → final at temperature 1 on the
+  prompts of PPO's evaluation (`sampled_gold`), and GRPO's own greedy figures beside them.
 A cell *holds* when PPO's last-10 KL is at most 2× its target and every method ends with its
 gold reward above the SFT policy's.
 
@@ -44,7 +44,7 @@ import torch
 
 from core.config import add_arguments, from_arguments
 
-__all__ = ["TransferConfig", "MODELS", "cell_config", "kl_figures", "run_cell", "main"]
+__all__ = ["TransferConfig", "MODELS", "cell_config", "kl_figures", "sampled_gold", "run_cell", "holds", "main"]
 
 # name → (llm.random_model settings, or None for the project's character-level GPT)
 MODELS = {
@@ -152,6 +152,27 @@ def kl_figures(metrics_path: Path, target: float) -> dict:
     }
 
 
+def sampled_gold(config: TransferConfig, model: str, seed: int) -> dict:
+    """Gold reward of the SFT and the GRPO policy at temperature 1 on the prompts of PPO's evaluation
+    (`llm.rlhf.evaluate_policy`, seed + 100, `eval_prompts`): the same measure as PPO's and DPO's.
+    (GRPO's own summary is its greedy evaluation, on which a few iterations rarely change a reply.)"""
+    from llm.checkpoints import STAGE_KINDS, load_stage
+    from llm.models import load_tokenizer
+    from llm.rlhf import evaluate_policy
+    from llm.tasks import get_task
+
+    out = Path(config.out) / f"{model}-s{seed}"
+    model_dir = str(out / "model") if MODELS[model] is not None else None
+    tok, task = load_tokenizer(model_dir), get_task("reviews")
+    n = budgets(config)["eval_prompts"]
+    gold = {}
+    for name, path, kind in (("gold_sft", "sft.pt", "sft"), ("gold_final", "grpo-bench.pt", "grpo")):
+        models, _ = load_stage(out / path, tok, kind=STAGE_KINDS[kind])
+        policy = models["model"] if kind == "sft" else models["policy"]
+        gold[name] = evaluate_policy(policy.eval(), task, tok, n, seed + 100, torch.device("cpu"))["gold_reward"]
+    return gold
+
+
 def run_cell(config: TransferConfig, model: str, seed: int) -> dict:
     """SFT and the reward model once, then PPO, DPO and GRPO from them; the cell's figures."""
     from core.checkpoint import load_checkpoint
@@ -191,12 +212,18 @@ def run_cell(config: TransferConfig, model: str, seed: int) -> dict:
                 "final_ref_kl_coef": ppo["final_ref_kl_coef"],
                 "reward_hacking": ppo["reward_hacking"] is not None},
         "dpo": {"gold_sft": dpo["gold_reward"]["sft"], "gold_final": dpo["gold_reward"]["final"]},
-        "grpo": {"gold_sft": grpo["gold_reward"]["sft"], "gold_final": grpo["gold_reward"]["final"]},
+        "grpo": {**sampled_gold(config, model, seed), "greedy_gold_sft": grpo["gold_reward"]["sft"],
+                 "greedy_gold_final": grpo["gold_reward"]["final"]},
         "seconds": time.perf_counter() - start,
     }
-    cell["holds"] = bool(kl["final_ratio"] <= 2.0 and all(
-        cell[m]["gold_final"] > cell[m]["gold_sft"] for m in ("ppo", "dpo", "grpo")))
+    cell["holds"] = holds(cell)
     return cell
+
+
+def holds(cell: dict) -> bool:
+    """PPO's last-10 KL at most 2× its target, and every method's gold reward above the SFT policy's."""
+    return bool(cell["ppo"]["kl_final_ratio"] <= 2.0
+                and all(cell[m]["gold_final"] > cell[m]["gold_sft"] for m in ("ppo", "dpo", "grpo")))
 
 
 def table(cells: list[dict]) -> str:
@@ -237,6 +264,11 @@ def main(argv: list[str] | None = None) -> dict:
             path = cells_dir / f"{model}-s{seed}.json"
             if path.is_file():
                 cell = json.loads(path.read_text(encoding="utf-8"))
+                if "greedy_gold_sft" not in cell["grpo"]:  # a cell of an earlier version: GRPO's greedy figures
+                    cell["grpo"] = {**sampled_gold(config, model, seed), "greedy_gold_sft": cell["grpo"]["gold_sft"],
+                                    "greedy_gold_final": cell["grpo"]["gold_final"]}
+                    cell["holds"] = holds(cell)
+                    path.write_text(json.dumps(cell), encoding="utf-8")
             else:
                 cell = run_cell(config, model, seed)
                 path.write_text(json.dumps(cell), encoding="utf-8")
