@@ -256,8 +256,10 @@ class PPOArgs(RLArgs):
     ref_kl_controller: KLControllerKind = "proportional"
     """How β (ref_kl_coef) adapts: 'proportional' (TR-4, Ziegler et al.: β ← β(1 + e·n/H), e the
     relative KL error clipped to ±0.2), 'adaptive' (TR-3, the PPO paper's halving/doubling) or
-    'fixed'. The default was chosen on `python -m llm.bench_transfer` (llm/README.md): the
-    doubling rule halved β to nothing on a model whose KL grew slowly at first."""
+    'fixed'. On a tiny random Llama-style model whose KL grew slowly at first, the unbounded
+    doubling rule halved β to nothing and the KL then ran away, while the bounded proportional
+    rule held it; `python -m llm.bench_transfer` measures this default on three models
+    (llm/README.md, "Defaults that transfer")."""
     ref_kl_controller_target: float | None = None
     """d_targ: the mean per-reply KL to π_ref, in nats, the controller steers to. None: the
     preset's value (the task's)."""

@@ -527,7 +527,7 @@ def train(
         if config.tag:
             default_history = read_ppo_history(Path(out) / "metrics.jsonl")
             if default_history:
-                runs = {"default run (adaptive KL)": default_history, **runs}
+                runs = {"untagged run": default_history, **runs}
         plot_rlhf(runs, Path(out) / f"ppo{suffix}.png", ref_kl_target=target, best_gold=best,
                   sft_gold=before["gold_reward"], title=f"PPO-RLHF on '{config.task}'")
         write_report(Path(out) / f"report{suffix}.md", config, task, tok, before, after, summary,
