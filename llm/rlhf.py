@@ -22,7 +22,7 @@ value (two parameter groups, one global gradient clip); β adapted every third r
 Ziegler et al.'s proportional rule (TRL's default too) within [β₀/10, 10·β₀], after a warm-up
 that ends when the KL first reaches the controller's band. The PPO paper's doubling rule is
 `--ref-kl-controller adaptive`: unbounded, it halved β to nothing on a model whose KL grew
-slowly at first, and the policy then ran away from π_ref (llm/README.md, lesson 11).
+slowly at first, and the policy then ran away from π_ref (llm/README.md, lesson 5).
 
 Under torchrun (`core.distributed`) the rollout batch is split over the N ranks: every rank
 draws the same `rollout_batch_size` prompts and samples replies for its share (prompts r, r + N,
@@ -484,7 +484,7 @@ def train(
         record["rlhf/ref_kl_over_target"] = seq_kl / target if target else 0.0
         if target and hacking is None:
             hacking = detect_reward_hacking([*history, {"step": it, **record}], target)
-            if hacking is not None:
+            if hacking is not None and distributed.is_main():  # one line, from rank 0
                 print(f"[llm.rlhf] warning: {hacking['message']}", file=sys.stderr)
         record["rlhf/reward_hacking"] = float(hacking is not None)
         if not all(math.isfinite(v) for k, v in record.items() if k != "losses/explained_variance"):
