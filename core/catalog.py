@@ -181,9 +181,9 @@ FORMULAS: dict[str, Formula] = dict(
            "CG solves Fx = g; accepted step meets KL ≤ δ and improves the surrogate"),
         _f("TR-2", "L^KLPEN = E[ρ A − β KL[π_old(·|s), π_θ(·|s)]]", "002, 004", "value and gradient vs hand"),
         _f("TR-3", "Adaptive β: d = E[KL]; d < d_targ/1.5 ⇒ β ← β/2; d > 1.5·d_targ ⇒ β ← 2β", "002, 000",
-           "controller trace; a penalty run keeps KL in band"),
+           "controller trace; a penalty run keeps KL in band; β stays in [β₀/bound, β₀·bound]; warm-up and cadence"),
         _f("TR-4", "Proportional controller: e = clip(d/d_targ − 1, −0.2, 0.2); β ← β(1 + e·n/H)",
-           "extension of TR-3", "controller trace"),
+           "extension of TR-3", "controller trace; the update and its bounds by hand"),
         # CL — the clipped objective
         _f("CL-1", "L^CLIP = E[min(ρ A, clip(ρ, 1−ε, 1+ε) A)]", "001, 002, 003", "hand cases"),
         _f("CL-2", "Why the min: gradient zero exactly when (A>0, ρ>1+ε) or (A<0, ρ<1−ε); clip alone also "
@@ -235,7 +235,9 @@ FORMULAS: dict[str, Formula] = dict(
            "per-token gradient weight vs length"),
         _f("DA-1", "Clip-higher: clip(ρ, 1−ε_low, 1+ε_high), ε_low = 0.2, ε_high = 0.28", "004", "hand case"),
         _f("DA-2", "Dynamic sampling: keep only groups with 0 < #correct < G", "004", "filter"),
-        _f("DA-3", "Token-level loss: (1/Σ_i |o_i|) Σ_i Σ_t", "004", "reduction vs loop"),
+        _f("DA-3", "Token-level loss: (1/Σ_i |o_i|) Σ_i Σ_t over every token of the sampled batch; "
+           "in minibatches each step is its share (sum / (batch tokens / minibatches))", "004",
+           "reduction vs loop; batch-level vs per-minibatch token mean told apart"),
         _f("DA-4", "Overlong shaping: 0 if |y| ≤ L_max − L_cache; ((L_max − L_cache) − |y|)/L_cache up to "
            "L_max; −1 beyond", "004", "piecewise values and continuity"),
         _f("DR-1", "Dr. GRPO: Â_i = r_i − mean(r), no 1/|o_i| (normalise by a constant)", "004",

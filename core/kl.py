@@ -8,7 +8,8 @@ of RLHF).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Literal, Protocol, get_args
 
 import torch
@@ -137,19 +138,81 @@ class FixedKLController:
         return self.beta
 
 
+@dataclass(kw_only=True)
+class _Schedule:
+    """When a β controller acts, and how far β may go: what TR-3 and TR-4 share.
+
+    - bound: β stays in [β₀/bound, β₀·bound], β₀ the initial β. An unbounded schedule can halve β
+      to nothing while the KL is still growing slowly, and then cannot raise it back in time.
+    - warm-up: β is held at β₀ until the measured KL first reaches the low edge of the
+      controller's band (`band()[0]`) or for `warmup` calls at most. The KL to a reference starts
+      at exactly 0, and a controller fed that 0 would only lower β while the policy is on its way.
+    - every: after the warm-up, β changes on every `every`-th call, from the KL of that call and
+      the samples n of all the calls since the last change (the KL answers a new β over several
+      updates; changing it on every call makes TR-3 overshoot both ways).
+
+    `update(measured_kl, n_steps)` is called once per rollout; it applies the rule of the
+    controller (`_rule`) only when the schedule says so, and returns the β to use next.
+    """
+
+    bound: float | None = 100.0
+    warmup: int = 0
+    every: int = 1
+    initial: float = field(init=False, default=0.0)
+    started: bool = field(init=False, default=False)
+    _calls: int = field(init=False, default=0, repr=False)
+    _since: int = field(init=False, default=0, repr=False)
+    _n: int = field(init=False, default=0, repr=False)
+
+    def _check_schedule(self) -> None:
+        check_positive("beta", self.beta)
+        check_positive("target", self.target)
+        if self.bound is not None and not self.bound >= 1.0:
+            raise ValueError(f"bound must be ≥ 1 (β stays in [β₀/bound, β₀·bound]), got {self.bound!r}")
+        if self.warmup < 0 or self.every < 1:
+            raise ValueError(f"warmup must be ≥ 0 and every ≥ 1, got {self.warmup!r} and {self.every!r}")
+        self.initial = float(self.beta)
+
+    def limits(self) -> tuple[float, float]:
+        """(β_min, β_max) = (β₀/bound, β₀·bound); (0, ∞) without a bound."""
+        if self.bound is None:
+            return 0.0, math.inf
+        return self.initial / self.bound, self.initial * self.bound
+
+    def band(self) -> tuple[float, float]:  # pragma: no cover - each controller has its own
+        raise NotImplementedError
+
+    def update(self, measured_kl: float, n_steps: int = 1) -> float:
+        self._calls += 1
+        if not self.started:
+            self.started = measured_kl >= self.band()[0] or self._calls >= self.warmup
+            if not self.started:
+                return self.beta
+        self._since += 1
+        self._n += n_steps
+        if self._since >= self.every:
+            low, high = self.limits()
+            self.beta = min(max(self._rule(measured_kl, self._n), low), high)
+            self._since = self._n = 0
+        return self.beta
+
+
 @implements("TR-3")
 @dataclass
-class AdaptiveKLController:
+class AdaptiveKLController(_Schedule):
     """The PPO paper's adaptive β   (TR-3; note 002, note 000's last paragraph; PPO §4).
 
         d = measured KL;  d < d_targ / 1.5 ⇒ β ← β / 2;  d > 1.5 · d_targ ⇒ β ← 2β;  else keep β.
 
     The controller raises β when the policy moved too far and leaves the learning rate alone
     (note 000 says the learning rate shrinks: erratum E3). 1.5 and 2 are the paper's choices;
-    it reports the algorithm is not sensitive to them.
+    it reports the algorithm is not sensitive to them. The band [d_targ/1.5, 1.5·d_targ] is where
+    β is kept; its low edge ends the warm-up. β changes by at most the factor 2 per update and
+    stays in [β₀/bound, β₀·bound] (`_Schedule`: bound, warmup, every; the defaults, bound 100,
+    no warm-up and every call, are the paper's rule with a wide safety net).
 
     Symbols → fields: β → `beta`, d_targ → `target`, 1.5 → `tolerance`, 2 → `factor`.
-    `n_steps` is accepted for the common interface and ignored.
+    `n_steps` is accepted for the common interface and ignored by the rule.
     """
 
     beta: float
@@ -158,33 +221,39 @@ class AdaptiveKLController:
     factor: float = 2.0
 
     def __post_init__(self) -> None:
-        check_positive("beta", self.beta)
-        check_positive("target", self.target)
+        self._check_schedule()
         if self.tolerance <= 1.0:
             raise ValueError(f"tolerance must be > 1, got {self.tolerance!r}")
         if self.factor <= 1.0:
             raise ValueError(f"factor must be > 1, got {self.factor!r}")
 
-    def update(self, measured_kl: float, n_steps: int = 1) -> float:
+    def band(self) -> tuple[float, float]:
+        """The KL range in which β is kept: [d_targ/1.5, 1.5·d_targ]."""
+        return self.target / self.tolerance, self.target * self.tolerance
+
+    def _rule(self, measured_kl: float, n_steps: int) -> float:
         if measured_kl < self.target / self.tolerance:
-            self.beta /= self.factor
-        elif measured_kl > self.target * self.tolerance:
-            self.beta *= self.factor
+            return self.beta / self.factor
+        if measured_kl > self.target * self.tolerance:
+            return self.beta * self.factor
         return self.beta
 
 
 @implements("TR-4")
 @dataclass
-class ProportionalKLController:
+class ProportionalKLController(_Schedule):
     """Proportional β controller of RLHF   (TR-4; Ziegler et al. 2019, eq. 2).
 
         e = clip(d / d_targ − 1, −0.2, 0.2);   β ← β (1 + e · n / H)
 
     A smooth version of TR-3: β moves in proportion to the relative KL error, at most 20% of
     n/H per update, where n is the number of samples (steps, replies) since the last update and
-    H the horizon over which the error is corrected.
+    H the horizon over which the error is corrected. n/H is capped at 1, so one update changes β
+    by at most ±20% (and β stays positive); β stays in [β₀/bound, β₀·bound] (`_Schedule`). The
+    band [0.8·d_targ, 1.2·d_targ] is where the error is not clipped; its low edge ends the warm-up.
 
-    Symbols → fields: β → `beta`, d_targ → `target`, H → `horizon`; n → `n_steps` of update.
+    Symbols → fields: β → `beta`, d_targ → `target`, H → `horizon`; n → `n_steps` of update
+    (summed over the calls since the last update when `every` > 1).
     """
 
     beta: float
@@ -192,18 +261,27 @@ class ProportionalKLController:
     horizon: float = 10_000.0
 
     def __post_init__(self) -> None:
-        check_positive("beta", self.beta)
-        check_positive("target", self.target)
+        self._check_schedule()
         check_positive("horizon", self.horizon)
 
-    def update(self, measured_kl: float, n_steps: int) -> float:
+    def band(self) -> tuple[float, float]:
+        """The KL range in which the error d/d_targ − 1 is not clipped: [0.8·d_targ, 1.2·d_targ]."""
+        return 0.8 * self.target, 1.2 * self.target
+
+    def _rule(self, measured_kl: float, n_steps: int) -> float:
         error = min(max(measured_kl / self.target - 1.0, -0.2), 0.2)
-        self.beta *= 1.0 + error * n_steps / self.horizon
-        return self.beta
+        return self.beta * (1.0 + error * min(n_steps / self.horizon, 1.0))
 
 
 def make_kl_controller(
-    kind: KLControllerKind, beta: float, target: float | None = None, horizon: float = 10_000.0
+    kind: KLControllerKind,
+    beta: float,
+    target: float | None = None,
+    horizon: float = 10_000.0,
+    *,
+    bound: float | None = 100.0,
+    warmup: int = 0,
+    every: int = 1,
 ) -> KLController:
     """Build a controller by name: "fixed", "adaptive" (TR-3) or "proportional" (TR-4).
 
@@ -211,13 +289,14 @@ def make_kl_controller(
     needed by "fixed"), `horizon` the H of the proportional controller. Which KL it measures is
     the caller's: KL[π_old‖π_θ] for PPO's penalty objective (config fields `kl_coef`,
     `kl_controller`, `kl_controller_target`), KL[π_θ‖π_ref] for RLHF (`ref_kl_coef`,
-    `ref_kl_controller`, `ref_kl_controller_target`)."""
+    `ref_kl_controller`, `ref_kl_controller_target`). `bound`, `warmup`, `every`: when the
+    controller acts and how far β may go (`_Schedule`; unused by "fixed")."""
     if kind == "fixed":
         return FixedKLController(beta)
     if target is None:
         raise ValueError(f"the {kind!r} KL controller needs target")
     if kind == "adaptive":
-        return AdaptiveKLController(beta, target)
+        return AdaptiveKLController(beta, target, bound=bound, warmup=warmup, every=every)
     if kind == "proportional":
-        return ProportionalKLController(beta, target, horizon)
+        return ProportionalKLController(beta, target, horizon, bound=bound, warmup=warmup, every=every)
     raise ValueError(f"unknown KL controller {kind!r}: expected 'fixed', 'adaptive' or 'proportional'")

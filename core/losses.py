@@ -264,7 +264,7 @@ def masked_whiten(
     return whitened if mask is None else whitened * mask.to(x.dtype)
 
 
-LossReduction = Literal["token_mean", "seq_mean", "constant"]
+LossReduction = Literal["token_mean", "seq_mean", "constant", "minibatch_token_mean"]
 LOSS_REDUCTIONS = get_args(LossReduction)
 
 
@@ -275,30 +275,50 @@ def reduce_loss(
     *,
     mode: str = "token_mean",
     constant: float | None = None,
+    n_tokens: float | torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Reduce a per-token loss (B, T) to a scalar; the three choices of the GRPO family.
+    """Reduce a per-token loss (B, T) to a scalar; the choices of the GRPO family.
 
         "seq_mean"   (GRPO, GR-2):     (1/B) Σ_i (1/|o_i|) Σ_t x_{i,t}
-        "token_mean" (DAPO, DA-3):     (1/Σ_i |o_i|) Σ_i Σ_t x_{i,t}
+        "token_mean" (DAPO, DA-3):     (1/N_tok) Σ_i Σ_t x_{i,t},   N_tok = `n_tokens`, by default Σ_i |o_i|
         "constant"   (Dr. GRPO, DR-1): (1/(B·C)) Σ_i Σ_t x_{i,t},   C = `constant` (e.g. max length)
+        "minibatch_token_mean":        (1/Σ_i |o_i|) Σ_i Σ_t x_{i,t} of this tensor, always
 
     |o_i| is the number of real tokens of reply i (Σ_t mask). Under "seq_mean" each token of a
     long reply weighs 1/|o_i|, less than a token of a short reply: a long wrong answer is
     penalised less per token, the length bias of GR-3. "token_mean" weighs every token the same
     in a batch; "constant" also makes the weight independent of the batch's lengths.
 
+    DAPO's token mean is over every token of the *sampled batch*. When the batch is trained in
+    minibatches, one optimiser step each (`core.ppo.ppo_update`), the caller passes `n_tokens` =
+    the batch's token count / the number of minibatches: each minibatch's sum is then its share
+    of the batch's token mean, a minibatch of long replies weighs more than one of short replies,
+    and the minibatch losses add up (over an epoch, ÷ the number of minibatches) to the token mean
+    of the whole batch — what DAPO's reference and other libraries compute. Dividing each
+    minibatch by its own token count instead is "minibatch_token_mean": every minibatch weighs the
+    same whatever its tokens, so a token of a minibatch of short replies weighs more; the two
+    agree when the batch is one minibatch or every minibatch holds as many tokens.
+
     Shapes: `x` (B, T) or (N,); `mask` like `x` or None (all real). Without a mask and for 1-D
-    `x` every mode is the plain mean (each "reply" is one action).
+    `x` every mode is the plain mean (each "reply" is one action), unless "token_mean" is given
+    `n_tokens`.
     """
     if mode not in LOSS_REDUCTIONS:
         raise ValueError(f"loss reduction mode must be one of {LOSS_REDUCTIONS}, got {mode!r}")
+    if mode == "token_mean" and n_tokens is not None:
+        if float(n_tokens) <= 0:
+            raise ValueError(f"n_tokens must be > 0, got {float(n_tokens)!r}")
+        real = x if mask is None else x * mask.to(x.dtype)
+        if mask is not None:
+            check_same_shape("x", x, mask=mask)
+        return real.sum() / n_tokens
     if mask is None and (mode != "constant" or x.dim() < 2):
         return x.mean()  # every position is real: all modes but "constant" reduce to the plain mean
     if mask is None:
         mask = torch.ones_like(x)
     check_same_shape("x", x, mask=mask)
     mask = mask.to(x.dtype)
-    if mode == "token_mean" or x.dim() < 2:
+    if mode in ("token_mean", "minibatch_token_mean") or x.dim() < 2:
         return masked_mean(x, mask)
     if mode == "seq_mean":
         lengths = mask.sum(dim=-1).clamp(min=1.0)  # (B,)

@@ -47,6 +47,10 @@ METRICS: dict[str, str] = {
     "rlhf/gold_reward": "mean hidden gold reward of the sampled replies (what we actually want)",
     "rlhf/ref_kl": "mean per-reply KL estimate Σ_t (log π_θ − log π_ref) to the reference model π_ref",
     "rlhf/response_length": "mean reply length in tokens",
+    "rlhf/ref_kl_over_target": "rlhf/ref_kl divided by the β controller's target KL (0 without a target): "
+    "1 on target; above 2 for several iterations is a KL that ran away",
+    "rlhf/reward_hacking": "1 from the iteration at which the KL ran away (over 2× its target for 3 iterations, "
+    "or past 2× while rising fast with the proxy score), else 0; the run prints one warning line then",
 }
 
 

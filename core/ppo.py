@@ -85,7 +85,9 @@ class PPOConfig:
     target_kl: float | None = None
     """Stop the epochs early once the mean approx_kl of an epoch passes this; None never stops."""
     loss_reduction: LossReduction = "token_mean"
-    """How per-token terms become a scalar: 'token_mean' (DA-3), 'seq_mean' (GR-2), 'constant' (DR-1)."""
+    """How per-token terms become a scalar: 'token_mean' (DA-3: over the tokens of the whole batch,
+    each minibatch its share), 'seq_mean' (GR-2), 'constant' (DR-1), or 'minibatch_token_mean'
+    (each minibatch over its own tokens; `core.losses.reduce_loss`)."""
     loss_constant: float | None = None
     """C of the 'constant' reduction (for example the generation budget in tokens)."""
     ref_kl_coef: float = 0.0
@@ -215,6 +217,12 @@ def ppo_update(
     for _epoch in range(config.update_epochs):
         order = torch.randperm(n_rows, generator=generator).to(device)
         epoch_kl = torch.zeros((), device=device)
+        n_tokens = None  # "token_mean" (DA-3): each minibatch's sum over the batch's tokens per minibatch
+        if config.loss_reduction == "token_mean" and mask is not None:
+            trained = mask[order[: n_minibatches * config.minibatch_size]]  # the rows this epoch trains on
+            batch_tokens = distributed.mean_over_ranks({"tokens": float(trained.sum())})["tokens"]
+            n_tokens = max(batch_tokens, 1.0) / n_minibatches
+        reduce = {"mode": config.loss_reduction, "constant": config.loss_constant, "n_tokens": n_tokens}
         for start in range(0, n_minibatches * config.minibatch_size, config.minibatch_size):
             rows = order[start : start + config.minibatch_size]
             mb = {key: tensor[rows] for key, tensor in batch.items()}
@@ -244,13 +252,12 @@ def ppo_update(
                 kl_old_new = kl_estimate(mb["logprobs"], new.logprobs, "k3")
                 penalised = kl_penalty_surrogate(new.logprobs, mb["logprobs"], advantages, kl_old_new, beta=beta)
                 objective = penalised if config.objective == "kl_penalty" else objective - beta * kl_old_new
-            policy_loss = -reduce_loss(objective, mb_mask, mode=config.loss_reduction, constant=config.loss_constant)
+            policy_loss = -reduce_loss(objective, mb_mask, **reduce)
             loss = policy_loss
 
             if config.ref_kl_coef > 0:
                 ref_kl = reduce_loss(
-                    kl_estimate(new.logprobs, mb["ref_logprobs"], config.ref_kl_estimator),
-                    mb_mask, mode=config.loss_reduction, constant=config.loss_constant,
+                    kl_estimate(new.logprobs, mb["ref_logprobs"], config.ref_kl_estimator), mb_mask, **reduce
                 )
                 loss = loss + config.ref_kl_coef * ref_kl
                 totals["ref_kl"] += ref_kl.detach()
@@ -259,12 +266,12 @@ def ppo_update(
                 v_loss = reduce_loss(
                     value_loss(new.values, mb["returns"], mb["values"],
                                clip_range=config.vf_clip_coef if config.clip_vloss else None),
-                    mb_mask, mode=config.loss_reduction, constant=config.loss_constant,
+                    mb_mask, **reduce,
                 )
                 loss = loss + config.vf_coef * v_loss
                 totals["value_loss"] += v_loss.detach()
 
-            entropy = reduce_loss(new.entropy, mb_mask, mode=config.loss_reduction, constant=config.loss_constant)
+            entropy = reduce_loss(new.entropy, mb_mask, **reduce)
             loss = loss - config.ent_coef * entropy
 
             if not torch.isfinite(loss):

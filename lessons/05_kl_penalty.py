@@ -5,7 +5,10 @@ What it teaches
     ordinary gradient steps. A fixed β is hard to choose: the KL an update produces depends on
     the problem and drifts during training. The adaptive rule doubles β when the measured KL is
     far above its target and halves it when far below, and it never touches the learning rate.
-    RLHF libraries use a smoother proportional version of the same controller.
+    RLHF libraries use a smoother proportional version of the same controller. Unbounded, the
+    doubling rule can halve β to nothing while the KL is still growing slowly and then cannot
+    raise it back in time: bounds on β, relative to its initial value, and the proportional
+    rule's small steps prevent that collapse (step 5).
 
 Notes followed
     002_c297ee72da052b00.txt (PPO paper notes): "Problem: how to regularize": L^KL = E[ρA] − β E[KL[π_old,
@@ -26,17 +29,27 @@ Deviations from the papers
     with the "kl_penalty" objective: Adam, 4 epochs of 4 minibatches per update. The KL in the
     loss and the d fed to the controller are k3 estimates of KL[π_old‖π_θ] on the batch's
     actions (lesson 8), as in `core.ppo`; the paper's d is the same quantity. The proportional
-    controller (TR-4) comes from Ziegler et al. 2019, not from the PPO paper.
+    controller (TR-4) comes from Ziegler et al. 2019, not from the PPO paper. Step 5 drives the
+    controllers with a simulated KL to π_ref (a stylised model of an RLHF run, written out in the
+    step), not with a language model: the measured runs are in llm/README.md.
 """
 
 FORMULAS = ("TR-2", "TR-3", "TR-4")
 
 # %% Setup: a contextual bandit and a tabular policy with a value per context
+import math
+
 import torch
 import torch.nn.functional as F
 
 from core.advantages import gae
-from core.kl import AdaptiveKLController, FixedKLController, ProportionalKLController, categorical_kl
+from core.kl import (
+    AdaptiveKLController,
+    FixedKLController,
+    ProportionalKLController,
+    categorical_kl,
+    make_kl_controller,
+)
 from core.losses import kl_penalty_surrogate
 from core.ppo import Evaluation, PPOConfig, ppo_update
 from lessons._common import Lesson, plt, table
@@ -175,7 +188,8 @@ lesson.verdict("The controller halves, doubles or keeps β exactly as the rule s
                "β after/β before: " + ", ".join(f"{after / before:g}" for _, _, before, after in rows))
 
 # Then in training, starting from a β far too small:
-adaptive = train(AdaptiveKLController(beta=0.03, target=TARGET), UPDATES, seed=1)
+# (bound=None: the paper's rule as written; core.kl's default keeps β within 100× of its start, step 5)
+adaptive = train(AdaptiveKLController(beta=0.03, target=TARGET, bound=None), UPDATES, seed=1)
 warm = 8
 in_band = sum(TARGET / 2 <= d <= 2 * TARGET for d in adaptive["kl"][warm:]) / len(adaptive["kl"][warm:])
 median_late = sorted(adaptive["kl"][warm:])[len(adaptive["kl"][warm:]) // 2]
@@ -261,6 +275,94 @@ axes[1].set_ylabel("β")
 axes[1].legend(fontsize=8)
 fig.suptitle("TR-2/3/4: the KL penalty with fixed, adaptive and proportional β")
 lesson.save(fig, "kl_penalty.png")
+
+# %% Step 5 — a β that cannot run away: the collapse of the unbounded doubling rule, and its cure
+lesson.step("When the KL grows slowly at first: β halved to nothing, then a KL that runs away",
+            "TR-3 halves β below d_targ/1.5 with no floor; TR-4 moves it by ≤ 0.2·n/H, and both stay in "
+            "[β₀/bound, β₀·bound]", ids=["TR-3", "TR-4"])
+
+# PPO-RLHF steers the KL to π_ref per reply (target 3 nats) with β from 0.3, held through a
+# warm-up of 20 iterations and updated every 3 (llm.config). On a tiny random Llama the unbounded
+# doubling rule halved β while the KL was still small, to under 0.001, and the KL then ran from 3
+# to 28 nats in 15 iterations while the gold reward fell (llm/README.md). A full PPO run costs
+# minutes; this step replays the mechanism on a *simulated* KL instead — a stylised model, not a
+# language model — with the very controller objects the pipeline builds (core.kl):
+#     d ← max(0.9·d, d + η_t·((k − β)·d + u)),   η_t = min(1, t/55)⁴
+# u is the reward's steady push away from π_ref, k·d the push that grows with the distance (the
+# reward model's blind spots pay more the further the policy goes), β·d the KL penalty's pull
+# back, η_t a model that learns slowly at first; the KL falls by at most 10% per iteration. The
+# gold reward rises with the first nats and then pays for every nat past 2.5:
+#     gold(d) = −0.06 + 2.3·(1 − e^(−d/1.2)) − 0.16·max(0, d − 2.5)
+K_PUSH, U_PUSH, RLHF_TARGET, RLHF_BETA, ITERATIONS = 0.18, 0.3, 3.0, 0.3, 80
+
+
+def simulated_rlhf(controller):
+    """β, KL and gold per iteration of the simulated run; the controller sees 64 replies an iteration."""
+    d, trace = 0.0, {"beta": [], "kl": [], "gold": []}
+    for t in range(ITERATIONS):
+        beta = controller.beta
+        eta = min(1.0, (t + 1) / 55) ** 4
+        d = max(0.9 * d, d + eta * ((K_PUSH - beta) * d + U_PUSH))
+        trace["beta"].append(beta)
+        trace["kl"].append(d)
+        trace["gold"].append(-0.06 + 2.3 * (1 - math.exp(-d / 1.2)) - 0.16 * max(0.0, d - 2.5))
+        controller.update(d, 64)
+    return trace
+
+
+schedules = {
+    "TR-3 unbounded (the old default)": make_kl_controller("adaptive", RLHF_BETA, RLHF_TARGET, bound=None,
+                                                            warmup=20, every=3),
+    "TR-3 in [β₀/10, 10·β₀]": make_kl_controller("adaptive", RLHF_BETA, RLHF_TARGET, bound=10.0, warmup=20, every=3),
+    "TR-4 in [β₀/10, 10·β₀] (the default)": make_kl_controller("proportional", RLHF_BETA, RLHF_TARGET, 1000.0,
+                                                                bound=10.0, warmup=20, every=3),
+}
+runs = {name: simulated_rlhf(controller) for name, controller in schedules.items()}
+shown = (20, 28, 40, 44, 48, 52, 56, 60, 67, 79)
+for name, run in runs.items():
+    print(f"\n    {name}")
+    table(["iteration", *map(str, shown)],
+          [["β", *(f"{run['beta'][t]:.3g}" for t in shown)],
+           ["KL (nats)", *(f"{run['kl'][t]:.1f}" for t in shown)],
+           ["gold", *(f"{run['gold'][t]:.2f}" for t in shown)]])
+old, bounded, default = runs.values()
+late = slice(ITERATIONS // 2, None)
+old_peak = max(range(ITERATIONS), key=lambda t: old["gold"][t])
+print(f"\n    Unbounded, β falls to {min(old['beta']):.2g} while the KL is still below d_targ/1.5; the gold reward")
+print(f"    peaks at iteration {old_peak} ({old['gold'][old_peak]:.2f}, KL {old['kl'][old_peak]:.1f}), then the KL "
+      f"runs to {max(old['kl']):.0f} nats before")
+print("    β, doubling every third iteration from there, catches it. With the bound, β cannot fall below "
+      f"{RLHF_BETA / 10:g};")
+print("    the proportional rule moves β by at most 0.2·192/1000 ≈ 4% per update: over the slow start it only")
+print(f"    lowers it to {min(default['beta']):.3g}, and it raises it again once the KL passes the target.")
+lesson.verdict("Unbounded, the doubling rule halves β to under 0.002 during a slow start and the KL then runs past "
+               "5× its target while the gold reward falls below the SFT policy's; bounded and proportional, β stays "
+               "within [β₀/10, 10·β₀], the KL of the last half stays under 2× its target and the gold reward ends "
+               "near its best",
+               min(old["beta"]) < 0.002 and max(old["kl"]) > 5 * RLHF_TARGET and min(old["gold"][late]) < -0.06
+               and min(default["beta"]) >= RLHF_BETA / 10 and max(default["kl"][late]) < 2 * RLHF_TARGET
+               and default["gold"][-1] > 0.9 * max(default["gold"]),
+               f"unbounded: min β {min(old['beta']):.2g}, max KL {max(old['kl']):.0f}, lowest late gold "
+               f"{min(old['gold'][late]):.2f}; proportional bounded: min β {min(default['beta']):.3g}, max late KL "
+               f"{max(default['kl'][late]):.1f} < {2 * RLHF_TARGET:g}, final gold {default['gold'][-1]:.2f} "
+               f"(best {max(default['gold']):.2f}); doubling bounded: max KL {max(bounded['kl']):.1f}")
+
+fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+for name, run in runs.items():
+    axes[0].plot(run["beta"], label=name)
+    axes[1].plot(run["kl"], label=name)
+    axes[2].plot(run["gold"], label=name)
+axes[0].set_yscale("log")
+axes[0].set_ylabel("β")
+axes[1].set_yscale("log")
+axes[1].axhspan(RLHF_TARGET / 2, 2 * RLHF_TARGET, color="green", alpha=0.15, label="[d_targ/2, 2·d_targ]")
+axes[1].set_ylabel("KL to π_ref (nats per reply)")
+axes[2].set_ylabel("gold reward")
+for ax in axes:
+    ax.set_xlabel("PPO iteration")
+axes[1].legend(fontsize=7)
+fig.suptitle("A simulated RLHF run (a stylised KL model, not a language model): β schedules with and without bounds")
+lesson.save(fig, "beta_bounds.png")
 
 # %%
 lesson.done()

@@ -206,7 +206,8 @@ optimizer = torch.optim.AdamW([{"params": policy.parameters(), "lr": CONFIG.ppo_
                               weight_decay=0.0, betas=(0.9, 0.95), eps=1e-6)
 ppo_config = PPOConfig(clip_coef=CONFIG.clip_coef, update_epochs=CONFIG.update_epochs,
                        minibatch_size=CONFIG.minibatch_size, vf_clip_coef=CONFIG.vf_clip_coef,
-                       vf_coef=CONFIG.vf_coef, max_grad_norm=CONFIG.max_grad_norm, loss_reduction="token_mean")
+                       vf_coef=CONFIG.vf_coef, max_grad_norm=CONFIG.max_grad_norm,
+                       loss_reduction="minibatch_token_mean")
 prompts = [TASK.sample_prompt(rng) for _ in range(CONFIG.rollout_batch_size)]
 
 

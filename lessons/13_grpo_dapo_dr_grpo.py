@@ -172,6 +172,38 @@ lesson.verdict("Under seq_mean a token of the 2-token answer is pushed 8× harde
                f"seq_mean ratio {ratio:.2f}; spread of the per-token weights under token_mean and constant "
                f"{max(float(weights[m].max() - weights[m].min()) for m in ('token_mean', 'constant')):.0e}")
 
+# DA-3 is a mean over every token of the *sampled batch*. PPO trains a batch in minibatches, one optimiser
+# step each: dividing each minibatch by its own token count ('minibatch_token_mean') is another loss.
+# core.ppo passes reduce_loss n_tokens = the batch's tokens / the number of minibatches instead, so
+# each minibatch step is its share of the batch's token mean (DAPO's reference code does the same).
+halves = [(slice(0, 2), "replies of 2 and 4 tokens"), (slice(2, 4), "replies of 8 and 16 tokens")]
+n_minibatch_tokens = float(mask.sum()) / len(halves)
+rows, step_weights = [], {"token_mean": [], "minibatch_token_mean": []}
+for rows_of, label in halves:
+    for mode in step_weights:
+        logp = torch.zeros(2, T, dtype=f64, requires_grad=True)
+        objective = clipped_surrogate(logp, torch.zeros_like(logp), torch.full_like(logp, advantage), clip_low=EPS)
+        extra = {"n_tokens": n_minibatch_tokens} if mode == "token_mean" else {}
+        loss = -reduce_loss(objective, mask[rows_of], mode=mode, **extra)
+        (grad,) = torch.autograd.grad(loss, logp)
+        step_weights[mode].append(float(grad[0, 0]))
+    rows.append([label, int(mask[rows_of].sum()), step_weights["token_mean"][-1],
+                 step_weights["minibatch_token_mean"][-1]])
+print("\n    The same four replies in two minibatches (one optimiser step each): the weight of one token")
+table(["minibatch", "tokens", "token_mean (DAPO: over the batch)", "minibatch_token_mean"], rows, digits=4)
+say(f"DAPO's token mean divides every step by the batch's {int(mask.sum())} tokens / 2 minibatches = "
+    f"{n_minibatch_tokens:g}: every token of the",
+    "batch weighs the same, whichever minibatch it lands in. Divided by its own tokens, the minibatch of",
+    "short replies gives each of its tokens 4× the weight: a per-minibatch normalisation, not DAPO's.", blank=True)
+lesson.verdict("DA-3 over minibatches: with n_tokens = batch tokens / minibatches every token of the batch weighs "
+               "the same in every step; the per-minibatch token mean weighs a token of the short-reply minibatch "
+               "4× more",
+               abs(step_weights["token_mean"][0] - step_weights["token_mean"][1]) < 1e-12
+               and abs(step_weights["minibatch_token_mean"][0] / step_weights["minibatch_token_mean"][1] - 4) < 1e-9,
+               f"token_mean {step_weights['token_mean'][0]:.4f} and {step_weights['token_mean'][1]:.4f}; "
+               f"minibatch_token_mean {step_weights['minibatch_token_mean'][0]:.4f} and "
+               f"{step_weights['minibatch_token_mean'][1]:.4f}")
+
 fig, ax = plt.subplots(figsize=(6.5, 3.8))
 sizes = torch.arange(1, 33).double()
 total = int(lengths.sum())

@@ -13,7 +13,7 @@ Names. A field means one idea, under the name README's glossary gives it, wherev
   and the group methods) under `core.ppo.PPOConfig`'s names: `update_epochs`, `minibatch_size`,
   `clip_coef`, `clip_coef_high`, `max_grad_norm`, and `ref_kl_estimator`;
 - PPO-RLHF's β schedule: `ref_kl_controller`, `ref_kl_controller_target`,
-  `ref_kl_controller_horizon`, `ref_kl_warmup`, `ref_kl_update_every` (`ref_kl_`, because the
+  `ref_kl_controller_horizon`, `ref_kl_coef_bound`, `ref_kl_warmup`, `ref_kl_update_every` (`ref_kl_`, because the
   KL they steer is the KL to π_ref, not the KL to π_old that `core.ppo`'s `kl_*` fields and its
   early-stopping `target_kl` are about).
 
@@ -256,17 +256,26 @@ class PPOArgs(RLArgs):
     """γ over tokens: 1, a reply is a short episode and only its end is scored."""
     gae_lambda: float = 0.95
     """λ of GAE over tokens."""
-    ref_kl_controller: KLControllerKind = "adaptive"
-    """How β (ref_kl_coef) adapts: 'fixed', 'adaptive' (TR-3, doubling/halving) or 'proportional' (TR-4)."""
+    ref_kl_controller: KLControllerKind = "proportional"
+    """How β (ref_kl_coef) adapts: 'proportional' (TR-4, Ziegler et al.: β ← β(1 + e·n/H), e the
+    relative KL error clipped to ±0.2), 'adaptive' (TR-3, the PPO paper's halving/doubling) or
+    'fixed'. On a tiny random Llama-style model whose KL grew slowly at first, the unbounded
+    doubling rule halved β to nothing and the KL then ran away, while the bounded proportional
+    rule held it; `python -m llm.bench_transfer` measures this default on three models
+    (llm/README.md, "Defaults that transfer")."""
     ref_kl_controller_target: float | None = None
     """d_targ: the mean per-reply KL to π_ref, in nats, the controller steers to. None: the
     preset's value (the task's)."""
     ref_kl_controller_horizon: float = 1000.0
-    """H of the proportional controller (in replies)."""
+    """H of the proportional controller (in replies): with 64 replies an iteration and an update
+    every 3, one update moves β by at most 0.2·192/1000 ≈ 4%."""
+    ref_kl_coef_bound: float = 10.0
+    """β stays within [β₀/bound, β₀·bound], β₀ = ref_kl_coef (≥ 1; 1 holds β fixed): no schedule
+    can take β to 0, where the policy is unregularised, or so high that it cannot move."""
     ref_kl_warmup: int = 20
-    """β stays at ref_kl_coef until the KL first reaches target/1.5, or for this many iterations
-    at most: the KL is 0 at the start by construction, and TR-3 would only halve β while the
-    policy is still on its way."""
+    """β stays at ref_kl_coef until the KL first reaches the low edge of the controller's band
+    (TR-3: target/1.5; TR-4: 0.8·target), or for this many iterations at most: the KL is 0 at the
+    start by construction, and a controller would only lower β while the policy is on its way."""
     ref_kl_update_every: int = 3
     """Iterations between β updates: the KL to π_ref responds to a new β over several
     iterations, and updating every iteration makes TR-3 overshoot in both directions."""
@@ -283,6 +292,10 @@ class PPOArgs(RLArgs):
         _at_least(self, 1, "ppo_iterations", "rollout_batch_size", "ref_kl_update_every")
         _at_least(self, 0, "ref_kl_warmup")
         _positive(self, "ppo_lr", "value_lr", "ref_kl_controller_target", "ref_kl_controller_horizon")
+        if not self.ref_kl_coef_bound >= 1:
+            raise ValueError(
+                f"ref_kl_coef_bound must be ≥ 1 (β stays in [β₀/bound, β₀·bound]), got {self.ref_kl_coef_bound}"
+            )
         if self.algo != "ppo":
             return  # the fields below are PPO's own; another --algo never reads them
         if self.minibatch_size is not None and self.rollout_batch_size % self.minibatch_size:
@@ -353,8 +366,10 @@ class GroupArgs(RLArgs):
     """Iterations of linear learning-rate warm-up (0: none)."""
     loss_reduction: LossReduction | None = None
     """Per-token terms to a scalar: 'seq_mean' (GRPO: 1/|o_i| per reply, GR-2), 'token_mean'
-    (DAPO: over every token of the batch, DA-3) or 'constant' (Dr. GRPO: divided by the reply
-    budget in tokens, DR-1). None: the preset's value (the method's own)."""
+    (DAPO: over every token of the sampled batch, each minibatch step its share, DA-3),
+    'constant' (Dr. GRPO: divided by the reply budget in tokens, DR-1) or 'minibatch_token_mean'
+    (each minibatch over its own tokens: not DAPO's when minibatches hold unequal tokens).
+    None: the preset's value (the method's own)."""
     scale_by_std: bool | None = None
     """Divide the group-centred rewards by the group's std (GR-1); Dr. GRPO does not (DR-1).
     None: the preset's value (the method's own)."""

@@ -15,7 +15,7 @@ arguments (no copy of the loss lives here).
         clip(ρ, 1 − ε_low, 1 + ε_high), ε_low = 0.2, ε_high = 0.28          clip-higher (DA-1)
         keep only groups with rewards not all equal, sample more prompts
         until the batch holds `group_prompts` of them                       dynamic sampling (DA-2)
-        J = (1/Σ_i |o_i|) Σ_i Σ_t min(…)                                     token-level loss (DA-3)
+        J = (1/Σ_i |o_i|) Σ_i Σ_t min(…), over the tokens of the whole batch  token-level loss (DA-3)
         r_i ← r_i + R_len(|o_i|), the soft overlong penalty                 (DA-4);  β = 0
     Dr. GRPO (DR-1, DR-2; Liu et al. 2025, "Understanding R1-Zero-Like Training"):
         Â_i = r_i − mean(r_1..G)                                            (no std)
@@ -79,6 +79,9 @@ Deviations from the papers, and why:
 - DAPO's overlong penalty works on a 6-token budget with L_cache = 2 (length with EOS), so it
   only touches replies longer than any right answer; a reply cut off without EOS already scores
   −1 from the checker. Masking such replies out of the loss (`mask_truncated`) is off by default;
+- DAPO's token mean is over the batch's tokens also when the batch is trained in several
+  minibatches: each minibatch's sum is divided by (batch tokens / minibatches), as in DAPO's
+  code, not by its own tokens ('minibatch_token_mean', `core.losses.reduce_loss`);
 - Dr. GRPO's constant C is the task's reply budget (the paper uses the generation budget);
 - held-out accuracy is measured with greedy decoding on test-split problems (RL trains on the
   train split), the headline number; temperature-1 accuracy is reported beside it.

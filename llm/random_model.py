@@ -9,7 +9,10 @@ checkpoint has (`config.json`, `model.safetensors`, the tokenizer's files) and l
 `AutoModelForCausalLM` / `AutoTokenizer`. The tokenizer is a byte-level BPE (as GPT-2's) trained
 on prompts and replies of both tasks, so any text encodes and every reply decodes back exactly.
 The GPT-2 style one has BOS = EOS = `<|endoftext|>` and no pad token, as GPT-2 itself; the Llama
-style one has `<s>`, `</s>` and `<pad>`.
+style one has `<s>`, `</s>` and `<pad>`, or with `--no-pad-token` only `</s>`, as both BOS and
+EOS, and no pad token (the case of many released checkpoints):
+
+    python -m llm.random_model runs/tiny-llama-nopad --arch llama --n-layer 3 --n-embd 96 --no-pad-token
 """
 
 from __future__ import annotations
@@ -44,6 +47,9 @@ class RandomModelConfig:
     """Longest sequence (max_position_embeddings)."""
     seed: int = 0
     """Seed of the weights and of the tokenizer's training text."""
+    pad_token: bool = True
+    """Llama style only: a `<pad>` token and a BOS `<s>` of its own; --no-pad-token: no pad
+    token, and BOS = EOS = `</s>`. (The GPT-2 style one never has a pad token.)"""
 
 
 def task_texts(n: int = 2000, seed: int = 0) -> list[str]:
@@ -70,6 +76,7 @@ def write_random_model(
     vocab_size: int = 512,
     context: int = 256,
     seed: int = 0,
+    pad_token: bool = True,
 ) -> Path:
     """Train the tokenizer, build the model with random weights, `save_pretrained` both to `out`."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -77,7 +84,7 @@ def write_random_model(
 
     if arch not in ("gpt2", "llama"):
         raise ValueError(f"arch must be 'gpt2' or 'llama', got {arch!r}")
-    specials = ["<|endoftext|>"] if arch == "gpt2" else ["<s>", "</s>", "<pad>"]
+    specials = ["<|endoftext|>"] if arch == "gpt2" else ["<s>", "</s>", "<pad>"] if pad_token else ["</s>"]
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
@@ -88,8 +95,10 @@ def write_random_model(
     bpe.train_from_iterator(task_texts(seed=seed), trainer)
     if arch == "gpt2":
         tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=specials[0], eos_token=specials[0])
-    else:
+    elif pad_token:
         tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    else:
+        tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="</s>", eos_token="</s>")
     ids = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
     if arch == "gpt2":
         config = GPT2Config(vocab_size=len(tok), n_positions=context, n_embd=n_embd, n_layer=n_layer,
@@ -117,7 +126,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(prog="python -m llm.random_model", description=__doc__.split("\n")[0])
     add_arguments(parser, RandomModelConfig)
     c = from_arguments(RandomModelConfig, parser.parse_args(argv))
-    path = write_random_model(c.out, c.arch, c.n_layer, c.n_embd, c.n_head, c.vocab_size, c.context, c.seed)
+    path = write_random_model(c.out, c.arch, c.n_layer, c.n_embd, c.n_head, c.vocab_size, c.context, c.seed,
+                              c.pad_token)
     from llm.models import load_hf_model
 
     print(f"[llm.random_model] {c.arch}: {load_hf_model(path).num_params() / 1e6:.2f}M parameters → {path}")

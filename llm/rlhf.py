@@ -10,15 +10,19 @@ The loop of note 001 (PPO for LLMs: "整个循环可以简单总结为"), one it
        advantages by GAE over tokens with γ = 1, λ = 0.95   (`core.advantages.gae`)
     4. PPO epochs on minibatches of replies: clipped surrogate, clipped value loss
                                                              (`core.ppo.ppo_update`)
-    5. update β from the measured KL (TR-3 adaptive or TR-4 proportional), repeat.
+    5. update β from the measured KL (TR-4 proportional by default, or TR-3 adaptive; both
+       bounded to [β₀/bound, β₀·bound], `core.kl`), warn if the KL ran away, repeat.
 
 The four models in the figure of note 004 (PG to GRPO): the policy π_θ (trained), the reference π_ref (the SFT
 model, frozen), the reward model R_φ (frozen) and the value model V_ψ (trained). Dropout is off
 in all of them.
 
 Deviations from InstructGPT/TRL: models trained from scratch; one optimiser over policy and
-value (two parameter groups, one global gradient clip); β adapted once per rollout by the
-PPO paper's doubling rule by default (TRL's default is the proportional rule, also available).
+value (two parameter groups, one global gradient clip); β adapted every third rollout by
+Ziegler et al.'s proportional rule (TRL's default too) within [β₀/10, 10·β₀], after a warm-up
+that ends when the KL first reaches the controller's band. The PPO paper's doubling rule is
+`--ref-kl-controller adaptive`: unbounded, it halved β to nothing on a model whose KL grew
+slowly at first, and the policy then ran away from π_ref (llm/README.md, lesson 5).
 
 Under torchrun (`core.distributed`) the rollout batch is split over the N ranks: every rank
 draws the same `rollout_batch_size` prompts and samples replies for its share (prompts r, r + N,
@@ -67,6 +71,7 @@ from llm.tokenizer import CharTokenizer
 
 __all__ = [
     "per_token_rewards",
+    "detect_reward_hacking",
     "init_value_model",
     "Rollout",
     "collect_rollout",
@@ -121,6 +126,49 @@ def per_token_rewards(
     rewards = rewards.clone()
     rewards[torch.arange(rewards.shape[0], device=rewards.device), last] += score
     return rewards * mask, kl
+
+
+def detect_reward_hacking(history: list[dict], target: float, patience: int = 3, window: int = 5) -> dict | None:
+    """Has the KL to π_ref run away? The numbers that say so, or None.
+
+    Two signs, read off the logged metrics (`rlhf/ref_kl`, `rlhf/score`, `rlhf/gold_reward`):
+    - the KL stayed above 2× its target for the last `patience` iterations;
+    - the KL is above 2× its target, rose by more than one target over the last `window`
+      iterations, and the proxy score rose with it (the policy is buying reward-model score
+      with distance from π_ref: reward hacking in the making, before the gold reward shows it).
+    With a working β schedule neither happens: the controller raises β before the KL doubles.
+
+    `history`: the iterations so far, oldest first. Returns {"step", "kl", "target", "why",
+    "score_from", "score_to", "gold_from", "gold_to" (over the last `window` iterations, or
+    fewer), "message": one line naming the numbers}.
+    """
+    if not history or not target:
+        return None
+    last = history[-1]
+    kl = last["rlhf/ref_kl"]
+    if kl <= 2 * target:
+        return None
+    recent = history[-window:]
+    first = recent[0]
+    stayed = len(history) >= patience and all(r["rlhf/ref_kl"] > 2 * target for r in history[-patience:])
+    running = (len(recent) > 1 and kl - first["rlhf/ref_kl"] > target
+               and last["rlhf/score"] > first["rlhf/score"])
+    if not (stayed or running):
+        return None
+    why = f"above 2× its target for {patience} iterations" if stayed else \
+        f"past 2× its target and up {kl - first['rlhf/ref_kl']:.1f} nats in {len(recent) - 1} iterations"
+    found = {
+        "step": last["step"], "kl": kl, "target": target, "why": why,
+        "score_from": first["rlhf/score"], "score_to": last["rlhf/score"],
+        "gold_from": first.get("rlhf/gold_reward", math.nan), "gold_to": last.get("rlhf/gold_reward", math.nan),
+    }
+    found["message"] = (
+        f"KL to the reference {kl:.2f} nats at iteration {last['step']}, {kl / target:.1f}× its target {target:g} "
+        f"({why}); proxy score {found['score_from']:.2f} → {found['score_to']:.2f}, gold reward "
+        f"{found['gold_from']:.2f} → {found['gold_to']:.2f} over iterations {first['step']}–{last['step']}: "
+        "likely reward hacking (raise --ref-kl-coef or lower --ppo-lr)"
+    )
+    return found
 
 
 @dataclass
@@ -319,8 +367,9 @@ def train(
     Returns (models, summary), the shape of every stage's `train`: `models` = {"policy": π_θ,
     "value": V_ψ} (what `ppo.pt` holds); `summary` = {"gold_reward": {"sft", "final", "best"},
     "score": {"sft", "final"}, "gap_closed", "kl": {"final": mean rlhf/ref_kl of the last 10
-    iterations, "target"}, "kl_in_band_after_first_quarter", "final_ref_kl_coef",
-    "eos_rate", "response_length", "seconds", "history": every iteration's record}.
+    iterations, "target"}, "kl_in_band_after_first_quarter", "final_ref_kl_coef", "reward_hacking"
+    (`detect_reward_hacking`'s figures at the first iteration the KL ran away, or None), "eos_rate",
+    "response_length", "seconds", "history": every iteration's record}.
     """
     config = resolve(config)
     start = time.perf_counter()
@@ -355,7 +404,7 @@ def train(
         vf_coef=config.vf_coef,
         ent_coef=config.ent_coef,
         max_grad_norm=config.max_grad_norm,
-        loss_reduction="token_mean",
+        loss_reduction="minibatch_token_mean",  # each minibatch over its own tokens, as TRL
     )
     optimizer = torch.optim.AdamW(
         [
@@ -368,8 +417,9 @@ def train(
     )
     controller = make_kl_controller(
         config.ref_kl_controller, config.ref_kl_coef, config.ref_kl_controller_target,
-        config.ref_kl_controller_horizon,
-    )
+        config.ref_kl_controller_horizon, bound=config.ref_kl_coef_bound, warmup=config.ref_kl_warmup,
+        every=config.ref_kl_update_every,
+    )  # the controller holds β through the warm-up and updates it every ref_kl_update_every iterations
     target = config.ref_kl_controller_target
     prompt_rng = random.Random(config.seed + 5)
     sample_gen = torch.Generator(device=device).manual_seed(distributed.rank_seed(config.seed + 6, 1000))
@@ -377,7 +427,7 @@ def train(
     rank, world = distributed.rank(), distributed.world_size()
 
     history = []
-    adapting, since_update = False, 0
+    hacking = None  # the first iteration at which the KL ran away (detect_reward_hacking)
     bar = tqdm(range(config.ppo_iterations), desc="ppo", disable=not progress, leave=False)
     for it in bar:
         beta = float(controller.beta)
@@ -430,13 +480,13 @@ def train(
             **{k: v for k, v in stats.items() if k.startswith("losses/")},
         })
         seq_kl = record["rlhf/ref_kl"]
-        if (target and seq_kl >= target / 1.5) or it + 1 >= config.ref_kl_warmup:
-            adapting = True  # the policy has moved: from now on β follows the controller
-        if adapting:
-            since_update += 1
-            if since_update >= config.ref_kl_update_every:
-                controller.update(seq_kl, config.rollout_batch_size * since_update)
-                since_update = 0
+        controller.update(seq_kl, config.rollout_batch_size)
+        record["rlhf/ref_kl_over_target"] = seq_kl / target if target else 0.0
+        if target and hacking is None:
+            hacking = detect_reward_hacking([*history, {"step": it, **record}], target)
+            if hacking is not None and distributed.is_main():  # one line, from rank 0
+                print(f"[llm.rlhf] warning: {hacking['message']}", file=sys.stderr)
+        record["rlhf/reward_hacking"] = float(hacking is not None)
         if not all(math.isfinite(v) for k, v in record.items() if k != "losses/explained_variance"):
             raise FloatingPointError(f"non-finite PPO statistics at iteration {it}: {record}")
         history.append({"step": it, **record})
@@ -465,6 +515,7 @@ def train(
         "kl": {"final": sum(r["rlhf/ref_kl"] for r in tail) / len(tail), "target": target},
         "kl_in_band_after_first_quarter": in_band,
         "final_ref_kl_coef": float(controller.beta),
+        "reward_hacking": hacking,
         "eos_rate": {"sft": before["eos_rate"], "final": after["eos_rate"]},
         "response_length": {"sft": before["response_length"], "final": after["response_length"]},
         "seconds": time.perf_counter() - start,
@@ -476,7 +527,7 @@ def train(
         if config.tag:
             default_history = read_ppo_history(Path(out) / "metrics.jsonl")
             if default_history:
-                runs = {"default run (adaptive KL)": default_history, **runs}
+                runs = {"untagged run": default_history, **runs}
         plot_rlhf(runs, Path(out) / f"ppo{suffix}.png", ref_kl_target=target, best_gold=best,
                   sft_gold=before["gold_reward"], title=f"PPO-RLHF on '{config.task}'")
         write_report(Path(out) / f"report{suffix}.md", config, task, tok, before, after, summary,
@@ -518,6 +569,7 @@ def write_report(path: Path, config: PPOArgs, task: Task, tok: CharTokenizer, be
         f"| KL to the reference (last 10 iterations) | 0 | {summary['kl']['final']:.2f} |",
         f"| EOS rate | {before['eos_rate']:.3f} | {after['eos_rate']:.3f} |",
         "",
+        *_hacking_lines(summary, config),
         f"Best reachable gold: {task.best_gold_note}.",
         "",
         "## Sample replies (same prompts, temperature 1)",
@@ -533,6 +585,27 @@ def write_report(path: Path, config: PPOArgs, task: Task, tok: CharTokenizer, be
             f"`{ppo_replies[i]}` | {after['golds'][i]:.1f} | {rp} |"
         )
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _hacking_lines(summary: dict, config: PPOArgs) -> list[str]:
+    """The report's paragraph on reward hacking: the figures when the KL ran away, else nothing."""
+    h = summary.get("reward_hacking")
+    if not h:
+        return []
+    gold, score = summary["gold_reward"], summary["score"]
+    return [
+        "## Reward hacking",
+        "",
+        f"The KL to the reference ran away: {h['kl']:.2f} nats at iteration {h['step']}, {h['kl'] / h['target']:.1f}× "
+        f"its target {h['target']:g} ({h['why']}), while the proxy score went {h['score_from']:.2f} → "
+        f"{h['score_to']:.2f} and the gold reward {h['gold_from']:.2f} → {h['gold_to']:.2f}. At the end: KL "
+        f"{summary['kl']['final']:.2f} (last 10 iterations), proxy score {score['sft']:.2f} → {score['final']:.2f}, "
+        f"gold reward {gold['sft']:.2f} → {gold['final']:.2f} (SFT → after PPO), β {summary['final_ref_kl_coef']:.3g} "
+        f"(from {config.ref_kl_coef:g}, {config.ref_kl_controller}). The policy is buying reward-model score with "
+        "distance from π_ref: this is reward hacking, and the replies below show what the reward model "
+        "over-rates.",
+        "",
+    ]
 
 
 @implements("RM-5")

@@ -117,3 +117,50 @@ def test_controller_factory_and_validation():
         AdaptiveKLController(beta=1.0, target=0.0)
     with pytest.raises(ValueError, match="unknown KL controller"):
         make_kl_controller("pid", 1.0, 0.1)
+
+
+@formula("TR-3")
+@formula("TR-4")
+@pytest.mark.parametrize("kind", ["adaptive", "proportional"])
+def test_a_kl_of_zero_forever_cannot_take_beta_below_its_floor(kind):
+    """Fed KL = 0 for 10,000 updates, β falls to β₀/bound and stays there (the unbounded doubling
+    rule would reach 0.3/2^10000 = 0); a KL far above target raises it to β₀·bound at most."""
+    ctl = make_kl_controller(kind, 0.3, 3.0, horizon=100.0, bound=10.0)
+    assert ctl.limits() == pytest.approx((0.03, 3.0))
+    for _ in range(10_000):
+        beta = ctl.update(0.0, 64)
+        assert beta >= 0.03 - 1e-12
+    assert beta == pytest.approx(0.03)
+    for _ in range(10_000):
+        beta = ctl.update(1e6, 64)
+        assert beta <= 3.0 + 1e-12
+    assert beta == pytest.approx(3.0)
+
+
+@formula("TR-4")
+def test_proportional_update_by_hand_with_its_bounds_and_its_step_cap():
+    """β(1 + clip(d/d_targ − 1, ±0.2)·n/H), worked by hand: d = 4.5, d_targ = 3 → e = clip(0.5) = 0.2,
+    n/H = 192/1000 → β = 0.3·1.0384 = 0.31152; d = 2.7 → e = −0.1 → 0.31152·0.9808 = 0.30553...;
+    n/H is capped at 1 (one update moves β by ±20% at most, never through 0)."""
+    ctl = ProportionalKLController(beta=0.3, target=3.0, horizon=1000.0, bound=10.0)
+    assert ctl.update(4.5, 192) == pytest.approx(0.3 * 1.0384)
+    assert ctl.update(2.7, 192) == pytest.approx(0.3 * 1.0384 * 0.9808)
+    big = ProportionalKLController(beta=1.0, target=1.0, horizon=10.0, bound=None)
+    assert big.update(0.0, 1000) == pytest.approx(0.8)  # not 1 − 0.2·100 = −19
+
+
+@formula("TR-3")
+def test_warm_up_and_cadence_live_in_the_controller():
+    """warmup = 4, every = 3: β is held while the KL is below the band's low edge (3/1.5 = 2) for
+    the first 3 calls; the KL reaching 2 starts the schedule, and then β changes on every third call
+    (the rule is applied to that call's KL)."""
+    ctl = AdaptiveKLController(beta=0.4, target=3.0, warmup=4, every=3, bound=100.0)
+    assert ctl.band() == pytest.approx((2.0, 4.5))
+    trace = [ctl.update(d, 1) for d in (0.0, 0.5, 1.0, 2.1, 0.1, 0.1, 0.1, 9.0, 9.0)]
+    # held (3 calls below 2); 2.1 starts: calls 1, 2 of 3 → held; 3rd (0.1 < 2) halves; then 0.1, 9.0 held, 9.0 doubles
+    assert trace == pytest.approx([0.4, 0.4, 0.4, 0.4, 0.4, 0.2, 0.2, 0.2, 0.4])
+    slow = AdaptiveKLController(beta=0.4, target=3.0, warmup=4, every=1)
+    trace = [slow.update(0.0, 1) for _ in range(5)]  # the KL never reaches the band: warm-up ends at call 4
+    assert trace == pytest.approx([0.4, 0.4, 0.4, 0.2, 0.1])
+    with pytest.raises(ValueError, match="bound must be ≥ 1"):
+        AdaptiveKLController(beta=0.4, target=3.0, bound=0.5)

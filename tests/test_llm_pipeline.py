@@ -125,7 +125,8 @@ def test_help_lists_the_choices_of_literal_fields(capsys):
     assert stop.value.code == 0
     text = capsys.readouterr().out
     for choices in ("{reviews,arithmetic}", "{ppo,dpo,ipo,kto,grpo,dapo,dr_grpo}", "{fixed,adaptive,proportional}",
-                    "{k1,k2,k3}", "{token_mean,seq_mean,constant}", "{rm,gold}", "--resume, --no-resume"):
+                    "{k1,k2,k3}", "{token_mean,seq_mean,constant,minibatch_token_mean}", "{rm,gold}",
+                    "--resume, --no-resume"):
         assert choices in text, choices
 
 

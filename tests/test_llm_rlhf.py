@@ -298,3 +298,47 @@ def test_short_ppo_rlhf_run_raises_the_gold_reward(tiny_sft_and_rm):
         "rlhf/response_length",
     ):
         assert name in stats["history"][-1]
+
+
+def _history(kls, scores, golds=None):
+    golds = golds or [0.0] * len(kls)
+    return [{"step": i, "rlhf/ref_kl": k, "rlhf/score": s, "rlhf/gold_reward": g}
+            for i, (k, s, g) in enumerate(zip(kls, scores, golds))]
+
+
+def test_reward_hacking_is_flagged_when_the_kl_runs_away_and_not_before():
+    """Synthetic histories, target 3 (2× = 6). Above 6 for 3 iterations in a row: flagged at the
+    third. Past 6 and up more than 3 nats in the last 4 iterations with the score rising: flagged at
+    once. Hovering at 5.9, or one spike above 6 with a falling score: never."""
+    detect = rlhf.detect_reward_hacking
+
+    def first_flag(history):
+        for i in range(len(history)):
+            found = detect(history[: i + 1], 3.0)
+            if found:
+                return i, found
+        return None, None
+
+    step, found = first_flag(_history([1, 2, 6.5, 6.6, 6.4, 6.2], [1.5, 1.4, 1.3, 1.2, 1.1, 1.0]))
+    assert step == 4 and found["why"].startswith("above 2× its target for 3")
+    step, found = first_flag(_history([1, 2, 3, 4, 7.5, 9], [0.1, 0.5, 1, 1.5, 2.5, 3], [0.1, 0.2, 0.3, 0.1, -1, -2]))
+    assert step == 4 and found["kl"] == 7.5
+    assert (found["score_from"], found["score_to"], found["gold_from"], found["gold_to"]) == (0.1, 2.5, 0.1, -1)
+    assert "7.50 nats at iteration 4, 2.5× its target 3" in found["message"]
+    assert "reward hacking" in found["message"] and "\n" not in found["message"]
+    assert first_flag(_history([5.9] * 20, [float(i) for i in range(20)])) == (None, None)
+    assert first_flag(_history([1, 6.5, 2, 6.5, 2], [3, 2, 1, 0, 0])) == (None, None)
+    assert detect(_history([9.0] * 5, [1.0] * 5), 0.0) is None  # no target, nothing to compare with
+
+
+def test_report_names_reward_hacking_with_its_numbers():
+    history = _history([1, 2, 3, 4, 7.5, 9], [0.1, 0.5, 1, 1.5, 2.5, 3], [0.1, 0.2, 0.3, 0.1, -1, -2])
+    found = rlhf.detect_reward_hacking(history[:5], 3.0)
+    summary = {"reward_hacking": found, "gold_reward": {"sft": 0.06, "final": -1.98},
+               "score": {"sft": 0.1, "final": 3.2}, "kl": {"final": 28.0}, "final_ref_kl_coef": 0.0003}
+    text = "\n".join(rlhf._hacking_lines(summary, PipelineConfig(ref_kl_coef=0.3, ref_kl_controller="adaptive")))
+    assert "## Reward hacking" in text and "this is reward hacking" in text
+    for figure in ("7.50 nats at iteration 4", "2.5×", "0.10 → 2.50", "0.10 → -1.00", "KL 28.00", "0.06 → -1.98",
+                   "β 0.0003", "from 0.3, adaptive"):
+        assert figure in text, figure
+    assert rlhf._hacking_lines({**summary, "reward_hacking": None}, PipelineConfig()) == []

@@ -311,3 +311,22 @@ def test_bad_arguments(device):
         reduce_loss(x, mode="sum")
     with pytest.raises(ValueError, match="positive constant"):
         reduce_loss(torch.zeros(2, 3, device=device), mode="constant")
+
+
+@formula("DA-3")
+def test_token_mean_over_the_batch_adds_up_across_minibatches(device):
+    """DA-3 in minibatches: each minibatch's sum over (batch tokens / number of minibatches); the
+    minibatch losses, averaged, equal the token mean of the whole batch (a plain loop), while the
+    average of the per-minibatch token means does not when the minibatches hold unequal tokens."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(4, 6, generator=g).to(device)
+    mask = torch.tensor([[1] * n + [0] * (6 - n) for n in (6, 5, 1, 2)], device=device)
+    whole = loop_reduce(x.cpu(), mask.cpu(), "token_mean")
+    n_tokens = float(mask.sum()) / 2
+    halves = [(x[:2], mask[:2]), (x[2:], mask[2:])]
+    batch_level = sum(float(reduce_loss(a, m, mode="token_mean", n_tokens=n_tokens)) for a, m in halves) / 2
+    per_minibatch = sum(float(reduce_loss(a, m, mode="minibatch_token_mean")) for a, m in halves) / 2
+    assert batch_level == pytest.approx(whole, rel=1e-5)
+    assert abs(per_minibatch - whole) > 0.05
+    with pytest.raises(ValueError, match="n_tokens must be > 0"):
+        reduce_loss(x, mask, mode="token_mean", n_tokens=0.0)

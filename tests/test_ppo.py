@@ -520,3 +520,41 @@ def test_grad_norm_is_the_norm_before_the_clip_and_the_step_is_clipped_to_max_gr
     scale = 0.05 / (norm + 1e-6)  # torch's clip divides by norm + 1e-6
     torch.testing.assert_close(model.W.detach() - W0.detach(), -scale * gW, rtol=1e-5, atol=1e-8)
     torch.testing.assert_close(model.v.detach() - v0.detach(), -scale * gv, rtol=1e-5, atol=1e-8)
+
+
+class PerTokenLogprobs(torch.nn.Module):
+    """A "policy" whose log-prob of every stored token is a parameter of its own: one SGD step moves
+    each token's parameter by −lr·∂loss/∂log π, the weight the reduction gave that token."""
+
+    def __init__(self, logprobs):
+        super().__init__()
+        self.logp = torch.nn.Parameter(logprobs.clone())
+
+    def evaluate(self, mb):
+        logp = self.logp[mb["row"]]
+        return Evaluation(logp, torch.zeros_like(logp), None)
+
+
+@formula("DA-3")
+@pytest.mark.parametrize("mode", ["token_mean", "minibatch_token_mean"])
+def test_dapo_token_mean_is_over_the_whole_batch_not_each_minibatch(mode):
+    """Two minibatches of one reply each, of 1 and 3 real tokens (4 in the batch), Â = 1, ratio 1:
+    DAPO's token mean weighs every token of the batch 1/4 — each minibatch step divides its sum by
+    4/2 tokens, so every token moves by lr/2 and the two steps together are 2× the gradient of the
+    batch's token mean. The per-minibatch mean divides by 1 and by 3: the lone token of the short
+    reply moves 3× as far as each token of the long one."""
+    mask = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    old = torch.full((2, 3), -1.0) * mask
+    batch = {"row": torch.arange(2), "actions": torch.zeros(2, 3, dtype=torch.long), "logprobs": old,
+             "advantages": mask.clone(), "returns": torch.zeros(2, 3), "values": torch.zeros(2, 3), "mask": mask}
+    policy = PerTokenLogprobs(old)
+    config = PPOConfig(minibatch_size=1, update_epochs=1, norm_adv=False, max_grad_norm=None, vf_coef=0.0,
+                       loss_reduction=mode)
+    ppo_update(policy.evaluate, batch, torch.optim.SGD(policy.parameters(), lr=1.0), config,
+               generator=torch.Generator().manual_seed(0))
+    moved = (policy.logp.detach() - old) * mask  # +lr·weight on each real token (the loss is −Σ ρÂ/N)
+    if mode == "token_mean":
+        expected = mask * (1 / (4 / 2))  # N = 4 tokens in the batch / 2 minibatches
+    else:
+        expected = torch.tensor([[1.0, 0.0, 0.0], [1 / 3, 1 / 3, 1 / 3]])
+    torch.testing.assert_close(moved, expected)
