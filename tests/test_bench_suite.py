@@ -51,16 +51,20 @@ def test_mean_std_is_the_population_statistic():
 
 
 def test_summary_passes_on_the_bar_or_on_sb3_and_fails_a_collapse():
-    tasks = (bench_suite.Task("A-v0", 10, bar=5.0), bench_suite.Task("B-v0", 10))
+    tasks = (bench_suite.Task("A-v0", 10, bar=5.0), bench_suite.Task("B-v0", 10),
+             bench_suite.Task("C-v0", 10, bar=-200.0, bar_statistic="greedy"))
     results = {("ours", "A-v0", 1): {"return": 6.0, "seconds": 1.0},
                ("sb3", "A-v0", 1): {"return": 9.0, "seconds": 1.0},
                ("ours", "B-v0", 1): {"return": 3.0, "seconds": 1.0, "entropy_kept": 0.1, "late_kl": 5e-5},
-               ("sb3", "B-v0", 1): {"return": 2.0, "seconds": 1.0}}
+               ("sb3", "B-v0", 1): {"return": 2.0, "seconds": 1.0},
+               ("ours", "C-v0", 1): {"return": -300.0, "greedy": -150.0, "seconds": 1.0},
+               ("sb3", "C-v0", 1): {"return": -100.0, "greedy": -900.0, "seconds": 1.0}}
     summary = bench_suite.summarise(tasks, [1], results, with_sb3=True)
     assert summary["A-v0"]["passed"] is True  # its own bar, though below SB3
     assert summary["B-v0"]["bar"] == 2.0 and summary["B-v0"]["ours"]["collapsed"] is True
     assert summary["B-v0"]["passed"] is False  # above SB3 but collapsed
     assert summary["B-v0"]["ours"]["late_kl"] == [5e-5]
+    assert summary["C-v0"]["passed"] is True and summary["C-v0"]["ours"]["greedy_mean"] == -150.0  # greedy bar
 
 
 def test_unseen_tasks_are_reached_as_module_ids():
@@ -79,6 +83,7 @@ def test_unseen_tasks_are_reached_as_module_ids():
 def test_a_short_run_of_ours_reports_a_return_and_the_entropy_kept():
     result = bench_suite.run_ours("CartPole-v1", 4096, seed=1)
     assert 8 <= result["return"] <= 500  # CartPole's returns: at least 8 steps, at most 500
+    assert 8 <= result["greedy"] <= 500
     assert 0.5 < result["entropy_kept"] <= 1.0 + 1e-6  # 2 updates cannot make a 2-action policy deterministic
     assert result["late_kl"] > 0
 
@@ -86,7 +91,7 @@ def test_a_short_run_of_ours_reports_a_return_and_the_entropy_kept():
 def test_a_short_run_of_sb3_reports_the_return_of_its_monitor():
     pytest.importorskip("stable_baselines3")
     result = bench_suite.run_sb3("CartPole-v1", 2048, seed=1)
-    assert 8 <= result["return"] <= 500
+    assert 8 <= result["return"] <= 500 and 8 <= result["greedy"] <= 500
 
 
 def test_unknown_task_is_one_line(capsys):
