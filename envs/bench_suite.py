@@ -219,6 +219,8 @@ def summarise(tasks, seeds, results: dict, with_sb3: bool) -> dict:
     for task in tasks:
         row: dict = {"steps": task.steps, "seeds": list(seeds), "cleanrl": task.cleanrl, "rl_zoo": task.zoo}
         for impl in ("ours", "sb3") if with_sb3 else ("ours",):
+            if any((impl, task.env_id, seed) not in results for seed in seeds):
+                continue  # SB3's side of this task is not run yet: ours alone, against its own bar
             runs = [results[(impl, task.env_id, seed)] for seed in seeds]
             mean, std = mean_std([r["return"] for r in runs])
             row[impl] = {"returns": [round(r["return"], 3) for r in runs], "mean": round(mean, 3),
@@ -231,7 +233,7 @@ def summarise(tasks, seeds, results: dict, with_sb3: bool) -> dict:
                 row[impl]["entropy_kept"] = [round(r["entropy_kept"], 3) for r in runs]
                 row[impl]["late_kl"] = [float(f"{r['late_kl']:.2e}") for r in runs]
                 row[impl]["collapsed"] = any(collapsed(r["entropy_kept"], r["late_kl"]) for r in runs)
-        bar = task.bar if task.bar is not None else (row["sb3"]["mean"] if with_sb3 else None)
+        bar = task.bar if task.bar is not None else (row["sb3"]["mean"] if "sb3" in row else None)
         figure = row["ours"].get("greedy_mean") if task.bar_statistic == "greedy" else row["ours"]["mean"]
         row["bar"], row["bar_statistic"] = bar, task.bar_statistic
         row["passed"] = None if bar is None or figure is None else figure >= bar and not row["ours"].get("collapsed")
@@ -338,10 +340,10 @@ def main(argv: list[str] | None = None) -> dict:
                 log.flush()
                 done[result["key"]] = result
     results = {job: done[key] for job, key in keys.items() if key in done}
-    missing = sorted({env_id for (_, env_id, _), key in keys.items() if key not in done})
+    missing = sorted({f"{impl} {env_id}" for (impl, env_id, _), key in keys.items() if key not in done})
     if missing:
-        print(f"not in the table (some jobs not run yet): {missing}", file=sys.stderr)
-    tasks = tuple(t for t in tasks if t.env_id not in missing)
+        print(f"not in the table (some seeds not run yet): {missing}", file=sys.stderr)
+    tasks = tuple(t for t in tasks if f"ours {t.env_id}" not in missing)
     summary = summarise(tasks, seeds, results, args.sb3)
     print_table(summary, seeds)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
