@@ -242,8 +242,9 @@ def summarise(tasks, seeds, results: dict, with_sb3: bool) -> dict:
 
 
 def print_table(summary: dict, seeds) -> None:
-    def cell(pair):
-        return "-" if pair is None else f"{pair[0]:.1f} ± {pair[1]:.1f}"
+    def cell(pair):  # three significant figures for returns in [−10, 10] (Minigrid's are in [0, 1])
+        return "-" if pair is None else f"{pair[0]:.1f} ± {pair[1]:.1f}" if abs(pair[0]) >= 10 \
+            else f"{pair[0]:.3f} ± {pair[1]:.3f}"
 
     print(f"final return: mean of the last {LAST_EPISODES} training episodes per seed, mean ± std over seeds "
           f"{list(seeds)}", file=sys.stderr)
