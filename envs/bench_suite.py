@@ -43,14 +43,15 @@ import json
 import math
 import multiprocessing
 import os
-import statistics
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Task", "TASKS", "final_return", "entropy_kept", "main"]
+from envs.diagnose import collapsed, entropy_kept, late_kl
+
+__all__ = ["Task", "TASKS", "final_return", "main"]
 
 
 @dataclass(frozen=True)
@@ -80,8 +81,6 @@ TASKS = (
 QUICK = (Task("CartPole-v1", 4096), Task("envs.unseen_tasks:FlappyBirdFeatures-v0", 4096))
 LAST_EPISODES = 100
 GREEDY_EPISODES, GREEDY_SEED = 10, 10_000
-COLLAPSE_FRACTION = 0.25
-STUCK_KL = 1e-4
 
 
 def final_return(history: list[dict], episodes: int = LAST_EPISODES) -> float:
@@ -96,12 +95,6 @@ def final_return(history: list[dict], episodes: int = LAST_EPISODES) -> float:
         if count >= episodes:
             break
     return total / count if count else float("nan")
-
-
-def entropy_kept(history: list[dict], n_actions: int, early: float = 0.1) -> float:
-    """The lowest entropy over the first `early` share of the updates, as a share of log|A|."""
-    rows = history[: max(1, math.ceil(len(history) * early))]
-    return min(row["losses/entropy"] for row in rows) / math.log(n_actions)
 
 
 def ours_config(env_id: str, steps: int, seed: int, out: str = "unused"):
@@ -123,17 +116,6 @@ def job_key(impl: str, env_id: str, steps: int, seed: int) -> str:
         digest = hashlib.sha1(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:10]
         key += f"|{digest}"
     return key
-
-
-def late_kl(history: list[dict], early: float = 0.1) -> float:
-    """The median approx_kl per update after the first `early` share of the updates."""
-    rows = history[math.ceil(len(history) * early):] or history
-    return statistics.median(row["losses/approx_kl"] for row in rows)
-
-
-def collapsed(entropy_share: float, kl_after: float) -> bool:
-    """An entropy collapse: early entropy below COLLAPSE_FRACTION·log|A|, then a stuck policy."""
-    return entropy_share < COLLAPSE_FRACTION and kl_after < STUCK_KL
 
 
 def run_ours(env_id: str, steps: int, seed: int) -> dict:
@@ -284,7 +266,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help=f"a subset of the suite (default: all): {', '.join(names)}")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--quick", action="store_true", help="CartPole-v1 and Flappy Bird features, short budgets, "
-                        "seed 1 (a smoke run)")
+                        "the first seed only (a smoke run)")
     parser.add_argument("--no-sb3", dest="sb3", action="store_false", help="train ours only")
     parser.add_argument("--workers", type=int, default=2, help="jobs at a time (default 2: one per core here)")
     parser.add_argument("--impl", choices=("both", "ours", "sb3"), default="both",
@@ -294,7 +276,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--fresh", action="store_true", help="ignore the results file's earlier jobs")
     args = parser.parse_args(argv)
     if args.quick:
-        tasks, seeds = QUICK, args.seeds[:1] if argv and "--seeds" in argv else [1]
+        tasks, seeds = QUICK, args.seeds[:1]
     else:
         unknown = [t for t in args.tasks or [] if t not in names and t.split(":")[-1] not in
                    [n.split(":")[-1] for n in names]]

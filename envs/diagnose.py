@@ -28,31 +28,50 @@ from pathlib import Path
 
 from core.metrics import read_metrics
 
-__all__ = ["diagnose", "symptoms", "main"]
+__all__ = ["diagnose", "symptoms", "entropy_kept", "late_kl", "collapsed", "main"]
 
 EARLY = 0.1
 COLLAPSE_FRACTION = 0.25
+STUCK_KL = 1e-4
+
+
+def entropy_kept(history: list[dict], n_actions: int, early: float = EARLY) -> float:
+    """The lowest entropy over the first `early` share of the updates, as a share of log|A|."""
+    rows = history[: max(1, math.ceil(len(history) * early))]
+    return min(row["losses/entropy"] for row in rows) / math.log(n_actions)
+
+
+def late_kl(history: list[dict], early: float = EARLY) -> float:
+    """The median approx_kl per update after the first `early` share of the updates."""
+    rows = history[math.ceil(len(history) * early):] or history
+    return statistics.median(row["losses/approx_kl"] for row in rows)
+
+
+def collapsed(entropy_share: float, kl_after: float) -> bool:
+    """An entropy collapse: early entropy below COLLAPSE_FRACTION·log|A|, then a stuck policy
+    (median approx_kl below STUCK_KL): it stopped exploring and stopped moving."""
+    return entropy_share < COLLAPSE_FRACTION and kl_after < STUCK_KL
 
 
 def symptoms(history: list[dict], n_actions: int | None, max_grad_norm: float | None) -> list[str]:
     """The symptoms (module docstring) found in a run's metrics, one sentence each."""
     early = history[: max(1, math.ceil(len(history) * EARLY))]
     found = []
+    kl_after = late_kl(history)
     if n_actions is not None and n_actions > 1:
-        entropies = [(row["step"], row["losses/entropy"] / math.log(n_actions)) for row in early]
-        step, low = min(entropies, key=lambda item: item[1])
-        if low < COLLAPSE_FRACTION:
-            found.append(f"entropy collapse: {low:.0%} of log|A| at step {step} (within the first "
-                         f"{EARLY:.0%} of the run); the policy stopped exploring early")
+        kept = entropy_kept(history, n_actions)
+        if collapsed(kept, kl_after):
+            found.append(f"entropy collapse: {kept:.0%} of log|A| within the first {EARLY:.0%} of the run, then a "
+                         f"median approx_kl of {kl_after:.1e}: the policy stopped exploring and stopped moving")
     norms = [row["losses/grad_norm"] for row in early if row.get("losses/grad_norm")]
     if max_grad_norm and norms:
         factor = min(1.0, max_grad_norm / statistics.median(norms))
         if factor < 0.5:
             found.append(f"binding clip: the grad-norm clip shrank the early steps by a median factor {factor:.2f} "
                          f"(‖g‖ ≈ {statistics.median(norms):.2f} > max_grad_norm {max_grad_norm})")
-    kls = [row["losses/approx_kl"] for row in history if "losses/approx_kl" in row]
-    if kls and statistics.median(kls) < 1e-4:
-        found.append(f"a policy that hardly moves: median approx_kl {statistics.median(kls):.1e} per update")
+    if kl_after < STUCK_KL:
+        found.append(f"a policy that hardly moves: median approx_kl {kl_after:.1e} per update after the first "
+                     f"{EARLY:.0%}")
     evs = [row["losses/explained_variance"] for row in history if row.get("losses/explained_variance") is not None]
     if evs and statistics.median(evs) < 0:
         found.append(f"a critic that explains nothing: median explained variance {statistics.median(evs):.2f}")

@@ -99,3 +99,36 @@ def test_unknown_task_is_one_line(capsys):
         bench_suite.main(["--tasks", "Nope-v0"])
     err = capsys.readouterr().err.strip().splitlines()
     assert exc.value.code != 0 and len(err) == 1 and "--tasks" in err[0] and "CartPole-v1" in err[0]
+
+
+def _metrics_row(step, entropy, kl, grad_norm=None, ev=0.5):
+    row = {"step": step, "losses/entropy": entropy, "losses/approx_kl": kl, "losses/clipfrac": 0.0,
+           "losses/explained_variance": ev}
+    if grad_norm is not None:
+        row["losses/grad_norm"] = grad_norm
+    return row
+
+
+def test_diagnose_names_a_collapse_only_when_the_low_entropy_policy_also_stops_moving():
+    from envs.diagnose import symptoms
+
+    low_then_stuck = [_metrics_row(i, 0.1, 5e-5) for i in range(20)]
+    found = symptoms(low_then_stuck, n_actions=2, max_grad_norm=0.5)
+    assert any(s.startswith("entropy collapse") for s in found)
+    assert any(s.startswith("a policy that hardly moves") for s in found)
+    low_but_moving = [_metrics_row(i, 0.1, 2e-3) for i in range(20)]
+    assert symptoms(low_but_moving, n_actions=2, max_grad_norm=0.5) == []
+    # the clip: median early ‖g‖ 5 against max_grad_norm 0.5 → factor 0.1; a critic worse than a constant
+    clipped = [_metrics_row(i, 0.6, 2e-3, grad_norm=5.0, ev=-0.3) for i in range(20)]
+    found = symptoms(clipped, n_actions=2, max_grad_norm=0.5)
+    assert [s.split(":")[0] for s in found] == ["binding clip", "a critic that explains nothing"]
+    assert "factor 0.10" in found[0]
+
+
+def test_diagnose_answers_a_folder_without_a_run_in_one_line(tmp_path, capsys):
+    from envs import diagnose
+
+    with pytest.raises(SystemExit) as exc:
+        diagnose.main([str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1 and "metrics.jsonl" in err[0]
