@@ -245,16 +245,15 @@ PRESETS: dict[str, dict] = {
 }
 PRESET_FIELDS = tuple(PRESETS["flappy"])
 # What each preset is, in the one line the trainer prints at the start of a run.
-PRESET_NOTES = {
-    "flappy": "our Flappy Bird's tuned recipe (64 envs × 128, minibatches of 1 024, lr 3e-3, 20 M steps)",
+PRESET_NOTES = {  # the reference each preset follows; its values are printed just above this line
+    "flappy": "our Flappy Bird's tuned recipe (the shipped agent's)",
     "flappy-pixels": "our Flappy Bird's tuned recipe, Nature CNN on the frames",
-    "atari": "CleanRL's ppo_atari.py (8 envs × 128, 4 minibatches, 4 epochs, lr 2.5e-4, clip 0.1)",
-    "classic": "discrete actions: CleanRL's ppo.py loss with SB3's sample-efficient update (8 envs × 256, "
-               "minibatches of 64, 10 epochs, lr 3e-4), the default that held on the suite (envs.bench_suite)",
-    "pendulum": "CleanRL's ppo_continuous_action.py with γ 0.9, lr 1e-3, 4 minibatches, 120 k steps",
-    "mujoco": "CleanRL's ppo_continuous_action.py (1 env × 2 048, 32 minibatches, 10 epochs, normalised obs and "
-              "rewards)",
-    "continuous": "CleanRL's ppo_continuous_action.py with 8 envs × 256 (normalised observations and rewards)",
+    "atari": "CleanRL's ppo_atari.py",
+    "classic": "discrete actions: CleanRL's ppo.py loss with SB3's sample-efficient update, the default that held "
+               "CleanRL's bars on the suite (envs.bench_suite; README, 'Defaults that hold')",
+    "pendulum": "CleanRL's ppo_continuous_action.py with Pendulum's shorter horizon and larger learning rate",
+    "mujoco": "CleanRL's ppo_continuous_action.py",
+    "continuous": "CleanRL's ppo_continuous_action.py with 8 envs × 256 steps",
 }
 
 
