@@ -85,8 +85,8 @@ def clipped_surrogate(
     old_logprobs: torch.Tensor,
     advantages: torch.Tensor,
     *,
-    clip_low: float,
-    clip_high: float | None = None,
+    clip_coef: float,
+    clip_coef_high: float | None = None,
     use_min: bool = True,
 ) -> torch.Tensor:
     """PPO's clipped surrogate  min(ρA, clip(ρ, 1 − ε_low, 1 + ε_high) A)   (CL-1, DA-1).
@@ -103,16 +103,16 @@ def clipped_surrogate(
     is a pessimistic bound, ≤ ρA pointwise and equal to it at ρ = 1 (CL-3).
 
     Symbols → arguments: log π_θ → `logprobs`, log π_old → `old_logprobs`, A → `advantages`,
-    ε_low → `clip_low`, ε_high → `clip_high` (defaults to ε_low). Shapes: equal; returns the
+    ε_low → `clip_coef`, ε_high → `clip_coef_high` (defaults to ε_low). Shapes: equal; returns the
     per-element objective of that shape (to maximise).
     """
-    check_positive("clip_low", clip_low)
-    clip_high = clip_low if clip_high is None else clip_high
-    check_positive("clip_high", clip_high)
+    check_positive("clip_coef", clip_coef)
+    clip_coef_high = clip_coef if clip_coef_high is None else clip_coef_high
+    check_positive("clip_coef_high", clip_coef_high)
     check_same_shape("logprobs", logprobs, old_logprobs=old_logprobs, advantages=advantages)
     advantages = advantages.detach()
     ratio = torch.exp(logprobs - old_logprobs.detach())
-    clipped = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * advantages
+    clipped = torch.clamp(ratio, 1.0 - clip_coef, 1.0 + clip_coef_high) * advantages
     if not use_min:
         return clipped
     return torch.minimum(ratio * advantages, clipped)
@@ -148,7 +148,7 @@ def value_loss(
     returns: torch.Tensor,
     old_values: torch.Tensor | None = None,
     *,
-    clip_range: float | None = None,
+    vf_clip_coef: float | None = None,
 ) -> torch.Tensor:
     """Critic loss ½(V_ψ(s) − V^targ)², optionally clipped   (CL-4, AD-7; notes 001, 004).
 
@@ -158,24 +158,24 @@ def value_loss(
     c₁(V − V^targ)² (eq. 9), which is this loss with c₁ doubled; Stable-Baselines3 also leaves
     the ½ out (its vf_coef 0.5 is our 1.0).
 
-    With `clip_range` ε_v (PPO's reference code, detail 9 of "The 37 Implementation Details of
+    With `vf_clip_coef` ε_v (PPO's reference code, detail 9 of "The 37 Implementation Details of
     PPO"), the new value may move at most ε_v from the old one before the loss stops pulling it
     further:
         ½·max((V − V^targ)², (V_old + clip(V − V_old, −ε_v, ε_v) − V^targ)²).
 
     Symbols → arguments: V_ψ(s) → `values`, V^targ → `returns`, V_old → `old_values`,
-    ε_v → `clip_range`. Shapes: equal; returns the per-element loss.
+    ε_v → `vf_clip_coef`. Shapes: equal; returns the per-element loss.
     """
     check_same_shape("values", values, returns=returns, old_values=old_values)
     returns = returns.detach()
     unclipped = (values - returns) ** 2
-    if clip_range is None:
+    if vf_clip_coef is None:
         return 0.5 * unclipped
     if old_values is None:
         raise ValueError("value clipping needs old_values")
-    check_positive("clip_range", clip_range)
+    check_positive("vf_clip_coef", vf_clip_coef)
     old_values = old_values.detach()
-    clipped_values = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
+    clipped_values = old_values + torch.clamp(values - old_values, -vf_clip_coef, vf_clip_coef)
     return 0.5 * torch.maximum(unclipped, (clipped_values - returns) ** 2)
 
 
@@ -346,14 +346,14 @@ def approx_kl(logprobs: torch.Tensor, old_logprobs: torch.Tensor, mask: torch.Te
 def clip_fraction(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,
-    clip_low: float,
-    clip_high: float | None = None,
+    clip_coef: float,
+    clip_coef_high: float | None = None,
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Share of actions whose ratio lies outside [1 − ε_low, 1 + ε_high] (the "clipfrac" metric)."""
-    clip_high = clip_low if clip_high is None else clip_high
+    clip_coef_high = clip_coef if clip_coef_high is None else clip_coef_high
     ratio = torch.exp(logprobs.detach() - old_logprobs.detach())
-    outside = ((ratio < 1.0 - clip_low) | (ratio > 1.0 + clip_high)).to(ratio.dtype)
+    outside = ((ratio < 1.0 - clip_coef) | (ratio > 1.0 + clip_coef_high)).to(ratio.dtype)
     return masked_mean(outside, mask)
 
 
