@@ -74,8 +74,9 @@ if TABLE1:
 from core.advantages import discounted_returns, td_residuals
 from core.losses import score_function_surrogate, value_loss
 from core.metrics import METRICS, read_metrics
+from envs.config import TrainConfig, preset_for
 from envs.evaluate import evaluate_policy
-from envs.train import TrainConfig, preset_for, train
+from envs.train import train
 from envs.vector import make_vector_env, resolve_env_id
 from lessons._common import Lesson, plt, table
 from lessons.table1 import CARTPOLE, FLAPPY_CHANGES, QUIET, SETTINGS, Table1Config, games_of, run_table1
