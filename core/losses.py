@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from core.catalog import implements
 from core.checks import check_positive, check_same_shape
+from core.kl import kl_estimate
 
 __all__ = [
     "score_function_surrogate",
@@ -337,10 +338,10 @@ def reduce_loss(
 def approx_kl(logprobs: torch.Tensor, old_logprobs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Mean k3 estimate of KL[π_old‖π_θ] on actions sampled from π_old: E[(ρ − 1) − log ρ].
 
-    Unbiased and never negative (KL-2), the "approx_kl" debug metric of PPO implementations.
+    Unbiased and never negative (KL-2; `core.kl.kl_estimate` with the roles of the two policies
+    swapped), the "approx_kl" debug metric of PPO implementations.
     """
-    log_ratio = logprobs.detach() - old_logprobs.detach()
-    return masked_mean(torch.expm1(log_ratio) - log_ratio, mask)
+    return masked_mean(kl_estimate(old_logprobs.detach(), logprobs.detach(), "k3"), mask)
 
 
 def clip_fraction(
