@@ -274,15 +274,15 @@ def reduce_loss(
     x: torch.Tensor,
     mask: torch.Tensor | None = None,
     *,
-    mode: str = "token_mean",
-    constant: float | None = None,
+    loss_reduction: str = "token_mean",
+    loss_constant: float | None = None,
     n_tokens: float | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Reduce a per-token loss (B, T) to a scalar; the choices of the GRPO family.
 
         "seq_mean"   (GRPO, GR-2):     (1/B) Σ_i (1/|o_i|) Σ_t x_{i,t}
         "token_mean" (DAPO, DA-3):     (1/N_tok) Σ_i Σ_t x_{i,t},   N_tok = `n_tokens`, by default Σ_i |o_i|
-        "constant"   (Dr. GRPO, DR-1): (1/(B·C)) Σ_i Σ_t x_{i,t},   C = `constant` (e.g. max length)
+        "constant"   (Dr. GRPO, DR-1): (1/(B·C)) Σ_i Σ_t x_{i,t},   C = `loss_constant` (e.g. max length)
         "minibatch_token_mean":        (1/Σ_i |o_i|) Σ_i Σ_t x_{i,t} of this tensor, always
 
     |o_i| is the number of real tokens of reply i (Σ_t mask). Under "seq_mean" each token of a
@@ -304,30 +304,31 @@ def reduce_loss(
     `x` every mode is the plain mean (each "reply" is one action), unless "token_mean" is given
     `n_tokens`.
     """
-    if mode not in LOSS_REDUCTIONS:
-        raise ValueError(f"loss reduction mode must be one of {LOSS_REDUCTIONS}, got {mode!r}")
-    if mode == "token_mean" and n_tokens is not None:
+    if loss_reduction not in LOSS_REDUCTIONS:
+        raise ValueError(f"loss_reduction (the loss reduction mode) must be one of {LOSS_REDUCTIONS}, "
+                         f"got {loss_reduction!r}")
+    if loss_reduction == "token_mean" and n_tokens is not None:
         if float(n_tokens) <= 0:
             raise ValueError(f"n_tokens must be > 0, got {float(n_tokens)!r}")
         real = x if mask is None else x * mask.to(x.dtype)
         if mask is not None:
             check_same_shape("x", x, mask=mask)
         return real.sum() / n_tokens
-    if mask is None and (mode != "constant" or x.dim() < 2):
+    if mask is None and (loss_reduction != "constant" or x.dim() < 2):
         return x.mean()  # every position is real: all modes but "constant" reduce to the plain mean
     if mask is None:
         mask = torch.ones_like(x)
     check_same_shape("x", x, mask=mask)
     mask = mask.to(x.dtype)
-    if mode in ("token_mean", "minibatch_token_mean") or x.dim() < 2:
+    if loss_reduction in ("token_mean", "minibatch_token_mean") or x.dim() < 2:
         return masked_mean(x, mask)
-    if mode == "seq_mean":
+    if loss_reduction == "seq_mean":
         lengths = mask.sum(dim=-1).clamp(min=1.0)  # (B,)
         return ((x * mask).sum(dim=-1) / lengths).mean()
-    if constant is None or constant <= 0:
-        raise ValueError(f"loss reduction 'constant' needs a positive constant, got {constant!r}")
+    if loss_constant is None or loss_constant <= 0:
+        raise ValueError(f"loss reduction 'constant' needs a positive constant (loss_constant), got {loss_constant!r}")
     n_rows = x.reshape(-1, x.shape[-1]).shape[0]
-    return (x * mask).sum() / (n_rows * constant)
+    return (x * mask).sum() / (n_rows * loss_constant)
 
 
 # ---------------------------------------------------------------------------------------------

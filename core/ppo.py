@@ -205,7 +205,8 @@ def ppo_loss(
     })
 
     def reduce(x: torch.Tensor) -> torch.Tensor:
-        return reduce_loss(x, mask, mode=config.loss_reduction, constant=config.loss_constant, n_tokens=n_tokens)
+        return reduce_loss(x, mask, loss_reduction=config.loss_reduction, loss_constant=config.loss_constant,
+                           n_tokens=n_tokens)
 
     advantages = masked_whiten(minibatch["advantages"], mask) if config.norm_adv else minibatch["advantages"]
     if config.objective in ("clip", "clip+kl_penalty"):

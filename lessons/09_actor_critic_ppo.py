@@ -409,13 +409,13 @@ cartpole = TrainConfig(**{**preset_for("CartPole-v1"), **CARTPOLE, **QUIET, "see
 nt = cartpole.num_envs * cartpole.num_steps
 c = cartpole
 print(f"    for iteration = 1 … {c.num_iterations}:                                  (envs.train.train)")
-print(f"      1. N = {c.num_envs} envs × T = {c.num_steps} steps of π_θold → {nt} rows      agent.act, envs.step")
+print(f"      1. N = {c.num_envs} envs × T = {c.num_steps} steps of π_θold → {nt} rows      envs.train.collect")
 print("         a row: s, a, log π_old(a|s), V(s), r, terminated, truncated, V(s_next)")
 print(f"      2. Â ← GAE(γ = {c.gamma}, λ = {c.gae_lambda});  V^targ ← Â + V        RolloutBuffer.batch")
 print(f"      3. K = {c.update_epochs} epochs × {nt // c.minibatch_size} minibatches of M = {c.minibatch_size}"
       "           core.ppo.ppo_update")
 print(f"         minimise −L^CLIP(ε = {c.clip_coef}) + c₁·½(V − V^targ)² − c₂H     "
-      f"(CL-4; c₁ = {c.vf_coef}, c₂ = {c.ent_coef:g})")
+      f"(CL-4; c₁ = {c.vf_coef}, c₂ = {c.ent_coef:g})   core.ppo.ppo_loss")
 print(f"      4. θ_old ← θ      ({c.update_epochs * nt // c.minibatch_size} Adam steps per iteration; learning rate "
       f"{c.learning_rate:g}, annealed to 0)\n")
 for name in ("losses/approx_kl", "losses/clipfrac", "losses/explained_variance", "losses/entropy"):

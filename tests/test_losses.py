@@ -230,7 +230,7 @@ def test_reductions_equal_plain_loops(mode, device):
     x = torch.randn(4, 7, generator=g).to(device)
     lengths = [7, 2, 5, 1]
     mask = torch.tensor([[1] * n + [0] * (7 - n) for n in lengths], device=device)
-    got = reduce_loss(x, mask, mode=mode, constant=10.0)
+    got = reduce_loss(x, mask, loss_reduction=mode, loss_constant=10.0)
     assert float(got) == pytest.approx(loop_reduce(x.cpu(), mask.cpu(), mode, 10.0), rel=1e-5)
 
 
@@ -242,7 +242,7 @@ def test_length_bias_per_token_weight(device):
     weights = {}
     for mode in ("seq_mean", "token_mean", "constant"):
         x = torch.zeros(2, 8, device=device, requires_grad=True)
-        (grad,) = torch.autograd.grad(reduce_loss(x, mask, mode=mode, constant=8.0), x)
+        (grad,) = torch.autograd.grad(reduce_loss(x, mask, loss_reduction=mode, loss_constant=8.0), x)
         weights[mode] = (float(grad[0, 0]), float(grad[1, 0]))
     assert weights["seq_mean"] == pytest.approx((1 / (2 * 2), 1 / (2 * 8)))  # long reply: 4× smaller per token
     assert weights["token_mean"] == pytest.approx((1 / 10, 1 / 10))
@@ -308,9 +308,9 @@ def test_bad_arguments(device):
     with pytest.raises(ValueError, match="shape mismatch: advantages"):
         clipped_surrogate(x, x, torch.zeros(4, device=device), clip_coef=0.2)
     with pytest.raises(ValueError, match="loss reduction mode"):
-        reduce_loss(x, mode="sum")
+        reduce_loss(x, loss_reduction="sum")
     with pytest.raises(ValueError, match="positive constant"):
-        reduce_loss(torch.zeros(2, 3, device=device), mode="constant")
+        reduce_loss(torch.zeros(2, 3, device=device), loss_reduction="constant")
 
 
 @formula("DA-3")
@@ -324,9 +324,9 @@ def test_token_mean_over_the_batch_adds_up_across_minibatches(device):
     whole = loop_reduce(x.cpu(), mask.cpu(), "token_mean")
     n_tokens = float(mask.sum()) / 2
     halves = [(x[:2], mask[:2]), (x[2:], mask[2:])]
-    batch_level = sum(float(reduce_loss(a, m, mode="token_mean", n_tokens=n_tokens)) for a, m in halves) / 2
-    per_minibatch = sum(float(reduce_loss(a, m, mode="minibatch_token_mean")) for a, m in halves) / 2
+    batch_level = sum(float(reduce_loss(a, m, loss_reduction="token_mean", n_tokens=n_tokens)) for a, m in halves) / 2
+    per_minibatch = sum(float(reduce_loss(a, m, loss_reduction="minibatch_token_mean")) for a, m in halves) / 2
     assert batch_level == pytest.approx(whole, rel=1e-5)
     assert abs(per_minibatch - whole) > 0.05
     with pytest.raises(ValueError, match="n_tokens must be > 0"):
-        reduce_loss(x, mask, mode="token_mean", n_tokens=0.0)
+        reduce_loss(x, mask, loss_reduction="token_mean", n_tokens=0.0)
