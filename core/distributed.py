@@ -19,6 +19,8 @@ What each rank does here:
   decisions taken from them (early stop at a target KL, a β controller) are then the same on
   every rank, which they must be: a rank that stops early would leave the others waiting in
   an all-reduce forever.
+- `ranks()`: the two of these that `core.ppo.ppo_update` needs (`average_gradients`, `mean`),
+  as the object its `ranks` argument takes; the PPO math itself imports no process group.
 - `is_main()`: only rank 0 writes metrics, plots, config.json and checkpoints.
 - `rank_seed(seed, stride)`: rank r draws its own random streams from `seed + r·stride`
   (stride 1 for a generator, num_envs for N seeded envs so that no two envs share a seed);
@@ -60,6 +62,7 @@ __all__ = [
     "broadcast_object",
     "gather_objects",
     "barrier",
+    "ranks",
 ]
 
 
@@ -180,6 +183,21 @@ def mean_over_ranks(stats: dict[str, float]) -> dict[str, float]:
     dist.all_reduce(values, op=dist.ReduceOp.SUM)
     means = dict(zip(keys, (v / dist.get_world_size() for v in values.tolist())))
     return {k: means[k] for k in stats}  # the caller's order
+
+
+class ProcessGroupRanks:
+    """The ranks of torchrun's process group, as `core.ppo.Ranks`: what `ppo_update` asks of them."""
+
+    def average_gradients(self, params: Iterable[torch.nn.Parameter]) -> None:
+        average_gradients(params)
+
+    def mean(self, stats: dict[str, float]) -> dict[str, float]:
+        return mean_over_ranks(stats)
+
+
+def ranks() -> ProcessGroupRanks:
+    """The `ranks` argument of `core.ppo.ppo_update` under torchrun (its methods are no-ops without it)."""
+    return ProcessGroupRanks()
 
 
 def any_rank(flag: bool) -> bool:

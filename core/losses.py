@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from core.catalog import implements
 from core.checks import check_positive, check_same_shape
+from core.kl import kl_estimate
 
 __all__ = [
     "score_function_surrogate",
@@ -85,8 +86,8 @@ def clipped_surrogate(
     old_logprobs: torch.Tensor,
     advantages: torch.Tensor,
     *,
-    clip_low: float,
-    clip_high: float | None = None,
+    clip_coef: float,
+    clip_coef_high: float | None = None,
     use_min: bool = True,
 ) -> torch.Tensor:
     """PPO's clipped surrogate  min(ρA, clip(ρ, 1 − ε_low, 1 + ε_high) A)   (CL-1, DA-1).
@@ -103,16 +104,16 @@ def clipped_surrogate(
     is a pessimistic bound, ≤ ρA pointwise and equal to it at ρ = 1 (CL-3).
 
     Symbols → arguments: log π_θ → `logprobs`, log π_old → `old_logprobs`, A → `advantages`,
-    ε_low → `clip_low`, ε_high → `clip_high` (defaults to ε_low). Shapes: equal; returns the
+    ε_low → `clip_coef`, ε_high → `clip_coef_high` (defaults to ε_low). Shapes: equal; returns the
     per-element objective of that shape (to maximise).
     """
-    check_positive("clip_low", clip_low)
-    clip_high = clip_low if clip_high is None else clip_high
-    check_positive("clip_high", clip_high)
+    check_positive("clip_coef", clip_coef)
+    clip_coef_high = clip_coef if clip_coef_high is None else clip_coef_high
+    check_positive("clip_coef_high", clip_coef_high)
     check_same_shape("logprobs", logprobs, old_logprobs=old_logprobs, advantages=advantages)
     advantages = advantages.detach()
     ratio = torch.exp(logprobs - old_logprobs.detach())
-    clipped = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * advantages
+    clipped = torch.clamp(ratio, 1.0 - clip_coef, 1.0 + clip_coef_high) * advantages
     if not use_min:
         return clipped
     return torch.minimum(ratio * advantages, clipped)
@@ -148,7 +149,7 @@ def value_loss(
     returns: torch.Tensor,
     old_values: torch.Tensor | None = None,
     *,
-    clip_range: float | None = None,
+    vf_clip_coef: float | None = None,
 ) -> torch.Tensor:
     """Critic loss ½(V_ψ(s) − V^targ)², optionally clipped   (CL-4, AD-7; notes 001, 004).
 
@@ -158,24 +159,24 @@ def value_loss(
     c₁(V − V^targ)² (eq. 9), which is this loss with c₁ doubled; Stable-Baselines3 also leaves
     the ½ out (its vf_coef 0.5 is our 1.0).
 
-    With `clip_range` ε_v (PPO's reference code, detail 9 of "The 37 Implementation Details of
+    With `vf_clip_coef` ε_v (PPO's reference code, detail 9 of "The 37 Implementation Details of
     PPO"), the new value may move at most ε_v from the old one before the loss stops pulling it
     further:
         ½·max((V − V^targ)², (V_old + clip(V − V_old, −ε_v, ε_v) − V^targ)²).
 
     Symbols → arguments: V_ψ(s) → `values`, V^targ → `returns`, V_old → `old_values`,
-    ε_v → `clip_range`. Shapes: equal; returns the per-element loss.
+    ε_v → `vf_clip_coef`. Shapes: equal; returns the per-element loss.
     """
     check_same_shape("values", values, returns=returns, old_values=old_values)
     returns = returns.detach()
     unclipped = (values - returns) ** 2
-    if clip_range is None:
+    if vf_clip_coef is None:
         return 0.5 * unclipped
     if old_values is None:
         raise ValueError("value clipping needs old_values")
-    check_positive("clip_range", clip_range)
+    check_positive("vf_clip_coef", vf_clip_coef)
     old_values = old_values.detach()
-    clipped_values = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
+    clipped_values = old_values + torch.clamp(values - old_values, -vf_clip_coef, vf_clip_coef)
     return 0.5 * torch.maximum(unclipped, (clipped_values - returns) ** 2)
 
 
@@ -273,15 +274,15 @@ def reduce_loss(
     x: torch.Tensor,
     mask: torch.Tensor | None = None,
     *,
-    mode: str = "token_mean",
-    constant: float | None = None,
+    loss_reduction: str = "token_mean",
+    loss_constant: float | None = None,
     n_tokens: float | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Reduce a per-token loss (B, T) to a scalar; the choices of the GRPO family.
 
         "seq_mean"   (GRPO, GR-2):     (1/B) Σ_i (1/|o_i|) Σ_t x_{i,t}
         "token_mean" (DAPO, DA-3):     (1/N_tok) Σ_i Σ_t x_{i,t},   N_tok = `n_tokens`, by default Σ_i |o_i|
-        "constant"   (Dr. GRPO, DR-1): (1/(B·C)) Σ_i Σ_t x_{i,t},   C = `constant` (e.g. max length)
+        "constant"   (Dr. GRPO, DR-1): (1/(B·C)) Σ_i Σ_t x_{i,t},   C = `loss_constant` (e.g. max length)
         "minibatch_token_mean":        (1/Σ_i |o_i|) Σ_i Σ_t x_{i,t} of this tensor, always
 
     |o_i| is the number of real tokens of reply i (Σ_t mask). Under "seq_mean" each token of a
@@ -303,30 +304,31 @@ def reduce_loss(
     `x` every mode is the plain mean (each "reply" is one action), unless "token_mean" is given
     `n_tokens`.
     """
-    if mode not in LOSS_REDUCTIONS:
-        raise ValueError(f"loss reduction mode must be one of {LOSS_REDUCTIONS}, got {mode!r}")
-    if mode == "token_mean" and n_tokens is not None:
+    if loss_reduction not in LOSS_REDUCTIONS:
+        raise ValueError(f"loss_reduction (the loss reduction mode) must be one of {LOSS_REDUCTIONS}, "
+                         f"got {loss_reduction!r}")
+    if loss_reduction == "token_mean" and n_tokens is not None:
         if float(n_tokens) <= 0:
             raise ValueError(f"n_tokens must be > 0, got {float(n_tokens)!r}")
         real = x if mask is None else x * mask.to(x.dtype)
         if mask is not None:
             check_same_shape("x", x, mask=mask)
         return real.sum() / n_tokens
-    if mask is None and (mode != "constant" or x.dim() < 2):
+    if mask is None and (loss_reduction != "constant" or x.dim() < 2):
         return x.mean()  # every position is real: all modes but "constant" reduce to the plain mean
     if mask is None:
         mask = torch.ones_like(x)
     check_same_shape("x", x, mask=mask)
     mask = mask.to(x.dtype)
-    if mode in ("token_mean", "minibatch_token_mean") or x.dim() < 2:
+    if loss_reduction in ("token_mean", "minibatch_token_mean") or x.dim() < 2:
         return masked_mean(x, mask)
-    if mode == "seq_mean":
+    if loss_reduction == "seq_mean":
         lengths = mask.sum(dim=-1).clamp(min=1.0)  # (B,)
         return ((x * mask).sum(dim=-1) / lengths).mean()
-    if constant is None or constant <= 0:
-        raise ValueError(f"loss reduction 'constant' needs a positive constant, got {constant!r}")
+    if loss_constant is None or loss_constant <= 0:
+        raise ValueError(f"loss reduction 'constant' needs a positive constant (loss_constant), got {loss_constant!r}")
     n_rows = x.reshape(-1, x.shape[-1]).shape[0]
-    return (x * mask).sum() / (n_rows * constant)
+    return (x * mask).sum() / (n_rows * loss_constant)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -337,23 +339,23 @@ def reduce_loss(
 def approx_kl(logprobs: torch.Tensor, old_logprobs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Mean k3 estimate of KL[π_old‖π_θ] on actions sampled from π_old: E[(ρ − 1) − log ρ].
 
-    Unbiased and never negative (KL-2), the "approx_kl" debug metric of PPO implementations.
+    Unbiased and never negative (KL-2; `core.kl.kl_estimate` with the roles of the two policies
+    swapped), the "approx_kl" debug metric of PPO implementations.
     """
-    log_ratio = logprobs.detach() - old_logprobs.detach()
-    return masked_mean(torch.expm1(log_ratio) - log_ratio, mask)
+    return masked_mean(kl_estimate(old_logprobs.detach(), logprobs.detach(), "k3"), mask)
 
 
 def clip_fraction(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,
-    clip_low: float,
-    clip_high: float | None = None,
+    clip_coef: float,
+    clip_coef_high: float | None = None,
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Share of actions whose ratio lies outside [1 − ε_low, 1 + ε_high] (the "clipfrac" metric)."""
-    clip_high = clip_low if clip_high is None else clip_high
+    clip_coef_high = clip_coef if clip_coef_high is None else clip_coef_high
     ratio = torch.exp(logprobs.detach() - old_logprobs.detach())
-    outside = ((ratio < 1.0 - clip_low) | (ratio > 1.0 + clip_high)).to(ratio.dtype)
+    outside = ((ratio < 1.0 - clip_coef) | (ratio > 1.0 + clip_coef_high)).to(ratio.dtype)
     return masked_mean(outside, mask)
 
 

@@ -3,15 +3,20 @@
 A step in a game and a token in a reply are both "an action with a log-prob, an advantage and
 a mask", so one loop serves both:
 
-    for epoch in 1..K:                                   (PPO paper, Algorithm 1)
-        for each shuffled minibatch of rows:
-            new log π, entropy, V   ← evaluate(minibatch)
-            Â                       ← normalise per minibatch (optional)
-            objective               ← clip (CL-1/DA-1), kl_penalty (TR-2), or both
-            loss = −reduce(objective) + c₁·reduce(value loss) − c₂·reduce(entropy)   (CL-4)
-                   [+ β_ref·reduce(k-estimate of KL to π_ref), GRPO's in-loss KL (GR-2)]
-            backward; clip the global grad norm; optimiser step
-        stop early if the measured KL passed the target
+    ppo_update:  for epoch in 1..K:                              (PPO paper, Algorithm 1)
+                     for each shuffled minibatch of rows:
+                         new log π, entropy, V ← evaluate(minibatch)
+                         loss ← ppo_loss(...)
+                         backward; average over ranks; clip the global grad norm; optimiser step
+                     stop early if the epoch's mean KL passed the target
+    ppo_loss:    Â ← normalise per minibatch (optional)
+                 objective ← ρÂ (IS-1) or clip(ρ)Â (CL-1/DA-1), minus β·KL[π_old‖π_θ] (TR-2)
+                 loss = −reduce(objective) + c₁·reduce(value loss) − c₂·reduce(entropy)   (CL-4)
+                        [+ β_ref·reduce(k-estimate of KL to π_ref), GRPO's in-loss KL (GR-2)]
+
+`ppo_loss` is the math of one minibatch, a pure function; `ppo_update` is the loop around it.
+Several processes (torchrun) enter only through `ranks`, an argument: the front end passes
+`core.distributed.ranks()`, and nothing here imports a process group.
 
 Sources: notes 001 (PPO for LLMs: the loop), 002 (PPO paper notes), 003 (PPO derived), 004 (PG
 to GRPO); Schulman et al. 2017 (PPO); Huang et al. 2022, "The 37
@@ -22,13 +27,12 @@ the debug metrics approx_kl and clipfrac, early stopping at a target KL).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Literal, NamedTuple, get_args
+from typing import Literal, NamedTuple, Protocol, get_args
 
 import torch
 
-from core import distributed
 from core.catalog import implements
 from core.checks import check_finite, check_positive, check_same_shape
 from core.config import check_choices
@@ -39,14 +43,13 @@ from core.losses import (
     clip_fraction,
     clipped_surrogate,
     explained_variance,
-    kl_penalty_surrogate,
     masked_whiten,
     ratio_surrogate,
     reduce_loss,
     value_loss,
 )
 
-__all__ = ["PPOConfig", "Evaluation", "ppo_update", "OBJECTIVES", "REQUIRED_BATCH_KEYS"]
+__all__ = ["PPOConfig", "Evaluation", "Ranks", "ppo_loss", "ppo_update", "OBJECTIVES", "REQUIRED_BATCH_KEYS"]
 
 Objective = Literal["clip", "kl_penalty", "clip+kl_penalty", "ratio"]
 OBJECTIVES = get_args(Objective)
@@ -139,12 +142,99 @@ class Evaluation(NamedTuple):
     """V_ψ(s); None when there is no critic (vf_coef = 0)."""
 
 
-def _one_per_step(actions: torch.Tensor, logprobs: torch.Tensor) -> torch.Tensor:
-    """`actions` seen with one entry per step: a continuous action is a vector, (N, A) for
-    log-probs (N,), whose trailing dimensions belong to the action itself."""
-    if actions.dim() <= logprobs.dim():
-        return actions
-    return actions.flatten(logprobs.dim())[..., 0]
+class Ranks(Protocol):
+    """The processes that train together (`core.distributed.ranks()` under torchrun).
+
+    `average_gradients(params)` replaces each `.grad` by its mean over the ranks; `mean(stats)`
+    gives each value's mean over the ranks, the same dict on every rank. `None` in `ppo_update`
+    means one process: both are no-ops.
+    """
+
+    def average_gradients(self, params: Iterable[torch.nn.Parameter]) -> None: ...
+
+    def mean(self, stats: dict[str, float]) -> dict[str, float]: ...
+
+
+class _OneProcess:
+    """`Ranks` of a run with one process: nothing to average."""
+
+    def average_gradients(self, params: Iterable[torch.nn.Parameter]) -> None:
+        pass
+
+    def mean(self, stats: dict[str, float]) -> dict[str, float]:
+        return stats
+
+
+# The terms `ppo_update` averages over its minibatches, in the order of the metrics it returns.
+LOSS_TERMS = ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac", "ref_kl", "grad_norm")
+
+
+@implements("CL-4")
+def ppo_loss(
+    new: Evaluation,
+    minibatch: dict[str, torch.Tensor],
+    config: PPOConfig,
+    *,
+    beta: float = 0.0,
+    n_tokens: float | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The PPO loss of one minibatch, and its terms   (CL-4; notes 001, 003; PPO paper eq. 9).
+
+        L = −reduce(objective) + c₁·reduce(L^V) − c₂·reduce(H) [+ β_ref·reduce(KL̂[π_θ‖π_ref])]
+        objective = ρÂ (IS-1, 'ratio', 'kl_penalty') or min(ρÂ, clip(ρ, 1 − ε, 1 + ε_high)Â)
+                    (CL-1/DA-1, 'clip', 'clip+kl_penalty'), minus β·k3[π_old‖π_θ] with a penalty (TR-2)
+
+    Â is whitened per minibatch with `norm_adv` (detail 7); L^V is the (clipped) value loss
+    (AD-7, detail 9); the KL to π_old is the k3 estimate on actions drawn from π_old,
+    differentiable in θ (KL-2); the KL to π_ref (GR-2) uses `ref_kl_estimator`. Each term is
+    reduced by `config.loss_reduction` (`core.losses.reduce_loss`).
+
+    Symbols → arguments: log π_θ, H, V_ψ → `new` (what `evaluate(minibatch)` returned); log π_old,
+    Â, V^targ, V_old, mask, log π_ref → `minibatch["logprobs"]`, `["advantages"]`, `["returns"]`,
+    `["values"]`, `["mask"]` (optional), `["ref_logprobs"]` (for `ref_kl_coef`); ε, ε_high, ε_v,
+    c₁, c₂, β_ref → `config`; β → `beta`; the token count a "token_mean" minibatch divides by →
+    `n_tokens`. Shapes: as in `ppo_update`'s `batch`, (B,) or (B, T).
+
+    Returns the scalar loss and its detached terms: policy_loss, value_loss (with a critic),
+    entropy, approx_kl, clipfrac, ref_kl (with `ref_kl_coef`).
+    """
+    old, mask = minibatch["logprobs"], minibatch.get("mask")
+    check_same_shape("minibatch actions", _one_per_step(minibatch["actions"], old), **{
+        "evaluate(...).logprobs": new.logprobs, "evaluate(...).entropy": new.entropy,
+        "evaluate(...).values": new.values,
+    })
+
+    def reduce(x: torch.Tensor) -> torch.Tensor:
+        return reduce_loss(x, mask, loss_reduction=config.loss_reduction, loss_constant=config.loss_constant,
+                           n_tokens=n_tokens)
+
+    advantages = masked_whiten(minibatch["advantages"], mask) if config.norm_adv else minibatch["advantages"]
+    if config.objective in ("clip", "clip+kl_penalty"):
+        objective = clipped_surrogate(new.logprobs, old, advantages, clip_coef=config.clip_coef,
+                                      clip_coef_high=config.clip_coef_high)
+    else:  # "ratio" and "kl_penalty": no clipping
+        objective = ratio_surrogate(new.logprobs, old, advantages)
+    if config.objective.endswith("kl_penalty"):
+        objective = objective - beta * kl_estimate(old, new.logprobs, "k3")  # TR-2: KL[π_old‖π_θ]
+    policy_loss = -reduce(objective)
+    terms = {"policy_loss": policy_loss}
+    loss = policy_loss
+    if config.ref_kl_coef > 0:
+        terms["ref_kl"] = reduce(kl_estimate(new.logprobs, minibatch["ref_logprobs"], config.ref_kl_estimator))
+        loss = loss + config.ref_kl_coef * terms["ref_kl"]
+    if new.values is not None and config.vf_coef > 0:
+        terms["value_loss"] = reduce(value_loss(new.values, minibatch["returns"], minibatch["values"],
+                                                vf_clip_coef=config.vf_clip_coef if config.clip_vloss else None))
+        loss = loss + config.vf_coef * terms["value_loss"]
+    terms["entropy"] = reduce(new.entropy)
+    loss = loss - config.ent_coef * terms["entropy"]
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"the PPO loss became {loss.item()} (policy loss {policy_loss.item()}); "
+                                 "check the rewards, the learning rate and the evaluate() outputs")
+    terms = {name: value.detach() for name, value in terms.items()}
+    terms["approx_kl"] = approx_kl(new.logprobs, old, mask)
+    terms["clipfrac"] = clip_fraction(new.logprobs, old, config.clip_coef, config.clip_coef_high, mask)
+    return loss, terms
 
 
 @implements("AC-2")
@@ -155,6 +245,7 @@ def ppo_update(
     config: PPOConfig,
     kl_controller: KLController | None = None,
     generator: torch.Generator | None = None,
+    ranks: Ranks | None = None,
 ) -> dict[str, float]:
     """Run K epochs of minibatch PPO on one batch; return the debug metrics.
 
@@ -171,21 +262,76 @@ def ppo_update(
     - `kl_controller`: supplies β for the `kl_penalty` objective and is updated once at the end
       with the measured KL[π_old‖π_θ] (TR-3/TR-4). Required for that objective.
     - `generator`: the random stream for shuffling (reproducible runs), on the CPU.
+    - `ranks`: the processes training together (`Ranks`; `core.distributed.ranks()` under
+      torchrun), None for one process.
 
-    Under torchrun (`core.distributed`) each rank passes its own batch and generator: the
-    gradients are averaged over the ranks after each backward pass and before the grad-norm
-    clip, the early stop tests the rank-averaged KL, and the returned metrics (and the KL given
-    to the β controller) are means over the ranks, so every rank takes the same decisions.
-    Every rank needs the same number of minibatches.
+    Under torchrun each rank passes its own batch and generator: the gradients are averaged over
+    the ranks after each backward pass and before the grad-norm clip, the early stop tests the
+    rank-averaged KL, and the returned metrics (and the KL given to the β controller) are means
+    over the ranks, so every rank takes the same decisions. Every rank needs the same number of
+    minibatches.
 
     Returns floats under the fixed metric names (`core.metrics.METRICS`): losses/policy_loss,
-    losses/value_loss, losses/entropy, losses/approx_kl, losses/clipfrac,
-    losses/explained_variance, losses/ref_kl (when used), charts/kl_coef (β of the penalty on
-      KL[π_old‖π_θ], with a controller),
-    and ppo/epochs, ppo/minibatches (how much of the schedule ran before an early stop).
+    losses/value_loss, losses/entropy, losses/approx_kl, losses/clipfrac, losses/ref_kl (when
+    used), losses/grad_norm (the norm before clipping), losses/explained_variance,
+    charts/kl_coef (β of the penalty on KL[π_old‖π_θ], with a controller), and ppo/epochs,
+    ppo/minibatches (how much of the schedule ran before an early stop).
     """
-    uses_penalty = config.objective in ("kl_penalty", "clip+kl_penalty")
-    if uses_penalty and kl_controller is None:
+    ranks = _OneProcess() if ranks is None else ranks
+    check_batch(batch, config, kl_controller)
+    n_rows, device = batch["actions"].shape[0], batch["actions"].device
+    n_minibatches = n_rows // config.minibatch_size  # a remainder smaller than a minibatch is dropped
+    beta = float(kl_controller.beta) if kl_controller is not None else 0.0
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    # Sums of the minibatches' terms, kept on the device: one host sync per epoch, not per step.
+    totals = {name: torch.zeros((), device=device) for name in LOSS_TERMS}
+    epochs = minibatches = 0
+    for _epoch in range(config.update_epochs):
+        order = torch.randperm(n_rows, generator=generator).to(device)
+        n_tokens = _tokens_per_minibatch(batch.get("mask"), order[: n_minibatches * config.minibatch_size],
+                                         n_minibatches, config, ranks)
+        epoch_kl = torch.zeros((), device=device)
+        for start in range(0, n_minibatches * config.minibatch_size, config.minibatch_size):
+            rows = order[start : start + config.minibatch_size]
+            minibatch = {key: tensor[rows] for key, tensor in batch.items()}
+            loss, terms = ppo_loss(evaluate(minibatch), minibatch, config, beta=beta, n_tokens=n_tokens)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            ranks.average_gradients(params)  # under torchrun: the mean over the ranks
+            if config.max_grad_norm is not None:  # detail 11 (foreach: one call for every gradient)
+                terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm, foreach=True)
+            optimizer.step()
+            for name, value in terms.items():
+                totals[name] += value
+            epoch_kl += terms["approx_kl"]
+            minibatches += 1
+        epochs += 1
+        # early stopping, on the KL averaged over the ranks so that every rank stops at the same epoch
+        if config.target_kl is not None and \
+                ranks.mean({"kl": float(epoch_kl) / max(n_minibatches, 1)})["kl"] > config.target_kl:
+            break
+    stats = _update_metrics(totals, minibatches, epochs, batch, config, ranks)
+    if kl_controller is not None:
+        stats["charts/kl_coef"] = beta
+        if config.objective.endswith("kl_penalty"):
+            # TR-3: measure d = E[KL[π_old‖π_θ]] once the update is done, then adapt β for the next.
+            kl = _mean_kl_after_update(evaluate, batch, config.minibatch_size)
+            stats["ppo/kl_after_update"] = ranks.mean({"kl": kl})["kl"]
+            kl_controller.update(stats["ppo/kl_after_update"], n_rows)
+    return stats
+
+
+def _one_per_step(actions: torch.Tensor, logprobs: torch.Tensor) -> torch.Tensor:
+    """`actions` seen with one entry per step: a continuous action is a vector, (N, A) for
+    log-probs (N,), whose trailing dimensions belong to the action itself."""
+    if actions.dim() <= logprobs.dim():
+        return actions
+    return actions.flatten(logprobs.dim())[..., 0]
+
+
+def check_batch(batch: dict[str, torch.Tensor], config: PPOConfig, kl_controller: KLController | None) -> None:
+    """Raise ValueError naming what is wrong with a batch `ppo_update` cannot train on."""
+    if config.objective.endswith("kl_penalty") and kl_controller is None:
         raise ValueError(f"objective {config.objective!r} needs a kl_controller (TR-3/TR-4)")
     missing = [k for k in REQUIRED_BATCH_KEYS if k not in batch]
     if missing:
@@ -204,124 +350,30 @@ def ppo_update(
     if config.minibatch_size > n_rows:
         raise ValueError(f"minibatch_size ({config.minibatch_size}) is larger than the batch ({n_rows} rows)")
 
-    mask = batch.get("mask")
-    beta = float(kl_controller.beta) if kl_controller is not None else 0.0
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    n_minibatches = n_rows // config.minibatch_size  # a remainder smaller than a minibatch is dropped
-    device = actions.device
 
-    # Sums of per-minibatch statistics, kept on the device: one host sync per epoch, not per step.
-    totals = {name: torch.zeros((), device=device) for name in
-              ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac", "ref_kl", "grad_norm")}
-    epochs_run = minibatches_run = 0
-    for _epoch in range(config.update_epochs):
-        order = torch.randperm(n_rows, generator=generator).to(device)
-        epoch_kl = torch.zeros((), device=device)
-        n_tokens = None  # "token_mean" (DA-3): each minibatch's sum over the batch's tokens per minibatch
-        if config.loss_reduction == "token_mean" and mask is not None:
-            trained = mask[order[: n_minibatches * config.minibatch_size]]  # the rows this epoch trains on
-            batch_tokens = distributed.mean_over_ranks({"tokens": float(trained.sum())})["tokens"]
-            n_tokens = max(batch_tokens, 1.0) / n_minibatches
-        reduce = {"mode": config.loss_reduction, "constant": config.loss_constant, "n_tokens": n_tokens}
-        for start in range(0, n_minibatches * config.minibatch_size, config.minibatch_size):
-            rows = order[start : start + config.minibatch_size]
-            mb = {key: tensor[rows] for key, tensor in batch.items()}
-            mb_mask = mb.get("mask")
-            new = evaluate(mb)
-            check_same_shape("minibatch actions", _one_per_step(mb["actions"], mb["logprobs"]), **{
-                "evaluate(...).logprobs": new.logprobs, "evaluate(...).entropy": new.entropy,
-                "evaluate(...).values": new.values,
-            })
+def _tokens_per_minibatch(mask: torch.Tensor | None, trained_rows: torch.Tensor, n_minibatches: int,
+                          config: PPOConfig, ranks: Ranks) -> float | None:
+    """"token_mean" (DA-3) over the batch: each minibatch divides its sum by the tokens of the rows
+    this epoch trains on (over all ranks) ÷ the number of minibatches; None for the other reductions."""
+    if config.loss_reduction != "token_mean" or mask is None:
+        return None
+    batch_tokens = ranks.mean({"tokens": float(mask[trained_rows].sum())})["tokens"]
+    return max(batch_tokens, 1.0) / n_minibatches
 
-            advantages = mb["advantages"]
-            if config.norm_adv:
-                advantages = masked_whiten(advantages, mb_mask)
 
-            # The policy objective (to maximise), per action/token.
-            if config.objective == "kl_penalty":
-                objective = torch.zeros_like(new.logprobs)
-            elif config.objective == "ratio":
-                objective = ratio_surrogate(new.logprobs, mb["logprobs"], advantages)
-            else:
-                objective = clipped_surrogate(
-                    new.logprobs, mb["logprobs"], advantages,
-                    clip_low=config.clip_coef, clip_high=config.clip_coef_high,
-                )
-            if uses_penalty:
-                # k3 estimate of KL[π_old‖π_θ] on actions drawn from π_old (differentiable in θ).
-                kl_old_new = kl_estimate(mb["logprobs"], new.logprobs, "k3")
-                penalised = kl_penalty_surrogate(new.logprobs, mb["logprobs"], advantages, kl_old_new, beta=beta)
-                objective = penalised if config.objective == "kl_penalty" else objective - beta * kl_old_new
-            policy_loss = -reduce_loss(objective, mb_mask, **reduce)
-            loss = policy_loss
-
-            if config.ref_kl_coef > 0:
-                ref_kl = reduce_loss(
-                    kl_estimate(new.logprobs, mb["ref_logprobs"], config.ref_kl_estimator), mb_mask, **reduce
-                )
-                loss = loss + config.ref_kl_coef * ref_kl
-                totals["ref_kl"] += ref_kl.detach()
-
-            if new.values is not None and config.vf_coef > 0:
-                v_loss = reduce_loss(
-                    value_loss(new.values, mb["returns"], mb["values"],
-                               clip_range=config.vf_clip_coef if config.clip_vloss else None),
-                    mb_mask, **reduce,
-                )
-                loss = loss + config.vf_coef * v_loss
-                totals["value_loss"] += v_loss.detach()
-
-            entropy = reduce_loss(new.entropy, mb_mask, **reduce)
-            loss = loss - config.ent_coef * entropy
-
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"the PPO loss became {loss.item()} (policy loss {policy_loss.item()}); "
-                    "check the rewards, the learning rate and the evaluate() outputs"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            distributed.average_gradients(params)  # under torchrun: the mean over ranks; a no-op alone
-            if config.max_grad_norm is not None:
-                # foreach: one call for all the gradients (the default on CUDA), the same numbers
-                # the norm before clipping: how often and how hard the clip binds (losses/grad_norm)
-                totals["grad_norm"] += torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm, foreach=True)
-            optimizer.step()
-
-            mb_kl = approx_kl(new.logprobs, mb["logprobs"], mb_mask)
-            epoch_kl += mb_kl
-            totals["policy_loss"] += policy_loss.detach()
-            totals["entropy"] += entropy.detach()
-            totals["approx_kl"] += mb_kl
-            totals["clipfrac"] += clip_fraction(new.logprobs, mb["logprobs"], config.clip_coef,
-                                                config.clip_coef_high, mb_mask)
-            minibatches_run += 1
-        epochs_run += 1
-        if config.target_kl is not None:
-            # the KL averaged over ranks, so that every rank stops at the same epoch
-            mean_kl = distributed.mean_over_ranks({"kl": float(epoch_kl) / max(n_minibatches, 1)})["kl"]
-            if mean_kl > config.target_kl:
-                break  # early stopping (detail: the policy already moved as far as we allow)
-
-    stats = {f"losses/{name}": float(total) / max(minibatches_run, 1) for name, total in totals.items()}
+def _update_metrics(totals: dict[str, torch.Tensor], minibatches: int, epochs: int,
+                    batch: dict[str, torch.Tensor], config: PPOConfig, ranks: Ranks) -> dict[str, float]:
+    """The metrics of `ppo_update`: each term's mean over the minibatches that ran, over the ranks."""
+    stats = {f"losses/{name}": float(total) / max(minibatches, 1) for name, total in totals.items()}
     if config.ref_kl_coef == 0:
         del stats["losses/ref_kl"]
     if config.max_grad_norm is None:
         del stats["losses/grad_norm"]
-    stats["losses/explained_variance"] = float(
-        explained_variance(batch["values"], batch["returns"], mask)
-    )
-    stats["ppo/epochs"] = float(epochs_run)
-    stats["ppo/minibatches"] = float(minibatches_run)
-    stats = distributed.mean_over_ranks(stats)  # under torchrun: the mean over ranks, the same on each
-    if kl_controller is not None:
-        stats["charts/kl_coef"] = beta
-        if uses_penalty:
-            # TR-3: measure d = E[KL[π_old‖π_θ]] once the update is done, then adapt β for the next.
-            stats["ppo/kl_after_update"] = distributed.mean_over_ranks(
-                {"kl": _mean_kl_after_update(evaluate, batch, config.minibatch_size)})["kl"]
-            kl_controller.update(stats["ppo/kl_after_update"], n_rows)
-    return stats
+    stats["losses/explained_variance"] = float(explained_variance(batch["values"], batch["returns"],
+                                                                  batch.get("mask")))
+    stats["ppo/epochs"] = float(epochs)
+    stats["ppo/minibatches"] = float(minibatches)
+    return ranks.mean(stats)  # under torchrun: the mean over the ranks, the same on each
 
 
 @torch.no_grad()
@@ -338,8 +390,6 @@ def _mean_kl_after_update(
         chunk = {key: tensor[start : start + chunk_rows] for key, tensor in batch.items()}
         new = evaluate(chunk)
         weights = chunk.get("mask", torch.ones_like(new.logprobs)).to(new.logprobs.dtype)
-        log_ratio = new.logprobs - chunk["logprobs"]
-        total += ((torch.expm1(log_ratio) - log_ratio) * weights).sum()
+        total += (kl_estimate(chunk["logprobs"], new.logprobs, "k3") * weights).sum()
         count += weights.sum()
     return float(total / count.clamp(min=1.0))
-

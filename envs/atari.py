@@ -25,7 +25,7 @@ reports whole games with unclipped scores, the number papers report.
 `make_atari_vector_env(env_id, num_envs)` runs N of them in a gymnasium vector env with
 SAME_STEP autoreset; with `device=...` it returns torch tensors and the same `info` layout as
 `envs.flappy_bird.BatchedFlappyBird` (a full `final_obs` tensor), so one PPO loop serves both
-(`envs.vector.make_vector_env` builds them this way, with `envs.vector.TorchVectorEnv`).
+(`envs.vector.make_vector_env` builds them this way, with `envs.torch_vector.TorchVectorEnv`).
 
 **Native** (`make_native_atari_vector_env`, `--atari-backend native`, the trainer's default):
 ale-py ≥ 0.10's `AtariVectorEnv` steps N games on C++ threads with the same preprocessing done
@@ -57,7 +57,7 @@ from gymnasium.wrappers import (
     RecordEpisodeStatistics,
 )
 
-from envs.vector import TorchVectorEnv
+from envs.torch_vector import TorchVectorEnv
 
 __all__ = [
     "EpisodicLifeEnv",
@@ -205,7 +205,7 @@ def make_atari_vector_env(
     `vectorization`: "sync" (one process, the default: a laptop has few cores) or "async"
     (one subprocess per env). `vector_kwargs` go to the vector env's constructor; autoreset
     is SAME_STEP unless they say otherwise, like the Flappy Bird batched env. With `device`
-    ("cpu", "cuda", ...), the result is an `envs.vector.TorchVectorEnv`: torch tensors in and out,
+    ("cpu", "cuda", ...), the result is an `envs.torch_vector.TorchVectorEnv`: torch tensors in and out,
     `info["final_obs"]` a full tensor. Seed with `reset(seed=s)`: env i gets `s + i`.
     """
     if vectorization not in ("sync", "async"):

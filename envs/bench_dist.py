@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 
 from core.metrics import read_metrics
-from envs.train import PRESETS
+from envs.config import PRESETS
 
 
 def run(procs: int, updates: int) -> dict:

@@ -99,7 +99,7 @@ def final_return(history: list[dict], episodes: int = LAST_EPISODES) -> float:
 
 def ours_config(env_id: str, steps: int, seed: int, out: str = "unused"):
     """The TrainConfig a user gets from `python -m envs.train --env-id ENV --total-steps N --seed S`."""
-    from envs.train import TrainConfig
+    from envs.config import TrainConfig
 
     return TrainConfig(env_id=env_id, total_steps=steps, seed=seed, out=out, overwrite=True, progress=False,
                        checkpoint_every=10**9, plot_every_seconds=float("inf"), device="cpu")
@@ -110,7 +110,7 @@ def job_key(impl: str, env_id: str, steps: int, seed: int) -> str:
     key = f"{impl}|{env_id}|{steps}|{seed}"
     if impl == "ours":
         from core.config import config_to_dict
-        from envs.train import resolve
+        from envs.config import resolve
 
         fields = config_to_dict(resolve(ours_config(env_id, steps, seed)))
         digest = hashlib.sha1(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:10]

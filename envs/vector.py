@@ -10,7 +10,7 @@ training device, whatever runs underneath:
   gymnasium-wrapper stack (`envs.atari`, `atari_backend`);
 - any other gymnasium id (CartPole, Pendulum, MuJoCo, third-party ids) through a gymnasium
   vector env in SAME_STEP autoreset mode, converted to tensors at the boundary
-  (`TorchVectorEnv`). gymnasium's `module:EnvId` form works as in `gymnasium.make`: the module
+  (`envs.torch_vector.TorchVectorEnv`). gymnasium's `module:EnvId` form works as in `gymnasium.make`: the module
   is imported first (it registers the id).
 
 Actions: a Discrete space takes one integer per env; a 1-D Box space takes a float vector per
@@ -31,11 +31,10 @@ from typing import Any, NamedTuple
 import gymnasium as gym
 import numpy as np
 import torch
-from gymnasium.vector import AutoresetMode, VectorEnv
 
-from core.device import resolve_device
+from envs.torch_vector import TorchVectorEnv
 
-__all__ = ["Step", "AgentEnv", "TorchVectorEnv", "make_vector_env", "FLAPPY_ALIASES", "resolve_env_id", "gym_id",
+__all__ = ["Step", "AgentEnv", "make_vector_env", "FLAPPY_ALIASES", "resolve_env_id", "gym_id",
            "env_spaces", "check_action_space", "SUPPORTED_ACTION_SPACES"]
 
 FLAPPY_ALIASES = {
@@ -223,73 +222,3 @@ def make_vector_env(env_id: str, num_envs: int, device: torch.device, *, atari_b
     env = TorchVectorEnv(gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync",
                                       vector_kwargs=autoreset, **env_kwargs), device)
     return AgentEnv(env, device)
-
-
-class TorchVectorEnv(VectorEnv):
-    """A NumPy vector env with SAME_STEP autoreset, seen through torch tensors on a device.
-
-    Returns what `BatchedFlappyBird` returns: obs, reward (float32), terminated, truncated
-    (bool) as tensors; `info["final_obs"]` is a full tensor (the final observation where an
-    episode ended, the returned observation elsewhere) with `info["_final_obs"]`;
-    `info["final_info"]` has "episode_return" (the unclipped game score) and
-    "episode_length" (in emulator frames), float32, for the envs in `info["_final_info"]`:
-    those whose whole game ended (from `RecordEpisodeStatistics`; with episodic life these
-    are fewer than the ended episodes).
-    """
-
-    def __init__(self, env: VectorEnv, device: Any):
-        if env.metadata.get("autoreset_mode") != AutoresetMode.SAME_STEP:
-            raise ValueError("TorchVectorEnv needs a vector env with SAME_STEP autoreset")
-        self.env = env
-        self.device = resolve_device(device)
-        self.num_envs = env.num_envs
-        self.metadata = dict(env.metadata)
-        self.render_mode = env.render_mode
-        self.single_observation_space = env.single_observation_space
-        self.single_action_space = env.single_action_space
-        self.observation_space = env.observation_space
-        self.action_space = env.action_space
-
-    def _tensor(self, array, dtype=None):
-        array = np.asarray(array)
-        if dtype is None and array.dtype == np.float64:  # MuJoCo's float64 observations: the networks use float32
-            dtype = torch.float32
-        return torch.as_tensor(array, dtype=dtype, device=self.device)
-
-    def reset(self, *, seed=None, options=None):
-        obs, info = self.env.reset(seed=seed, options=options)
-        return self._tensor(obs), info
-
-    def step(self, actions):
-        if isinstance(actions, torch.Tensor):
-            actions = actions.detach().cpu().numpy()
-        obs, reward, terminated, truncated, info = self.env.step(actions)
-        done = np.logical_or(terminated, truncated)
-        final_obs = np.array(obs)  # a copy; NumPy, then one conversion to a tensor
-        for i in np.flatnonzero(done):
-            final_obs[i] = info["final_obs"][i]
-        # Whole games that ended this step: RecordEpisodeStatistics put "episode" in their
-        # step info, which SAME_STEP autoreset moved to info["final_info"].
-        episode = info.get("final_info", {}).get("episode")
-        if episode is None:
-            game_over = np.zeros(self.num_envs, bool)
-            ep_return = ep_length = np.zeros(self.num_envs, np.float32)
-        else:
-            game_over = np.asarray(info["final_info"]["_episode"], bool)
-            ep_return = np.where(game_over, episode["r"], 0).astype(np.float32)
-            ep_length = np.where(game_over, episode["l"], 0).astype(np.float32)
-        out_info = {
-            "final_obs": self._tensor(final_obs),
-            "_final_obs": self._tensor(done),
-            "final_info": {
-                "episode_return": self._tensor(ep_return),
-                "episode_length": self._tensor(ep_length),
-            },
-            "_final_info": self._tensor(game_over),
-        }
-        return (self._tensor(obs), self._tensor(reward, torch.float32), self._tensor(terminated),
-                self._tensor(truncated), out_info)
-
-    def close(self, **kwargs):
-        self.env.close(**kwargs)
-        self.closed = True

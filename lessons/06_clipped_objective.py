@@ -53,7 +53,7 @@ def clip_objective(ratio, advantage, use_min=True):
     """clipped_surrogate evaluated at a given ratio (log π_old = 0, log π = log ρ)."""
     ratio = torch.as_tensor(ratio, dtype=torch.float64)
     advantage = torch.as_tensor(advantage, dtype=torch.float64)
-    return clipped_surrogate(ratio.log(), torch.zeros_like(ratio), advantage, clip_low=EPS, use_min=use_min)
+    return clipped_surrogate(ratio.log(), torch.zeros_like(ratio), advantage, clip_coef=EPS, use_min=use_min)
 
 
 # %% Step 1 — CL-1: the clipped surrogate on hand cases
@@ -91,7 +91,7 @@ for advantage, ratio, verdict in cases:
     grads = []
     for use_min in (True, False):
         log_ratio = torch.tensor(ratio, dtype=torch.float64).log().requires_grad_(True)
-        objective = clipped_surrogate(log_ratio, torch.zeros(()), torch.tensor(advantage), clip_low=EPS,
+        objective = clipped_surrogate(log_ratio, torch.zeros(()), torch.tensor(advantage), clip_coef=EPS,
                                       use_min=use_min)
         (grad,) = torch.autograd.grad(objective, log_ratio)  # ∂L/∂log π(a|s)
         grads.append(float(grad))
@@ -138,7 +138,7 @@ gap = clip_objective(R, A) - R * A  # L^CLIP − ρA on a 400 × 121 grid
 print(f"    max over the grid of (L^CLIP − ρA) = {float(gap.max()):.1e}   (never above 0)")
 print(f"    share of the grid where L^CLIP < ρA: {float((gap < 0).double().mean()):.0%}")
 log_ratio = torch.zeros(121, dtype=torch.float64, requires_grad=True)  # ρ = 1 for every advantage
-clip_at_one = clipped_surrogate(log_ratio, torch.zeros(121, dtype=torch.float64), advantages, clip_low=EPS)
+clip_at_one = clipped_surrogate(log_ratio, torch.zeros(121, dtype=torch.float64), advantages, clip_coef=EPS)
 (grad_clip,) = torch.autograd.grad(clip_at_one.sum(), log_ratio)
 value_gap = float((clip_at_one.detach() - advantages).abs().max())
 grad_gap = float((grad_clip - advantages).abs().max())
@@ -166,8 +166,8 @@ old_values = torch.tensor([0.5, 1.0], dtype=torch.float64)
 returns = torch.tensor([1.0, 2.0], dtype=torch.float64)
 c1, c2, eps_v = 0.5, 0.01, 0.2
 logp = F.log_softmax(logits, -1).gather(1, actions[:, None]).squeeze(1)
-policy_term = clipped_surrogate(logp, old_logp, adv, clip_low=EPS).mean()
-value_term = value_loss(values, returns, old_values, clip_range=eps_v).mean()
+policy_term = clipped_surrogate(logp, old_logp, adv, clip_coef=EPS).mean()
+value_term = value_loss(values, returns, old_values, vf_clip_coef=eps_v).mean()
 entropy_term = entropy_from_logits(logits).mean()
 loss = -policy_term + c1 * value_term - c2 * entropy_term
 

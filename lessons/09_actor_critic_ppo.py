@@ -74,8 +74,9 @@ if TABLE1:
 from core.advantages import discounted_returns, td_residuals
 from core.losses import score_function_surrogate, value_loss
 from core.metrics import METRICS, read_metrics
+from envs.config import TrainConfig, preset_for
 from envs.evaluate import evaluate_policy
-from envs.train import TrainConfig, preset_for, train
+from envs.train import train
 from envs.vector import make_vector_env, resolve_env_id
 from lessons._common import Lesson, plt, table
 from lessons.table1 import CARTPOLE, FLAPPY_CHANGES, QUIET, SETTINGS, Table1Config, games_of, run_table1
@@ -408,13 +409,13 @@ cartpole = TrainConfig(**{**preset_for("CartPole-v1"), **CARTPOLE, **QUIET, "see
 nt = cartpole.num_envs * cartpole.num_steps
 c = cartpole
 print(f"    for iteration = 1 … {c.num_iterations}:                                  (envs.train.train)")
-print(f"      1. N = {c.num_envs} envs × T = {c.num_steps} steps of π_θold → {nt} rows      agent.act, envs.step")
+print(f"      1. N = {c.num_envs} envs × T = {c.num_steps} steps of π_θold → {nt} rows      envs.train.collect")
 print("         a row: s, a, log π_old(a|s), V(s), r, terminated, truncated, V(s_next)")
 print(f"      2. Â ← GAE(γ = {c.gamma}, λ = {c.gae_lambda});  V^targ ← Â + V        RolloutBuffer.batch")
 print(f"      3. K = {c.update_epochs} epochs × {nt // c.minibatch_size} minibatches of M = {c.minibatch_size}"
       "           core.ppo.ppo_update")
 print(f"         minimise −L^CLIP(ε = {c.clip_coef}) + c₁·½(V − V^targ)² − c₂H     "
-      f"(CL-4; c₁ = {c.vf_coef}, c₂ = {c.ent_coef:g})")
+      f"(CL-4; c₁ = {c.vf_coef}, c₂ = {c.ent_coef:g})   core.ppo.ppo_loss")
 print(f"      4. θ_old ← θ      ({c.update_epochs * nt // c.minibatch_size} Adam steps per iteration; learning rate "
       f"{c.learning_rate:g}, annealed to 0)\n")
 for name in ("losses/approx_kl", "losses/clipfrac", "losses/explained_variance", "losses/entropy"):

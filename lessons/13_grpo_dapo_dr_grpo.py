@@ -116,8 +116,8 @@ old_logp = -torch.rand(4, T, generator=g, dtype=f64) * 2 * mask  # log π_old(o_
 new_logp = old_logp + 0.3 * torch.randn(4, T, generator=g, dtype=f64) * mask  # log π_θ after some updates
 ref_logp = old_logp + 0.2 * torch.randn(4, T, generator=g, dtype=f64) * mask  # log π_ref
 adv = group_advantages(torch.tensor([1.0, 0.0, 1.0, 0.0], dtype=f64))[:, None].expand(4, T) * mask  # Â_i on every token
-per_token = clipped_surrogate(new_logp, old_logp, adv, clip_low=EPS) - BETA * kl_estimate(new_logp, ref_logp, "k3")
-objective = reduce_loss(per_token, mask, mode="seq_mean")
+per_token = clipped_surrogate(new_logp, old_logp, adv, clip_coef=EPS) - BETA * kl_estimate(new_logp, ref_logp, "k3")
+objective = reduce_loss(per_token, mask, loss_reduction="seq_mean")
 loop = 0.0  # the same by a plain loop: (1/G) Σ_i (1/|o_i|) Σ_t [min(ρÂ, clip(ρ)Â) − β k3]
 for i in range(4):
     total = 0.0
@@ -128,7 +128,7 @@ for i in range(4):
         total += min(rho * a, min(max(rho, 1 - EPS), 1 + EPS) * a) - BETA * (math.exp(log_r) - 1 - log_r)
     loop += total / int(lengths[i]) / 4
 print(f"    G = 4 replies of lengths {lengths.tolist()}, ε = {EPS}, β = {BETA}, KL by k3 (lesson 8):")
-print(f"    reduce_loss(clipped_surrogate − β·k3, mask, mode='seq_mean') = {float(objective):.10f}")
+print(f"    reduce_loss(clipped_surrogate − β·k3, mask, loss_reduction='seq_mean') = {float(objective):.10f}")
 print(f"    plain loop over replies and tokens                           = {loop:.10f}")
 lesson.verdict("reduce_loss(clipped_surrogate − β·k3, 'seq_mean') is the GRPO objective of the loop",
                abs(float(objective) - loop) < 1e-10, f"difference {abs(float(objective) - loop):.0e} < 1e-10")
@@ -149,8 +149,8 @@ advantage = -1.0  # four wrong answers of different lengths, the same Â
 weights = {}
 for mode in ("seq_mean", "token_mean", "constant"):
     logp = torch.zeros(4, T, dtype=f64, requires_grad=True)  # log π_θ of each token, at ρ = 1
-    objective = clipped_surrogate(logp, torch.zeros_like(logp), torch.full_like(logp, advantage), clip_low=EPS)
-    loss = -reduce_loss(objective, mask, mode=mode, constant=float(T))
+    objective = clipped_surrogate(logp, torch.zeros_like(logp), torch.full_like(logp, advantage), clip_coef=EPS)
+    loss = -reduce_loss(objective, mask, loss_reduction=mode, loss_constant=float(T))
     (grad,) = torch.autograd.grad(loss, logp)  # ∂loss/∂log π(o_{i,t}): how hard each token is pushed down
     weights[mode] = grad[:, 0]  # the same for every token of a reply
 print("    ∂loss/∂log π of one token, and × |o_i| for the whole reply:")
@@ -182,9 +182,9 @@ rows, step_weights = [], {"token_mean": [], "minibatch_token_mean": []}
 for rows_of, label in halves:
     for mode in step_weights:
         logp = torch.zeros(2, T, dtype=f64, requires_grad=True)
-        objective = clipped_surrogate(logp, torch.zeros_like(logp), torch.full_like(logp, advantage), clip_low=EPS)
+        objective = clipped_surrogate(logp, torch.zeros_like(logp), torch.full_like(logp, advantage), clip_coef=EPS)
         extra = {"n_tokens": n_minibatch_tokens} if mode == "token_mean" else {}
-        loss = -reduce_loss(objective, mask[rows_of], mode=mode, **extra)
+        loss = -reduce_loss(objective, mask[rows_of], loss_reduction=mode, **extra)
         (grad,) = torch.autograd.grad(loss, logp)
         step_weights[mode].append(float(grad[0, 0]))
     rows.append([label, int(mask[rows_of].sum()), step_weights["token_mean"][-1],
@@ -226,8 +226,8 @@ lesson.step("Clip-higher (裁剪偏移, 采用更大范围的裁切来防止熵�
 def clip_grad(ratio, advantage, high):
     """Objective and ∂objective/∂log π at a given ratio (log π_old = 0)."""
     log_ratio = torch.tensor(math.log(ratio), dtype=f64, requires_grad=True)
-    value = clipped_surrogate(log_ratio, torch.zeros(()), torch.tensor(advantage, dtype=f64), clip_low=EPS_LOW,
-                              clip_high=high)
+    value = clipped_surrogate(log_ratio, torch.zeros(()), torch.tensor(advantage, dtype=f64), clip_coef=EPS_LOW,
+                              clip_coef_high=high)
     (grad,) = torch.autograd.grad(value, log_ratio)
     return float(value.detach()), float(grad)
 
@@ -258,8 +258,8 @@ grid = torch.linspace(0.5, 1.6, 221, dtype=f64)
 for ax, a in zip(axes, (1.0, -1.0)):
     for high, style, label in ((None, "--", "ε = 0.2 both ways (PPO, GRPO)"),
                                (EPS_HIGH, "-", f"ε_low = 0.2, ε_high = {EPS_HIGH} (DAPO)")):
-        ax.plot(grid, clipped_surrogate(grid.log(), torch.zeros_like(grid), torch.full_like(grid, a), clip_low=EPS_LOW,
-                                        clip_high=high), style, label=label)
+        ax.plot(grid, clipped_surrogate(grid.log(), torch.zeros_like(grid), torch.full_like(grid, a), clip_coef=EPS_LOW,
+                                        clip_coef_high=high), style, label=label)
     ax.set_title(f"A {'>' if a > 0 else '<'} 0")
     ax.set_xlabel("ρ = π_θ/π_old")
     ax.legend(fontsize=7)
@@ -364,8 +364,8 @@ grads = []
 for ref in (old + 0.5 * torch.randn(4, T, generator=g, dtype=f64), old - 3.0):  # two very different π_ref
     for beta in (0.0, BETA):
         theta = (old + 0.1).clone().requires_grad_(True)
-        obj = clipped_surrogate(theta, old, adv, clip_low=EPS) - beta * kl_estimate(theta, ref, "k3")
-        (grad,) = torch.autograd.grad(-reduce_loss(obj, mask, mode="seq_mean"), theta)
+        obj = clipped_surrogate(theta, old, adv, clip_coef=EPS) - beta * kl_estimate(theta, ref, "k3")
+        (grad,) = torch.autograd.grad(-reduce_loss(obj, mask, loss_reduction="seq_mean"), theta)
         grads.append(grad)
 print(f"    The loss's gradient with β = 0 under two very different π_ref: max difference "
       f"{float((grads[0] - grads[2]).abs().max()):.1e}.")
@@ -440,11 +440,11 @@ ITERATIONS = 300
 SEEDS = 5 if lesson.long else 1  # --long averages the policies of several runs
 
 
-def train_bandit(mode, scale_by_std, dynamic, clip_high, seed):
+def train_bandit(mode, scale_by_std, dynamic, clip_coef_high, seed):
     g = torch.Generator().manual_seed(seed)
     theta = torch.zeros(4, requires_grad=True)  # logits of the four answers: the first token of the reply
     optimizer = torch.optim.SGD([theta], lr=1.0)
-    config = PPOConfig(clip_coef=0.2, clip_coef_high=clip_high, update_epochs=1, minibatch_size=GROUP * GROUPS,
+    config = PPOConfig(clip_coef=0.2, clip_coef_high=clip_coef_high, update_epochs=1, minibatch_size=GROUP * GROUPS,
                        norm_adv=False, vf_coef=0.0, max_grad_norm=None, loss_reduction=mode,
                        loss_constant=float(BUDGET) if mode == "constant" else None)
 

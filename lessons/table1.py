@@ -30,7 +30,8 @@ from pathlib import Path
 import torch
 
 from core.config import parse_into
-from envs.train import TrainConfig, preset_for, train
+from envs.config import TrainConfig, preset_for
+from envs.train import train
 from envs.vector import make_vector_env
 
 __all__ = ["CARTPOLE", "FLAPPY_CHANGES", "QUIET", "SETTINGS", "Table1Config", "random_policy_return", "run_score",

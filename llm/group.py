@@ -440,7 +440,8 @@ def train(
             batch = build_batch(gen, gb.rewards, logprobs, ref_logprobs, config)
             batch = {key: tensor[:n_rows] for key, tensor in batch.items()}  # whole groups first
             ppo_config = group_ppo_config(own, n_rows, task.max_new_tokens, config.max_grad_norm)
-            stats = ppo_update(evaluate, batch, optimizer, ppo_config, generator=shuffle_gen)
+            stats = ppo_update(evaluate, batch, optimizer, ppo_config, generator=shuffle_gen,
+                               ranks=distributed.ranks())
             record.update({k: v for k, v in stats.items()
                            if k in ("losses/policy_loss", "losses/approx_kl", "losses/clipfrac", "losses/ref_kl")})
             record["losses/entropy"] = float(masked_mean(entropy, gen.reply_mask))

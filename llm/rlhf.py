@@ -466,7 +466,8 @@ def train(
             "mask": mask,
         }
         stats = ppo_update(
-            make_evaluate(policy, value_model), batch, optimizer, ppo_config, generator=shuffle_gen
+            make_evaluate(policy, value_model), batch, optimizer, ppo_config, generator=shuffle_gen,
+            ranks=distributed.ranks(),
         )
         # 5. β from the measured KL: the mean over replies of Σ_t (log π_θ − log π_ref), over every rank's
         record = distributed.mean_over_ranks({

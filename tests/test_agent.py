@@ -14,9 +14,10 @@ import torch
 from core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from core.checks import NonFiniteError
 from envs.checkpoints import CHECKPOINT_KIND, load_agent, load_agent_weights
+from envs.config import TrainConfig, parse_config
 from envs.evaluate import evaluate_policy, summarize, watch
 from envs.networks import ActorCritic
-from envs.train import TrainConfig, parse_config, train
+from envs.train import train
 from envs.vector import check_action_space, make_vector_env
 
 FAST_CARTPOLE = dict(env_id="CartPole-v1", num_envs=8, num_steps=32, minibatch_size=64, update_epochs=10,

@@ -9,6 +9,7 @@ import gymnasium as gym
 import pytest
 import torch
 
+import envs.config
 import envs.evaluate
 import envs.train
 from core.checkpoint import load_checkpoint
@@ -55,7 +56,7 @@ def third_party(tmp_path, monkeypatch):
     sys.modules.pop("proximal_third_party", None)
     for env_id in ("ThirdPartyPole-v0", "KnobsMulti-v0", "KnobsDict-v0"):
         gym.registry.pop(env_id, None)
-    envs.train.env_family.cache_clear()
+    envs.config.env_family.cache_clear()
     envs.vector.env_spaces.cache_clear()
 
 

@@ -90,7 +90,7 @@ def test_bad_flags_are_refused(argv):
 def test_ours_and_sb3_are_checked_at_the_same_step_counts():
     """Ours is checked every 10 updates of the flappy preset, SB3 every FLAPPY_EVAL_EVERY steps: both
     batches must be the same 8 192 steps, or the two runs are judged at different points."""
-    from envs.train import TrainConfig, resolve
+    from envs.config import TrainConfig, resolve
 
     ours = resolve(TrainConfig(out="unused"))
     sb3_batch = bench_train.SB3_FLAPPY_ENVS * bench_train.SB3_FLAPPY["n_steps"]

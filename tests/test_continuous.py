@@ -12,10 +12,11 @@ import torch
 
 from core.checkpoint import load_checkpoint
 from core.metrics import read_metrics
+from envs.config import TrainConfig, env_family
 from envs.evaluate import evaluate_policy
 from envs.networks import ActorCritic, gaussian_entropy, gaussian_log_prob
 from envs.normalize import NormalizedEnv, RunningMeanStd
-from envs.train import TrainConfig, env_family, train
+from envs.train import train
 from envs.vector import AgentEnv, Step
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py

@@ -90,7 +90,8 @@ def _game_worker(rank: int, out: str) -> None:
     batch = {k: v[rank::WORLD] for k, v in _game_batch().items()}  # this rank's half
     optimizer = torch.optim.SGD(net.parameters(), lr=1.0)  # the step is −(the applied gradient)
     before = [p.detach().clone() for p in net.parameters()]
-    stats = ppo_update(_evaluate(net), batch, optimizer, PPOConfig(**GAME_CONFIG), generator=torch.Generator())
+    stats = ppo_update(_evaluate(net), batch, optimizer, PPOConfig(**GAME_CONFIG), generator=torch.Generator(),
+                       ranks=distributed.ranks())
     applied = [b - p.detach() for b, p in zip(before, net.parameters())]
     torch.save({"applied": applied, "stats": stats}, Path(out) / f"game-{rank}.pt")
 

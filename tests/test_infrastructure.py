@@ -16,7 +16,7 @@ from core.config import add_arguments, config_to_dict, field_docs, from_argument
 from core.device import resolve_device, seed_everything
 from core.metrics import METRICS, MetricsWriter, read_metrics
 from core.ppo import PPOConfig
-from core.rollout import RolloutBuffer
+from envs.train import RolloutBuffer
 
 
 def test_checkpoint_round_trip(tmp_path):

@@ -77,7 +77,7 @@ def test_clipped_surrogate_hand_cases(device):
     eps = 0.2
     ratio = torch.tensor([0.5, 1.0, 1.1, 1.5, 0.5, 1.5], device=device)
     adv = torch.tensor([1.0, 2.0, 1.0, 1.0, -1.0, -1.0], device=device)
-    got = clipped_surrogate(ratio.log(), torch.zeros_like(ratio), adv, clip_low=eps)
+    got = clipped_surrogate(ratio.log(), torch.zeros_like(ratio), adv, clip_coef=eps)
     # min(ρA, clip(ρ)A):  0.5·1 vs 0.8·1 → 0.5;  2;  1.1;  1.5 vs 1.2 → 1.2;  −0.5 vs −0.8 → −0.8;  −1.5 vs −1.2 → −1.5
     assert got.tolist() == pytest.approx([0.5, 2.0, 1.1, 1.2, -0.8, -1.5], rel=1e-6)
 
@@ -98,7 +98,7 @@ def test_why_the_min_six_cases(adv, ratio, with_min, clip_alone, device):
     for use_min, expected_nonzero in ((True, with_min), (False, clip_alone)):
         logp = torch.tensor([math.log(ratio)], device=device, requires_grad=True)
         objective = clipped_surrogate(logp, torch.zeros(1, device=device), torch.tensor([adv], device=device),
-                                      clip_low=0.2, use_min=use_min)
+                                      clip_coef=0.2, use_min=use_min)
         (grad,) = torch.autograd.grad(objective.sum(), logp)
         if expected_nonzero:
             assert float(grad) == pytest.approx(adv * ratio)  # d(ρA)/d log π = ρA
@@ -111,7 +111,7 @@ def test_why_the_min_six_cases(adv, ratio, with_min, clip_alone, device):
 @given(log_ratio=st.floats(-3, 3), adv=st.floats(-5, 5), eps=st.floats(0.01, 0.5))
 def test_clipped_surrogate_is_a_lower_bound(log_ratio, adv, eps):
     logp, zero, a = torch.tensor([log_ratio]), torch.zeros(1), torch.tensor([adv])
-    clipped = clipped_surrogate(logp, zero, a, clip_low=eps)
+    clipped = clipped_surrogate(logp, zero, a, clip_coef=eps)
     plain = ratio_surrogate(logp, zero, a)
     assert float(clipped) <= float(plain) + 1e-6
 
@@ -120,7 +120,7 @@ def test_clipped_surrogate_is_a_lower_bound(log_ratio, adv, eps):
 def test_clipped_surrogate_matches_to_first_order_at_ratio_one(device):
     logp = torch.zeros(3, device=device, requires_grad=True)
     adv = torch.tensor([1.0, -2.0, 0.5], device=device)
-    (g_clip,) = torch.autograd.grad(clipped_surrogate(logp, logp.detach(), adv, clip_low=0.2).sum(), logp)
+    (g_clip,) = torch.autograd.grad(clipped_surrogate(logp, logp.detach(), adv, clip_coef=0.2).sum(), logp)
     (g_plain,) = torch.autograd.grad(ratio_surrogate(logp, logp.detach(), adv).sum(), logp)
     torch.testing.assert_close(g_clip, g_plain)
 
@@ -129,7 +129,7 @@ def test_clipped_surrogate_matches_to_first_order_at_ratio_one(device):
 def test_clip_higher_hand_case(device):
     ratio = torch.tensor([1.25, 1.4, 0.7], device=device)
     adv = torch.tensor([1.0, 1.0, -1.0], device=device)
-    got = clipped_surrogate(ratio.log(), torch.zeros(3, device=device), adv, clip_low=0.2, clip_high=0.28)
+    got = clipped_surrogate(ratio.log(), torch.zeros(3, device=device), adv, clip_coef=0.2, clip_coef_high=0.28)
     # 1.25 < 1.28 stays; 1.4 clips to 1.28; 0.7 (A<0) clips to 0.8 and min picks −0.8
     assert got.tolist() == pytest.approx([1.25, 1.28, -0.8], rel=1e-6)
 
@@ -157,7 +157,7 @@ def test_value_loss_hand_case_with_and_without_clipping(device):
     # ½(V − V^targ)²: errors [−0.5, −1.1] → [0.125, 0.605] (the ½ of baselines, CleanRL and TRL)
     assert value_loss(values, returns).tolist() == pytest.approx([0.125, 0.605])
     # clipped: V_old + clip(V − V_old, ±0.2) = [1.2, 0.9] → squared errors [0.64, 1.21]; ½·max per element
-    assert value_loss(values, returns, old, clip_range=0.2).tolist() == pytest.approx([0.32, 0.605])
+    assert value_loss(values, returns, old, vf_clip_coef=0.2).tolist() == pytest.approx([0.32, 0.605])
 
 
 @formula("CL-4")
@@ -230,7 +230,7 @@ def test_reductions_equal_plain_loops(mode, device):
     x = torch.randn(4, 7, generator=g).to(device)
     lengths = [7, 2, 5, 1]
     mask = torch.tensor([[1] * n + [0] * (7 - n) for n in lengths], device=device)
-    got = reduce_loss(x, mask, mode=mode, constant=10.0)
+    got = reduce_loss(x, mask, loss_reduction=mode, loss_constant=10.0)
     assert float(got) == pytest.approx(loop_reduce(x.cpu(), mask.cpu(), mode, 10.0), rel=1e-5)
 
 
@@ -242,7 +242,7 @@ def test_length_bias_per_token_weight(device):
     weights = {}
     for mode in ("seq_mean", "token_mean", "constant"):
         x = torch.zeros(2, 8, device=device, requires_grad=True)
-        (grad,) = torch.autograd.grad(reduce_loss(x, mask, mode=mode, constant=8.0), x)
+        (grad,) = torch.autograd.grad(reduce_loss(x, mask, loss_reduction=mode, loss_constant=8.0), x)
         weights[mode] = (float(grad[0, 0]), float(grad[1, 0]))
     assert weights["seq_mean"] == pytest.approx((1 / (2 * 2), 1 / (2 * 8)))  # long reply: 4× smaller per token
     assert weights["token_mean"] == pytest.approx((1 / 10, 1 / 10))
@@ -292,7 +292,7 @@ def test_clip_fraction_and_explained_variance(device):
     old = torch.zeros(4, device=device)
     new = torch.log(torch.tensor([1.0, 1.1, 1.3, 0.7], device=device))
     assert float(clip_fraction(new, old, 0.2)) == pytest.approx(0.5)  # 1.3 and 0.7 lie outside [0.8, 1.2]
-    assert float(clip_fraction(new, old, 0.2, clip_high=0.35)) == pytest.approx(0.25)  # only 0.7 now
+    assert float(clip_fraction(new, old, 0.2, clip_coef_high=0.35)) == pytest.approx(0.25)  # only 0.7 now
     targets = torch.tensor([1.0, 2.0, 3.0, 4.0], device=device)
     assert float(explained_variance(targets, targets)) == pytest.approx(1.0)
     assert float(explained_variance(torch.zeros(4, device=device) + 2.5, targets)) == pytest.approx(0.0, abs=1e-6)
@@ -303,14 +303,14 @@ def test_clip_fraction_and_explained_variance(device):
 
 def test_bad_arguments(device):
     x = torch.zeros(3, device=device)
-    with pytest.raises(ValueError, match="clip_low"):
-        clipped_surrogate(x, x, x, clip_low=0.0)
+    with pytest.raises(ValueError, match="clip_coef"):
+        clipped_surrogate(x, x, x, clip_coef=0.0)
     with pytest.raises(ValueError, match="shape mismatch: advantages"):
-        clipped_surrogate(x, x, torch.zeros(4, device=device), clip_low=0.2)
+        clipped_surrogate(x, x, torch.zeros(4, device=device), clip_coef=0.2)
     with pytest.raises(ValueError, match="loss reduction mode"):
-        reduce_loss(x, mode="sum")
+        reduce_loss(x, loss_reduction="sum")
     with pytest.raises(ValueError, match="positive constant"):
-        reduce_loss(torch.zeros(2, 3, device=device), mode="constant")
+        reduce_loss(torch.zeros(2, 3, device=device), loss_reduction="constant")
 
 
 @formula("DA-3")
@@ -324,9 +324,9 @@ def test_token_mean_over_the_batch_adds_up_across_minibatches(device):
     whole = loop_reduce(x.cpu(), mask.cpu(), "token_mean")
     n_tokens = float(mask.sum()) / 2
     halves = [(x[:2], mask[:2]), (x[2:], mask[2:])]
-    batch_level = sum(float(reduce_loss(a, m, mode="token_mean", n_tokens=n_tokens)) for a, m in halves) / 2
-    per_minibatch = sum(float(reduce_loss(a, m, mode="minibatch_token_mean")) for a, m in halves) / 2
+    batch_level = sum(float(reduce_loss(a, m, loss_reduction="token_mean", n_tokens=n_tokens)) for a, m in halves) / 2
+    per_minibatch = sum(float(reduce_loss(a, m, loss_reduction="minibatch_token_mean")) for a, m in halves) / 2
     assert batch_level == pytest.approx(whole, rel=1e-5)
     assert abs(per_minibatch - whole) > 0.05
     with pytest.raises(ValueError, match="n_tokens must be > 0"):
-        reduce_loss(x, mask, mode="token_mean", n_tokens=0.0)
+        reduce_loss(x, mask, loss_reduction="token_mean", n_tokens=0.0)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from core.advantages import gae
 from core.checks import NonFiniteError
 from core.kl import AdaptiveKLController
-from core.ppo import Evaluation, PPOConfig, ppo_update
+from core.ppo import Evaluation, PPOConfig, ppo_loss, ppo_update
 
 formula = pytest.mark.formula
 
@@ -424,6 +424,72 @@ def test_ppo_update_step_is_the_gradient_of_the_hand_loss(case):
         assert stats["charts/kl_coef"] == beta  # the β this update used
         expected_beta = 2 * beta if d > 1.5 * 0.01 else beta / 2 if d < 0.01 / 1.5 else beta
         assert controller.beta == pytest.approx(expected_beta)
+
+
+@formula("CL-4")
+@formula("TR-2")
+@pytest.mark.parametrize("case", list(CL4_CONFIGS))
+def test_ppo_loss_of_one_minibatch_is_the_hand_loss(case):
+    """`ppo_loss` alone, no optimiser: its loss equals the CL-4 loss written out by hand (each
+    objective, the penalty with its β, the KL to a reference), with its gradient; its terms
+    are the hand policy loss and approx_kl."""
+    batch = cl4_batch()
+    config = PPOConfig(minibatch_size=24, vf_coef=0.7, ent_coef=0.05, clip_coef=0.2, vf_clip_coef=0.1,
+                       **CL4_CONFIGS[case])
+    model = LinearActorCritic()
+    beta = 0.8 if "kl_penalty" in case else 0.0
+    loss, terms = ppo_loss(model.evaluate(batch), batch, config, beta=beta)
+    W0, v0 = model.W.detach().clone().requires_grad_(True), model.v.detach().clone().requires_grad_(True)
+    want = hand_ppo_loss(W0, v0, batch, config, beta=beta)
+    torch.testing.assert_close(loss, want, rtol=1e-7, atol=1e-9)  # masked_whiten's ε = 1e-8 aside
+    got_grads = torch.autograd.grad(loss, (model.W, model.v))
+    for got, expected in zip(got_grads, torch.autograd.grad(want, (W0, v0))):
+        torch.testing.assert_close(got, expected, rtol=1e-7, atol=1e-9)
+    no_value = PPOConfig(**{**config.__dict__, "vf_coef": 0.0, "ent_coef": 0.0, "ref_kl_coef": 0.0})
+    policy_only = hand_ppo_loss(W0, v0, batch, no_value, beta=beta)
+    torch.testing.assert_close(terms["policy_loss"], policy_only.detach(), rtol=1e-7, atol=1e-9)
+    log_ratio = hand_policy(W0, v0, batch["obs"], batch["actions"])[0].detach() - batch["logprobs"]
+    torch.testing.assert_close(terms["approx_kl"], (log_ratio.exp() - 1 - log_ratio).mean())
+    assert all(not t.requires_grad for t in terms.values())
+
+
+class ScaledRanks:
+    """A stand-in for the ranks of a torchrun group: 'averaging' scales every gradient by `scale`,
+    and `mean` marks the stats it was given, so the test sees where ppo_update used each."""
+
+    def __init__(self, scale):
+        self.scale, self.calls = scale, 0
+
+    def average_gradients(self, params):
+        self.calls += 1
+        for p in params:
+            p.grad.mul_(self.scale)
+
+    def mean(self, stats):
+        return {**stats, "ranks/seen": 1.0} if "losses/policy_loss" in stats else stats
+
+
+def test_ppo_update_averages_gradients_through_ranks_before_the_clip():
+    """`ranks.average_gradients` runs once per minibatch between backward and the grad-norm clip
+    (a scale of 0.5 halves the SGD step; the clip sees the scaled gradient), and the returned
+    metrics are `ranks.mean` of them. Ignoring `ranks` leaves the step whole and fails."""
+    batch = cl4_batch()
+    config = PPOConfig(minibatch_size=12, update_epochs=1, max_grad_norm=None, vf_coef=0.7, clip_coef=0.2)
+    whole, halved = LinearActorCritic(), LinearActorCritic()
+    W0 = whole.W.detach().clone()
+    ppo_update(whole.evaluate, batch, torch.optim.SGD(whole.parameters(), lr=0.1), config,
+               generator=torch.Generator().manual_seed(0))
+    ranks = ScaledRanks(0.5)
+    stats = ppo_update(halved.evaluate, batch, torch.optim.SGD(halved.parameters(), lr=0.1), config,
+                       generator=torch.Generator().manual_seed(0), ranks=ranks)
+    assert ranks.calls == 2 and stats["ranks/seen"] == 1.0
+    first_step = halved.W.detach() - W0
+    assert 0.3 < float(first_step.norm() / (whole.W.detach() - W0).norm()) < 0.7  # about half the step
+    clipped = LinearActorCritic()
+    ppo_update(clipped.evaluate, batch, torch.optim.SGD(clipped.parameters(), lr=0.1),
+               PPOConfig(**{**config.__dict__, "max_grad_norm": 1e-3}), generator=torch.Generator().manual_seed(0),
+               ranks=ScaledRanks(0.0))
+    torch.testing.assert_close(clipped.W.detach(), W0)  # averaged to zero before the clip: no step at all
 
 
 @formula("CL-4")

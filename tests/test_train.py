@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+import envs.run_support
 import envs.train
 from core.config import config_to_dict
 from core.metrics import read_metrics
+from envs.config import PRESET_NOTES, PRESETS, TrainConfig, parse_config, resolve
 from envs.networks import ActorCritic
-from envs.train import PRESET_NOTES, PRESETS, TrainConfig, main, parse_config, resolve, train
+from envs.train import main, train
 
 # ---- the bootstrap: V(final obs) at a truncation, nothing at a termination -------------------
 
@@ -115,7 +117,7 @@ def test_the_loop_bootstraps_from_the_final_observation_at_truncation_only(tmp_p
         return {}
 
     monkeypatch.setattr(envs.train, "ppo_update", capture)
-    monkeypatch.setattr(envs.train, "build_agent", lambda config, obs_shape, n_actions: KnownCritic(obs_shape, 2))
+    monkeypatch.setattr(envs.run_support, "build_agent", lambda config, obs_shape, n_actions: KnownCritic(obs_shape, 2))
     config = TrainConfig(env_id=SCHEDULE_ID, num_envs=num_envs, num_steps=num_steps, minibatch_size=8,
                          total_steps=num_envs * num_steps, gamma=gamma, gae_lambda=lam, seed=1, device="cpu",
                          progress=False, plot_every_seconds=1e9, out=str(tmp_path))
