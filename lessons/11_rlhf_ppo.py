@@ -55,8 +55,8 @@ from core.losses import explained_variance
 from core.ppo import PPOConfig, ppo_update
 from lessons._common import Lesson, plt, say, table
 from llm.config import PipelineConfig, resolve
-from llm.model import disable_dropout
-from llm.reward_model import train as train_reward_model
+from llm.gpt import disable_dropout
+from llm.reward_model import train_reward_model
 from llm.rlhf import (
     collect_rollout,
     evaluate_policy,
@@ -64,12 +64,10 @@ from llm.rlhf import (
     make_evaluate,
     per_token_rewards,
     reward_model_scorer,
-)
-from llm.rlhf import (
-    train as train_ppo,
+    train_ppo,
 )
 from llm.rollout import reply_logprobs, reply_values
-from llm.sft import train as train_sft
+from llm.sft import train_sft
 from llm.tasks import get_task
 from llm.tokenizer import CharTokenizer
 

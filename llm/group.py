@@ -104,8 +104,8 @@ from core.advantages import group_advantages, informative_groups, overlong_penal
 from core.losses import masked_mean
 from core.ppo import PPOConfig, ppo_update
 from llm.config import GROUP_ALGOS, GroupArgs, PolicyArgs, resolve, tag_suffix
-from llm.model import GPT, disable_dropout
-from llm.models import context_length, copy_model
+from llm.gpt import GPT, disable_dropout
+from llm.model_interface import context_length, copy_model
 from llm.plots import plot_group
 from llm.rlhf import evaluate_policy, make_evaluate
 from llm.rollout import Generation, decode_replies, encode_prompts, generate, reply_logprobs
@@ -121,7 +121,7 @@ __all__ = [
     "group_ppo_config",
     "build_reference",
     "heldout_accuracy",
-    "train",
+    "train_group",
 ]
 
 
@@ -310,10 +310,10 @@ def group_ppo_config(config: GroupArgs, n_rows: int, max_new_tokens: int, max_gr
     )
 
 
-def build_reference(sft: GPT, kl_coef: float) -> GPT | None:
+def build_reference(sft: GPT, ref_kl_coef: float) -> GPT | None:
     """The frozen π_ref (a copy of the SFT model) when β > 0; None when β = 0 (DR-2): no model is
     built and no reference forward pass ever runs."""
-    if kl_coef == 0:
+    if ref_kl_coef == 0:
         return None
     return disable_dropout(copy_model(sft)).requires_grad_(False).eval()
 
@@ -358,7 +358,7 @@ def _describe(config, max_new_tokens: int) -> str:
     )
 
 
-def train(
+def train_group(
     config: GroupArgs,
     task: Task,
     tok: CharTokenizer,
@@ -374,7 +374,7 @@ def train(
     here (`llm.config.resolve`). With `out`, the plot `<algo>[-TAG].png` is written there;
     `log(step, record)` receives the metrics every iteration.
 
-    Returns (models, summary), the shape of every stage's `train`: `models` = {"policy": π_θ}
+    Returns (models, summary), the shape of every stage function: `models` = {"policy": π_θ}
     (what `<algo>.pt` holds); `summary` holds the held-out accuracy SFT → final, gold reward,
     reply lengths, dropped share, the final KL, the resolved settings, "seconds" and "history".
     """

@@ -91,8 +91,8 @@ from core.checks import check_finite
 from core.losses import sequence_logprobs
 from core.preference import dpo_loss, ipo_loss, kto_loss, kto_reference_point
 from llm.config import PREFERENCE_ALGOS, PreferenceArgs, resolve, tag_suffix
-from llm.model import GPT, disable_dropout
-from llm.models import context_length, copy_model
+from llm.gpt import GPT, disable_dropout
+from llm.model_interface import context_length, copy_model
 from llm.plots import PREFERENCE_PANELS, plot_rlhf
 from llm.rlhf import evaluate_policy
 from llm.rollout import Generation, pad_sequences, reply_logprobs, token_logprobs
@@ -107,7 +107,7 @@ __all__ = [
     "kl_scorer",
     "evaluate",
     "held_out_accuracy",
-    "train",
+    "train_preference",
 ]
 
 
@@ -211,7 +211,7 @@ def held_out_accuracy(
     }
 
 
-def train(
+def train_preference(
     config: PreferenceArgs,
     task: Task,
     tok: CharTokenizer,
@@ -233,7 +233,7 @@ def train(
     every `pref_eval_every` steps; `step` counts the optimiser updates done. With `out`, the
     plot `<algo>[-tag].png` is written there (a tagged call never overwrites an untagged one).
 
-    Returns (models, summary), the shape of every stage's `train`: `models` = {"policy": π_θ}
+    Returns (models, summary), the shape of every stage function: `models` = {"policy": π_θ}
     (what `<algo>.pt` holds); `summary` = {"gold_reward", "kl", "preference": the held-out
     implicit-reward accuracy and the method's settings, "seconds": wall-clock of the whole call,
     "history": every logged record}.

@@ -29,8 +29,8 @@ from core import distributed
 from core.checks import check_finite
 from core.losses import bradley_terry_loss
 from llm.config import RMArgs
-from llm.model import GPT
-from llm.models import HFModel, context_length, hf_scalar_model_from
+from llm.gpt import GPT
+from llm.model_interface import HFModel, context_length, hf_scalar_model_from
 from llm.rollout import last_token_scores, pad_sequences
 from llm.sft import lr_at
 from llm.tasks import PreferencePair, Task, preference_pairs
@@ -40,7 +40,7 @@ __all__ = [
     "scalar_model_from",
     "score_replies",
     "pair_scores",
-    "train",
+    "train_reward_model",
     "evaluate_reward_model",
 ]
 
@@ -51,7 +51,7 @@ def scalar_model_from(lm: GPT, head_weights: GPT | None = None) -> GPT:
     The new head starts at zero, so every score starts at 0 and the first steps of training
     move the head before they move the body. With `head_weights` (a scalar model) the head is
     copied from it too: that is how the value model starts as the reward model (RM-5).
-    A wrapped model (`llm.models.HFModel`) gets the same: its body and a zero `Linear(hidden, 1)`.
+    A wrapped model (`llm.model_interface.HFModel`) gets the same: its body and a zero `Linear(hidden, 1)`.
     """
     if isinstance(lm, HFModel):
         return hf_scalar_model_from(lm, head_weights)
@@ -128,7 +128,7 @@ def evaluate_reward_model(
     }
 
 
-def train(
+def train_reward_model(
     config: RMArgs,
     task: Task,
     tok: CharTokenizer,

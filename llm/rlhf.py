@@ -53,8 +53,8 @@ from core.kl import KLEstimator, kl_estimate, make_kl_controller
 from core.losses import masked_whiten
 from core.ppo import Evaluation, PPOConfig, ppo_update
 from llm.config import PPOArgs, resolve, tag_suffix
-from llm.model import GPT, disable_dropout
-from llm.models import context_length, copy_model
+from llm.gpt import GPT, disable_dropout
+from llm.model_interface import context_length, copy_model
 from llm.plots import plot_rlhf, read_ppo_history
 from llm.reward_model import scalar_model_from, score_replies
 from llm.rollout import (
@@ -77,7 +77,7 @@ __all__ = [
     "collect_rollout",
     "make_evaluate",
     "evaluate_policy",
-    "train",
+    "train_ppo",
     "write_report",
 ]
 
@@ -345,7 +345,7 @@ def evaluate_policy(
     }
 
 
-def train(
+def train_ppo(
     config: PPOArgs,
     task: Task,
     tok: CharTokenizer,
@@ -364,7 +364,7 @@ def train(
     plot `ppo[-TAG].png` and the report `report[-TAG].md` are written there (a tagged run's plot
     also shows the untagged run of `out/metrics.jsonl`).
 
-    Returns (models, summary), the shape of every stage's `train`: `models` = {"policy": π_θ,
+    Returns (models, summary), the shape of every stage function: `models` = {"policy": π_θ,
     "value": V_ψ} (what `ppo.pt` holds); `summary` = {"gold_reward": {"sft", "final", "best"},
     "score": {"sft", "final"}, "gap_closed", "kl": {"final": mean rlhf/ref_kl of the last 10
     iterations, "target"}, "kl_in_band_after_first_quarter", "final_ref_kl_coef", "reward_hacking"

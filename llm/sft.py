@@ -27,13 +27,13 @@ from tqdm import tqdm
 from core import distributed
 from core.checks import check_finite
 from llm.config import SFTArgs, resolve
-from llm.model import GPT
-from llm.models import build_model, context_length
+from llm.gpt import GPT
+from llm.model_interface import build_model, context_length
 from llm.rollout import pad_sequences
 from llm.tasks import Task, sft_examples
 from llm.tokenizer import CharTokenizer
 
-__all__ = ["sft_loss", "train", "lr_at"]
+__all__ = ["sft_loss", "train_sft", "lr_at"]
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int = 20, floor: float = 0.1) -> float:
@@ -58,7 +58,7 @@ def sft_loss(model: GPT, ids: torch.Tensor, reply_mask: torch.Tensor) -> torch.T
     return (nll * weights.reshape(-1)).sum() / weights.sum().clamp(min=1.0)
 
 
-def train(
+def train_sft(
     config: SFTArgs,
     task: Task,
     tok: CharTokenizer,
@@ -69,7 +69,7 @@ def train(
 ) -> tuple[dict[str, GPT], dict]:
     """Train a fresh model on `config.sft_examples` demonstrations.
 
-    Returns (models, summary), the shape of every stage's `train`: `models` = {"model": the SFT
+    Returns (models, summary), the shape of every stage function: `models` = {"model": the SFT
     model} (what `sft.pt` holds), `summary` = {"final_loss": the smoothed training loss,
     "params", "seconds", "history": the logged records}. `log(step, {"sft/loss": …})` receives
     the training loss every 10 steps. `out` is unused (SFT writes no figure); it is there so

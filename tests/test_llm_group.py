@@ -17,7 +17,7 @@ from core.ppo import Evaluation, ppo_update
 from llm import group
 from llm.checkpoints import load_stage
 from llm.config import PRESETS, PipelineConfig, model_config, resolve
-from llm.model import GPT
+from llm.gpt import GPT
 from llm.pipeline import main as pipeline_main
 from llm.rollout import Generation, reply_logprobs
 from llm.sample import main as sample_main
@@ -84,7 +84,7 @@ def test_zero_kl_coefficient_builds_no_reference_model(algo, beta, models_built,
 
     monkeypatch.setattr(GPT, "__init__", counting_init)
     monkeypatch.setattr(sft, "forward", counting_forward)
-    _, stats = group.train(config, task, tok, sft, torch.device("cpu"), tmp_path, progress=False)
+    _, stats = group.train_group(config, task, tok, sft, torch.device("cpu"), tmp_path, progress=False)
     # the policy is a copy of the SFT model; a reference is a second copy, built only when β > 0,
     # and the SFT model itself never runs (it cannot stand in for a reference unnoticed)
     assert len(built) == models_built
@@ -278,7 +278,7 @@ def test_a_short_run_raises_the_training_reward(algo, tiny_sft, tok, task, tmp_p
     config = tiny_config(algo, group_iterations=20, group_prompts=8, group_size=8, minibatch_size=32,
                          group_lr=3e-3, group_warmup=0, group_eval_every=100)
     sft = load_stage(tiny_sft / "sft.pt", tok)[0]["model"]
-    _, stats = group.train(config, task, tok, sft, torch.device("cpu"), tmp_path, progress=False)
+    _, stats = group.train_group(config, task, tok, sft, torch.device("cpu"), tmp_path, progress=False)
     rewards = [r["group/train_reward"] for r in stats["history"] if "group/train_reward" in r]
     assert sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3 + 0.3, rewards
 
@@ -355,7 +355,7 @@ def test_a_per_method_default_that_conflicts_is_refused_when_resolved(capsys):
     grpo = tiny_config("grpo", clip_coef=0.3)
     assert grpo.clip_coef_high is None and group.group_ppo_config(grpo, 8, 6).clip_coef_high is None
     with pytest.raises(ValueError, match="for llm.group"):
-        group.train(resolve(PipelineConfig(task="arithmetic", algo="ppo")), None, None, None, None)
+        group.train_group(resolve(PipelineConfig(task="arithmetic", algo="ppo")), None, None, None, None)
 
 
 def test_per_method_defaults(task):

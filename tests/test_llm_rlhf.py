@@ -13,7 +13,7 @@ from core.losses import bradley_terry_loss
 from llm import reward_model, rlhf
 from llm import sft as sft_stage
 from llm.config import PipelineConfig, model_config, resolve
-from llm.model import GPT
+from llm.gpt import GPT
 from llm.reward_model import pair_scores, scalar_model_from
 from llm.rlhf import (
     collect_rollout,
@@ -221,8 +221,8 @@ def test_value_model_starts_as_the_reward_model_and_trains_separately():
 def tiny_sft_and_rm():
     config = tiny_config()
     task = get_task("reviews")
-    sft = sft_stage.train(config, task, TOK, CPU, progress=False)[0]["model"]
-    models, stats = reward_model.train(config, task, TOK, sft, CPU, progress=False)
+    sft = sft_stage.train_sft(config, task, TOK, CPU, progress=False)[0]["model"]
+    models, stats = reward_model.train_reward_model(config, task, TOK, sft, CPU, progress=False)
     rm = models["reward_model"]
     return config, task, sft, rm, stats
 
@@ -275,7 +275,8 @@ def test_short_ppo_rlhf_run_raises_the_gold_reward(tiny_sft_and_rm):
     score_fn = reward_model_scorer(rm)
     before = evaluate_policy(sft, task, TOK, 128, seed=1, device=CPU, score_fn=score_fn)
     # the stage's own before/after evaluation on a few prompts; this test's is independent of it
-    models, stats = rlhf.train(dataclasses.replace(config, eval_prompts=16), task, TOK, sft, rm, CPU, progress=False)
+    models, stats = rlhf.train_ppo(dataclasses.replace(config, eval_prompts=16), task, TOK, sft, rm, CPU,
+                                   progress=False)
     policy = models["policy"]
     after = evaluate_policy(policy, task, TOK, 128, seed=1, device=CPU, score_fn=score_fn)
     assert after["score"] > before["score"] + 0.3, (before["score"], after["score"])
