@@ -11,7 +11,10 @@ Names. A field means one idea, under the name README's glossary gives it, wherev
   DPO's and KTO's implicit reward), `eval_prompts`, `tag`;
 - shared by the two methods that sample and update with `core.ppo.ppo_update` (`RLArgs`: PPO-RLHF
   and the group methods) under `core.ppo.PPOConfig`'s names: `update_epochs`, `minibatch_size`,
-  `clip_coef`, `clip_coef_high`, `max_grad_norm`, and `ref_kl_estimator`;
+  `clip_coef`, `clip_coef_high`, `max_grad_norm`, and `ref_kl_estimator`; `ppo_config(config)`
+  turns them (with PPO-RLHF's `vf_*` and `ent_coef`, the group methods' `loss_reduction` and
+  `ref_kl_coef`) into the `PPOConfig`, and a field PPOConfig also has takes PPOConfig's default
+  unless the method's own differs (`vf_clip_coef`, `vf_coef`, `max_grad_norm`);
 - PPO-RLHF's β schedule: `ref_kl_controller`, `ref_kl_controller_target`,
   `ref_kl_controller_horizon`, `ref_kl_coef_bound`, `ref_kl_warmup`, `ref_kl_update_every` (`ref_kl_`, because the
   KL they steer is the KL to π_ref, not the KL to π_old that `core.ppo`'s `kl_*` fields and its
@@ -46,6 +49,7 @@ from core.config import check_choices
 from core.kl import KLControllerKind, KLEstimator
 from core.losses import LossReduction
 from core.metrics import Tracker
+from core.ppo import PPOConfig
 from llm.gpt import GPTConfig
 from llm.tasks import get_task
 from llm.tokenizer import CharTokenizer
@@ -71,6 +75,7 @@ __all__ = [
     "PRESETS",
     "resolve",
     "model_config",
+    "ppo_config",
 ]
 
 TaskName = Literal["reviews", "arithmetic"]
@@ -210,7 +215,7 @@ class RLArgs(PolicyArgs):
     minibatch_size: int | None = None
     """Replies per minibatch. None: the preset's value (PPO 32, the group methods 128: several
     minibatches per batch make the later ones off-policy, where the clip matters)."""
-    clip_coef: float = 0.2
+    clip_coef: float = PPOConfig.clip_coef
     """ε (ε_low with clip_coef_high): the ratio is clipped to [1 − ε, 1 + ε] (CL-1)."""
     clip_coef_high: float | None = None
     """ε_high: the ratio is clipped above at 1 + ε_high, ≥ clip_coef (DA-1's clip-higher).
@@ -250,7 +255,7 @@ class PPOArgs(RLArgs):
     vf_coef: float = 1.0
     """c₁: weight of the value loss ½(V − V^targ)² (1.0: the weight these runs were tuned with before the ½
     joined the loss; TRL's default is 0.1 with the same ½)."""
-    ent_coef: float = 0.0
+    ent_coef: float = PPOConfig.ent_coef
     """c₂: weight of the entropy bonus (RLHF usually relies on the KL term instead)."""
     gamma: float = 1.0
     """γ over tokens: 1, a reply is a short episode and only its end is scored."""
@@ -516,3 +521,29 @@ def model_config(config: ModelArgs, tok: CharTokenizer) -> GPTConfig:
         n_embd=config.n_embd,
         dropout=config.dropout,
     )
+
+
+def ppo_config(config: RLArgs, **sizes) -> PPOConfig:
+    """The `core.ppo.PPOConfig` of PPO-RLHF or a group method (`config.algo`): the one translation.
+
+    As `envs.train` builds the game's: every field of the method's settings class
+    (`STAGE_ARGS[config.algo]`: `PPOArgs` or `GroupArgs`) that PPOConfig has under the same name is
+    passed under it, PPOConfig's defaults fill the rest, and the method's fixed choices follow:
+    - PPO-RLHF: its β (`ref_kl_coef`) and KL estimator shape the reward (RM-3), so PPOConfig's
+      in-loss KL stays off; each minibatch is reduced over its own tokens, as TRL
+      ('minibatch_token_mean'); advantages normalised per minibatch, value loss clipped (the defaults).
+    - the group methods: no advantage normalisation (the group did it, GR-1), no critic (no value
+      loss); the in-loss KL β·k (GR-2) and the reduction are the method's, with C = the task's reply
+      budget in tokens for 'constant' (DR-1).
+    `sizes` (`minibatch_size`, `batch_size`, `max_grad_norm`) override: this rank's share under
+    torchrun, a minibatch no larger than the batch.
+    """
+    names = {f.name for f in dataclasses.fields(STAGE_ARGS[config.algo])} & {
+        f.name for f in dataclasses.fields(PPOConfig)}
+    if config.algo == "ppo":
+        names -= {"ref_kl_coef", "ref_kl_estimator"}
+        choices = dict(loss_reduction="minibatch_token_mean")
+    else:
+        constant = float(get_task(config.task).max_new_tokens) if config.loss_reduction == "constant" else None
+        choices = dict(norm_adv=False, clip_vloss=False, vf_coef=0.0, loss_constant=constant)
+    return PPOConfig(**{**{name: getattr(config, name) for name in names}, **choices, **sizes})

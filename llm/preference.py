@@ -93,10 +93,10 @@ from core.preference import dpo_loss, ipo_loss, kto_loss, kto_reference_point
 from llm.config import PREFERENCE_ALGOS, PreferenceArgs, resolve, tag_suffix
 from llm.gpt import GPT, disable_dropout
 from llm.model_interface import context_length, copy_model
+from llm.optim import adamw, lr_at
 from llm.plots import PREFERENCE_PANELS, plot_rlhf
 from llm.rlhf import evaluate_policy
 from llm.rollout import Generation, pad_sequences, reply_logprobs, token_logprobs
-from llm.sft import lr_at
 from llm.tasks import PreferencePair, Task, preference_pairs
 from llm.tokenizer import CharTokenizer
 
@@ -305,7 +305,7 @@ def train_preference(
         file=sys.stderr,
     )
 
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=config.pref_lr, weight_decay=0.0, betas=(0.9, 0.95))
+    optimizer = adamw(policy.parameters(), config.pref_lr, eps=1e-8)
     history: list[dict] = []
     eval_seconds = 0.0
 

@@ -31,8 +31,8 @@ from core.losses import bradley_terry_loss
 from llm.config import RMArgs
 from llm.gpt import GPT
 from llm.model_interface import HFModel, context_length, hf_scalar_model_from
+from llm.optim import adamw, lr_at
 from llm.rollout import last_token_scores, pad_sequences
-from llm.sft import lr_at
 from llm.tasks import PreferencePair, Task, preference_pairs
 from llm.tokenizer import CharTokenizer
 
@@ -162,9 +162,7 @@ def train_reward_model(
     rng = random.Random(config.seed + 3)
     rank, world = distributed.rank(), distributed.world_size()
     distributed.share(config.rm_batch_size, "rm_batch_size")
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.rm_lr, weight_decay=0.01, betas=(0.9, 0.95)
-    )
+    optimizer = adamw(model.parameters(), config.rm_lr, weight_decay=0.01, eps=1e-8)
     start = time.perf_counter()
     history = []
     bar = tqdm(range(config.rm_steps), desc="reward model", disable=not progress, leave=False)

@@ -15,7 +15,6 @@ clip, so the run sees the batches one process would (each rank's loss is its sha
 
 from __future__ import annotations
 
-import math
 import random
 import sys
 import time
@@ -29,19 +28,12 @@ from core.checks import check_finite
 from llm.config import SFTArgs, resolve
 from llm.gpt import GPT
 from llm.model_interface import build_model, context_length
+from llm.optim import adamw, lr_at
 from llm.rollout import pad_sequences
 from llm.tasks import Task, sft_examples
 from llm.tokenizer import CharTokenizer
 
-__all__ = ["sft_loss", "train_sft", "lr_at"]
-
-
-def lr_at(step: int, total: int, peak: float, warmup: int = 20, floor: float = 0.1) -> float:
-    """Linear warm-up to `peak`, then cosine decay to `floor`·peak at `total`."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+__all__ = ["sft_loss", "train_sft"]
 
 
 def sft_loss(model: GPT, ids: torch.Tensor, reply_mask: torch.Tensor) -> torch.Tensor:
@@ -83,9 +75,7 @@ def train_sft(
     distributed.share(config.sft_batch_size, "sft_batch_size")
     data = sft_examples(task, config.sft_examples, seed=config.seed)
     rng = random.Random(config.seed + 1)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.sft_lr, weight_decay=0.01, betas=(0.9, 0.95)
-    )
+    optimizer = adamw(model.parameters(), config.sft_lr, weight_decay=0.01, eps=1e-8)
     model.train()
     start = time.perf_counter()
     bar = tqdm(range(config.sft_steps), desc="sft", disable=not progress, leave=False)
