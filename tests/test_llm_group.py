@@ -16,7 +16,7 @@ from core.metrics import read_metrics
 from core.ppo import Evaluation, ppo_update
 from llm import group
 from llm.checkpoints import load_stage
-from llm.config import PRESETS, PipelineConfig, model_config, resolve
+from llm.config import PRESETS, PipelineConfig, model_config, ppo_config, resolve
 from llm.gpt import GPT
 from llm.pipeline import main as pipeline_main
 from llm.rollout import Generation, reply_logprobs
@@ -246,10 +246,10 @@ def test_each_methods_loss_equals_a_loop_over_replies_and_tokens(algo, mask_trun
     batch = group.build_batch(gen, rewards, old, ref if config.ref_kl_coef > 0 else None, config)
     batch["rows"] = torch.arange(6)
     # one minibatch of all six replies (8 > 6 rows), one epoch: the loss is computed once; no grad clip
-    ppo_config = group.group_ppo_config(config, n_rows=6, max_new_tokens=task.max_new_tokens, max_grad_norm=1e9)
-    assert ppo_config.minibatch_size == 6 and ppo_config.update_epochs == 1
+    ppo = ppo_config(config, minibatch_size=6, max_grad_norm=1e9)
+    assert ppo.minibatch_size == 6 and ppo.update_epochs == 1
     optimizer = torch.optim.SGD([new], lr=0.0)
-    stats = ppo_update(evaluate, batch, optimizer, ppo_config)
+    stats = ppo_update(evaluate, batch, optimizer, ppo)
 
     expected = -loop_objective(new, old, ref, rewards, lengths, gen.ended.tolist(), config, task.max_new_tokens)
     loss = stats["losses/policy_loss"] + config.ref_kl_coef * stats.get("losses/ref_kl", 0.0)
@@ -353,7 +353,7 @@ def test_a_per_method_default_that_conflicts_is_refused_when_resolved(capsys):
     assert stop.value.code == 2 and "clip_coef_high (ε_high = 0.28)" in capsys.readouterr().err
     # a symmetric method follows a larger ε (core.ppo: no clip_coef_high is a symmetric clip)
     grpo = tiny_config("grpo", clip_coef=0.3)
-    assert grpo.clip_coef_high is None and group.group_ppo_config(grpo, 8, 6).clip_coef_high is None
+    assert grpo.clip_coef_high is None and ppo_config(grpo, minibatch_size=8).clip_coef_high is None
     with pytest.raises(ValueError, match="for llm.group"):
         group.train_group(resolve(PipelineConfig(task="arithmetic", algo="ppo")), None, None, None, None)
 
