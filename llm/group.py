@@ -106,7 +106,7 @@ from core.ppo import ppo_update
 from llm.config import GROUP_ALGOS, GroupArgs, PolicyArgs, ppo_config, resolve, tag_suffix
 from llm.gpt import GPT, disable_dropout
 from llm.model_interface import context_length, copy_model
-from llm.optim import adamw
+from llm.optim import adamw, set_lr
 from llm.plots import plot_group
 from llm.rlhf import evaluate_policy, make_evaluate, record_iteration
 from llm.rollout import Generation, decode_replies, encode_prompts, generate, reply_logprobs
@@ -376,7 +376,9 @@ def train_group(
     totals = {"groups": 0, "kept_groups": 0, "uniform_groups": 0, "rounds": 0}
     bar = tqdm(range(config.group_iterations), desc=config.algo, disable=not progress, leave=False)
     for it in bar:
-        _warm_up(optimizer, config, it)
+        # a short linear learning-rate warm-up: Adam's first steps move every weight by about lr whatever
+        # the size of its gradient, before its second-moment estimate has seen any noise
+        set_lr(optimizer, config.group_lr * min(1.0, (it + 1) / (config.group_warmup + 1)))
         # 1. sample groups and score them (with DAPO's filter and overlong penalty)
         gb = collect_groups(policy, task, tok, own, prompt_rng, device, sample_gen)
         totals = {key: value + gb.sampled[key] for key, value in totals.items()}
@@ -427,13 +429,6 @@ def _held_out(policy: GPT, task: Task, tok: CharTokenizer, config: GroupArgs, de
         return heldout_accuracy(policy, task, tok, config.group_eval_prompts, config.seed + 100, device, temperature)
 
     return held_out
-
-
-def _warm_up(optimizer: torch.optim.Optimizer, config: GroupArgs, it: int) -> None:
-    """A short linear learning-rate warm-up: Adam's first steps move every weight by about lr
-    whatever the size of its gradient, before its second-moment estimate has seen any noise."""
-    for group in optimizer.param_groups:
-        group["lr"] = config.group_lr * min(1.0, (it + 1) / (config.group_warmup + 1))
 
 
 @torch.no_grad()

@@ -31,7 +31,7 @@ from core.losses import bradley_terry_loss
 from llm.config import RMArgs
 from llm.gpt import GPT
 from llm.model_interface import HFModel, context_length, hf_scalar_model_from
-from llm.optim import adamw, lr_at
+from llm.optim import adamw, lr_at, set_lr
 from llm.rollout import last_token_scores, pad_sequences
 from llm.tasks import PreferencePair, Task, preference_pairs
 from llm.tokenizer import CharTokenizer
@@ -168,8 +168,7 @@ def train_reward_model(
     bar = tqdm(range(config.rm_steps), desc="reward model", disable=not progress, leave=False)
     for step in bar:
         batch = [train_pairs[rng.randrange(len(train_pairs))] for _ in range(config.rm_batch_size)][rank::world]
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, config.rm_steps, config.rm_lr)
+        set_lr(optimizer, lr_at(step, config.rm_steps, config.rm_lr))
         chosen, rejected = pair_scores(model, tok, batch, device)
         loss = bradley_terry_loss(chosen, rejected).mean()  # RM-1
         check_finite(**{"reward-model loss": loss})

@@ -28,7 +28,7 @@ from core.checks import check_finite
 from llm.config import SFTArgs, resolve
 from llm.gpt import GPT
 from llm.model_interface import build_model, context_length
-from llm.optim import adamw, lr_at
+from llm.optim import adamw, lr_at, set_lr
 from llm.rollout import pad_sequences
 from llm.tasks import Task, sft_examples
 from llm.tokenizer import CharTokenizer
@@ -86,8 +86,7 @@ def train_sft(
         ids, reply_mask, _ = pad_sequences(
             tok, [p for p, _ in batch], [r for _, r in batch], context_length(model), device
         )
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, config.sft_steps, config.sft_lr)
+        set_lr(optimizer, lr_at(step, config.sft_steps, config.sft_lr))
         loss = sft_loss(model, ids, reply_mask)
         check_finite(**{"SFT loss": loss})
         optimizer.zero_grad(set_to_none=True)
