@@ -277,7 +277,7 @@ def make_kl_controller(
     kind: KLControllerKind,
     beta: float,
     target: float | None = None,
-    horizon: float = 10_000.0,
+    horizon: float | None = None,
     *,
     bound: float | None = 100.0,
     warmup: int = 0,
@@ -286,7 +286,7 @@ def make_kl_controller(
     """Build a controller by name: "fixed", "adaptive" (TR-3) or "proportional" (TR-4).
 
     `beta` is the initial β, `target` the d_targ the controller steers the measured KL to (not
-    needed by "fixed"), `horizon` the H of the proportional controller. Which KL it measures is
+    needed by "fixed"), `horizon` the H of the proportional controller (None: its default). Which KL it measures is
     the caller's: KL[π_old‖π_θ] for PPO's penalty objective (config fields `kl_coef`,
     `kl_controller`, `kl_controller_target`), KL[π_θ‖π_ref] for RLHF (`ref_kl_coef`,
     `ref_kl_controller`, `ref_kl_controller_target`). `bound`, `warmup`, `every`: when the
@@ -298,5 +298,6 @@ def make_kl_controller(
     if kind == "adaptive":
         return AdaptiveKLController(beta, target, bound=bound, warmup=warmup, every=every)
     if kind == "proportional":
-        return ProportionalKLController(beta, target, horizon, bound=bound, warmup=warmup, every=every)
+        horizon_arg = {} if horizon is None else {"horizon": horizon}
+        return ProportionalKLController(beta, target, **horizon_arg, bound=bound, warmup=warmup, every=every)
     raise ValueError(f"unknown KL controller {kind!r}: expected 'fixed', 'adaptive' or 'proportional'")

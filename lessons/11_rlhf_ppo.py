@@ -52,11 +52,12 @@ import torch
 from core.advantages import gae
 from core.kl import kl_estimate
 from core.losses import explained_variance
-from core.ppo import PPOConfig, ppo_update
+from core.ppo import ppo_update
 from lessons._common import Lesson, plt, say, table
-from llm.config import PipelineConfig, resolve
-from llm.model import disable_dropout
-from llm.reward_model import train as train_reward_model
+from llm.config import PipelineConfig, ppo_config, resolve
+from llm.gpt import disable_dropout
+from llm.optim import adamw
+from llm.reward_model import train_reward_model
 from llm.rlhf import (
     collect_rollout,
     evaluate_policy,
@@ -64,12 +65,10 @@ from llm.rlhf import (
     make_evaluate,
     per_token_rewards,
     reward_model_scorer,
-)
-from llm.rlhf import (
-    train as train_ppo,
+    train_ppo,
 )
 from llm.rollout import reply_logprobs, reply_values
-from llm.sft import train as train_sft
+from llm.sft import train_sft
 from llm.tasks import get_task
 from llm.tokenizer import CharTokenizer
 
@@ -201,13 +200,9 @@ lesson.step("One turn of the loop (整个循环, note 001)", ids=["RM-6"])
 policy = disable_dropout(copy.deepcopy(sft))
 ref = disable_dropout(copy.deepcopy(sft)).requires_grad_(False).eval()
 critic = init_value_model(reward_model)
-optimizer = torch.optim.AdamW([{"params": policy.parameters(), "lr": CONFIG.ppo_lr},
-                               {"params": critic.parameters(), "lr": CONFIG.value_lr}],
-                              weight_decay=0.0, betas=(0.9, 0.95), eps=1e-6)
-ppo_config = PPOConfig(clip_coef=CONFIG.clip_coef, update_epochs=CONFIG.update_epochs,
-                       minibatch_size=CONFIG.minibatch_size, vf_clip_coef=CONFIG.vf_clip_coef,
-                       vf_coef=CONFIG.vf_coef, max_grad_norm=CONFIG.max_grad_norm,
-                       loss_reduction="minibatch_token_mean")
+optimizer = adamw([{"params": policy.parameters()}, {"params": critic.parameters(), "lr": CONFIG.value_lr}],
+                  CONFIG.ppo_lr)  # one optimiser, two learning rates
+ppo = ppo_config(CONFIG)  # the pipeline's PPOConfig: clip, value clip, minibatch token mean
 prompts = [TASK.sample_prompt(rng) for _ in range(CONFIG.rollout_batch_size)]
 
 
@@ -238,7 +233,7 @@ stage("4. PPO epochs on minibatches (clip, value loss; policy and critic)", "cor
 batch = {"input_ids": ro.gen.input_ids, "attention_mask": ro.gen.attention_mask, "actions": ro.gen.reply_ids,
          "logprobs": ro.logprobs, "advantages": advantages, "returns": returns, "values": ro.values,
          "mask": reply_mask}
-stats = ppo_update(make_evaluate(policy, critic), batch, optimizer, ppo_config, generator=lesson.generator(5))
+stats = ppo_update(make_evaluate(policy, critic), batch, optimizer, ppo, generator=lesson.generator(5))
 print(f"       {stats['ppo/epochs']:.0f} epochs × {stats['ppo/minibatches'] / stats['ppo/epochs']:.0f} minibatches: "
       f"policy loss {stats['losses/policy_loss']:+.4f}, value loss {stats['losses/value_loss']:.4f}, "
       f"approx_kl {stats['losses/approx_kl']:.4f}, clipfrac {stats['losses/clipfrac']:.3f}")

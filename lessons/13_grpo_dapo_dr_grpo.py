@@ -59,7 +59,7 @@ from core.losses import clipped_surrogate, reduce_loss
 from core.ppo import Evaluation, PPOConfig, ppo_update
 from lessons._common import Lesson, plt, say, table
 from llm.config import ModelArgs, model_config
-from llm.model import GPT
+from llm.gpt import GPT
 from llm.rlhf import collect_rollout, gold_scorer
 from llm.tasks import get_task
 from llm.tokenizer import CharTokenizer

@@ -9,7 +9,7 @@ of one PPO update (`core.ppo.ppo_update` over policy and value model), and the w
 each pipeline stage run for a few steps, with the projection to the default step counts.
 Numbers on a machine shared with other work are pessimistic. The last line is one JSON object.
 
-With `--model PATH` (a Hugging Face causal-LM folder, `llm.models`): generation and PPO-update
+With `--model PATH` (a Hugging Face causal-LM folder, `llm.model_interface`): generation and PPO-update
 tokens/s of the wrapped model and of the project's GPT with the same depth, width and heads, on
 the same batch shapes (prompts of `prompt_tokens` random ids), and their ratio (wrapped / GPT:
 the wrapper's overhead, with the vocabulary and position scheme of each model); no stage is timed.
@@ -30,8 +30,8 @@ import torch
 from core.config import add_arguments, from_arguments
 from core.ppo import PPOConfig, ppo_update
 from llm.config import PipelineConfig, model_config, resolve
-from llm.model import GPT
-from llm.models import context_length, load_hf_model, load_tokenizer
+from llm.gpt import GPT
+from llm.model_interface import context_length, load_hf_model, load_tokenizer
 from llm.pipeline import run_pipeline
 from llm.reward_model import scalar_model_from
 from llm.rlhf import make_evaluate

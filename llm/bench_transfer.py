@@ -157,7 +157,7 @@ def sampled_gold(config: TransferConfig, model: str, seed: int) -> dict:
     (`llm.rlhf.evaluate_policy`, seed + 100, `eval_prompts`): the same measure as PPO's and DPO's.
     (GRPO's own summary is its greedy evaluation, on which a few iterations rarely change a reply.)"""
     from llm.checkpoints import STAGE_KINDS, load_stage
-    from llm.models import load_tokenizer
+    from llm.model_interface import load_tokenizer
     from llm.rlhf import evaluate_policy
     from llm.tasks import get_task
 

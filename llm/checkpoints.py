@@ -6,7 +6,7 @@ interrupted mid-way leaves the previous stage's file intact and the pipeline res
 Loading rebuilds each model from the stored architecture and refuses, with the reason, a file
 written with another vocabulary or (when the caller says what it expects) another architecture.
 
-A wrapped Hugging Face model (`llm.models.HFModel`) is stored the same way: its state_dict, and
+A wrapped Hugging Face model (`llm.model_interface.HFModel`) is stored the same way: its state_dict, and
 as its architecture the source folder and the head; loading builds it from that folder
 (`from_pretrained`, local files only) and loads the stored weights, so the folder must still be
 where the run found it. The vocabulary is the folder's tokenizer (`HFTokenizer.meta`).
@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from llm.model import GPT, GPTConfig, check_architecture
-from llm.models import HFTokenizer, load_hf_model
+from llm.gpt import GPT, GPTConfig, check_architecture
+from llm.model_interface import HFTokenizer, load_hf_model
 from llm.tokenizer import CharTokenizer
 
 __all__ = ["save_stage", "load_stage", "stage_tokenizer", "STAGE_KINDS"]

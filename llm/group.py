@@ -89,10 +89,10 @@ Deviations from the papers, and why:
 
 from __future__ import annotations
 
-import math
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -102,12 +102,13 @@ from tqdm import tqdm
 from core import distributed
 from core.advantages import group_advantages, informative_groups, overlong_penalty
 from core.losses import masked_mean
-from core.ppo import PPOConfig, ppo_update
-from llm.config import GROUP_ALGOS, GroupArgs, PolicyArgs, resolve, tag_suffix
-from llm.model import GPT, disable_dropout
-from llm.models import context_length, copy_model
+from core.ppo import ppo_update
+from llm.config import GROUP_ALGOS, GroupArgs, PolicyArgs, ppo_config, resolve, tag_suffix
+from llm.gpt import GPT, disable_dropout
+from llm.model_interface import context_length, copy_model
+from llm.optim import adamw, set_lr
 from llm.plots import plot_group
-from llm.rlhf import evaluate_policy, make_evaluate
+from llm.rlhf import evaluate_policy, make_evaluate, record_iteration
 from llm.rollout import Generation, decode_replies, encode_prompts, generate, reply_logprobs
 from llm.tasks import Task
 from llm.tokenizer import CharTokenizer
@@ -118,10 +119,9 @@ __all__ = [
     "reply_rewards",
     "collect_groups",
     "build_batch",
-    "group_ppo_config",
     "build_reference",
     "heldout_accuracy",
-    "train",
+    "train_group",
 ]
 
 
@@ -288,32 +288,10 @@ def build_batch(
     return batch
 
 
-def group_ppo_config(config: GroupArgs, n_rows: int, max_new_tokens: int, max_grad_norm: float = 1.0) -> PPOConfig:
-    """The method's choices as `core.ppo.PPOConfig` arguments: clip ε_low/ε_high (CL-1, DA-1), the
-    reduction (GR-2 'seq_mean', DA-3 'token_mean', DR-1 'constant' with C = `max_new_tokens`),
-    the in-loss KL β·k (GR-2), no advantage normalisation (the group did it), no critic."""
-    return PPOConfig(
-        clip_coef=config.clip_coef,
-        clip_coef_high=config.clip_coef_high,
-        objective="clip",
-        update_epochs=config.update_epochs,
-        minibatch_size=min(config.minibatch_size, n_rows),
-        norm_adv=False,
-        clip_vloss=False,
-        vf_coef=0.0,
-        ent_coef=0.0,
-        max_grad_norm=max_grad_norm,
-        loss_reduction=config.loss_reduction,
-        loss_constant=float(max_new_tokens) if config.loss_reduction == "constant" else None,
-        ref_kl_coef=config.ref_kl_coef,
-        ref_kl_estimator=config.ref_kl_estimator,
-    )
-
-
-def build_reference(sft: GPT, kl_coef: float) -> GPT | None:
+def build_reference(sft: GPT, ref_kl_coef: float) -> GPT | None:
     """The frozen π_ref (a copy of the SFT model) when β > 0; None when β = 0 (DR-2): no model is
     built and no reference forward pass ever runs."""
-    if kl_coef == 0:
+    if ref_kl_coef == 0:
         return None
     return disable_dropout(copy_model(sft)).requires_grad_(False).eval()
 
@@ -358,7 +336,7 @@ def _describe(config, max_new_tokens: int) -> str:
     )
 
 
-def train(
+def train_group(
     config: GroupArgs,
     task: Task,
     tok: CharTokenizer,
@@ -374,7 +352,7 @@ def train(
     here (`llm.config.resolve`). With `out`, the plot `<algo>[-TAG].png` is written there;
     `log(step, record)` receives the metrics every iteration.
 
-    Returns (models, summary), the shape of every stage's `train`: `models` = {"policy": π_θ}
+    Returns (models, summary), the shape of every stage function: `models` = {"policy": π_θ}
     (what `<algo>.pt` holds); `summary` holds the held-out accuracy SFT → final, gold reward,
     reply lengths, dropped share, the final KL, the resolved settings, "seconds" and "history".
     """
@@ -386,85 +364,117 @@ def train(
     torch.manual_seed(config.seed + 4)
     policy = disable_dropout(copy_model(sft)).train()
     ref = build_reference(sft, config.ref_kl_coef)
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=config.group_lr, weight_decay=0.0, betas=(0.9, 0.95),
-                                  eps=1e-6)
+    optimizer = adamw(policy.parameters(), config.group_lr)
     evaluate = make_evaluate(policy, None)  # values=None: no critic
     prompt_rng = random.Random(distributed.rank_seed(config.seed + 5, 1000))
     sample_gen = torch.Generator(device=device).manual_seed(distributed.rank_seed(config.seed + 6, 1000))
     shuffle_gen = torch.Generator().manual_seed(distributed.rank_seed(config.seed + 7, 1000))
-    # this rank's share of every batch: group_prompts/N whole groups, minibatches of minibatch_size/N replies
-    own = config if distributed.world_size() == 1 else replace(
-        config, group_prompts=distributed.share(config.group_prompts, "group_prompts"),
-        minibatch_size=distributed.share(config.minibatch_size, "minibatch_size"))
-    eval_seed = config.seed + 100
-
-    def held_out(temperature: float = 0.0) -> dict:  # the same prompts every time
-        return heldout_accuracy(policy, task, tok, config.group_eval_prompts, eval_seed, device, temperature)
-
+    own = _rank_share(config)
+    held_out = _held_out(policy, task, tok, config, device)
     before, before_sampled = held_out(), held_out(1.0)
     history: list[dict] = []
     totals = {"groups": 0, "kept_groups": 0, "uniform_groups": 0, "rounds": 0}
     bar = tqdm(range(config.group_iterations), desc=config.algo, disable=not progress, leave=False)
     for it in bar:
-        # a short linear warm-up: Adam's first steps move every weight by about lr whatever the
-        # size of its gradient, before its second-moment estimate has seen any noise
-        for group in optimizer.param_groups:
-            group["lr"] = config.group_lr * min(1.0, (it + 1) / (config.group_warmup + 1))
+        # a short linear learning-rate warm-up: Adam's first steps move every weight by about lr whatever
+        # the size of its gradient, before its second-moment estimate has seen any noise
+        set_lr(optimizer, config.group_lr * min(1.0, (it + 1) / (config.group_warmup + 1)))
         # 1. sample groups and score them (with DAPO's filter and overlong penalty)
         gb = collect_groups(policy, task, tok, own, prompt_rng, device, sample_gen)
-        for key in totals:
-            totals[key] += gb.sampled[key]
-        gen = gb.gen
+        totals = {key: value + gb.sampled[key] for key, value in totals.items()}
         record = {}
         if it % config.group_eval_every == 0:  # the policy that sampled this iteration's replies
             record["group/accuracy"] = (before if it == 0 else held_out())["accuracy"]
-        record |= {
-            "group/train_reward": gb.sampled["reward"],
-            "group/train_accuracy": gb.sampled["accuracy"],
-            "rlhf/response_length": gb.sampled["length"],
-            "group/wrong_length": gb.sampled["wrong_length"],
-            "group/truncated_share": gb.sampled["truncated_share"],
-            "group/uniform_share": gb.sampled["uniform_groups"] / gb.sampled["groups"],
-            "group/dropped_share": 1.0 - gb.sampled["kept_groups"] / gb.sampled["groups"],
-        }
-        n_rows = distributed.min_over_ranks(gen.reply_ids.shape[0])  # the same minibatches on every rank
+        record |= _sampled_record(gb.sampled)
+        n_rows = distributed.min_over_ranks(gb.gen.reply_ids.shape[0])  # the same minibatches on every rank
         if n_rows > 0:
-            # 2. log π_old (and π_ref) of the sampled tokens, then the PPO epochs of core.ppo
-            with torch.no_grad():
-                logprobs, entropy = reply_logprobs(policy, gen.input_ids, gen.attention_mask, gen.reply_ids,
-                                                   with_entropy=True)  # (B, R) each
-                ref_logprobs = None
-                if ref is not None:
-                    ref_logprobs, _ = reply_logprobs(ref, gen.input_ids, gen.attention_mask, gen.reply_ids,
-                                                     name="reference model")  # (B, R)
-            batch = build_batch(gen, gb.rewards, logprobs, ref_logprobs, config)
+            # 2. log π_old (and log π_ref) of the sampled tokens
+            logprobs, entropy, ref_logprobs = _sampling_logprobs(policy, ref, gb.gen)
+            # 3. group-relative advantages Â_i on every token of reply i (GR-1, DR-1)
+            batch = build_batch(gb.gen, gb.rewards, logprobs, ref_logprobs, config)
             batch = {key: tensor[:n_rows] for key, tensor in batch.items()}  # whole groups first
-            ppo_config = group_ppo_config(own, n_rows, task.max_new_tokens, config.max_grad_norm)
-            stats = ppo_update(evaluate, batch, optimizer, ppo_config, generator=shuffle_gen,
-                               ranks=distributed.ranks())
-            record.update({k: v for k, v in stats.items()
-                           if k in ("losses/policy_loss", "losses/approx_kl", "losses/clipfrac", "losses/ref_kl")})
-            record["losses/entropy"] = float(masked_mean(entropy, gen.reply_mask))
-            if ref_logprobs is not None:
-                record["rlhf/ref_kl"] = float(((logprobs - ref_logprobs) * gen.reply_mask).sum(dim=1).mean())
+            # 4. the PPO epochs of core.ppo with the method's clip, reduction and in-loss KL
+            ppo = ppo_config(own, minibatch_size=min(own.minibatch_size, n_rows))
+            stats = ppo_update(evaluate, batch, optimizer, ppo, generator=shuffle_gen, ranks=distributed.ranks())
+            record |= _update_record(stats, logprobs, entropy, ref_logprobs, gb.gen.reply_mask)
+        # 5. log (means over the ranks)
         record = distributed.mean_over_ranks(record)
-        if not all(math.isfinite(v) for k, v in record.items() if k != "group/wrong_length"):
-            raise FloatingPointError(f"non-finite {config.algo} statistics at iteration {it}: {record}")
-        history.append({"step": it, **record})
-        if log is not None:
-            log(it, record)
+        record_iteration(history, log, it, record, config.algo, may_be_nan=("group/wrong_length",))
         bar.set_postfix(reward=f"{record['group/train_reward']:.2f}", acc=f"{record.get('group/accuracy', 0):.2f}")
-
     policy.eval()
+    after, after_sampled = held_out(), held_out(1.0)
+    # after the last update: one more point on the curve
+    record_iteration(history, log, config.group_iterations, {"group/accuracy": after["accuracy"]}, config.algo)
+    summary = _group_summary(config, task, history, totals, before, after, before_sampled, after_sampled)
+    _report_group(out, config, history, before, after, summary, start)
+    return {"policy": policy}, summary
+
+
+# ---- the helpers of train_group: setup, one iteration's pieces, the summary and the outputs ----
+
+
+def _rank_share(config: GroupArgs) -> GroupArgs:
+    """This rank's share of every batch: group_prompts/N whole groups, minibatches of
+    minibatch_size/N replies (the config itself in one process)."""
+    if distributed.world_size() == 1:
+        return config
+    return replace(config, group_prompts=distributed.share(config.group_prompts, "group_prompts"),
+                   minibatch_size=distributed.share(config.minibatch_size, "minibatch_size"))
+
+
+def _held_out(policy: GPT, task: Task, tok: CharTokenizer, config: GroupArgs, device) -> Callable[..., dict]:
+    """`held_out(temperature=0)`: `heldout_accuracy` of the policy on the same prompts every time."""
+
+    def held_out(temperature: float = 0.0) -> dict:
+        return heldout_accuracy(policy, task, tok, config.group_eval_prompts, config.seed + 100, device, temperature)
+
+    return held_out
+
+
+@torch.no_grad()
+def _sampling_logprobs(policy: GPT, ref: GPT | None, gen: Generation):
+    """(log π_old (B, R), its entropy (B, R), log π_ref (B, R) or None without a reference)."""
+    logprobs, entropy = reply_logprobs(policy, gen.input_ids, gen.attention_mask, gen.reply_ids,
+                                       with_entropy=True)
+    ref_logprobs = None
+    if ref is not None:
+        ref_logprobs, _ = reply_logprobs(ref, gen.input_ids, gen.attention_mask, gen.reply_ids,
+                                         name="reference model")
+    return logprobs, entropy, ref_logprobs
+
+
+def _sampled_record(sampled: dict) -> dict[str, float]:
+    """The figures of every reply sampled this iteration, kept or not."""
+    return {
+        "group/train_reward": sampled["reward"],
+        "group/train_accuracy": sampled["accuracy"],
+        "rlhf/response_length": sampled["length"],
+        "group/wrong_length": sampled["wrong_length"],
+        "group/truncated_share": sampled["truncated_share"],
+        "group/uniform_share": sampled["uniform_groups"] / sampled["groups"],
+        "group/dropped_share": 1.0 - sampled["kept_groups"] / sampled["groups"],
+    }
+
+
+def _update_record(stats: dict, logprobs: torch.Tensor, entropy: torch.Tensor, ref_logprobs: torch.Tensor | None,
+                   reply_mask: torch.Tensor) -> dict[str, float]:
+    """The update's losses, the sampling policy's per-token entropy and (with a reference) the KL
+    to π_ref per reply, Σ_t log π_old − log π_ref."""
+    record = {k: v for k, v in stats.items()
+              if k in ("losses/policy_loss", "losses/approx_kl", "losses/clipfrac", "losses/ref_kl")}
+    record["losses/entropy"] = float(masked_mean(entropy, reply_mask))
+    if ref_logprobs is not None:
+        record["rlhf/ref_kl"] = float(((logprobs - ref_logprobs) * reply_mask).sum(dim=1).mean())
+    return record
+
+
+def _group_summary(config: GroupArgs, task: Task, history: list[dict], totals: dict, before: dict, after: dict,
+                   before_sampled: dict, after_sampled: dict) -> dict:
+    """The stage's summary (see `train_group`), the group counts summed over the ranks."""
     totals = dict(zip(totals, distributed.sum_over_ranks(torch.tensor(list(totals.values()))).tolist()))
     totals["rounds"] /= distributed.world_size()  # rounds per rank; the group counts are over every rank
-    after, after_sampled = held_out(), held_out(1.0)
-    final = {"group/accuracy": after["accuracy"]}  # after the last update: one more point on the curve
-    history.append({"step": config.group_iterations, **final})
-    if log is not None:
-        log(config.group_iterations, final)
     kls = [r["rlhf/ref_kl"] for r in history[-11:] if "rlhf/ref_kl" in r]
-    summary = {
+    return {
         "accuracy": {"sft": before["accuracy"], "final": after["accuracy"], "decoding": "greedy",
                      "prompts": config.group_eval_prompts},
         "accuracy_sampled": {"sft": before_sampled["accuracy"], "final": after_sampled["accuracy"],
@@ -480,6 +490,11 @@ def train(
         "settings": {name: getattr(config, name) for name in GroupArgs.__dataclass_fields__
                      if name not in PolicyArgs.__dataclass_fields__ or name == "ref_kl_coef"},
     }
+
+
+def _report_group(out: str | Path | None, config: GroupArgs, history: list[dict], before: dict, after: dict,
+                  summary: dict, start: float) -> None:
+    """With `out`, the plot <algo>[-TAG].png; the stage's result line; the summary's seconds and history."""
     suffix = tag_suffix(config.tag)
     if out is not None:
         plot_group(
@@ -498,4 +513,3 @@ def train(
         file=sys.stderr,
     )
     summary["seconds"], summary["history"] = seconds, history
-    return {"policy": policy}, summary

@@ -7,9 +7,10 @@
     python -m llm.pipeline --stage ppo --ref-kl-controller fixed --ref-kl-coef 0 --tag beta0 \
                            --ppo-iterations 150  # the overoptimisation run: no KL term
 
-Every stage has the same shape, `train(config, task, tok, *earlier models, device, out,
-progress, log) -> (models, summary)` (`llm.sft`, `llm.reward_model`, `llm.rlhf`,
-`llm.preference`, `llm.group`): it trains, evaluates, writes its own figures and prints its own
+Every stage function has the same shape, `train_X(config, task, tok, *earlier models, device,
+out, progress, log) -> (models, summary)` (`STAGES`: `llm.sft.train_sft`,
+`llm.reward_model.train_reward_model`, `llm.rlhf.train_ppo`, `llm.preference.train_preference`,
+`llm.group.train_group`): it trains, evaluates, writes its own figures and prints its own
 result line; this module only resolves the configuration, runs the stages in order, loads and
 saves their checkpoints and writes the metrics.
 
@@ -48,7 +49,6 @@ from core.checks import NonFiniteError
 from core.config import add_arguments, config_to_dict, format_config, from_arguments, given_flags, save_config
 from core.device import resolve_device, seed_everything
 from core.metrics import MetricsWriter
-from llm import group, preference, reward_model, rlhf, sft
 from llm.checkpoints import STAGE_KINDS, load_stage, save_stage
 from llm.config import (
     GROUP_ALGOS,
@@ -61,20 +61,25 @@ from llm.config import (
     stages_of,
     tag_suffix,
 )
-from llm.model import GPT
-from llm.models import check_model, load_tokenizer
+from llm.gpt import GPT
+from llm.group import train_group
+from llm.model_interface import check_model, load_tokenizer
+from llm.preference import train_preference
+from llm.reward_model import train_reward_model
+from llm.rlhf import train_ppo
+from llm.sft import train_sft
 from llm.tasks import get_task
 from llm.tokenizer import CharTokenizer
 
 __all__ = ["run_pipeline", "main", "METRIC_DOCS", "STAGES", "ignored_flags", "config_file"]
 
-# The module whose `train` runs each stage.
+# The function that runs each stage.
 STAGES = {
-    "sft": sft,
-    "rm": reward_model,
-    "ppo": rlhf,
-    **{algo: preference for algo in PREFERENCE_ALGOS},
-    **{algo: group for algo in GROUP_ALGOS},
+    "sft": train_sft,
+    "rm": train_reward_model,
+    "ppo": train_ppo,
+    **{algo: train_preference for algo in PREFERENCE_ALGOS},
+    **{algo: train_group for algo in GROUP_ALGOS},
 }
 # The fields every run reads, whichever stages it runs (where to write, how to show progress).
 _ALWAYS_READ = {f.name for f in dataclasses.fields(PipelineConfig)} - {
@@ -231,7 +236,7 @@ def run_pipeline(config: PipelineConfig, given: set[str] = frozenset()) -> dict:
                 if own_file and main else writer
             )
             try:
-                trained, stage_summary = STAGES[stage].train(
+                trained, stage_summary = STAGES[stage](
                     config, task, tok, *inputs, device, out=out if main else None,
                     progress=config.progress and main, log=stage_writer.write if main else None,
                 )

@@ -81,6 +81,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -91,12 +92,12 @@ from core.checks import check_finite
 from core.losses import sequence_logprobs
 from core.preference import dpo_loss, ipo_loss, kto_loss, kto_reference_point
 from llm.config import PREFERENCE_ALGOS, PreferenceArgs, resolve, tag_suffix
-from llm.model import GPT, disable_dropout
-from llm.models import context_length, copy_model
+from llm.gpt import GPT, disable_dropout
+from llm.model_interface import context_length, copy_model
+from llm.optim import adamw, lr_at, set_lr
 from llm.plots import PREFERENCE_PANELS, plot_rlhf
 from llm.rlhf import evaluate_policy
 from llm.rollout import Generation, pad_sequences, reply_logprobs, token_logprobs
-from llm.sft import lr_at
 from llm.tasks import PreferencePair, Task, preference_pairs
 from llm.tokenizer import CharTokenizer
 
@@ -107,7 +108,9 @@ __all__ = [
     "kl_scorer",
     "evaluate",
     "held_out_accuracy",
-    "train",
+    "TrainingRows",
+    "training_rows",
+    "train_preference",
 ]
 
 
@@ -211,7 +214,7 @@ def held_out_accuracy(
     }
 
 
-def train(
+def train_preference(
     config: PreferenceArgs,
     task: Task,
     tok: CharTokenizer,
@@ -233,7 +236,7 @@ def train(
     every `pref_eval_every` steps; `step` counts the optimiser updates done. With `out`, the
     plot `<algo>[-tag].png` is written there (a tagged call never overwrites an untagged one).
 
-    Returns (models, summary), the shape of every stage's `train`: `models` = {"policy": π_θ}
+    Returns (models, summary), the shape of every stage function: `models` = {"policy": π_θ}
     (what `<algo>.pt` holds); `summary` = {"gold_reward", "kl", "preference": the held-out
     implicit-reward accuracy and the method's settings, "seconds": wall-clock of the whole call,
     "history": every logged record}.
@@ -244,6 +247,56 @@ def train(
     if algo not in PREFERENCE_ALGOS:
         raise ValueError(f"algo must be one of {', '.join(PREFERENCE_ALGOS)} for llm.preference, got {algo!r}")
     torch.manual_seed(config.seed + 30)
+    pairs, eval_pairs = _preference_pairs(config, task, pairs, eval_pairs)
+    coef = config.tau if algo == "ipo" else config.ref_kl_coef  # of the implicit reward: β (DPO, KTO), τ (IPO)
+    policy = disable_dropout(copy_model(sft)).train()
+    ref = disable_dropout(copy_model(sft)).requires_grad_(False).eval()  # frozen π_ref
+    rows = training_rows(config, pairs, tok, ref, device)  # with π_ref's log-probs, computed once
+    eval_ref = [batched_logps(ref, tok, [p.prompt for p in eval_pairs], [getattr(p, side) for p in eval_pairs],
+                              device) for side in ("chosen", "rejected")]
+    print(_describe(config, coef, rows, time.perf_counter() - start), file=sys.stderr)
+    optimizer = adamw(policy.parameters(), config.pref_lr, eps=1e-8)
+    history: list[dict] = []
+    before, eval_seconds = _evaluate(policy, ref, task, tok, config, device, history, log, 0)  # π_θ = π_ref: KL 0
+    last = before
+    bar = tqdm(range(config.pref_steps), desc=algo, disable=not progress, leave=False)
+    for step in bar:
+        k = step % rows.n_batches
+        batch = slice(k * rows.B, (k + 1) * rows.B)  # this step's rows
+        lr = lr_at(step, config.pref_steps, config.pref_lr)
+        set_lr(optimizer, lr)
+        # 1. the method's loss on the batch, from π_θ's and π_ref's sequence log-probs
+        step_loss = _kto_loss if algo == "kto" else _pair_loss
+        losses, chosen_ratio, rejected_ratio, extra = step_loss(policy, tok, rows, batch, config, coef, device)
+        loss = losses.mean()
+        check_finite(**{f"{algo} loss": loss})
+        # 2. one optimiser step (gradients averaged over the ranks, then clipped)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        distributed.average_gradients(policy.parameters())  # under torchrun: the mean over ranks
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+        optimizer.step()
+        # 3. log; every pref_eval_every steps, the gold reward and KL of sampled replies
+        margin = float(chosen_ratio.mean() - rejected_ratio.mean())
+        _record(history, log, step, _step_record(loss, margin, chosen_ratio, rejected_ratio, coef, lr, extra))
+        if (step + 1) % config.pref_eval_every == 0 or step + 1 == config.pref_steps:
+            last, seconds = _evaluate(policy, ref, task, tok, config, device, history, log, step + 1)
+            eval_seconds += seconds
+        bar.set_postfix(loss=f"{loss.item():.3f}", h=f"{margin:.2f}", gold=f"{last['rlhf/gold_reward']:.2f}",
+                        kl=f"{last['rlhf/ref_kl']:.2f}")
+    policy.eval()
+    held_out = held_out_accuracy(policy, tok, eval_pairs, *eval_ref, device)
+    summary = _preference_summary(config, task, coef, history, before, last, held_out, eval_seconds, start)
+    _report_preference(out, config, task, coef, history, before, last, held_out, summary)
+    return {"policy": policy}, summary
+
+
+# ---- the helpers of train_preference: the data, one step's loss, evaluation, summary and outputs ----
+
+
+def _preference_pairs(config: PreferenceArgs, task: Task, pairs: list[PreferencePair] | None,
+                      eval_pairs: list[PreferencePair] | None) -> tuple[list[PreferencePair], list[PreferencePair]]:
+    """The training and held-out pairs (generated unless given), checked."""
     if pairs is None:
         pairs = preference_pairs(
             task, config.pref_pairs, seed=config.seed + 10, label_temperature=config.label_temperature
@@ -258,16 +311,41 @@ def train(
         )
     check_pairs(pairs, "pairs")
     check_pairs(eval_pairs, "eval_pairs")
-    # the coefficient of the implicit reward: β for DPO and KTO, τ for IPO (its KL coefficient)
-    coef = config.tau if algo == "ipo" else config.ref_kl_coef
+    return pairs, eval_pairs
 
-    policy = disable_dropout(copy_model(sft)).train()
-    ref = disable_dropout(copy_model(sft)).requires_grad_(False).eval()  # frozen π_ref
-    # The training rows, in batch order: pairs for DPO and IPO; for KTO the pairs taken apart, one
-    # labelled reply per row (chosen → desirable, rejected → undesirable). One shuffle, then at most
-    # one pass: batch k is rows[k·B : (k + 1)·B], and a run longer than one pass cycles through them
-    # again. Only the rows training will see get reference log-probs.
-    if algo == "kto":
+
+@dataclass
+class TrainingRows:
+    """The rows training reads, in batch order (batch k is rows k·B … (k + 1)·B − 1 of this rank),
+    with π_ref's sequence log-probs of each (π_ref never changes)."""
+
+    B: int
+    """Rows per step on this rank."""
+    n_batches: int
+    """Steps per pass over the rows."""
+    prompts: list[str]
+    chosen: list[str]
+    """DPO, IPO: the chosen reply of each pair; KTO: the labelled reply of each row."""
+    rejected: list[str]
+    """DPO, IPO: the rejected reply of each pair; KTO: the reply of the row's mismatched pair."""
+    ref_chosen: torch.Tensor
+    """(M,) log π_ref of `chosen`."""
+    ref_rejected: torch.Tensor
+    """(M,) log π_ref of `rejected`."""
+    desirable: torch.Tensor | None = None
+    """KTO: (M,) bool, the row's reply was the chosen one."""
+
+
+def training_rows(config: PreferenceArgs, pairs: list[PreferencePair], tok: CharTokenizer, ref: GPT,
+                  device) -> TrainingRows:
+    """The training rows, in batch order: pairs for DPO and IPO; for KTO the pairs taken apart, one
+    labelled reply per row (chosen → desirable, rejected → undesirable), and each row's mismatched
+    pair (its prompt with the reply of the next row of its batch, cyclically). One shuffle, then at
+    most one pass: batch k is rows[k·B : (k + 1)·B], and a run longer than one pass cycles through
+    them again. Only the rows training will see get reference log-probs. Under torchrun, this
+    rank's share of every batch: rows r, r + N, … of it."""
+    kto = config.algo == "kto"
+    if kto:
         rows = [(p.prompt, p.chosen, True) for p in pairs] + [(p.prompt, p.rejected, False) for p in pairs]
     else:
         rows = [(p.prompt, p.chosen, p.rejected) for p in pairs]
@@ -281,121 +359,103 @@ def train(
         rank, world = distributed.rank(), distributed.world_size()
         B = distributed.share(B, "pref_batch_size")
         rows = [rows[k * B * world + j] for k in range(n_batches) for j in range(rank, B * world, world)]
-    prompts = [r[0] for r in rows]
-    # reference log-probs, once: π_ref never changes
-    if algo == "kto":
-        replies = [r[1] for r in rows]
-        desirable = torch.tensor([r[2] for r in rows], dtype=torch.bool, device=device)  # (M,)
-        ref_logps = batched_logps(ref, tok, prompts, replies, device)  # (M,)
-        # KTO's mismatched pairs: prompt i with the reply of the next row of its batch (cyclically)
-        mismatched = [replies[k * B + (j + 1) % B] for k in range(n_batches) for j in range(B)]
-        ref_mismatched = batched_logps(ref, tok, prompts, mismatched, device)  # (M,)
+    prompts, replies = [r[0] for r in rows], [r[1] for r in rows]
+    if kto:  # the second reply of a row is that of its mismatched pair
+        others = [replies[k * B + (j + 1) % B] for k in range(n_batches) for j in range(B)]
     else:
-        chosen, rejected = [r[1] for r in rows], [r[2] for r in rows]
-        ref_chosen = batched_logps(ref, tok, prompts, chosen, device)  # (M,)
-        ref_rejected = batched_logps(ref, tok, prompts, rejected, device)  # (M,)
-    eval_ref_chosen = batched_logps(ref, tok, [p.prompt for p in eval_pairs], [p.chosen for p in eval_pairs], device)
-    eval_ref_rejected = batched_logps(
-        ref, tok, [p.prompt for p in eval_pairs], [p.rejected for p in eval_pairs], device
-    )
-    print(
-        f"[llm.preference] {algo}: {'τ' if algo == 'ipo' else 'β'} {coef:g}, {config.pref_steps} steps × {B} "
-        f"{'labelled replies' if algo == 'kto' else 'pairs'} ({len(rows)} rows, {n_batches} steps a pass), "
-        f"lr {config.pref_lr:g}; reference log-probs in {time.perf_counter() - start:.1f}s",
-        file=sys.stderr,
+        others = [r[2] for r in rows]
+    return TrainingRows(
+        B, n_batches, prompts, replies, others,
+        ref_chosen=batched_logps(ref, tok, prompts, replies, device),  # (M,)
+        ref_rejected=batched_logps(ref, tok, prompts, others, device),  # (M,)
+        desirable=torch.tensor([r[2] for r in rows], dtype=torch.bool, device=device) if kto else None,
     )
 
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=config.pref_lr, weight_decay=0.0, betas=(0.9, 0.95))
-    history: list[dict] = []
-    eval_seconds = 0.0
 
-    def record(step: int, values: dict) -> None:
-        history.append({"step": step, **values})
-        if log is not None:
-            log(step, values)
+def _pair_loss(policy: GPT, tok: CharTokenizer, rows: TrainingRows, batch: slice, config: PreferenceArgs,
+               coef: float, device):
+    """DPO's or IPO's per-pair loss (B,) on the batch, the detached log-ratios r_θ of the chosen and
+    the rejected replies (B,) each, and the extra figures (the batch's pair accuracy)."""
+    both = sequence_logps(
+        policy, tok, rows.prompts[batch] * 2, rows.chosen[batch] + rows.rejected[batch], device
+    )  # (2B,): both sides in one forward pass
+    policy_chosen, policy_rejected = both[: rows.B], both[rows.B :]  # (B,) each
+    loss_fn = ipo_loss if config.algo == "ipo" else dpo_loss
+    losses = loss_fn(policy_chosen, policy_rejected, rows.ref_chosen[batch], rows.ref_rejected[batch], coef)  # (B,)
+    chosen_ratio = (policy_chosen - rows.ref_chosen[batch]).detach()  # (B,)
+    rejected_ratio = (policy_rejected - rows.ref_rejected[batch]).detach()  # (B,)
+    accuracy = float((chosen_ratio > rejected_ratio).float().mean())
+    return losses, chosen_ratio, rejected_ratio, {"pref/accuracy": accuracy}
 
-    def run_evaluation(step: int) -> dict:
-        nonlocal eval_seconds
-        t0 = time.perf_counter()
-        values = evaluate(policy, ref, task, tok, config.eval_prompts, config.seed + 100, device)
-        policy.train()
-        eval_seconds += time.perf_counter() - t0
-        record(step, values)
-        return values
 
-    before = run_evaluation(0)  # π_θ = π_ref: the SFT policy's gold reward, KL exactly 0
-    last = before
-    bar = tqdm(range(config.pref_steps), desc=algo, disable=not progress, leave=False)
-    for step in bar:
-        k = step % n_batches
-        batch = slice(k * B, (k + 1) * B)  # this step's rows
-        lr = lr_at(step, config.pref_steps, config.pref_lr)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        if algo == "kto":
-            policy_logps = sequence_logps(policy, tok, prompts[batch], replies[batch], device)  # (B,)
-            with torch.no_grad():  # z₀ carries no gradient, so its forward pass needs none
-                policy_mismatched = sequence_logps(policy, tok, prompts[batch], mismatched[batch], device)  # (B,)
-            z0 = kto_reference_point(policy_mismatched, ref_mismatched[batch])
-            if distributed.world_size() > 1:  # z₀ over every rank's mismatched pairs: mean, then clamp
-                local = float((policy_mismatched - ref_mismatched[batch]).mean())
-                z0 = torch.tensor(max(0.0, distributed.mean_over_ranks({"z": local})["z"]), device=z0.device)
-            good = desirable[batch]  # (B,)
-            losses = kto_loss(
-                policy_logps,
-                ref_logps[batch],
-                good,
-                z0,
-                config.ref_kl_coef,
-                config.kto_desirable_weight,
-                config.kto_undesirable_weight,
-            )  # (B,)
-            log_ratio = (policy_logps - ref_logps[batch]).detach()  # (B,)
-            chosen_ratio, rejected_ratio = log_ratio[good], log_ratio[~good]
-            extra = {"pref/kto_z0": float(z0)}
-        else:
-            both = sequence_logps(
-                policy, tok, prompts[batch] * 2, chosen[batch] + rejected[batch], device
-            )  # (2B,): both sides in one forward pass
-            policy_chosen, policy_rejected = both[:B], both[B:]  # (B,) each
-            loss_fn = ipo_loss if algo == "ipo" else dpo_loss
-            losses = loss_fn(policy_chosen, policy_rejected, ref_chosen[batch], ref_rejected[batch], coef)  # (B,)
-            chosen_ratio = (policy_chosen - ref_chosen[batch]).detach()  # (B,)
-            rejected_ratio = (policy_rejected - ref_rejected[batch]).detach()  # (B,)
-            extra = {"pref/accuracy": float((chosen_ratio > rejected_ratio).float().mean())}
-        loss = losses.mean()
-        check_finite(**{f"{algo} loss": loss})
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        distributed.average_gradients(policy.parameters())  # under torchrun: the mean over ranks
-        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
-        optimizer.step()
-        margin = float(chosen_ratio.mean() - rejected_ratio.mean())
-        record(
-            step,
-            distributed.mean_over_ranks({
-                "pref/loss": loss.item(),
-                "pref/margin": margin,
-                "pref/chosen_reward": coef * float(chosen_ratio.mean()),
-                "pref/rejected_reward": coef * float(rejected_ratio.mean()),
-                "charts/learning_rate": lr,
-                **extra,
-            }),
-        )
-        if (step + 1) % config.pref_eval_every == 0 or step + 1 == config.pref_steps:
-            last = run_evaluation(step + 1)
-        bar.set_postfix(
-            loss=f"{loss.item():.3f}",
-            h=f"{margin:.2f}",
-            gold=f"{last['rlhf/gold_reward']:.2f}",
-            kl=f"{last['rlhf/ref_kl']:.2f}",
-        )
-    policy.eval()
-    held_out = held_out_accuracy(policy, tok, eval_pairs, eval_ref_chosen, eval_ref_rejected, device)
-    seconds = time.perf_counter() - start
-    best = task.best_gold()
-    summary = {
-        "gold_reward": {"sft": before["rlhf/gold_reward"], "final": last["rlhf/gold_reward"], "best": best},
+def _kto_loss(policy: GPT, tok: CharTokenizer, rows: TrainingRows, batch: slice, config: PreferenceArgs,
+              coef: float, device):
+    """KTO's per-reply loss (B,) on the batch with z₀ from its mismatched pairs (the mean over the
+    ranks, then clamped, under torchrun), the detached log-ratios r_θ of the desirable and the
+    undesirable replies, and the extra figures (z₀)."""
+    policy_logps = sequence_logps(policy, tok, rows.prompts[batch], rows.chosen[batch], device)  # (B,)
+    ref_mismatched = rows.ref_rejected[batch]
+    with torch.no_grad():  # z₀ carries no gradient, so its forward pass needs none
+        policy_mismatched = sequence_logps(policy, tok, rows.prompts[batch], rows.rejected[batch], device)  # (B,)
+    z0 = kto_reference_point(policy_mismatched, ref_mismatched)
+    if distributed.world_size() > 1:  # z₀ over every rank's mismatched pairs: mean, then clamp
+        local = float((policy_mismatched - ref_mismatched).mean())
+        z0 = torch.tensor(max(0.0, distributed.mean_over_ranks({"z": local})["z"]), device=z0.device)
+    good = rows.desirable[batch]  # (B,)
+    losses = kto_loss(policy_logps, rows.ref_chosen[batch], good, z0, config.ref_kl_coef,
+                      config.kto_desirable_weight, config.kto_undesirable_weight)  # (B,)
+    log_ratio = (policy_logps - rows.ref_chosen[batch]).detach()  # (B,)
+    return losses, log_ratio[good], log_ratio[~good], {"pref/kto_z0": float(z0)}
+
+
+def _step_record(loss: torch.Tensor, margin: float, chosen_ratio: torch.Tensor, rejected_ratio: torch.Tensor,
+                 coef: float, lr: float, extra: dict) -> dict[str, float]:
+    """One step's figures, means over the ranks: the loss, the margin h, the implicit rewards coef·r_θ
+    of the chosen (desirable) and rejected (undesirable) replies, the learning rate and `extra`."""
+    return distributed.mean_over_ranks({
+        "pref/loss": loss.item(),
+        "pref/margin": margin,
+        "pref/chosen_reward": coef * float(chosen_ratio.mean()),
+        "pref/rejected_reward": coef * float(rejected_ratio.mean()),
+        "charts/learning_rate": lr,
+        **extra,
+    })
+
+
+def _record(history: list[dict], log, step: int, values: dict) -> None:
+    """Append `values` at `step` to `history` and pass them to `log(step, values)`."""
+    history.append({"step": step, **values})
+    if log is not None:
+        log(step, values)
+
+
+def _evaluate(policy: GPT, ref: GPT, task: Task, tok: CharTokenizer, config: PreferenceArgs, device,
+              history: list[dict], log, step: int) -> tuple[dict, float]:
+    """`evaluate` on the eval_prompts fixed prompts, recorded at `step`; (its figures, its seconds)."""
+    t0 = time.perf_counter()
+    values = evaluate(policy, ref, task, tok, config.eval_prompts, config.seed + 100, device)
+    policy.train()
+    seconds = time.perf_counter() - t0
+    _record(history, log, step, values)
+    return values, seconds
+
+
+def _describe(config: PreferenceArgs, coef: float, rows: TrainingRows, seconds: float) -> str:
+    """One line with the method's settings and the time the reference log-probs took."""
+    algo = config.algo
+    return (
+        f"[llm.preference] {algo}: {'τ' if algo == 'ipo' else 'β'} {coef:g}, {config.pref_steps} steps × {rows.B} "
+        f"{'labelled replies' if algo == 'kto' else 'pairs'} ({len(rows.prompts)} rows, {rows.n_batches} steps a "
+        f"pass), lr {config.pref_lr:g}; reference log-probs in {seconds:.1f}s"
+    )
+
+
+def _preference_summary(config: PreferenceArgs, task: Task, coef: float, history: list[dict], before: dict,
+                        last: dict, held_out: dict, eval_seconds: float, start: float) -> dict:
+    """The stage's summary (see `train_preference`)."""
+    algo = config.algo
+    return {
+        "gold_reward": {"sft": before["rlhf/gold_reward"], "final": last["rlhf/gold_reward"], "best": task.best_gold()},
         "kl": {"final": last["rlhf/ref_kl"], "target": None},
         "preference": {
             "algo": algo,
@@ -410,9 +470,15 @@ def train(
             "response_length": {"sft": before["rlhf/response_length"], "final": last["rlhf/response_length"]},
             "eos_rate": {"sft": before["rlhf/eos_rate"], "final": last["rlhf/eos_rate"]},
         },
-        "seconds": seconds,
+        "seconds": time.perf_counter() - start,
         "history": history,
     }
+
+
+def _report_preference(out: str | Path | None, config: PreferenceArgs, task: Task, coef: float, history: list[dict],
+                       before: dict, last: dict, held_out: dict, summary: dict) -> None:
+    """With `out`, the plot <algo>[-TAG].png; the stage's result line."""
+    algo, best = config.algo, task.best_gold()
     if out is not None:
         name = f"{algo}{tag_suffix(config.tag)}"
         plot_rlhf(
@@ -428,7 +494,7 @@ def train(
     print(
         f"[llm.preference] {algo}: gold reward {before['rlhf/gold_reward']:.3f} → {last['rlhf/gold_reward']:.3f} "
         f"(best {best:.3f}), KL {last['rlhf/ref_kl']:.2f}, held-out accuracy {held_out['accuracy']:.3f} "
-        f"(gold agreement {held_out['gold_agreement']:.3f}), in {seconds:.0f}s ({eval_seconds:.0f}s evaluating)",
+        f"(gold agreement {held_out['gold_agreement']:.3f}), in {summary['seconds']:.0f}s "
+        f"({summary['preference']['eval_seconds']:.0f}s evaluating)",
         file=sys.stderr,
     )
-    return {"policy": policy}, summary

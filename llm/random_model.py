@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> Path:
     c = from_arguments(RandomModelConfig, parser.parse_args(argv))
     path = write_random_model(c.out, c.arch, c.n_layer, c.n_embd, c.n_head, c.vocab_size, c.context, c.seed,
                               c.pad_token)
-    from llm.models import load_hf_model
+    from llm.model_interface import load_hf_model
 
     print(f"[llm.random_model] {c.arch}: {load_hf_model(path).num_params() / 1e6:.2f}M parameters → {path}")
     return path

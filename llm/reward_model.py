@@ -29,10 +29,10 @@ from core import distributed
 from core.checks import check_finite
 from core.losses import bradley_terry_loss
 from llm.config import RMArgs
-from llm.model import GPT
-from llm.models import HFModel, context_length, hf_scalar_model_from
+from llm.gpt import GPT
+from llm.model_interface import HFModel, context_length, hf_scalar_model_from
+from llm.optim import adamw, lr_at, set_lr
 from llm.rollout import last_token_scores, pad_sequences
-from llm.sft import lr_at
 from llm.tasks import PreferencePair, Task, preference_pairs
 from llm.tokenizer import CharTokenizer
 
@@ -40,7 +40,7 @@ __all__ = [
     "scalar_model_from",
     "score_replies",
     "pair_scores",
-    "train",
+    "train_reward_model",
     "evaluate_reward_model",
 ]
 
@@ -51,7 +51,7 @@ def scalar_model_from(lm: GPT, head_weights: GPT | None = None) -> GPT:
     The new head starts at zero, so every score starts at 0 and the first steps of training
     move the head before they move the body. With `head_weights` (a scalar model) the head is
     copied from it too: that is how the value model starts as the reward model (RM-5).
-    A wrapped model (`llm.models.HFModel`) gets the same: its body and a zero `Linear(hidden, 1)`.
+    A wrapped model (`llm.model_interface.HFModel`) gets the same: its body and a zero `Linear(hidden, 1)`.
     """
     if isinstance(lm, HFModel):
         return hf_scalar_model_from(lm, head_weights)
@@ -128,7 +128,7 @@ def evaluate_reward_model(
     }
 
 
-def train(
+def train_reward_model(
     config: RMArgs,
     task: Task,
     tok: CharTokenizer,
@@ -162,16 +162,13 @@ def train(
     rng = random.Random(config.seed + 3)
     rank, world = distributed.rank(), distributed.world_size()
     distributed.share(config.rm_batch_size, "rm_batch_size")
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.rm_lr, weight_decay=0.01, betas=(0.9, 0.95)
-    )
+    optimizer = adamw(model.parameters(), config.rm_lr, weight_decay=0.01, eps=1e-8)
     start = time.perf_counter()
     history = []
     bar = tqdm(range(config.rm_steps), desc="reward model", disable=not progress, leave=False)
     for step in bar:
         batch = [train_pairs[rng.randrange(len(train_pairs))] for _ in range(config.rm_batch_size)][rank::world]
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, config.rm_steps, config.rm_lr)
+        set_lr(optimizer, lr_at(step, config.rm_steps, config.rm_lr))
         chosen, rejected = pair_scores(model, tok, batch, device)
         loss = bradley_terry_loss(chosen, rejected).mean()  # RM-1
         check_finite(**{"reward-model loss": loss})

@@ -49,12 +49,13 @@ from core import distributed
 from core.advantages import gae
 from core.catalog import implements
 from core.checks import check_finite
-from core.kl import KLEstimator, kl_estimate, make_kl_controller
+from core.kl import KLController, KLEstimator, kl_estimate, make_kl_controller
 from core.losses import masked_whiten
-from core.ppo import Evaluation, PPOConfig, ppo_update
-from llm.config import PPOArgs, resolve, tag_suffix
-from llm.model import GPT, disable_dropout
-from llm.models import context_length, copy_model
+from core.ppo import Evaluation, ppo_update
+from llm.config import PPOArgs, ppo_config, resolve, tag_suffix
+from llm.gpt import GPT, disable_dropout
+from llm.model_interface import context_length, copy_model
+from llm.optim import adamw
 from llm.plots import plot_rlhf, read_ppo_history
 from llm.reward_model import scalar_model_from, score_replies
 from llm.rollout import (
@@ -77,7 +78,9 @@ __all__ = [
     "collect_rollout",
     "make_evaluate",
     "evaluate_policy",
-    "train",
+    "ppo_batch",
+    "record_iteration",
+    "train_ppo",
     "write_report",
 ]
 
@@ -345,7 +348,7 @@ def evaluate_policy(
     }
 
 
-def train(
+def train_ppo(
     config: PPOArgs,
     task: Task,
     tok: CharTokenizer,
@@ -364,7 +367,7 @@ def train(
     plot `ppo[-TAG].png` and the report `report[-TAG].md` are written there (a tagged run's plot
     also shows the untagged run of `out/metrics.jsonl`).
 
-    Returns (models, summary), the shape of every stage's `train`: `models` = {"policy": π_θ,
+    Returns (models, summary), the shape of every stage function: `models` = {"policy": π_θ,
     "value": V_ψ} (what `ppo.pt` holds); `summary` = {"gold_reward": {"sft", "final", "best"},
     "score": {"sft", "final"}, "gap_closed", "kl": {"final": mean rlhf/ref_kl of the last 10
     iterations, "target"}, "kl_in_band_after_first_quarter", "final_ref_kl_coef", "reward_hacking"
@@ -373,6 +376,62 @@ def train(
     """
     config = resolve(config)
     start = time.perf_counter()
+    policy, ref, value_model, reward_model, score_fn = _ppo_models(config, task, sft, reward_model)
+    eval_seed = config.seed + 100  # the same prompts and sampling seed before and after RL
+    before = evaluate_policy(sft, task, tok, config.eval_prompts, eval_seed, device, score_fn)
+    policy.train(), value_model.train()  # dropout is 0 anyway; train() only for clarity
+    ppo = ppo_config(config, minibatch_size=distributed.share(config.minibatch_size, "minibatch_size"),
+                     batch_size=distributed.share(config.rollout_batch_size, "rollout_batch_size"))
+    optimizer = adamw([{"params": policy.parameters()}, {"params": value_model.parameters(), "lr": config.value_lr}],
+                      config.ppo_lr)
+    controller = _ref_kl_controller(config)
+    prompt_rng = random.Random(config.seed + 5)
+    sample_gen = torch.Generator(device=device).manual_seed(distributed.rank_seed(config.seed + 6, 1000))
+    shuffle_gen = torch.Generator().manual_seed(distributed.rank_seed(config.seed + 7, 1000))
+    rank, world = distributed.rank(), distributed.world_size()
+    target = config.ref_kl_controller_target
+    history: list[dict] = []
+    hacking = None  # the first iteration at which the KL ran away (detect_reward_hacking)
+    bar = tqdm(range(config.ppo_iterations), desc="ppo", disable=not progress, leave=False)
+    for it in bar:
+        beta = float(controller.beta)
+        # 1–2. sample replies to this rank's prompts, score them, shape the score with −β·KL
+        prompts = [task.sample_prompt(prompt_rng) for _ in range(config.rollout_batch_size)][rank::world]
+        ro = collect_rollout(policy, ref, value_model, score_fn, task, tok, prompts, device, sample_gen)
+        mask = ro.gen.reply_mask
+        rewards, _ = per_token_rewards(ro.scores, ro.logprobs, ro.ref_logprobs, mask, ref_kl_coef=beta,
+                                       ref_kl_estimator=config.ref_kl_estimator, ended=ro.gen.ended,
+                                       missing_eos_penalty=config.missing_eos_penalty)
+        if config.whiten_rewards:
+            rewards = masked_whiten(rewards, mask, shift_mean=False)
+        # 3. advantages over tokens: the reply ends (terminally) at its last real token
+        advantages = gae(rewards, ro.values, gamma=config.gamma, gae_lambda=config.gae_lambda, mask=mask)
+        returns = advantages + ro.values
+        # 4. PPO epochs on minibatches of replies (core.ppo)
+        stats = ppo_update(make_evaluate(policy, value_model), ppo_batch(ro, advantages, returns), optimizer, ppo,
+                           generator=shuffle_gen, ranks=distributed.ranks())
+        # 5. log, and β from the measured KL (every rank's mean); warn once if the KL ran away
+        record = _ppo_record(ro, rewards, beta, stats)
+        controller.update(record["rlhf/ref_kl"], config.rollout_batch_size)
+        record["rlhf/ref_kl_over_target"] = record["rlhf/ref_kl"] / target if target else 0.0
+        hacking = hacking or _watch_reward_hacking(history, it, record, target)
+        record["rlhf/reward_hacking"] = float(hacking is not None)
+        record_iteration(history, log, it, record, "PPO", may_be_nan=("losses/explained_variance",))
+        bar.set_postfix(score=f"{record['rlhf/score']:.2f}", gold=f"{record['rlhf/gold_reward']:.2f}",
+                        kl=f"{record['rlhf/ref_kl']:.2f}", beta=f"{beta:.3g}")
+    policy.eval(), value_model.eval()
+    after = evaluate_policy(policy, task, tok, config.eval_prompts, eval_seed, device, score_fn)
+    summary = _ppo_summary(config, task, history, before, after, controller, hacking, start)
+    _report_ppo(out, config, task, tok, history, before, after, summary, reward_model, device)
+    return {"policy": policy, "value": value_model}, summary
+
+
+# ---- the helpers of train_ppo: setup, one iteration's record, the summary and the outputs ----
+
+
+def _ppo_models(config: PPOArgs, task: Task, sft: GPT, reward_model: GPT | None):
+    """(π_θ, π_ref, V_ψ, R_φ, score_fn): the trained policy and value model, the frozen reference and
+    reward model (dropout off), and the scorer of replies (R_φ, or the task's verifier)."""
     torch.manual_seed(config.seed + 4)
     policy = disable_dropout(copy_model(sft))
     ref = disable_dropout(copy_model(sft)).requires_grad_(False).eval()  # frozen π_ref
@@ -388,120 +447,73 @@ def train(
         score_fn = gold_scorer(task)
         value_model = scalar_model_from(sft)
     value_model = disable_dropout(value_model).requires_grad_(True)
-    eval_seed = config.seed + 100  # the same prompts and sampling seed before and after RL
-    before = evaluate_policy(sft, task, tok, config.eval_prompts, eval_seed, device, score_fn)
-    policy.train(), value_model.train()  # dropout is 0 anyway; train() only for clarity
+    return policy, ref, value_model, reward_model, score_fn
 
-    ppo_config = PPOConfig(
-        clip_coef=config.clip_coef,
-        clip_coef_high=config.clip_coef_high,
-        update_epochs=config.update_epochs,
-        minibatch_size=distributed.share(config.minibatch_size, "minibatch_size"),  # this rank's share
-        batch_size=distributed.share(config.rollout_batch_size, "rollout_batch_size"),
-        norm_adv=True,
-        clip_vloss=True,
-        vf_clip_coef=config.vf_clip_coef,
-        vf_coef=config.vf_coef,
-        ent_coef=config.ent_coef,
-        max_grad_norm=config.max_grad_norm,
-        loss_reduction="minibatch_token_mean",  # each minibatch over its own tokens, as TRL
-    )
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": policy.parameters(), "lr": config.ppo_lr},
-            {"params": value_model.parameters(), "lr": config.value_lr},
-        ],
-        weight_decay=0.0,
-        betas=(0.9, 0.95),
-        eps=1e-6,
-    )
-    controller = make_kl_controller(
+
+def _ref_kl_controller(config: PPOArgs) -> KLController:
+    """β's controller: it holds β through the warm-up and updates it every ref_kl_update_every iterations."""
+    return make_kl_controller(
         config.ref_kl_controller, config.ref_kl_coef, config.ref_kl_controller_target,
         config.ref_kl_controller_horizon, bound=config.ref_kl_coef_bound, warmup=config.ref_kl_warmup,
         every=config.ref_kl_update_every,
-    )  # the controller holds β through the warm-up and updates it every ref_kl_update_every iterations
+    )
+
+
+def ppo_batch(ro: Rollout, advantages: torch.Tensor, returns: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The batch `core.ppo.ppo_update` trains on: one row per reply, one column per reply token."""
+    return {
+        "input_ids": ro.gen.input_ids,
+        "attention_mask": ro.gen.attention_mask,
+        "actions": ro.gen.reply_ids,
+        "logprobs": ro.logprobs,
+        "advantages": advantages,
+        "returns": returns,
+        "values": ro.values,
+        "mask": ro.gen.reply_mask,
+    }
+
+
+def _ppo_record(ro: Rollout, rewards: torch.Tensor, beta: float, stats: dict[str, float]) -> dict[str, float]:
+    """One iteration's figures, means over the ranks: the scores, the KL to π_ref per reply
+    (Σ_t log π_θ − log π_ref, what β follows), lengths, β and the update's losses."""
+    mask = ro.gen.reply_mask
+    return distributed.mean_over_ranks({
+        "rlhf/score": float(ro.scores.mean()),
+        "rlhf/gold_reward": float(ro.gold.mean()),
+        "rlhf/ref_kl": float(((ro.logprobs - ro.ref_logprobs) * mask).sum(dim=1).mean()),
+        "rlhf/response_length": float(mask.sum(dim=1).mean()),
+        "rlhf/eos_rate": float(ro.gen.ended.float().mean()),
+        "rlhf/shaped_return": float((rewards * mask).sum(dim=1).mean()),
+        "charts/ref_kl_coef": beta,
+        **{k: v for k, v in stats.items() if k.startswith("losses/")},
+    })
+
+
+def _watch_reward_hacking(history: list[dict], it: int, record: dict, target: float | None) -> dict | None:
+    """`detect_reward_hacking` on the iterations so far and this one; its one-line warning from rank 0."""
+    if not target:
+        return None
+    hacking = detect_reward_hacking([*history, {"step": it, **record}], target)
+    if hacking is not None and distributed.is_main():
+        print(f"[llm.rlhf] warning: {hacking['message']}", file=sys.stderr)
+    return hacking
+
+
+def record_iteration(history: list[dict], log, step: int, record: dict[str, float], method: str,
+                     may_be_nan: tuple[str, ...] = ()) -> None:
+    """Refuse an iteration with a non-finite figure (besides those of `may_be_nan`), naming the
+    method and the iteration; then append it to `history` and pass it to `log(step, record)`."""
+    if not all(math.isfinite(v) for k, v in record.items() if k not in may_be_nan):
+        raise FloatingPointError(f"non-finite {method} statistics at iteration {step}: {record}")
+    history.append({"step": step, **record})
+    if log is not None:
+        log(step, record)
+
+
+def _ppo_summary(config: PPOArgs, task: Task, history: list[dict], before: dict, after: dict,
+                 controller: KLController, hacking: dict | None, start: float) -> dict:
+    """The stage's summary (see `train_ppo`)."""
     target = config.ref_kl_controller_target
-    prompt_rng = random.Random(config.seed + 5)
-    sample_gen = torch.Generator(device=device).manual_seed(distributed.rank_seed(config.seed + 6, 1000))
-    shuffle_gen = torch.Generator().manual_seed(distributed.rank_seed(config.seed + 7, 1000))
-    rank, world = distributed.rank(), distributed.world_size()
-
-    history = []
-    hacking = None  # the first iteration at which the KL ran away (detect_reward_hacking)
-    bar = tqdm(range(config.ppo_iterations), desc="ppo", disable=not progress, leave=False)
-    for it in bar:
-        beta = float(controller.beta)
-        # 1–2. sample and score
-        prompts = [task.sample_prompt(prompt_rng) for _ in range(config.rollout_batch_size)][rank::world]
-        ro = collect_rollout(
-            policy, ref, value_model, score_fn, task, tok, prompts, device, sample_gen
-        )
-        mask = ro.gen.reply_mask
-        rewards, kl = per_token_rewards(
-            ro.scores,
-            ro.logprobs,
-            ro.ref_logprobs,
-            mask,
-            ref_kl_coef=beta,
-            ref_kl_estimator=config.ref_kl_estimator,
-            ended=ro.gen.ended,
-            missing_eos_penalty=config.missing_eos_penalty,
-        )
-        if config.whiten_rewards:
-            rewards = masked_whiten(rewards, mask, shift_mean=False)
-        # 3. advantages over tokens: the reply ends (terminally) at its last real token
-        advantages = gae(
-            rewards, ro.values, gamma=config.gamma, gae_lambda=config.gae_lambda, mask=mask
-        )
-        returns = advantages + ro.values
-        # 4. PPO epochs (core.ppo)
-        batch = {
-            "input_ids": ro.gen.input_ids,
-            "attention_mask": ro.gen.attention_mask,
-            "actions": ro.gen.reply_ids,
-            "logprobs": ro.logprobs,
-            "advantages": advantages,
-            "returns": returns,
-            "values": ro.values,
-            "mask": mask,
-        }
-        stats = ppo_update(
-            make_evaluate(policy, value_model), batch, optimizer, ppo_config, generator=shuffle_gen,
-            ranks=distributed.ranks(),
-        )
-        # 5. β from the measured KL: the mean over replies of Σ_t (log π_θ − log π_ref), over every rank's
-        record = distributed.mean_over_ranks({
-            "rlhf/score": float(ro.scores.mean()),
-            "rlhf/gold_reward": float(ro.gold.mean()),
-            "rlhf/ref_kl": float(((ro.logprobs - ro.ref_logprobs) * mask).sum(dim=1).mean()),
-            "rlhf/response_length": float(mask.sum(dim=1).mean()),
-            "rlhf/eos_rate": float(ro.gen.ended.float().mean()),
-            "rlhf/shaped_return": float((rewards * mask).sum(dim=1).mean()),
-            "charts/ref_kl_coef": beta,
-            **{k: v for k, v in stats.items() if k.startswith("losses/")},
-        })
-        seq_kl = record["rlhf/ref_kl"]
-        controller.update(seq_kl, config.rollout_batch_size)
-        record["rlhf/ref_kl_over_target"] = seq_kl / target if target else 0.0
-        if target and hacking is None:
-            hacking = detect_reward_hacking([*history, {"step": it, **record}], target)
-            if hacking is not None and distributed.is_main():  # one line, from rank 0
-                print(f"[llm.rlhf] warning: {hacking['message']}", file=sys.stderr)
-        record["rlhf/reward_hacking"] = float(hacking is not None)
-        if not all(math.isfinite(v) for k, v in record.items() if k != "losses/explained_variance"):
-            raise FloatingPointError(f"non-finite PPO statistics at iteration {it}: {record}")
-        history.append({"step": it, **record})
-        if log is not None:
-            log(it, record)
-        bar.set_postfix(
-            score=f"{record['rlhf/score']:.2f}",
-            gold=f"{record['rlhf/gold_reward']:.2f}",
-            kl=f"{seq_kl:.2f}",
-            beta=f"{beta:.3g}",
-        )
-    policy.eval(), value_model.eval()
-    after = evaluate_policy(policy, task, tok, config.eval_prompts, eval_seed, device, score_fn)
-
     tail = history[-10:]
     best = task.best_gold()
     gap = best - before["gold_reward"]
@@ -509,7 +521,7 @@ def train(
     if target:
         later = history[len(history) // 4 :]
         in_band = sum(0.5 * target <= r["rlhf/ref_kl"] <= 2 * target for r in later) / len(later)
-    summary = {
+    return {
         "gold_reward": {"sft": before["gold_reward"], "final": after["gold_reward"], "best": best},
         "score": {"sft": before["score"], "final": after["score"]},
         "gap_closed": (after["gold_reward"] - before["gold_reward"]) / gap if gap > 0 else float("nan"),
@@ -522,6 +534,12 @@ def train(
         "seconds": time.perf_counter() - start,
         "history": history,
     }
+
+
+def _report_ppo(out: str | Path | None, config: PPOArgs, task: Task, tok: CharTokenizer, history: list[dict],
+                before: dict, after: dict, summary: dict, reward_model: GPT | None, device) -> None:
+    """With `out`, the plot ppo[-TAG].png and the report report[-TAG].md; the stage's result line."""
+    target, best = config.ref_kl_controller_target, task.best_gold()
     if out is not None:
         suffix = tag_suffix(config.tag)
         runs = {f"ppo{suffix} ({config.ref_kl_controller} β={config.ref_kl_coef:g})": history}
@@ -539,7 +557,6 @@ def train(
         f"in {summary['seconds']:.0f}s",
         file=sys.stderr,
     )
-    return {"policy": policy, "value": value_model}, summary
 
 
 def write_report(path: Path, config: PPOArgs, task: Task, tok: CharTokenizer, before: dict, after: dict,

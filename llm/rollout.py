@@ -2,7 +2,7 @@
 
 Shared by every stage that reads or writes replies (SFT evaluation, the reward model, PPO,
 and the preference and group methods built on the same pieces).
-Every helper takes any model of the interface of `llm.models` (the project's GPT or a wrapped
+Every helper takes any model of the interface of `llm.model_interface` (the project's GPT or a wrapped
 `transformers` causal LM) and its tokenizer; padding is known from masks and lengths only.
 
 Sequence layouts
@@ -27,8 +27,8 @@ import torch.nn.functional as F
 
 from core.checks import check_finite
 from core.losses import entropy_from_logits
-from llm.model import GPT
-from llm.models import context_length, new_cache
+from llm.gpt import GPT
+from llm.model_interface import context_length, new_cache
 from llm.tokenizer import CharTokenizer
 
 __all__ = [

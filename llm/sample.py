@@ -23,7 +23,7 @@ from core.checks import NonFiniteError
 from core.config import parse_into
 from core.device import resolve_device
 from llm.checkpoints import load_stage, stage_tokenizer
-from llm.models import context_length
+from llm.model_interface import context_length
 from llm.reward_model import score_replies
 from llm.rollout import decode_replies, encode_prompts, generate
 from llm.tasks import get_task

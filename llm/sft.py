@@ -15,7 +15,6 @@ clip, so the run sees the batches one process would (each rank's loss is its sha
 
 from __future__ import annotations
 
-import math
 import random
 import sys
 import time
@@ -27,21 +26,14 @@ from tqdm import tqdm
 from core import distributed
 from core.checks import check_finite
 from llm.config import SFTArgs, resolve
-from llm.model import GPT
-from llm.models import build_model, context_length
+from llm.gpt import GPT
+from llm.model_interface import build_model, context_length
+from llm.optim import adamw, lr_at, set_lr
 from llm.rollout import pad_sequences
 from llm.tasks import Task, sft_examples
 from llm.tokenizer import CharTokenizer
 
-__all__ = ["sft_loss", "train", "lr_at"]
-
-
-def lr_at(step: int, total: int, peak: float, warmup: int = 20, floor: float = 0.1) -> float:
-    """Linear warm-up to `peak`, then cosine decay to `floor`·peak at `total`."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+__all__ = ["sft_loss", "train_sft"]
 
 
 def sft_loss(model: GPT, ids: torch.Tensor, reply_mask: torch.Tensor) -> torch.Tensor:
@@ -58,7 +50,7 @@ def sft_loss(model: GPT, ids: torch.Tensor, reply_mask: torch.Tensor) -> torch.T
     return (nll * weights.reshape(-1)).sum() / weights.sum().clamp(min=1.0)
 
 
-def train(
+def train_sft(
     config: SFTArgs,
     task: Task,
     tok: CharTokenizer,
@@ -69,7 +61,7 @@ def train(
 ) -> tuple[dict[str, GPT], dict]:
     """Train a fresh model on `config.sft_examples` demonstrations.
 
-    Returns (models, summary), the shape of every stage's `train`: `models` = {"model": the SFT
+    Returns (models, summary), the shape of every stage function: `models` = {"model": the SFT
     model} (what `sft.pt` holds), `summary` = {"final_loss": the smoothed training loss,
     "params", "seconds", "history": the logged records}. `log(step, {"sft/loss": …})` receives
     the training loss every 10 steps. `out` is unused (SFT writes no figure); it is there so
@@ -83,9 +75,7 @@ def train(
     distributed.share(config.sft_batch_size, "sft_batch_size")
     data = sft_examples(task, config.sft_examples, seed=config.seed)
     rng = random.Random(config.seed + 1)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.sft_lr, weight_decay=0.01, betas=(0.9, 0.95)
-    )
+    optimizer = adamw(model.parameters(), config.sft_lr, weight_decay=0.01, eps=1e-8)
     model.train()
     start = time.perf_counter()
     bar = tqdm(range(config.sft_steps), desc="sft", disable=not progress, leave=False)
@@ -96,8 +86,7 @@ def train(
         ids, reply_mask, _ = pad_sequences(
             tok, [p for p, _ in batch], [r for _, r in batch], context_length(model), device
         )
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, config.sft_steps, config.sft_lr)
+        set_lr(optimizer, lr_at(step, config.sft_steps, config.sft_lr))
         loss = sft_loss(model, ids, reply_mask)
         check_finite(**{"SFT loss": loss})
         optimizer.zero_grad(set_to_none=True)

@@ -186,7 +186,7 @@ def test_stress_check_names_the_rank_that_died_and_what_it_said():
 # ---- an LLM stage: DPO on a tiny GPT ------------------------------------------------------------
 
 def _tiny_gpt():
-    from llm.model import GPT, GPTConfig
+    from llm.gpt import GPT, GPTConfig
     from llm.tokenizer import CharTokenizer
 
     tok = CharTokenizer()

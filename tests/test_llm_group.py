@@ -16,8 +16,8 @@ from core.metrics import read_metrics
 from core.ppo import Evaluation, ppo_update
 from llm import group
 from llm.checkpoints import load_stage
-from llm.config import PRESETS, PipelineConfig, model_config, resolve
-from llm.model import GPT
+from llm.config import PRESETS, PipelineConfig, model_config, ppo_config, resolve
+from llm.gpt import GPT
 from llm.pipeline import main as pipeline_main
 from llm.rollout import Generation, reply_logprobs
 from llm.sample import main as sample_main
@@ -84,7 +84,7 @@ def test_zero_kl_coefficient_builds_no_reference_model(algo, beta, models_built,
 
     monkeypatch.setattr(GPT, "__init__", counting_init)
     monkeypatch.setattr(sft, "forward", counting_forward)
-    _, stats = group.train(config, task, tok, sft, torch.device("cpu"), tmp_path, progress=False)
+    _, stats = group.train_group(config, task, tok, sft, torch.device("cpu"), tmp_path, progress=False)
     # the policy is a copy of the SFT model; a reference is a second copy, built only when β > 0,
     # and the SFT model itself never runs (it cannot stand in for a reference unnoticed)
     assert len(built) == models_built
@@ -246,10 +246,10 @@ def test_each_methods_loss_equals_a_loop_over_replies_and_tokens(algo, mask_trun
     batch = group.build_batch(gen, rewards, old, ref if config.ref_kl_coef > 0 else None, config)
     batch["rows"] = torch.arange(6)
     # one minibatch of all six replies (8 > 6 rows), one epoch: the loss is computed once; no grad clip
-    ppo_config = group.group_ppo_config(config, n_rows=6, max_new_tokens=task.max_new_tokens, max_grad_norm=1e9)
-    assert ppo_config.minibatch_size == 6 and ppo_config.update_epochs == 1
+    ppo = ppo_config(config, minibatch_size=6, max_grad_norm=1e9)
+    assert ppo.minibatch_size == 6 and ppo.update_epochs == 1
     optimizer = torch.optim.SGD([new], lr=0.0)
-    stats = ppo_update(evaluate, batch, optimizer, ppo_config)
+    stats = ppo_update(evaluate, batch, optimizer, ppo)
 
     expected = -loop_objective(new, old, ref, rewards, lengths, gen.ended.tolist(), config, task.max_new_tokens)
     loss = stats["losses/policy_loss"] + config.ref_kl_coef * stats.get("losses/ref_kl", 0.0)
@@ -278,7 +278,7 @@ def test_a_short_run_raises_the_training_reward(algo, tiny_sft, tok, task, tmp_p
     config = tiny_config(algo, group_iterations=20, group_prompts=8, group_size=8, minibatch_size=32,
                          group_lr=3e-3, group_warmup=0, group_eval_every=100)
     sft = load_stage(tiny_sft / "sft.pt", tok)[0]["model"]
-    _, stats = group.train(config, task, tok, sft, torch.device("cpu"), tmp_path, progress=False)
+    _, stats = group.train_group(config, task, tok, sft, torch.device("cpu"), tmp_path, progress=False)
     rewards = [r["group/train_reward"] for r in stats["history"] if "group/train_reward" in r]
     assert sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3 + 0.3, rewards
 
@@ -353,9 +353,9 @@ def test_a_per_method_default_that_conflicts_is_refused_when_resolved(capsys):
     assert stop.value.code == 2 and "clip_coef_high (ε_high = 0.28)" in capsys.readouterr().err
     # a symmetric method follows a larger ε (core.ppo: no clip_coef_high is a symmetric clip)
     grpo = tiny_config("grpo", clip_coef=0.3)
-    assert grpo.clip_coef_high is None and group.group_ppo_config(grpo, 8, 6).clip_coef_high is None
+    assert grpo.clip_coef_high is None and ppo_config(grpo, minibatch_size=8).clip_coef_high is None
     with pytest.raises(ValueError, match="for llm.group"):
-        group.train(resolve(PipelineConfig(task="arithmetic", algo="ppo")), None, None, None, None)
+        group.train_group(resolve(PipelineConfig(task="arithmetic", algo="ppo")), None, None, None, None)
 
 
 def test_per_method_defaults(task):

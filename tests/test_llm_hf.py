@@ -1,4 +1,4 @@
-"""Any Hugging Face causal LM through the LLM pipeline (`llm.models`, `--model PATH`).
+"""Any Hugging Face causal LM through the LLM pipeline (`llm.model_interface`, `--model PATH`).
 
 No download: tiny random-weight GPT-2 and Llama folders are written here by
 `llm.random_model.write_random_model` (a byte-level BPE trained on the tasks' text; the GPT-2 one,
@@ -19,7 +19,7 @@ from core.ppo import PPOConfig, ppo_update
 from llm import rlhf, sft
 from llm.checkpoints import load_stage, stage_tokenizer
 from llm.config import PipelineConfig, resolve
-from llm.models import HFModel, HFTokenizer, copy_model, load_hf_model
+from llm.model_interface import HFModel, HFTokenizer, copy_model, load_hf_model
 from llm.pipeline import main as pipeline_main
 from llm.random_model import task_texts, write_random_model
 from llm.reward_model import scalar_model_from
@@ -246,7 +246,7 @@ def test_sft_refuses_a_tokenizer_larger_than_the_embedding_when_it_loads_the_mod
     assert tok.vocab_size == 321 and tok.pad_id == 320  # the added pad token, past the embedding's 320 rows
     config = resolve(PipelineConfig(model=str(larger), sft_steps=1, progress=False, device="cpu"))
     with pytest.raises(ValueError, match="321 tokens but the model's input embedding has 320 rows"):
-        sft.train(config, TASK, tok, CPU, progress=False)
+        sft.train_sft(config, TASK, tok, CPU, progress=False)
 
 
 def test_short_ppo_run_on_a_wrapped_model_raises_the_gold_reward(model_dirs):
@@ -259,8 +259,8 @@ def test_short_ppo_run_on_a_wrapped_model_raises_the_gold_reward(model_dirs):
         rollout_batch_size=32, minibatch_size=16, ppo_lr=3e-4, value_lr=1e-3, ref_kl_controller="fixed",
         ref_kl_coef=0.05, reward_source="gold", eval_prompts=64, progress=False, device="cpu",
     ))
-    models, _ = sft.train(config, TASK, tok, CPU, progress=False)
-    trained, stats = rlhf.train(config, TASK, tok, models["model"], None, CPU, progress=False)
+    models, _ = sft.train_sft(config, TASK, tok, CPU, progress=False)
+    trained, stats = rlhf.train_ppo(config, TASK, tok, models["model"], None, CPU, progress=False)
     gold = stats["gold_reward"]
     assert gold["final"] > gold["sft"] + 0.3, gold
     assert stats["history"][0]["rlhf/ref_kl"] == pytest.approx(0.0, abs=1e-4)  # the first rollout is π_ref's
@@ -289,7 +289,7 @@ def test_bench_compares_a_wrapped_model_with_the_gpt_of_its_size(model_dirs, cap
 
 
 def test_an_exported_policy_loads_back_as_a_causal_lm_with_the_same_logits(model_dirs, tmp_path):
-    from llm.models import export_pretrained
+    from llm.model_interface import export_pretrained
 
     model, tok = _loaded(model_dirs, "gpt2")
     with torch.no_grad():

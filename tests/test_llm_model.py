@@ -8,7 +8,7 @@ import torch
 from core.checkpoint import CheckpointError
 from core.checks import NonFiniteError
 from llm.checkpoints import load_stage, save_stage
-from llm.model import GPT, GPTConfig, KVCache
+from llm.gpt import GPT, GPTConfig, KVCache
 from llm.rollout import encode_prompts, generate, pad_sequences, reply_logprobs
 from llm.tokenizer import CharTokenizer
 

@@ -16,7 +16,7 @@ from core.metrics import read_metrics
 from llm.checkpoints import STAGE_KINDS, load_stage
 from llm.config import PRESETS, PipelineConfig, PreferenceArgs, resolve
 from llm.pipeline import main as pipeline_main
-from llm.preference import batched_logps, check_pairs, held_out_accuracy, kl_scorer, sequence_logps, train
+from llm.preference import batched_logps, check_pairs, held_out_accuracy, kl_scorer, sequence_logps, train_preference
 from llm.rollout import decode_replies, encode_prompts, generate
 from llm.sample import main as sample_main
 from llm.tasks import PreferencePair, get_task, preference_pairs
@@ -103,7 +103,7 @@ def test_training_ranks_the_training_pairs(tiny_sft, algo, first_loss, min_accur
     _, sft = tiny_sft
     config = tiny_config(algo=algo, tau=0.5, pref_steps=40, pref_lr=3e-3)
     pairs = preference_pairs(TASK, 64, seed=config.seed + 10)
-    models, stats = train(config, TASK, TOK, sft, CPU, out=None, progress=False, log=None, pairs=pairs)
+    models, stats = train_preference(config, TASK, TOK, sft, CPU, out=None, progress=False, log=None, pairs=pairs)
     policy = models["policy"]
     losses = [r["pref/loss"] for r in stats["history"] if "pref/loss" in r]
     assert losses[0] == pytest.approx(first_loss, abs=1e-4)
@@ -250,7 +250,7 @@ def test_a_pair_with_a_missing_side_is_refused_with_its_index(tiny_sft, side, va
         check_pairs(broken)
     _, sft = tiny_sft
     with pytest.raises(ValueError, match=rf"pairs\[5\] has no {side} reply"):
-        train(tiny_config(algo="dpo", pref_batch_size=4), TASK, TOK, sft, CPU, progress=False, pairs=broken)
+        train_preference(tiny_config(algo="dpo", pref_batch_size=4), TASK, TOK, sft, CPU, progress=False, pairs=broken)
     with pytest.raises(ValueError, match="no prompt"):
         check_pairs([PreferencePair(None, " good.", " bad.", 1.0, -1.0)])
 

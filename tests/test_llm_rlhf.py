@@ -10,10 +10,11 @@ import torch
 
 from core.kl import kl_estimate
 from core.losses import bradley_terry_loss
+from core.ppo import PPOConfig
 from llm import reward_model, rlhf
 from llm import sft as sft_stage
-from llm.config import PipelineConfig, model_config, resolve
-from llm.model import GPT
+from llm.config import PipelineConfig, model_config, ppo_config, resolve
+from llm.gpt import GPT
 from llm.reward_model import pair_scores, scalar_model_from
 from llm.rlhf import (
     collect_rollout,
@@ -221,8 +222,8 @@ def test_value_model_starts_as_the_reward_model_and_trains_separately():
 def tiny_sft_and_rm():
     config = tiny_config()
     task = get_task("reviews")
-    sft = sft_stage.train(config, task, TOK, CPU, progress=False)[0]["model"]
-    models, stats = reward_model.train(config, task, TOK, sft, CPU, progress=False)
+    sft = sft_stage.train_sft(config, task, TOK, CPU, progress=False)[0]["model"]
+    models, stats = reward_model.train_reward_model(config, task, TOK, sft, CPU, progress=False)
     rm = models["reward_model"]
     return config, task, sft, rm, stats
 
@@ -275,7 +276,8 @@ def test_short_ppo_rlhf_run_raises_the_gold_reward(tiny_sft_and_rm):
     score_fn = reward_model_scorer(rm)
     before = evaluate_policy(sft, task, TOK, 128, seed=1, device=CPU, score_fn=score_fn)
     # the stage's own before/after evaluation on a few prompts; this test's is independent of it
-    models, stats = rlhf.train(dataclasses.replace(config, eval_prompts=16), task, TOK, sft, rm, CPU, progress=False)
+    models, stats = rlhf.train_ppo(dataclasses.replace(config, eval_prompts=16), task, TOK, sft, rm, CPU,
+                                   progress=False)
     policy = models["policy"]
     after = evaluate_policy(policy, task, TOK, 128, seed=1, device=CPU, score_fn=score_fn)
     assert after["score"] > before["score"] + 0.3, (before["score"], after["score"])
@@ -342,3 +344,25 @@ def test_report_names_reward_hacking_with_its_numbers():
                    "β 0.0003", "from 0.3, adaptive"):
         assert figure in text, figure
     assert rlhf._hacking_lines({**summary, "reward_hacking": None}, PipelineConfig()) == []
+
+
+def test_ppo_config_is_the_translation_written_out_by_hand():
+    # PPO-RLHF: the fields it shares with PPOConfig, its own fixed reduction; its β shapes the reward,
+    # so PPOConfig's in-loss KL stays at 0 (a β of 0.3 there would add a second KL term to the loss)
+    ppo = resolve(PipelineConfig(algo="ppo", clip_coef=0.3, vf_coef=0.7, ent_coef=0.01, update_epochs=2))
+    assert ppo.ref_kl_coef == 0.3
+    assert ppo_config(ppo, minibatch_size=8, batch_size=16) == PPOConfig(
+        clip_coef=0.3, clip_coef_high=None, objective="clip", update_epochs=2, minibatch_size=8, batch_size=16,
+        norm_adv=True, clip_vloss=True, vf_clip_coef=1.0, vf_coef=0.7, ent_coef=0.01, max_grad_norm=1.0,
+        target_kl=None, loss_reduction="minibatch_token_mean", loss_constant=None, ref_kl_coef=0.0,
+    )
+    # a group method: no critic, no advantage normalisation, its β and estimator in the loss, and
+    # Dr. GRPO's constant C = the task's reply budget (the arithmetic task's 6 tokens)
+    dr = resolve(PipelineConfig(task="arithmetic", algo="dr_grpo", ref_kl_coef=0.05, max_grad_norm=2.0))
+    assert ppo_config(dr, minibatch_size=6) == PPOConfig(
+        clip_coef=0.2, clip_coef_high=None, update_epochs=1, minibatch_size=6, norm_adv=False, clip_vloss=False,
+        vf_coef=0.0, ent_coef=0.0, max_grad_norm=2.0, loss_reduction="constant", loss_constant=6.0,
+        ref_kl_coef=0.05, ref_kl_estimator="k3",
+    )
+    # a field the LLM config does not set takes PPOConfig's default, and so does its own default
+    assert ppo_config(dr).target_kl is PPOConfig.target_kl and dr.clip_coef == PPOConfig.clip_coef

@@ -18,7 +18,7 @@ and a tokenizer: `encode(text, bos=False, eos=False) -> ids`, `decode(ids) -> te
 EOS on), `pad_id`, `bos_id`, `eos_id`, `vocab_size`, `meta()` / `check_vocab(meta)` for checkpoints.
 
 Implementations:
-- the project's `llm.model.GPT` with `llm.tokenizer.CharTokenizer` (trained from scratch; the
+- the project's `llm.gpt.GPT` with `llm.tokenizer.CharTokenizer` (trained from scratch; the
   default of `python -m llm.pipeline`);
 - `HFModel`, a wrapper around `transformers.AutoModelForCausalLM` loaded from a local directory
   (`--model PATH`, `from_pretrained(PATH, local_files_only=True)`: nothing is downloaded), with
@@ -61,8 +61,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from llm.model import GPT, KVCache, disable_dropout
-from llm.model import copy_model as copy_gpt
+from llm.gpt import GPT, KVCache, disable_dropout
+from llm.gpt import copy_model as copy_gpt
 
 __all__ = [
     "HFModel",
