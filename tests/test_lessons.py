@@ -11,11 +11,12 @@ import re
 import pytest
 import torch
 
-from core.catalog import ERRATA, FORMULAS, marked_tests
+from core.catalog import ERRATA, FORMULAS
 from lessons import discover
 from lessons import run_lesson as run_in_process
 from lessons.__main__ import main, split_run_arguments
 from lessons._common import NOTES, VERDICTS_FILE, Lesson
+from lessons.catalog_scan import marked_tests
 from lessons.table1 import SETTINGS
 from lessons.table1 import main as table1_main
 
@@ -216,13 +217,13 @@ def test_core_topics_have_a_lesson_and_a_marked_test(capsys):
 def test_plain_coverage_reports_honestly(capsys, monkeypatch):
     """The matrix names each formula that lacks a lesson or a test, and exits 1 then: checked on a
     catalog scan with two gaps made on purpose (one formula's tests, another's lessons removed)."""
-    import core.catalog
     import lessons.__main__ as cli
+    import lessons.catalog_scan
 
     assert main(["coverage"]) == 0  # today every formula has both
     full = marked_tests()
     untested, untaught = "AD-4", "CL-2"
-    monkeypatch.setattr(core.catalog, "marked_tests", lambda: {k: v for k, v in full.items() if k != untested})
+    monkeypatch.setattr(lessons.catalog_scan, "marked_tests", lambda: {k: v for k, v in full.items() if k != untested})
     monkeypatch.setattr(cli, "discover", lambda: [
         dataclasses.replace(lesson, formulas=tuple(f for f in lesson.formulas if f != untaught)) for lesson in LESSONS])
     capsys.readouterr()
