@@ -165,7 +165,7 @@ def test_pixel_and_atari_smoke_runs(env_id, kwargs, tmp_path):
 
 
 def test_shipped_agent_scores_what_the_readme_quotes():
-    """The README quotes mean 493.6 pipes and 97% at the 500 cap over the 100 held-out episodes
+    """envs/README.md quotes mean 493.6 pipes and 97% at the 500 cap over the 100 held-out episodes
     (seeds 10 000-10 099). Greedy play on fixed seeds is deterministic, so on the machine that
     measured it the figures come back exactly; elsewhere float rounding may change a few
     episodes. The margins are two standard errors of those 100 episodes: the scores' spread is
