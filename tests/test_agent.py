@@ -179,8 +179,11 @@ def test_shipped_agent_scores_what_the_readme_quotes():
     assert np.mean([s > 40 for s in stats["scores"]]) >= 0.9
 
 
-def test_watching_shows_the_agents_own_episode(tmp_path):
+def test_watching_shows_the_agents_own_episode(tmp_path, monkeypatch):
     """The video and the window replay, in lock-step, the episode the evaluation scores."""
+    import envs.flappy_bird.render
+
+    monkeypatch.setattr(envs.flappy_bird.render, "FPS", 0)  # the window draws every frame without waiting
     agent, meta = load_agent(Path(__file__).resolve().parent.parent / "envs" / "agents" / "flappy_features.pt")
     for seed in (10_000, 10_003):
         (evaluated,) = evaluate_policy(agent, meta["env_id"], episodes=1, cap=6, seed=seed)
