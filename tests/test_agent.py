@@ -20,7 +20,7 @@ from envs.train import TrainConfig, parse_config, train
 from envs.vector import check_action_space, make_vector_env
 
 FAST_CARTPOLE = dict(env_id="CartPole-v1", num_envs=8, num_steps=32, minibatch_size=64, update_epochs=10,
-                     learning_rate=2.5e-3, gamma=0.98, gae_lambda=0.8, ent_coef=0.0, progress=False,
+                     learning_rate=2.5e-3, anneal_lr=True, gamma=0.98, gae_lambda=0.8, ent_coef=0.0, progress=False,
                      plot_every_seconds=1e9, device="cpu")
 
 

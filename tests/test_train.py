@@ -13,7 +13,7 @@ import envs.train
 from core.config import config_to_dict
 from core.metrics import read_metrics
 from envs.networks import ActorCritic
-from envs.train import PRESET_NOTES, PRESETS, TrainConfig, main, parse_config, train
+from envs.train import PRESET_NOTES, PRESETS, TrainConfig, main, parse_config, resolve, train
 
 # ---- the bootstrap: V(final obs) at a truncation, nothing at a termination -------------------
 
@@ -193,14 +193,16 @@ def test_a_run_prints_and_saves_its_resolved_configuration(tmp_path, capsys):
 
 
 def test_no_anneal_lr_keeps_the_learning_rate(tmp_path):
-    assert parse_config([])[0].anneal_lr is True
+    # None takes the preset's: the annealed rate in flappy, a constant one in classic
+    assert resolve(TrainConfig(env_id="flappy")).anneal_lr is True
+    assert resolve(TrainConfig(env_id="CartPole-v1")).anneal_lr is False
     assert parse_config(["--no-anneal-lr"])[0].anneal_lr is False
     rates = {}
-    for flag in ("--anneal-lr", "--no-anneal-lr"):
-        main([*SMALL_RUN, flag, "--out", str(tmp_path / flag)])
-        rates[flag] = [r["charts/learning_rate"] for r in read_metrics(tmp_path / flag / "metrics.jsonl")]
+    for flag in ("--anneal-lr", "--no-anneal-lr", None):
+        main([*SMALL_RUN, *([flag] if flag else []), "--out", str(tmp_path / str(flag))])
+        rates[flag] = [r["charts/learning_rate"] for r in read_metrics(tmp_path / str(flag) / "metrics.jsonl")]
     lr = PRESETS["classic"]["learning_rate"]
-    assert rates["--no-anneal-lr"] == [lr, lr]
+    assert rates["--no-anneal-lr"] == rates[None] == [lr, lr]
     assert rates["--anneal-lr"] == pytest.approx([lr, lr / 2])  # 1 − iteration / 2 updates
 
 
