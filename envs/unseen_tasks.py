@@ -9,7 +9,7 @@ tasks, to show that the defaults hold where nobody looked. Importing this module
   Its episodes run long once the bird learns (no time limit of its own; we cap them at 10 000
   frames) and a frame-by-frame flapping policy hits the ceiling, so a policy's entropy can fall
   long before it has learned to pass a pipe: the task on which the earlier discrete default
-  collapsed (README, "Defaults that hold: the suite").
+  collapsed (envs/README.md, "Defaults that hold: the suite").
 - `DoorKey5x5Flat-v0`: Minigrid's `MiniGrid-DoorKey-5x5-v0` (Farama's `minigrid` package, the
   `bench` extra): pick up a key, open a door, reach the goal; one sparse reward
   1 − 0.9·steps/250 at the goal. The agent sees its 7×7×3 egocentric view (object, colour and

@@ -5,7 +5,7 @@
     python -m lessons run --all                    run every lesson straight through
     python -m lessons coverage [--only PG IS ...]  formula → lessons → tests; exit 1 if one lacks either
     python -m lessons catalog [ID ...]             a formula's statement, sources, code, lessons and tests
-    python -m lessons catalog --write              regenerate lessons/FORMULAS.md from core/catalog.py
+    python -m lessons catalog --write              regenerate lessons/FORMULAS.md (lessons/catalog_scan.py)
     python -m lessons verify ID|FAMILY|all [...]   run the tests marked with those formulas; pytest's exit code
 """
 
@@ -61,7 +61,8 @@ def _implemented_in_core() -> set[str]:
 
 
 def coverage(only: list[str], implemented: bool) -> int:
-    from core.catalog import FORMULAS, marked_tests
+    from core.catalog import FORMULAS
+    from lessons.catalog_scan import marked_tests
 
     lessons_of: dict[str, list[str]] = {fid: [] for fid in FORMULAS}
     for lesson in discover():
@@ -121,7 +122,7 @@ def _select(words: list[str]) -> list[str] | None:
 
 
 def catalog(ids: list[str], write: bool, check: bool) -> int:
-    from core.catalog import CATALOG_MD, describe, render_markdown
+    from lessons.catalog_scan import CATALOG_MD, describe, render_markdown
 
     if write or check:
         text = render_markdown()
@@ -144,7 +145,7 @@ def catalog(ids: list[str], write: bool, check: bool) -> int:
 
 def verify(ids: list[str], pytest_args: list[str]) -> int:
     """Run the tests marked with the formulas `ids` (node ids from the catalog's scan); pytest's exit code."""
-    from core.catalog import ROOT, marked_test_ids
+    from lessons.catalog_scan import ROOT, marked_test_ids
 
     selected = _select(ids)
     if selected is None:
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                             help="restrict to formulas that a function in core/ implements (@implements)")
     cat_parser = commands.add_parser("catalog", help="show formulas of the catalog, or regenerate lessons/FORMULAS.md")
     cat_parser.add_argument("ids", nargs="*", metavar="ID_OR_FAMILY", help="e.g. AD-4 or AD (default: all)")
-    cat_parser.add_argument("--write", action="store_true", help="rewrite lessons/FORMULAS.md from core/catalog.py")
+    cat_parser.add_argument("--write", action="store_true", help="rewrite lessons/FORMULAS.md")
     cat_parser.add_argument("--check", action="store_true", help="exit 1 when lessons/FORMULAS.md is out of date")
     ver_parser = commands.add_parser(
         "verify", help="run the tests marked with formula IDs (verify AD-4, verify AD, verify all)",

@@ -166,7 +166,7 @@ def test_pixel_and_atari_smoke_runs(env_id, kwargs, tmp_path):
 
 
 def test_shipped_agent_scores_what_the_readme_quotes():
-    """The README quotes mean 493.6 pipes and 97% at the 500 cap over the 100 held-out episodes
+    """envs/README.md quotes mean 493.6 pipes and 97% at the 500 cap over the 100 held-out episodes
     (seeds 10 000-10 099). Greedy play on fixed seeds is deterministic, so on the machine that
     measured it the figures come back exactly; elsewhere float rounding may change a few
     episodes. The margins are two standard errors of those 100 episodes: the scores' spread is
@@ -180,8 +180,11 @@ def test_shipped_agent_scores_what_the_readme_quotes():
     assert np.mean([s > 40 for s in stats["scores"]]) >= 0.9
 
 
-def test_watching_shows_the_agents_own_episode(tmp_path):
+def test_watching_shows_the_agents_own_episode(tmp_path, monkeypatch):
     """The video and the window replay, in lock-step, the episode the evaluation scores."""
+    import envs.flappy_bird.render
+
+    monkeypatch.setattr(envs.flappy_bird.render, "FPS", 0)  # the window draws every frame without waiting
     agent, meta = load_agent(Path(__file__).resolve().parent.parent / "envs" / "agents" / "flappy_features.pt")
     for seed in (10_000, 10_003):
         (evaluated,) = evaluate_policy(agent, meta["env_id"], episodes=1, cap=6, seed=seed)

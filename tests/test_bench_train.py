@@ -73,10 +73,48 @@ def test_ratio_and_target():
     assert sb3_ratio(None, {"seconds_to_solved": None, "budget_seconds": 300})["target_met"] is None
 
 
-def test_a_zero_budget_skips_sb3(capsys):
-    result = bench_train.main(["--only", "flappy-sb3", "--sb3-budget", "0"])
-    assert result == {"flappy": None, "flappy_sb3": None, "cartpole": None}
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result
+def _fake_runs(monkeypatch, calls: list) -> None:
+    """Replace each training run of bench_train by a recorded call returning known times, so that
+    main's bookkeeping (skips, ratios, medians) is checked by hand, without training."""
+    flappy = {"seconds_to_solved": 30.0, "steps_to_solved": 900_000, "seconds_to_mastered": 400.0,
+              "steps_to_mastered": 8_000_000, "final_at_cap_fresh_seeds": 0.95}
+    sb3 = {"seconds_to_solved": None, "steps_to_solved": None, "budget_seconds": None, "trained_steps": 600_000,
+           "trained_seconds": 300.0, "steps_per_second": 2_000, "best_mean": 81.0, "evaluations": 7}
+    ours_seconds = {1: 2.5, 2: 1.0, 3: 9.0}  # CartPole seconds to solved by seed: median 2.5 (seed 1)
+    sb3_seconds = {1: 10.0, 2: None, 3: 8.0}  # unsolved counts as slowest: median 10.0 (seed 1)
+    monkeypatch.setattr(bench_train, "warm_up", lambda: None)
+    monkeypatch.setattr(bench_train, "bench_flappy", lambda seed: calls.append(("flappy", seed)) or dict(flappy))
+    monkeypatch.setattr(bench_train, "bench_flappy_sb3", lambda seed, budget, every: calls.append(
+        ("flappy-sb3", seed, budget, every)) or {**sb3, "budget_seconds": budget})
+    monkeypatch.setattr(bench_train, "bench_cartpole_ours", lambda seed: calls.append(("ours", seed)) or {
+        "seconds": ours_seconds[seed], "steps": 1000 * seed})
+    monkeypatch.setattr(bench_train, "bench_cartpole_sb3", lambda seed: calls.append(("sb3", seed)) or {
+        "seconds": sb3_seconds[seed], "steps": 2000 * seed})
+
+
+def test_main_ratios_and_medians_by_hand(capsys, monkeypatch):
+    calls: list = []
+    _fake_runs(monkeypatch, calls)
+    result = bench_train.main(["--sb3-budget", "300", "--sb3-every", "512", "--cartpole-seeds", "3"])
+    # ours first, then SB3 with its budget; CartPole's seeds alternate between the two
+    assert calls == [("flappy", 1), ("flappy-sb3", 1, 300.0, 512),
+                     ("ours", 1), ("sb3", 1), ("ours", 2), ("sb3", 2), ("ours", 3), ("sb3", 3)]
+    # SB3 unsolved within 300 s: ours/SB3 is below 30/300 = 0.1, and the target is met
+    assert result["flappy_sb3"]["ratio"] is None and result["flappy_sb3"]["ratio_below"] == 0.1
+    assert result["flappy_sb3"]["target_met"] is True and result["flappy_sb3"]["budget_seconds"] == 300.0
+    assert result["cartpole"] == {"ours_seconds": 2.5, "ours_steps": 1000, "sb3_seconds": 10.0, "sb3_steps": 2000,
+                                  "ratio": 0.25, "seeds": 3}
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["cartpole"]["ratio"] == 0.25
+
+
+def test_a_zero_budget_skips_sb3(capsys, monkeypatch):
+    calls: list = []
+    _fake_runs(monkeypatch, calls)
+    result = bench_train.main(["--only", "flappy", "flappy-sb3", "--sb3-budget", "0"])
+    assert calls == [("flappy", 1)], "a zero budget trains no SB3"
+    assert result["flappy_sb3"] is None and result["cartpole"] is None
+    assert result["flappy"]["seconds_to_solved"] == 30.0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["flappy_sb3"] is None
 
 
 @pytest.mark.parametrize("argv", [["--sb3-budget", "-1"], ["--sb3-every", "0"], ["--only", "puffer-x"],

@@ -47,7 +47,7 @@ def tiny_config(**overrides) -> PipelineConfig:
         rm_pairs=3000,
         rm_eval_pairs=400,
         rm_lr=1e-3,
-        ppo_iterations=30,
+        ppo_iterations=20,  # measured (seed fixed): gold −0.55 → −0.02, score −0.87 → 0.99 (30 gave −0.05, 1.46)
         rollout_batch_size=32,
         minibatch_size=16,
         ref_kl_controller="fixed",

@@ -1,4 +1,6 @@
-"""The README's two commands are the ones CI and users run."""
+"""The README's two commands are the ones CI and users run; every command line and Python snippet
+of the three READMEs (README.md, envs/README.md, llm/README.md) works as printed; the reading path
+names functions that exist, with their lengths."""
 
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# The README opens the door; the front ends' READMEs hold the details, the figures and their commands.
+READMES = ("README.md", "envs/README.md", "llm/README.md")
 
 
 def readme_block(name: str) -> list[str]:
@@ -27,6 +31,8 @@ def test_readme_has_one_test_command_that_installs_lints_and_tests():
     (command,) = readme_block("test-command")
     assert "pip install" in command and "-e ." in command
     assert "ruff check" in command and "pytest" in command
+    if " -n " in command + " ":  # pytest's workers come from pytest-xdist: it must be installed by the command
+        assert re.search(r"^pytest-xdist\b", (ROOT / "requirements.txt").read_text(), flags=re.M)
 
 
 def test_ci_runs_exactly_the_readme_test_command():
@@ -51,10 +57,13 @@ def test_readme_main_command_installs_and_trains():
     assert "-e ." in command and command.endswith("-m envs.train")
 
 
-def code_blocks(language: str = "") -> list[str]:
-    """The README's fenced code blocks whose fence names `language` ("" for shell commands)."""
+def code_blocks(language: str = "", readme: str | None = None) -> list[str]:
+    """The fenced code blocks whose fence names `language` ("" for shell commands), of one README or
+    (`readme=None`) of all three."""
+    if readme is None:
+        return [block for name in READMES for block in code_blocks(language, name)]
     blocks, current, fence = [], None, None
-    for line in (ROOT / "README.md").read_text(encoding="utf-8").splitlines():
+    for line in (ROOT / readme).read_text(encoding="utf-8").splitlines():
         if line.strip().startswith("```"):  # fences may be indented (a block inside a list item)
             if current is None:
                 current, fence = [], line.strip()[3:].strip()
@@ -74,7 +83,7 @@ def python_snippets() -> list[str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("index", range(len(python_snippets())))
 def test_readme_python_snippets_run_as_printed(index, tmp_path):
-    """Each ```python block of the README, verbatim, in a fresh interpreter started outside the
+    """Each ```python block of the READMEs, verbatim, in a fresh interpreter started outside the
     checkout (the installed package is what it imports)."""
     snippet = python_snippets()[index]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -84,10 +93,10 @@ def test_readme_python_snippets_run_as_printed(index, tmp_path):
     assert result.stdout.strip(), "the snippet prints its result"
 
 
-def test_the_readme_has_python_snippets_for_the_agent_and_the_pipeline():
-    joined = "\n".join(python_snippets())
-    assert "load_agent(" in joined and "predict(" in joined and "evaluate_policy(" in joined
-    assert "run_pipeline(PipelineConfig(" in joined
+def test_the_readmes_have_python_snippets_for_the_agent_and_the_pipeline():
+    game = "\n".join(code_blocks("python", "envs/README.md"))
+    assert "load_agent(" in game and "predict(" in game and "evaluate_policy(" in game
+    assert "run_pipeline(PipelineConfig(" in "\n".join(code_blocks("python", "llm/README.md"))
 
 
 class _Parsed(Exception):
@@ -95,7 +104,7 @@ class _Parsed(Exception):
 
 
 def readme_commands() -> list[tuple[str, list[str]]]:
-    """(module, arguments) of every `python -m MODULE …` in the README's command blocks (also after
+    """(module, arguments) of every `python -m MODULE …` in the READMEs' command blocks (also after
     `&&`, after `VAR=value`, and the `-m MODULE …` a torchrun line starts on every rank). The test
     runner itself (`-m pytest`) is left out: parsing its arguments would run the suite."""
     commands = []
@@ -121,8 +130,49 @@ def readme_commands() -> list[tuple[str, list[str]]]:
 
 def test_readme_lists_commands():
     modules = {module for module, _ in readme_commands()}
-    assert {"envs.train", "envs.evaluate", "lessons", "llm.pipeline"} <= modules
+    assert {"envs.train", "envs.evaluate", "lessons", "llm.pipeline", "envs.bench_train", "envs.bench_gpu",
+            "envs.diagnose", "llm.compare", "llm.bench_transfer"} <= modules
     assert "pytest" not in modules
+
+
+def reading_path() -> list[tuple[str, int]]:
+    """(`module.name`, stated lines) of each row of the README's reading path tables."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Reading path", 1)[1].split("\n## ", 1)[0]
+    return [(name, int(lines)) for name, lines in re.findall(r"^\| \d+ \| `([\w.]+)` \| (\d+) \|", section, re.M)]
+
+
+def test_the_reading_path_names_functions_that_exist_with_their_lengths():
+    """Each function of the reading path exists under the name the README gives it, in the file that
+    name says, and is as long as the README says (within 10%, at least 3 lines): when a function
+    is renamed, moved or rewritten, this test names the row of the README to update."""
+    import inspect
+
+    rows = reading_path()
+    assert len(rows) >= 12, "two paths of 6–8 functions"
+    problems = []
+    for name, stated in rows:
+        module_name, *attrs = name.split(".")
+        while attrs:  # the longest importable prefix is the module; the rest are attributes
+            try:
+                importlib.import_module(".".join([module_name, attrs[0]]))
+            except ModuleNotFoundError:
+                break
+            module_name = f"{module_name}.{attrs.pop(0)}"
+        obj = importlib.import_module(module_name)
+        try:
+            for attr in attrs:
+                obj = getattr(obj, attr)
+        except AttributeError:
+            problems.append(f"{name}: no such function (renamed or moved?)")
+            continue
+        obj = inspect.unwrap(obj)  # a decorated function (torch.no_grad) is read where it is written
+        path = Path(inspect.getsourcefile(obj)).resolve()
+        assert path == (ROOT / (module_name.replace(".", "/") + ".py")).resolve(), (name, path)
+        lines = len(inspect.getsourcelines(obj)[0])
+        if abs(lines - stated) > max(3, stated // 10):
+            problems.append(f"{name}: {lines} lines, the README says {stated}")
+    assert not problems, "update the README's reading path: " + "; ".join(problems)
 
 
 @pytest.mark.parametrize("module,args", readme_commands(), ids=[" ".join([m, *a]) for m, a in readme_commands()])
