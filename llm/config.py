@@ -320,8 +320,12 @@ class PreferenceArgs(PolicyArgs):
     pref_batch_size: int = 24
     """Examples per step: pairs for DPO and IPO, labelled replies for KTO (the pairs taken apart;
     TRL counts the same way)."""
-    pref_lr: float = 2e-4
-    """Peak AdamW learning rate of the policy (linear warm-up, cosine decay to 10%)."""
+    pref_lr: float = 1e-4
+    """Peak AdamW learning rate of the policy (linear warm-up, cosine decay to 10%). 2e-4 until
+    `llm.bench_transfer` showed it too large for a weaker SFT model: on the character GPT after
+    150 SFT steps DPO's gold reward rose for 15 steps, then fell below the SFT policy's as the
+    KL to π_ref reached 3–5 nats (seeds 1 and 2); 1e-4 ends above SFT in all nine cells
+    (llm/README.md, "Defaults that transfer"). Shared by DPO, IPO and KTO."""
     pref_pairs: int = 2000
     """Labelled training pairs generated (the reward model's generator, seeds and annotator);
     training reads at most pref_steps × pref_batch_size of them (one pass) and cycles beyond."""
