@@ -121,6 +121,20 @@ def test_training_ranks_the_training_pairs(tiny_sft, algo, first_loss, min_accur
     assert 0.0 <= summary["preference"]["held_out_accuracy"] <= 1.0
 
 
+@pytest.mark.parametrize("algo, peak", [("dpo", 1e-4), ("ipo", 2e-4), ("kto", 2e-4)])
+def test_each_method_trains_at_its_preset_learning_rate(tiny_sft, algo, peak):
+    """pref_lr left at None takes the method's preset (DPO 1e-4, IPO and KTO 2e-4) and reaches
+    the optimiser: the first two steps of the 20-step linear warm-up run at peak·1/20 and
+    peak·2/20 (worked by hand), as logged; a value given is kept."""
+    _, sft = tiny_sft
+    config = tiny_config(algo=algo, pref_steps=2)
+    assert config.pref_lr == peak
+    _, stats = train(config, TASK, TOK, sft, CPU, out=None, progress=False, log=None)
+    logged = [r["charts/learning_rate"] for r in stats["history"] if "charts/learning_rate" in r]
+    assert logged == pytest.approx([peak / 20, 2 * peak / 20], rel=1e-12)
+    assert tiny_config(algo=algo, pref_lr=3e-3).pref_lr == 3e-3
+
+
 def test_kl_is_zero_at_the_reference_and_matches_sequence_logprobs(tiny_sft):
     """rlhf/ref_kl on sampled replies (left-padded generation layout) is the mean of the same
     log π_θ − log π_ref that the trainer computes on right-padded rows; 0 when π_θ = π_ref."""
