@@ -38,16 +38,14 @@ from core.checks import check_finite, check_positive, check_same_shape
 from core.config import check_choices
 from core.kl import KLController, KLEstimator, kl_estimate
 from core.losses import (
-    LossReduction,
     approx_kl,
     clip_fraction,
     clipped_surrogate,
     explained_variance,
-    masked_whiten,
     ratio_surrogate,
-    reduce_loss,
     value_loss,
 )
+from core.masked import LossReduction, masked_whiten, reduce_loss
 
 __all__ = ["PPOConfig", "Evaluation", "Ranks", "ppo_loss", "ppo_update", "OBJECTIVES", "REQUIRED_BATCH_KEYS"]
 
@@ -90,7 +88,7 @@ class PPOConfig:
     loss_reduction: LossReduction = "token_mean"
     """How per-token terms become a scalar: 'token_mean' (DA-3: over the tokens of the whole batch,
     each minibatch its share), 'seq_mean' (GR-2), 'constant' (DR-1), or 'minibatch_token_mean'
-    (each minibatch over its own tokens; `core.losses.reduce_loss`)."""
+    (each minibatch over its own tokens; `core.masked.reduce_loss`)."""
     loss_constant: float | None = None
     """C of the 'constant' reduction (for example the generation budget in tokens)."""
     ref_kl_coef: float = 0.0
@@ -187,7 +185,7 @@ def ppo_loss(
     Â is whitened per minibatch with `norm_adv` (detail 7); L^V is the (clipped) value loss
     (AD-7, detail 9); the KL to π_old is the k3 estimate on actions drawn from π_old,
     differentiable in θ (KL-2); the KL to π_ref (GR-2) uses `ref_kl_estimator`. Each term is
-    reduced by `config.loss_reduction` (`core.losses.reduce_loss`).
+    reduced by `config.loss_reduction` (`core.masked.reduce_loss`).
 
     Symbols → arguments: log π_θ, H, V_ψ → `new` (what `evaluate(minibatch)` returned); log π_old,
     Â, V^targ, V_old, mask, log π_ref → `minibatch["logprobs"]`, `["advantages"]`, `["returns"]`,

@@ -14,19 +14,16 @@ from hypothesis import strategies as st
 from core.kl import kl_estimate
 from core.losses import (
     approx_kl,
-    bradley_terry_loss,
     clip_fraction,
     clipped_surrogate,
     entropy_from_logits,
     explained_variance,
-    kl_penalty_surrogate,
-    masked_mean,
-    masked_whiten,
     ratio_surrogate,
-    reduce_loss,
-    score_function_surrogate,
     value_loss,
 )
+from core.masked import masked_mean, masked_whiten, reduce_loss
+from core.preference import bradley_terry_loss
+from core.surrogates import kl_penalty_surrogate, score_function_surrogate
 
 formula = pytest.mark.formula
 
