@@ -1,5 +1,4 @@
-"""The terms of PPO's loss (CL-4): the ratio and clipped surrogates, the value loss, the entropy,
-and the debug metrics that come back with them.
+"""The terms of PPO's loss (CL-4): the ratio and clipped surrogates, the value loss, the entropy.
 
 A `*_surrogate` returns the notes' **objective** per element, to be *maximised*; `value_loss` is
 a loss. `core.ppo.ppo_loss` minimises −reduce(objective) + c₁·reduce(value_loss) − c₂·reduce(H).
@@ -16,11 +15,8 @@ import torch.nn.functional as F
 
 from core.catalog import implements
 from core.checks import check_positive, check_same_shape
-from core.kl import kl_estimate
-from core.masked import masked_mean, masked_var
 
-__all__ = ["ratio_surrogate", "clipped_surrogate", "value_loss", "entropy_from_logits", "approx_kl",
-           "clip_fraction", "explained_variance"]
+__all__ = ["ratio_surrogate", "clipped_surrogate", "value_loss", "entropy_from_logits"]
 
 
 @implements("IS-1")
@@ -125,42 +121,4 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(dim=-1)
 
 
-# ---------------------------------------------------------------------------------------------
-# Diagnostics that come back with the PPO loss
-# ---------------------------------------------------------------------------------------------
 
-
-def approx_kl(logprobs: torch.Tensor, old_logprobs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean k3 estimate of KL[π_old‖π_θ] on actions sampled from π_old: E[(ρ − 1) − log ρ].
-
-    Unbiased and never negative (KL-2; `core.kl.kl_estimate` with the roles of the two policies
-    swapped), the "approx_kl" debug metric of PPO implementations.
-    """
-    return masked_mean(kl_estimate(old_logprobs.detach(), logprobs.detach(), "k3"), mask)
-
-
-def clip_fraction(
-    logprobs: torch.Tensor,
-    old_logprobs: torch.Tensor,
-    clip_coef: float,
-    clip_coef_high: float | None = None,
-    mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Share of actions whose ratio lies outside [1 − ε_low, 1 + ε_high] (the "clipfrac" metric)."""
-    clip_coef_high = clip_coef if clip_coef_high is None else clip_coef_high
-    ratio = torch.exp(logprobs.detach() - old_logprobs.detach())
-    outside = ((ratio < 1.0 - clip_coef) | (ratio > 1.0 + clip_coef_high)).to(ratio.dtype)
-    return masked_mean(outside, mask)
-
-
-def explained_variance(
-    predictions: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None
-) -> torch.Tensor:
-    """1 − Var[targets − predictions] / Var[targets]: 1 is a perfect critic, ≤ 0 a useless one.
-
-    Returns NaN when the targets have zero variance (nothing to explain).
-    """
-    var_targets = masked_var(targets, mask)
-    if float(var_targets) == 0.0:
-        return torch.tensor(float("nan"), device=targets.device)
-    return 1.0 - masked_var(targets - predictions, mask) / var_targets
