@@ -4,8 +4,9 @@ A `*_surrogate` returns the notes' **objective** per element, to be *maximised*;
 a loss. `core.ppo.ppo_loss` minimises −reduce(objective) + c₁·reduce(value_loss) − c₂·reduce(H).
 Shapes match elementwise: `(N,)` for game steps, `(B, T)` for B replies of T tokens, with an
 optional `mask` (1 = real token). The surrogates the lessons meet first (PG-4, TR-2) are in
-`core.surrogates`. Sources: notes 001–004; Kakade & Langford 2002 (importance ratio);
-Schulman et al. 2017 (PPO, eqs. 6–9); Yu et al. 2025 (DAPO).
+`core.surrogates`. Sources: notes 001 (PPO for LLMs), 002 (PPO paper notes), 003 (PPO derived),
+004 (PG to GRPO); Kakade & Langford 2002 (importance ratio); Schulman et al. 2017 (PPO, eqs.
+6–9); Yu et al. 2025 (DAPO).
 """
 
 from __future__ import annotations

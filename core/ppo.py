@@ -15,7 +15,8 @@ a mask", so one loop serves both:
                         [+ β_ref·reduce(k-estimate of KL to π_ref), GRPO's in-loss KL (GR-2)]
 
 `ppo_loss` is a pure function; torchrun enters `ppo_update` only through its `ranks` argument.
-Validation is in `core.checks`, the debug metrics in `core.diagnostics`. Sources: notes 001–004;
+Validation is in `core.checks`, the debug metrics in `core.diagnostics`. Sources: notes
+001 (PPO for LLMs), 002 (PPO paper notes), 003 (PPO derived), 004 (PG to GRPO);
 Schulman et al. 2017 (PPO); Huang et al. 2022, "The 37 Implementation Details of PPO" (details
 5–13: shuffled minibatches, advantage normalisation, clipping of ratio, value and gradient norm,
 entropy bonus, debug metrics, early stop at a target KL).

@@ -16,8 +16,8 @@ log-sigmoid of a difference of log-ratios; no KL is computed anywhere.
 Shapes: every argument is (B,), one entry per pair (DPO, IPO) or per example (KTO), except the
 (B, T) token log-probs `sequence_logprobs` sums. Every loss returns the per-example loss (B,); reduce it with `.mean()`.
 
-Sources: note 004; Rafailov et al. 2023 (DPO); Azar et al. 2023 (IPO, "ΨPO"); Ethayarajh et
-al. 2024 (KTO).
+Sources: notes 001 (PPO for LLMs), 002 (PPO paper notes), 004 (PG to GRPO); Rafailov et al. 2023
+(DPO); Azar et al. 2023 (IPO, "ΨPO"); Ethayarajh et al. 2024 (KTO).
 """
 
 from __future__ import annotations

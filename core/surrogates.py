@@ -3,7 +3,8 @@
 
 The two the PPO update trains with, ρA (IS-1) and the clipped surrogate (CL-1), are in
 `core.losses`, with the same sign convention: a `*_surrogate` is the per-element objective, to
-be maximised. Sources: notes 000–004; Williams 1992 (REINFORCE); Schulman et al. 2017 (PPO, eq. 8).
+be maximised. Sources: notes 000 (RLHF objective), 001 (PPO for LLMs), 002 (PPO paper notes),
+003 (PPO derived), 004 (PG to GRPO); Williams 1992 (REINFORCE); Schulman et al. 2017 (PPO, eq. 8).
 """
 
 from __future__ import annotations
