@@ -1,10 +1,10 @@
 """Reductions over padded token batches: masked sums, means, variances, whitening, and the loss
 reductions of the GRPO family (GR-2, DA-3, DR-1).
 
-`mask` has the shape of `x` (1 = real token, 0 = padding); with no mask every position is real,
-and every reduction is the plain one (a game step is one action, so the game's PPO loss is a
-plain mean). Sources: note 004 (PG to GRPO); Shao et al. 2024 (GRPO); Yu et al. 2025 (DAPO);
-Liu et al. 2025 (Dr. GRPO).
+`mask` has the shape of `x` (1 = real token, 0 = padding); with no mask every position is real.
+A game step is one action: on the game's (N,) steps every reduction is the plain mean.
+Sources: note 004 (PG to GRPO); Shao et al. 2024 (GRPO); Yu et al. 2025 (DAPO); Liu et al. 2025
+(Dr. GRPO).
 """
 
 from __future__ import annotations

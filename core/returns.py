@@ -164,7 +164,7 @@ def lambda_returns(
 
     with G^λ_{t+1} replaced by V(s_{t+1}) at an episode end (truncation: keep the bootstrap) and
     the whole bracket by 0 at a termination. G^λ_t = Â_t + V(s_t) with Â from `gae`; this
-    separate recursion is how the tests check that identity. Arguments as in `gae`.
+    separate recursion is how the tests check that identity. Arguments as in `core.advantages.gae`.
     """
     check_probability("gamma", gamma)
     check_probability("gae_lambda", gae_lambda)
