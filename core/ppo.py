@@ -14,15 +14,12 @@ a mask", so one loop serves both:
                  loss = −reduce(objective) + c₁·reduce(value loss) − c₂·reduce(entropy)   (CL-4)
                         [+ β_ref·reduce(k-estimate of KL to π_ref), GRPO's in-loss KL (GR-2)]
 
-`ppo_loss` is the math of one minibatch, a pure function; `ppo_update` is the loop around it.
-Several processes (torchrun) enter only through `ranks`, an argument: the front end passes
-`core.distributed.ranks()`, and nothing here imports a process group.
-
-Sources: notes 001 (PPO for LLMs: the loop), 002 (PPO paper notes), 003 (PPO derived), 004 (PG
-to GRPO); Schulman et al. 2017 (PPO); Huang et al. 2022, "The 37
-Implementation Details of PPO" (details 5–13 live here: minibatch shuffling, advantage
-normalisation, clipped surrogate, value clipping, entropy bonus, global gradient clipping,
-the debug metrics approx_kl and clipfrac, early stopping at a target KL).
+`ppo_loss` is a pure function; torchrun enters `ppo_update` only through its `ranks` argument.
+Validation is in `core.checks`, the debug metrics in `core.diagnostics`. Sources: notes
+001 (PPO for LLMs), 002 (PPO paper notes), 003 (PPO derived), 004 (PG to GRPO);
+Schulman et al. 2017 (PPO); Huang et al. 2022, "The 37 Implementation Details of PPO" (details
+5–13: shuffled minibatches, advantage normalisation, clipping of ratio, value and gradient norm,
+entropy bonus, debug metrics, early stop at a target KL).
 """
 
 from __future__ import annotations
@@ -34,26 +31,17 @@ from typing import Literal, NamedTuple, Protocol, get_args
 import torch
 
 from core.catalog import implements
-from core.checks import check_finite, check_positive, check_same_shape
+from core.checks import REQUIRED_BATCH_KEYS, check_batch, check_evaluation, check_ppo_config
 from core.config import check_choices
+from core.diagnostics import approx_kl, clip_fraction, explained_variance
 from core.kl import KLController, KLEstimator, kl_estimate
-from core.losses import (
-    LossReduction,
-    approx_kl,
-    clip_fraction,
-    clipped_surrogate,
-    explained_variance,
-    masked_whiten,
-    ratio_surrogate,
-    reduce_loss,
-    value_loss,
-)
+from core.losses import clipped_surrogate, ratio_surrogate, value_loss
+from core.masked import LossReduction, masked_whiten, reduce_loss
 
 __all__ = ["PPOConfig", "Evaluation", "Ranks", "ppo_loss", "ppo_update", "OBJECTIVES", "REQUIRED_BATCH_KEYS"]
 
 Objective = Literal["clip", "kl_penalty", "clip+kl_penalty", "ratio"]
 OBJECTIVES = get_args(Objective)
-REQUIRED_BATCH_KEYS = ("actions", "logprobs", "advantages", "returns", "values")
 
 
 @dataclass
@@ -90,7 +78,7 @@ class PPOConfig:
     loss_reduction: LossReduction = "token_mean"
     """How per-token terms become a scalar: 'token_mean' (DA-3: over the tokens of the whole batch,
     each minibatch its share), 'seq_mean' (GR-2), 'constant' (DR-1), or 'minibatch_token_mean'
-    (each minibatch over its own tokens; `core.losses.reduce_loss`)."""
+    (each minibatch over its own tokens; `core.masked.reduce_loss`)."""
     loss_constant: float | None = None
     """C of the 'constant' reduction (for example the generation budget in tokens)."""
     ref_kl_coef: float = 0.0
@@ -100,35 +88,7 @@ class PPOConfig:
 
     def __post_init__(self) -> None:
         check_choices(self)
-        check_positive("clip_coef", self.clip_coef)
-        if self.clip_coef_high is not None:
-            check_positive("clip_coef_high", self.clip_coef_high)
-            if self.clip_coef_high < self.clip_coef:
-                raise ValueError(
-                    f"clip_coef_high (ε_high = {self.clip_coef_high}) must be ≥ clip_coef "
-                    f"(ε_low = {self.clip_coef})"
-                )
-        for name in ("update_epochs", "minibatch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.batch_size is not None and self.minibatch_size > self.batch_size:
-            raise ValueError(
-                f"minibatch_size ({self.minibatch_size}) is larger than the batch "
-                f"(batch_size = {self.batch_size})"
-            )
-        check_positive("vf_clip_coef", self.vf_clip_coef)
-        check_positive("vf_coef", self.vf_coef, allow_zero=True)
-        check_positive("ent_coef", self.ent_coef, allow_zero=True)
-        check_positive("ref_kl_coef", self.ref_kl_coef, allow_zero=True)
-        if self.max_grad_norm is not None:
-            check_positive("max_grad_norm", self.max_grad_norm)
-        if self.target_kl is not None:
-            check_positive("target_kl", self.target_kl)
-        if self.loss_reduction == "constant":
-            if self.loss_constant is None:
-                raise ValueError("loss_constant must be set when loss_reduction is 'constant'")
-            check_positive("loss_constant", self.loss_constant)
+        check_ppo_config(self)
 
 
 class Evaluation(NamedTuple):
@@ -187,7 +147,7 @@ def ppo_loss(
     Â is whitened per minibatch with `norm_adv` (detail 7); L^V is the (clipped) value loss
     (AD-7, detail 9); the KL to π_old is the k3 estimate on actions drawn from π_old,
     differentiable in θ (KL-2); the KL to π_ref (GR-2) uses `ref_kl_estimator`. Each term is
-    reduced by `config.loss_reduction` (`core.losses.reduce_loss`).
+    reduced by `config.loss_reduction` (`core.masked.reduce_loss`).
 
     Symbols → arguments: log π_θ, H, V_ψ → `new` (what `evaluate(minibatch)` returned); log π_old,
     Â, V^targ, V_old, mask, log π_ref → `minibatch["logprobs"]`, `["advantages"]`, `["returns"]`,
@@ -199,10 +159,7 @@ def ppo_loss(
     entropy, approx_kl, clipfrac, ref_kl (with `ref_kl_coef`).
     """
     old, mask = minibatch["logprobs"], minibatch.get("mask")
-    check_same_shape("minibatch actions", _one_per_step(minibatch["actions"], old), **{
-        "evaluate(...).logprobs": new.logprobs, "evaluate(...).entropy": new.entropy,
-        "evaluate(...).values": new.values,
-    })
+    check_evaluation(new, minibatch)
 
     def reduce(x: torch.Tensor) -> torch.Tensor:
         return reduce_loss(x, mask, loss_reduction=config.loss_reduction, loss_constant=config.loss_constant,
@@ -271,11 +228,9 @@ def ppo_update(
     over the ranks, so every rank takes the same decisions. Every rank needs the same number of
     minibatches.
 
-    Returns floats under the fixed metric names (`core.metrics.METRICS`): losses/policy_loss,
-    losses/value_loss, losses/entropy, losses/approx_kl, losses/clipfrac, losses/ref_kl (when
-    used), losses/grad_norm (the norm before clipping), losses/explained_variance,
-    charts/kl_coef (β of the penalty on KL[π_old‖π_θ], with a controller), and ppo/epochs,
-    ppo/minibatches (how much of the schedule ran before an early stop).
+    Returns the debug metrics as floats under the names documented in `core.metrics.METRICS`:
+    each `losses/…` term averaged over the minibatches, `charts/kl_coef` (with a controller),
+    `ppo/epochs` and `ppo/minibatches` (how much of the schedule ran before an early stop).
     """
     ranks = _OneProcess() if ranks is None else ranks
     check_batch(batch, config, kl_controller)
@@ -319,36 +274,6 @@ def ppo_update(
             stats["ppo/kl_after_update"] = ranks.mean({"kl": kl})["kl"]
             kl_controller.update(stats["ppo/kl_after_update"], n_rows)
     return stats
-
-
-def _one_per_step(actions: torch.Tensor, logprobs: torch.Tensor) -> torch.Tensor:
-    """`actions` seen with one entry per step: a continuous action is a vector, (N, A) for
-    log-probs (N,), whose trailing dimensions belong to the action itself."""
-    if actions.dim() <= logprobs.dim():
-        return actions
-    return actions.flatten(logprobs.dim())[..., 0]
-
-
-def check_batch(batch: dict[str, torch.Tensor], config: PPOConfig, kl_controller: KLController | None) -> None:
-    """Raise ValueError naming what is wrong with a batch `ppo_update` cannot train on."""
-    if config.objective.endswith("kl_penalty") and kl_controller is None:
-        raise ValueError(f"objective {config.objective!r} needs a kl_controller (TR-3/TR-4)")
-    missing = [k for k in REQUIRED_BATCH_KEYS if k not in batch]
-    if missing:
-        raise ValueError(f"batch is missing {missing}; required keys are {list(REQUIRED_BATCH_KEYS)}")
-    if config.ref_kl_coef > 0 and "ref_logprobs" not in batch:
-        raise ValueError("ref_kl_coef > 0 needs batch['ref_logprobs'] (log π_ref of the actions)")
-    actions = batch["actions"]
-    per_action = ("logprobs", "advantages", "returns", "values", "mask", "ref_logprobs")
-    shaped = {k: batch[k] for k in per_action if k in batch}
-    check_same_shape("actions", _one_per_step(actions, batch["logprobs"]), **shaped)
-    check_finite(**{k: v for k, v in shaped.items() if k != "mask"})
-    n_rows = actions.shape[0]
-    for key, tensor in batch.items():
-        if tensor.shape[0] != n_rows:
-            raise ValueError(f"batch['{key}'] has {tensor.shape[0]} rows but batch['actions'] has {n_rows}")
-    if config.minibatch_size > n_rows:
-        raise ValueError(f"minibatch_size ({config.minibatch_size}) is larger than the batch ({n_rows} rows)")
 
 
 def _tokens_per_minibatch(mask: torch.Tensor | None, trained_rows: torch.Tensor, n_minibatches: int,

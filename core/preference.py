@@ -1,7 +1,8 @@
-"""Direct preference losses: DPO, IPO and KTO — RLHF without a reward model or a sampling loop.
+"""Preference losses: Bradley–Terry (the reward model's, RM-1), and DPO, IPO and KTO — RLHF without a
+reward model or a sampling loop.
 
 All three work on **sequence log-probabilities** log π(y|x) = Σ_t log π(y_t|x, y_<t) (IS-2,
-`core.losses.sequence_logprobs`) of a trained policy π_θ and a frozen reference π_ref (the SFT
+`sequence_logprobs`) of a trained policy π_θ and a frozen reference π_ref (the SFT
 model), and on the log-ratio
 
     r_θ(x, y) = log π_θ(y|x) − log π_ref(y|x)
@@ -12,22 +13,25 @@ Plugging it into Bradley–Terry (RM-1) the unknown log Z(x) cancels in the diff
 that is DPO. Note 004 (PG to GRPO) describes DPO as "computing a KL divergence" (erratum E7): the loss is a
 log-sigmoid of a difference of log-ratios; no KL is computed anywhere.
 
-Shapes: every argument is (B,), one entry per pair (DPO, IPO) or per example (KTO).
-Every function returns the per-example loss (B,); reduce it with `.mean()`.
+Shapes: every argument is (B,), one entry per pair (DPO, IPO) or per example (KTO), except the
+(B, T) token log-probs `sequence_logprobs` sums. Every loss returns the per-example loss (B,); reduce it with `.mean()`.
 
-Sources: note 004; Rafailov et al. 2023 (DPO); Azar et al. 2023 (IPO, "ΨPO"); Ethayarajh et
-al. 2024 (KTO).
+Sources: notes 001 (PPO for LLMs), 002 (PPO paper notes), 004 (PG to GRPO); Rafailov et al. 2023
+(DPO); Azar et al. 2023 (IPO, "ΨPO"); Ethayarajh et al. 2024 (KTO).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from core.catalog import implements
 from core.checks import check_finite, check_positive, check_same_shape
-from core.losses import bradley_terry_loss
+from core.masked import masked_sum
 
 __all__ = [
+    "bradley_terry_loss",
+    "sequence_logprobs",
     "implicit_rewards",
     "preference_margin",
     "dpo_loss",
@@ -35,6 +39,33 @@ __all__ = [
     "kto_reference_point",
     "kto_loss",
 ]
+
+
+@implements("RM-1")
+def bradley_terry_loss(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor) -> torch.Tensor:
+    """Bradley–Terry loss  −log σ(R(x, y⁺) − R(x, y⁻))   (RM-1; notes 001, 004).
+
+    P(y⁺ ≻ y⁻) = σ(R⁺ − R⁻) is the model of human preference; the loss is its negative
+    log-likelihood, so only score differences matter (adding a constant changes nothing).
+    DPO (DP-1) is this same loss on the implicit reward β log π_θ/π_ref.
+
+    Symbols → arguments: R(x, y⁺) → `chosen_scores`, R(x, y⁻) → `rejected_scores`, (B,) each.
+    Returns the per-pair loss (B,). `logsigmoid` keeps it finite for large differences.
+    """
+    check_same_shape("chosen_scores", chosen_scores, rejected_scores=rejected_scores)
+    return -F.logsigmoid(chosen_scores - rejected_scores)
+
+
+@implements("IS-2")
+def sequence_logprobs(token_logprobs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """log π(y|x) = Σ_t log π(y_t | x, y_<t) over the real tokens of each reply   (IS-2, note 002).
+
+    Treating a whole reply as one action (note 002's LLM view), its probability is the product of
+    its tokens' probabilities, so the sequence ratio π_θ(y|x)/π_old(y|x) is exp(Σ_t token
+    log-ratios): pass the result to `core.losses.ratio_surrogate`. Shapes: `token_logprobs` (B, T), `mask`
+    (B, T) or None; returns (B,).
+    """
+    return masked_sum(token_logprobs, mask, dim=-1)
 
 
 def implicit_rewards(policy_logps: torch.Tensor, ref_logps: torch.Tensor, beta: float) -> torch.Tensor:

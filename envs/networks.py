@@ -1,18 +1,11 @@
-"""Actor-critic networks for the gymnasium agent: an MLP for feature vectors, the Nature CNN
-for pixels and Atari.
+"""Actor-critic networks for the gymnasium agent: tanh MLPs for feature vectors, the Nature CNN
+for pixels, and a diagonal Gaussian policy for continuous actions.
 
-Details from "The 37 Implementation Details of PPO" (Huang et al. 2022): orthogonal weight
-initialisation with gain √2 in hidden layers, 0.01 for the policy head (a nearly uniform
-first policy) and 1 for the value head; biases at 0 (detail 2). Tanh MLPs of 64 units and
-separate actor and critic networks by default (detail 13); the CNN shares its trunk between
-actor and critic, as in the Atari setting of the PPO paper. Pixel inputs are scaled to [0, 1].
-
-For a Box action space the policy is a diagonal Gaussian, as in CleanRL's
-`ppo_continuous_action.py` (the continuous-action details of the same paper): the network
-gives the mean μ_θ(s), the log standard deviation is one state-independent parameter vector
-(initialised at 0: σ = 1), actions are sampled unclipped (the env adapter clips them to the
-bounds), and log π and the entropy sum over the action's dimensions (`gaussian_log_prob`,
-`gaussian_entropy`).
+Details of "The 37 Implementation Details of PPO" (Huang et al. 2022): orthogonal initialisation
+(detail 2: gain √2 in hidden layers, 0.01 for the policy head, 1 for the value head), separate
+actor and critic MLPs of 64 units by default (detail 13), and for a Box action space CleanRL's
+`ppo_continuous_action.py`: a state-independent log-std (σ = 1 at the start), actions sampled
+unclipped (the env adapter clips them), log π and entropy summed over the action's dimensions.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from core.losses import score_function_surrogate
+from core.surrogates import score_function_surrogate
 from lessons._common import Lesson, plt, table
 
 lesson = Lesson(__doc__)

@@ -36,8 +36,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from core.advantages import discounted_returns, td_residuals
-from core.losses import score_function_surrogate
+from core.returns import discounted_returns, td_residuals
+from core.surrogates import score_function_surrogate
 from lessons._common import Lesson, plt, table
 
 lesson = Lesson(__doc__)

@@ -22,7 +22,7 @@ Deviations from the papers
     A single-state categorical policy for the ratio experiments and a bigram table as the
     "language model" (a token depends only on the previous one). Core has no function of its
     own for a reply's log-probability; it is the masked sum of token log-probs
-    (`core.losses.masked_sum`), checked here against a plain loop.
+    (`core.masked.masked_sum`), checked here against a plain loop.
 """
 
 FORMULAS = ("IS-1", "IS-2")
@@ -34,7 +34,9 @@ import torch
 import torch.nn.functional as F
 
 from core.kl import categorical_kl
-from core.losses import masked_sum, ratio_surrogate, score_function_surrogate
+from core.losses import ratio_surrogate
+from core.masked import masked_sum
+from core.surrogates import score_function_surrogate
 from lessons._common import Lesson, plt, table
 
 lesson = Lesson(__doc__)

@@ -50,8 +50,8 @@ from core.kl import (
     categorical_kl,
     make_kl_controller,
 )
-from core.losses import kl_penalty_surrogate
 from core.ppo import Evaluation, PPOConfig, ppo_update
+from core.surrogates import kl_penalty_surrogate
 from lessons._common import Lesson, plt, table
 
 lesson = Lesson(__doc__)
@@ -132,7 +132,7 @@ kl_hand = sum(q * (torch.tensor(q).log() - torch.tensor(p).log()).item() for q, 
 value_hand = rho * advantage - beta * kl_hand
 grad_hand = [rho * advantage * ((j == action) - pi[j]) - beta * (pi[j] - pi_old[j]) for j in range(3)]
 table(["", "value", "∂/∂θ₀", "∂/∂θ₁", "∂/∂θ₂"],
-      [["core.losses.kl_penalty_surrogate + autograd", float(value.detach()), *grad.tolist()],
+      [["core.surrogates.kl_penalty_surrogate + autograd", float(value.detach()), *grad.tolist()],
        ["by hand", value_hand, *grad_hand]], digits=6)
 print(f"\n    ρ = {rho:.4f}, A = {advantage}, KL[π_old‖π_θ] = {kl_hand:.5f}, β = {beta}")
 hand_gap = max(abs(float(value.detach()) - value_hand), *(abs(a - b) for a, b in zip(grad.tolist(), grad_hand)))

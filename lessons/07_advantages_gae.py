@@ -35,8 +35,15 @@ FORMULAS = ("AD-1", "AD-2", "AD-3", "AD-4", "AD-5", "AD-6", "AD-7")
 # %% Setup
 import torch
 
-from core.advantages import discounted_returns, gae, gae_weighted_sum, k_step_advantages, lambda_returns, td_residuals
+from core.advantages import gae
 from core.losses import value_loss
+from core.returns import (
+    discounted_returns,
+    gae_weighted_sum,
+    k_step_advantages,
+    lambda_returns,
+    td_residuals,
+)
 from lessons._common import Lesson, plt, table
 
 lesson = Lesson(__doc__)

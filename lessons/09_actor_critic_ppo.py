@@ -71,9 +71,10 @@ TABLE1 = "--table1" in sys.argv[1:]
 if TABLE1:
     sys.argv.remove("--table1")
 
-from core.advantages import discounted_returns, td_residuals
-from core.losses import score_function_surrogate, value_loss
+from core.losses import value_loss
 from core.metrics import METRICS, read_metrics
+from core.returns import discounted_returns, td_residuals
+from core.surrogates import score_function_surrogate
 from envs.config import TrainConfig, preset_for
 from envs.evaluate import evaluate_policy
 from envs.train import train

@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from core.kl import categorical_kl, kl_regularized_objective, kl_regularized_optimum
-from core.losses import bradley_terry_loss
+from core.preference import bradley_terry_loss
 from lessons._common import Lesson, plt, say, table
 
 lesson = Lesson(__doc__)

@@ -50,8 +50,8 @@ import random
 import torch
 
 from core.advantages import gae
+from core.diagnostics import explained_variance
 from core.kl import kl_estimate
-from core.losses import explained_variance
 from core.ppo import ppo_update
 from lessons._common import Lesson, plt, say, table
 from llm.config import PipelineConfig, ppo_config, resolve

@@ -48,8 +48,15 @@ import torch
 import torch.nn.functional as F
 
 from core.kl import categorical_kl, kl_regularized_optimum
-from core.losses import bradley_terry_loss
-from core.preference import dpo_loss, implicit_rewards, ipo_loss, kto_loss, kto_reference_point, preference_margin
+from core.preference import (
+    bradley_terry_loss,
+    dpo_loss,
+    implicit_rewards,
+    ipo_loss,
+    kto_loss,
+    kto_reference_point,
+    preference_margin,
+)
 from lessons._common import Lesson, plt, say, table
 
 lesson = Lesson(__doc__)

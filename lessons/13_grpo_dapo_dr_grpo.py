@@ -53,9 +53,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from core.advantages import group_advantages, informative_groups, overlong_penalty
+from core.group import group_advantages, informative_groups, overlong_penalty
 from core.kl import kl_estimate
-from core.losses import clipped_surrogate, reduce_loss
+from core.losses import clipped_surrogate
+from core.masked import reduce_loss
 from core.ppo import Evaluation, PPOConfig, ppo_update
 from lessons._common import Lesson, plt, say, table
 from llm.config import ModelArgs, model_config

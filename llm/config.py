@@ -47,7 +47,7 @@ from typing import Literal, get_args
 
 from core.config import check_choices
 from core.kl import KLControllerKind, KLEstimator
-from core.losses import LossReduction
+from core.masked import LossReduction
 from core.metrics import Tracker
 from core.ppo import PPOConfig
 from llm.gpt import GPTConfig

@@ -81,7 +81,7 @@ Deviations from the papers, and why:
   −1 from the checker. Masking such replies out of the loss (`mask_truncated`) is off by default;
 - DAPO's token mean is over the batch's tokens also when the batch is trained in several
   minibatches: each minibatch's sum is divided by (batch tokens / minibatches), as in DAPO's
-  code, not by its own tokens ('minibatch_token_mean', `core.losses.reduce_loss`);
+  code, not by its own tokens ('minibatch_token_mean', `core.masked.reduce_loss`);
 - Dr. GRPO's constant C is the task's reply budget (the paper uses the generation budget);
 - held-out accuracy is measured with greedy decoding on test-split problems (RL trains on the
   train split), the headline number; temperature-1 accuracy is reported beside it.
@@ -100,8 +100,8 @@ import torch
 from tqdm import tqdm
 
 from core import distributed
-from core.advantages import group_advantages, informative_groups, overlong_penalty
-from core.losses import masked_mean
+from core.group import group_advantages, informative_groups, overlong_penalty
+from core.masked import masked_mean
 from core.ppo import ppo_update
 from llm.config import GROUP_ALGOS, GroupArgs, PolicyArgs, ppo_config, resolve, tag_suffix
 from llm.gpt import GPT, disable_dropout
@@ -209,7 +209,7 @@ def collect_groups(
     generator: torch.Generator | None = None,
 ) -> GroupBatch:
     """Sample `group_prompts` groups of `group_size` replies. With `dynamic_sampling` (DA-2) keep
-    only groups whose rewards are not all equal (`core.advantages.informative_groups`) and sample
+    only groups whose rewards are not all equal (`core.group.informative_groups`) and sample
     rounds of fresh prompts until `group_prompts` groups are kept or `sampling_rounds` rounds
     ran; extra groups of the last round are left out."""
     G, P = config.group_size, config.group_prompts

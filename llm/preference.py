@@ -94,8 +94,7 @@ from tqdm import tqdm
 
 from core import distributed
 from core.checks import check_finite
-from core.losses import sequence_logprobs
-from core.preference import dpo_loss, ipo_loss, kto_loss, kto_reference_point
+from core.preference import dpo_loss, ipo_loss, kto_loss, kto_reference_point, sequence_logprobs
 from llm.config import PREFERENCE_ALGOS, PreferenceArgs, resolve, tag_suffix
 from llm.gpt import GPT, disable_dropout
 from llm.model_interface import context_length, copy_model

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from core import distributed
 from core.checks import check_finite
-from core.losses import bradley_terry_loss
+from core.preference import bradley_terry_loss
 from llm.config import RMArgs
 from llm.gpt import GPT
 from llm.model_interface import HFModel, context_length, hf_scalar_model_from

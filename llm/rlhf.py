@@ -50,7 +50,7 @@ from core.advantages import gae
 from core.catalog import implements
 from core.checks import check_finite
 from core.kl import KLController, KLEstimator, kl_estimate, make_kl_controller
-from core.losses import masked_whiten
+from core.masked import masked_whiten
 from core.ppo import Evaluation, ppo_update
 from llm.config import PPOArgs, ppo_config, resolve, tag_suffix
 from llm.gpt import GPT, disable_dropout

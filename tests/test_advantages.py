@@ -9,11 +9,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.advantages import (
+from core.advantages import gae
+from core.group import group_advantages
+from core.returns import (
     discounted_returns,
-    gae,
     gae_weighted_sum,
-    group_advantages,
     k_step_advantages,
     lambda_returns,
     td_residuals,
@@ -281,7 +281,7 @@ def test_bad_inputs_name_the_problem(device):
 
 @formula("DA-2")
 def test_informative_groups_matches_a_loop(device):
-    from core.advantages import informative_groups
+    from core.group import informative_groups
 
     g = torch.Generator().manual_seed(3)
     rewards = (torch.rand(200, 4, generator=g) < 0.5).float().to(device)  # 0/1 verifier, G = 4
@@ -301,7 +301,7 @@ def test_informative_groups_matches_a_loop(device):
 
 @formula("DA-4")
 def test_overlong_penalty_pieces_and_continuity(device):
-    from core.advantages import overlong_penalty
+    from core.group import overlong_penalty
 
     max_length, cache = 20, 4  # the ramp covers lengths 17..20
     lengths = torch.arange(0, 26, device=device)

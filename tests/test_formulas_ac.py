@@ -7,8 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.advantages import td_residuals
-from core.losses import score_function_surrogate, value_loss
+from core.losses import value_loss
+from core.returns import td_residuals
+from core.surrogates import score_function_surrogate
 
 formula = pytest.mark.formula
 f64 = torch.float64

@@ -10,9 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.advantages import discounted_returns, td_residuals
 from core.kl import kl_regularized_objective
-from core.losses import ratio_surrogate, score_function_surrogate, sequence_logprobs
+from core.losses import ratio_surrogate
+from core.preference import sequence_logprobs
+from core.returns import discounted_returns, td_residuals
+from core.surrogates import score_function_surrogate
 
 formula = pytest.mark.formula
 f64 = torch.float64

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from core.kl import categorical_kl, kl_regularized_objective, kl_regularized_optimum
-from core.losses import score_function_surrogate
+from core.surrogates import score_function_surrogate
 
 formula = pytest.mark.formula
 f64 = torch.float64

@@ -10,7 +10,7 @@ import random
 import pytest
 import torch
 
-from core.advantages import group_advantages, informative_groups
+from core.group import group_advantages, informative_groups
 from core.kl import kl_estimate
 from core.metrics import read_metrics
 from core.ppo import Evaluation, ppo_update

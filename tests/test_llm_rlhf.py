@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from core.kl import kl_estimate
-from core.losses import bradley_terry_loss
 from core.ppo import PPOConfig
+from core.preference import bradley_terry_loss
 from llm import reward_model, rlhf
 from llm import sft as sft_stage
 from llm.config import PipelineConfig, model_config, ppo_config, resolve

@@ -11,22 +11,12 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from core.diagnostics import approx_kl, clip_fraction, explained_variance
 from core.kl import kl_estimate
-from core.losses import (
-    approx_kl,
-    bradley_terry_loss,
-    clip_fraction,
-    clipped_surrogate,
-    entropy_from_logits,
-    explained_variance,
-    kl_penalty_surrogate,
-    masked_mean,
-    masked_whiten,
-    ratio_surrogate,
-    reduce_loss,
-    score_function_surrogate,
-    value_loss,
-)
+from core.losses import clipped_surrogate, entropy_from_logits, ratio_surrogate, value_loss
+from core.masked import masked_mean, masked_whiten, reduce_loss
+from core.preference import bradley_terry_loss
+from core.surrogates import kl_penalty_surrogate, score_function_surrogate
 
 formula = pytest.mark.formula
 
