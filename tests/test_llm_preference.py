@@ -129,7 +129,7 @@ def test_each_method_trains_at_its_preset_learning_rate(tiny_sft, algo, peak):
     _, sft = tiny_sft
     config = tiny_config(algo=algo, pref_steps=2)
     assert config.pref_lr == peak
-    _, stats = train(config, TASK, TOK, sft, CPU, out=None, progress=False, log=None)
+    _, stats = train_preference(config, TASK, TOK, sft, CPU, out=None, progress=False, log=None)
     logged = [r["charts/learning_rate"] for r in stats["history"] if "charts/learning_rate" in r]
     assert logged == pytest.approx([peak / 20, 2 * peak / 20], rel=1e-12)
     assert tiny_config(algo=algo, pref_lr=3e-3).pref_lr == 3e-3
