@@ -33,8 +33,9 @@ import time
 
 import torch
 
+from envs.config import TrainConfig, preset_for
 from envs.evaluate import evaluate_policy
-from envs.train import TrainConfig, preset_for, train
+from envs.train import train
 
 CARTPOLE_EVAL_EVERY = 2048
 FLAPPY_ID = "proximal/FlappyBird-v0"

@@ -168,17 +168,17 @@ class TrainConfig:
 # 10 epochs, no entropy bonus, normalised observations and rewards). MuJoCo keeps its one env ×
 # 2048 steps: at 1 M steps on Hopper-v5, 8 envs × 256 (the same batch, 2.3× the steps/s, since one
 # policy pass serves 8 envs) reached a training return of 1 709 where 1 × 2048 reached 3 041
-# (README); Pendulum and other continuous tasks take the faster 8 × 256.
+# (envs/README.md); Pendulum and other continuous tasks take the faster 8 × 256.
 _DISCRETE = dict(gamma=0.99, update_epochs=4, norm_obs=False, norm_reward=False, anneal_lr=True)
 # vf_coef 1.0 on the continuous presets is twice CleanRL's value weight (its 0.5 with the same ½ in the loss):
-# every continuous figure in the README was measured with it (README, "Differences from CleanRL").
+# every continuous figure in envs/README.md was measured with it ("Differences from CleanRL" there).
 _CONTINUOUS = dict(num_envs=8, num_steps=256, minibatch_size=64, learning_rate=3e-4, clip_coef=0.2, ent_coef=0.0,
                    vf_coef=1.0, total_steps=1_000_000, gamma=0.99, update_epochs=10, norm_obs=True, norm_reward=True,
                    anneal_lr=True)
 # Flappy Bird: 20 M steps, because mastery (≥ 95% of greedy episodes at the 500-pipe cap) needs the long
 # annealed tail. Seed 1 with 10 M steps ended at 86% at the cap; with 20 M at 97% on the 100 held-out
 # and 97% on 100 fresh seeds (seed 2: 94% and 98%). The share at the cap swings while the learning rate
-# is large (seed 1: 83%, 67%, 94% at 5, 10, 15 M), so an earlier stop is a lucky one (README).
+# is large (seed 1: 83%, 67%, 94% at 5, 10, 15 M), so an earlier stop is a lucky one (envs/README.md).
 _FLAPPY = dict(num_envs=64, num_steps=128, minibatch_size=1024, learning_rate=3e-3, clip_coef=0.2, ent_coef=0.01,
                vf_coef=1.0, total_steps=20_000_000, **_DISCRETE)  # vf_coef 1.0: the tuned weight, ½ in the loss
 PRESETS: dict[str, dict] = {
@@ -191,12 +191,12 @@ PRESETS: dict[str, dict] = {
     # 320 gradient steps per 2 048 steps where ppo.py takes 16 per 512. ppo.py's own update learned
     # nothing on Flappy Bird's 12 features in 400 k steps; with the entropy bonus and the annealed
     # rate it learned, below SB3 (17.8 against 20.5 at 300 k); without them it holds CleanRL's bars on
-    # CartPole and Acrobot and matches or beats SB3 on the unseen tasks (README, "Defaults that hold").
+    # CartPole and Acrobot and matches or beats SB3 on the unseen tasks (envs/README.md, "Defaults that hold").
     "classic": {**_DISCRETE, **dict(num_envs=8, num_steps=256, minibatch_size=64, learning_rate=3e-4, clip_coef=0.2,
                                     ent_coef=0.0, vf_coef=0.5, total_steps=500_000, update_epochs=10,
                                     anneal_lr=False)},
     # Pendulum-v1: the continuous recipe with a shorter horizon (γ 0.9, as RL Zoo's tuned PPO), a larger
-    # learning rate and 4 minibatches: greedy mean ≥ −200 after 1.2e5 steps, in about 2 minutes here (README)
+    # learning rate and 4 minibatches: greedy mean ≥ −200 after 1.2e5 steps, in about 2 minutes here (envs/README.md)
     "pendulum": {**_CONTINUOUS, **dict(minibatch_size=512, learning_rate=1e-3, gamma=0.9, total_steps=120_000)},
     "mujoco": {**_CONTINUOUS, **dict(num_envs=1, num_steps=2048)},
     "continuous": dict(_CONTINUOUS),
@@ -208,7 +208,7 @@ PRESET_NOTES = {  # the reference each preset follows; its values are printed ju
     "flappy-pixels": "our Flappy Bird's tuned recipe, Nature CNN on the frames",
     "atari": "CleanRL's ppo_atari.py",
     "classic": "discrete actions: CleanRL's ppo.py loss with SB3's sample-efficient update, the default that held "
-               "CleanRL's bars on the suite (envs.bench_suite; README, 'Defaults that hold')",
+               "CleanRL's bars on the suite (envs.bench_suite; envs/README.md, 'Defaults that hold')",
     "pendulum": "CleanRL's ppo_continuous_action.py with Pendulum's shorter horizon and larger learning rate",
     "mujoco": "CleanRL's ppo_continuous_action.py",
     "continuous": "CleanRL's ppo_continuous_action.py with 8 envs × 256 steps",
