@@ -23,13 +23,14 @@ import torch
 
 from envs.evaluate import evaluate_policy
 
-__all__ = ["FLAPPY_ID", "HELD_OUT_SEED", "FRESH_SEED", "FLAPPY_CAP", "SolvedCheck", "flappy_check", "flappy_solved",
-           "flappy_mastered", "at_cap"]
+__all__ = ["FLAPPY_ID", "HELD_OUT_SEED", "FRESH_SEED", "FLAPPY_CAP", "MASTERED_SHARE", "SolvedCheck",
+           "flappy_check", "flappy_solved", "flappy_mastered", "at_cap"]
 
 FLAPPY_ID = "proximal/FlappyBird-v0"
 FLAPPY_CAP = 500  # pipes: an episode that reaches it is truncated, and counts as at the cap
 HELD_OUT_SEED = 10_000  # the held-out check's seeds: 10 000..10 099, away from the training seeds
 FRESH_SEED = 1_000_000  # the fresh seeds' first block: far from the held-out ones
+MASTERED_SHARE = 0.95  # mastered: at least this share of the episodes at the cap
 
 
 def at_cap(scores: list[float], cap: int = FLAPPY_CAP) -> float:
@@ -42,7 +43,7 @@ def flappy_solved(scores: list[float]) -> bool:
 
 
 def flappy_mastered(scores: list[float]) -> bool:
-    return at_cap(scores) >= 0.95
+    return at_cap(scores) >= MASTERED_SHARE
 
 
 class SolvedCheck:
