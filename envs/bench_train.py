@@ -17,6 +17,12 @@
   `--sb3-budget` seconds (evaluations excluded) and reports "not solved within budget" past it;
   `--sb3-budget 0` skips it. The ratio is ours/SB3 seconds to solved (when SB3 does not solve,
   ours/budget bounds it from above).
+- The update's cost: its matrix-product FLOPs per env step, counted from the network's shapes
+  (`update_flops_per_step`: the rollout's forward pass plus K epochs of forward and backward),
+  and the machine's bound for them, a 1024 × 64 × 64 product's GFLOP/s measured at the start
+  (`matmul_gflops`, one thread): `update_flops_per_step`, `matmul_gflops`,
+  `bound_steps_per_second` and `fraction_of_bound` (training steps/s over that bound) in the
+  JSON line's `flappy`.
 - CartPole-v1: solved = mean return ≥ 475 over 10 greedy episodes on held-out seeds, checked
   every 2 048 steps, for our PPO and for Stable-Baselines3's PPO with the RL Zoo
   hyperparameters (when `stable-baselines3` is installed), in the same run.
@@ -48,6 +54,42 @@ def cartpole_solved(scores) -> bool:
     return sum(scores) / len(scores) >= 475
 
 
+def update_flops_per_step(agent: torch.nn.Module, update_epochs: int) -> int:
+    """Matrix-product FLOPs per env step of one PPO iteration of an MLP agent, from its layers' shapes:
+    the rollout's forward pass of actor and critic, plus K = `update_epochs` epochs of forward and
+    backward over the same rows (each env step is one row of the batch).
+
+    A linear layer in → out costs 2·in·out FLOPs per row forward (a multiply and an add per weight),
+    and backward 2·in·out for its weight's gradient plus 2·in·out for its input's gradient, except the
+    first layer, whose input (the observation) needs none. So per env step
+    F = Σ_layers 2·in·out  +  K·(Σ_layers 3·2·in·out − Σ_first layers 2·in·out).
+    Biases, activations, the loss, Adam and GAE are left out: O(width) per row, not O(width²).
+    The preset's 12 → 64 → 64 → {2, 1} actor and critic: 19 840 forward, 56 448 forward + backward,
+    F = 245 632 with K = 4 (`torch.utils.flop_counter` counts the same: tests/test_bench_train.py).
+    """
+    layers = [m for m in agent.modules() if isinstance(m, torch.nn.Linear)]
+    forward = sum(2 * m.in_features * m.out_features for m in layers)
+    inputs = [getattr(agent, name) for name in ("actor", "critic", "trunk") if hasattr(agent, name)]
+    first = sum(2 * seq[0].in_features * seq[0].out_features for seq in inputs)  # the layers the observation enters
+    return forward + update_epochs * (3 * forward - first)
+
+
+def matmul_gflops(rows: int = 1024, width: int = 64, seconds: float = 0.3, repeats: int = 5) -> float:
+    """GFLOP/s of a (rows × width) @ (width × width) float32 product on this machine, torch's current
+    thread count: the best of `repeats` windows of about `seconds` (2·rows·width² FLOPs a product)."""
+    a, b = torch.randn(rows, width), torch.randn(width, width)
+    out = torch.empty(rows, width)
+    flops, best = 2 * rows * width * width, 0.0
+    for _ in range(repeats):
+        count, t0 = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - t0) < seconds:
+            for _ in range(100):
+                torch.mm(a, b, out=out)
+            count += 100
+        best = max(best, flops * count / elapsed / 1e9)
+    return best
+
+
 def bench_flappy(seed: int, device: str = "cpu", **overrides) -> dict:
     """The flappy preset (with `overrides`, e.g. total_steps or num_envs) on `device` until mastered or
     its last step, checked every 10 updates; then the policy it stopped with on fresh seeds. The
@@ -69,7 +111,8 @@ def bench_flappy(seed: int, device: str = "cpu", **overrides) -> dict:
             "training_seconds": round(trained, 1), "eval_seconds": round(check.eval_seconds, 1),
             "steps_per_second": round(summary["global_step"] / trained) if trained > 0 else None,
             "final_at_cap_fresh_seeds": sum(s >= 500 for s in fresh) / len(fresh),
-            "final_mastered_fresh_seeds": flappy_mastered(fresh)}
+            "final_mastered_fresh_seeds": flappy_mastered(fresh),
+            "update_flops_per_step": update_flops_per_step(summary["agent"], config.update_epochs)}
 
 
 class SB3Greedy(torch.nn.Module):
@@ -279,7 +322,18 @@ def main(argv: list[str] | None = None) -> dict:
     result: dict = {"flappy": None, "flappy_sb3": None, "cartpole": None}
     rows = []
     if "flappy" in selected:
-        result["flappy"] = bench_flappy(args.seed)
+        gflops = matmul_gflops()  # the machine's bound for the update's products, before anything runs
+        result["flappy"] = flappy = bench_flappy(args.seed)
+        flops = flappy["update_flops_per_step"]
+        flappy["matmul_gflops"] = round(gflops, 2)
+        flappy["bound_steps_per_second"] = round(gflops * 1e9 / flops)
+        flappy["fraction_of_bound"] = round(flappy["steps_per_second"] * flops / (gflops * 1e9), 3) \
+            if flappy["steps_per_second"] else None
+        print(f"Flappy Bird (ours): {flops / 1e6:.3f} MFLOP of matrix products per env step (rollout forward + "
+              f"{preset_for('flappy')['update_epochs']} epochs of forward and backward); a 1024×64×64 product "
+              f"runs at {gflops:.1f} GFLOP/s here, a bound of {flappy['bound_steps_per_second']} steps/s; "
+              f"training ran at {flappy['steps_per_second']} steps/s, {flappy['fraction_of_bound']} of it",
+              file=sys.stderr)
         rows.append(("Flappy Bird solved (ours)", result["flappy"]["seconds_to_solved"],
                      result["flappy"]["steps_to_solved"]))
         rows.append(("Flappy Bird mastered (ours)", result["flappy"]["seconds_to_mastered"],
