@@ -5,7 +5,8 @@ stepped together by `envs.evaluate.evaluate_policy`) with the 500-pipe cap. Solv
 pipes and ≥ 90% of the episodes past 40 pipes. Mastered: ≥ 95% of the episodes at the cap.
 
 `SolvedCheck` is that check as `stop_when` for `envs.train.train`: every `every` env steps,
-its time kept apart from training time. With `fresh_seed` set, a policy that passes on the
+its time kept apart from training time (the trainer's stops evaluating once 6 of the 100 episodes
+have ended below the cap: mastery is then out of reach). With `fresh_seed` set, a policy that passes on the
 held-out seeds then plays `episodes` more on seeds no check has used (a new block of them each
 time: `fresh_seed + k·episodes` for the k-th confirmation), and the run is done only when it
 passes there too: mastery that holds, not a policy that passed one check by luck while it
@@ -15,6 +16,7 @@ oscillates. `python -m envs.train` stops the Flappy Bird presets this way (`stop
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -24,7 +26,7 @@ import torch
 from envs.evaluate import evaluate_policy
 
 __all__ = ["FLAPPY_ID", "HELD_OUT_SEED", "FRESH_SEED", "FLAPPY_CAP", "MASTERED_SHARE", "SolvedCheck",
-           "flappy_check", "flappy_solved", "flappy_mastered", "at_cap"]
+           "flappy_check", "flappy_solved", "flappy_mastered", "at_cap", "out_of_reach"]
 
 FLAPPY_ID = "proximal/FlappyBird-v0"
 FLAPPY_CAP = 500  # pipes: an episode that reaches it is truncated, and counts as at the cap
@@ -46,6 +48,12 @@ def flappy_mastered(scores: list[float]) -> bool:
     return at_cap(scores) >= MASTERED_SHARE
 
 
+def out_of_reach(episodes: int) -> int:
+    """How many of `episodes` ending below the cap rule mastery out: episodes − ⌈MASTERED_SHARE·episodes⌉ + 1
+    (6 of 100)."""
+    return episodes - math.ceil(MASTERED_SHARE * episodes - 1e-9) + 1
+
+
 class SolvedCheck:
     """`stop_when` for `envs.train.train`: evaluate every `every` steps (evaluation time kept
     apart from training time in `eval_seconds`); note when `is_solved`, stop when `is_done`
@@ -54,17 +62,22 @@ class SolvedCheck:
     Each check appends a record to `evaluations` (`last` is the latest): training seconds and
     steps so far, the held-out mean score, share at the cap (`at_cap`), whether solved, and with
     a confirmation on fresh seeds its share at the cap (`at_cap_fresh`) and `fresh_seed`;
-    `seconds_spent` is what this check took. A check is due when `global_step` has reached the
-    next multiple of `every` (so a resumed run checks at the same steps as an uninterrupted one).
+    `seconds_spent` is what this check took. With `give_up_below_cap` = k an evaluation stops once k
+    episodes have ended below the cap (`envs.evaluate.evaluate_policy`): the check then fails, its
+    `at_cap` counts the episodes left unplayed as not at the cap (a lower bound), and `mean` and
+    `solved` are None. The trainer gives up at k = 6 of 100, when ≥ 95% at the cap is out of reach,
+    so a check of a policy far from mastery costs a fraction of a full one. A check is due when
+    `global_step` has reached the next multiple of `every` (so a resumed run checks at the same
+    steps as an uninterrupted one).
     """
 
     def __init__(self, env_id: str, every: int, episodes: int, cap: int | None, is_solved: Callable,
                  is_done: Callable | None = None, seed: int = HELD_OUT_SEED, fresh_seed: int | None = None,
-                 log: bool = True):
+                 log: bool = True, give_up_below_cap: int | None = None):
         self.env_id, self.every, self.episodes, self.cap, self.seed = env_id, every, episodes, cap, seed
         self.is_solved, self.is_done, self.fresh_seed, self.log = is_solved, is_done or is_solved, fresh_seed, log
         self.next_check, self.eval_seconds, self.solved_at, self.done_at = every, 0.0, None, None
-        self.confirmations = 0
+        self.confirmations, self.give_up_below_cap = 0, give_up_below_cap
         self.evaluations: list[dict] = []
         self.started = time.perf_counter()
 
@@ -76,7 +89,7 @@ class SolvedCheck:
         threads = torch.get_num_threads()  # evaluate_policy plays MLPs on one thread; training keeps its own
         try:
             return evaluate_policy(agent, self.env_id, episodes=self.episodes, cap=self.cap, seed=seed,
-                                   device=next(agent.parameters()).device)
+                                   device=next(agent.parameters()).device, give_up_below_cap=self.give_up_below_cap)
         finally:
             torch.set_num_threads(threads)
 
@@ -86,16 +99,17 @@ class SolvedCheck:
         self.next_check = (global_step // self.every + 1) * self.every
         t0 = time.perf_counter()
         scores = self._scores(agent, self.seed)
-        record = {"steps": global_step, "mean": sum(scores) / len(scores),
+        complete = not any(math.isnan(s) for s in scores)  # NaN: not played, the check gave up
+        record = {"steps": global_step, "mean": sum(scores) / len(scores) if complete else None,
                   "at_cap": None if self.cap is None else at_cap(scores, self.cap),
-                  "solved": self.is_solved(scores)}
-        done = self.is_done(scores)
+                  "solved": self.is_solved(scores) if complete else None}
+        done = complete and self.is_done(scores)
         if done and self.fresh_seed is not None:  # confirm on seeds no check has used
             fresh_seed = self.fresh_seed + self.confirmations * self.episodes
             self.confirmations += 1
             fresh = self._scores(agent, fresh_seed)
             record.update(at_cap_fresh=None if self.cap is None else at_cap(fresh, self.cap), fresh_seed=fresh_seed)
-            done = self.is_done(fresh)
+            done = not any(math.isnan(s) for s in fresh) and self.is_done(fresh)
         agent.train()
         spent = time.perf_counter() - t0
         self.eval_seconds += spent

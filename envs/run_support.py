@@ -46,7 +46,7 @@ from core.kl import make_kl_controller
 from core.metrics import MetricsWriter
 from envs.checkpoints import rank_state, restore_training_state, save_training_state
 from envs.config import PRESET_NOTES, TrainConfig, env_family
-from envs.mastery import FLAPPY_CAP, FRESH_SEED, SolvedCheck, flappy_mastered, flappy_solved
+from envs.mastery import FLAPPY_CAP, FRESH_SEED, SolvedCheck, flappy_mastered, flappy_solved, out_of_reach
 from envs.networks import ActorCritic
 from envs.normalize import NormalizedEnv
 from envs.vector import make_vector_env, resolve_env_id
@@ -107,7 +107,7 @@ class Run:
         # the mastery check (rank 0 alone plays it; every rank stops with it): `envs.mastery`
         self.mastery = SolvedCheck(resolve_env_id(config.env_id), every=config.mastery_check_every, episodes=100,
                                    cap=FLAPPY_CAP, is_solved=flappy_solved, is_done=flappy_mastered,
-                                   fresh_seed=FRESH_SEED, log=False) \
+                                   fresh_seed=FRESH_SEED, log=False, give_up_below_cap=out_of_reach(100)) \
             if config.stop_when_mastered and self.main else None
         if self.mastery is not None:  # a resumed run checks at the same steps as an uninterrupted one
             self.mastery.next_check = (self.global_step // config.mastery_check_every + 1) * config.mastery_check_every
@@ -163,7 +163,9 @@ class Run:
         mastered = self.mastery(self.agent, self.global_step)
         if len(self.mastery.evaluations) > checks:
             record = self.mastery.last
-            stats["eval/mean_score"], stats["eval/at_cap"] = record["mean"], record["at_cap"]
+            stats["eval/at_cap"] = record["at_cap"]
+            if record["mean"] is not None:  # None: the check gave up once mastery was out of reach
+                stats["eval/mean_score"] = record["mean"]
             if "at_cap_fresh" in record:
                 stats["eval/at_cap_fresh"] = record["at_cap_fresh"]
             stats["eval/seconds"] = record["seconds_spent"]

@@ -35,8 +35,8 @@ class ScriptedEvaluation:
     def __init__(self, held_out: list, fresh: list):
         self.held_out, self.fresh, self.calls = held_out, fresh, []
 
-    def __call__(self, agent, env_id, *, episodes, cap, seed, device):
-        assert episodes == 100 and cap == 500 and env_id == "proximal/FlappyBird-v0"
+    def __call__(self, agent, env_id, *, episodes, cap, seed, device, give_up_below_cap):
+        assert episodes == 100 and cap == 500 and env_id == "proximal/FlappyBird-v0" and give_up_below_cap == 6
         kind = "held_out" if seed == HELD_OUT_SEED else "fresh"
         script = self.held_out if kind == "held_out" else self.fresh
         index = sum(call["kind"] == kind for call in self.calls)
@@ -115,7 +115,9 @@ def test_the_check_changes_nothing_the_run_learns(tmp_path):
     on, off = (load_checkpoint(tmp_path / name / "checkpoint.pt")["state"] for name in ("on", "off"))
     assert all(torch.equal(on["model"][k], off["model"][k]) for k in off["model"])
     assert torch.equal(on["torch_rng"], off["torch_rng"]) and torch.equal(on["shuffle_rng"], off["shuffle_rng"])
-    assert sum("eval/at_cap" in r for r in read_metrics(tmp_path / "on" / "metrics.jsonl")) == 3
+    checks = [r for r in read_metrics(tmp_path / "on" / "metrics.jsonl") if "eval/at_cap" in r]
+    # an untrained bird never reaches the cap: each check gives up after 6 episodes, so no mean is logged
+    assert len(checks) == 3 and all(r["eval/at_cap"] == 0 and "eval/mean_score" not in r for r in checks)
 
 
 def test_a_tiny_real_run_stops_when_a_trivial_threshold_is_reached(tmp_path, monkeypatch, capsys):
@@ -129,3 +131,26 @@ def test_a_tiny_real_run_stops_when_a_trivial_threshold_is_reached(tmp_path, mon
     assert load_checkpoint(out / "checkpoint.pt")["meta"]["global_step"] == 256
     last = list(read_metrics(out / "metrics.jsonl"))[-1]
     assert last["step"] == 256 and "eval/at_cap" in last and "eval/at_cap_fresh" in last
+
+
+def test_an_evaluation_that_gives_up_plays_the_same_episodes_until_it_stops():
+    """`give_up_below_cap` = k: the episodes that ended score what the full evaluation gives them, at least k
+    of them below the cap; the others are NaN; k above the number of episodes is the full evaluation."""
+    import math
+
+    from envs.checkpoints import load_agent
+    from envs.evaluate import evaluate_policy
+
+    agent, _ = load_agent("envs/agents/flappy_features.pt")
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a mediocre policy: scores spread from 1 to the cap of 30
+        for p in agent.actor.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=generator))
+    full = evaluate_policy(agent, "flappy", episodes=40, cap=30, seed=HELD_OUT_SEED)
+    assert 5 < sum(s < 30 for s in full) < 40  # the case tests something
+    part = evaluate_policy(agent, "flappy", episodes=40, cap=30, seed=HELD_OUT_SEED, give_up_below_cap=5)
+    played = [i for i, s in enumerate(part) if not math.isnan(s)]
+    assert 5 <= sum(part[i] < 30 for i in played) and len(played) < 40
+    assert all(part[i] == full[i] for i in played)
+    assert evaluate_policy(agent, "flappy", episodes=40, cap=30, seed=HELD_OUT_SEED, give_up_below_cap=41) == full
+    assert envs.mastery.out_of_reach(100) == 6 and envs.mastery.out_of_reach(20) == 2  # 95% of 20 = 19
