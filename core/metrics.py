@@ -44,9 +44,9 @@ METRICS: dict[str, str] = {
     "charts/sps": "environment steps per second since the start of the run, mastery checks' time excluded",
     # the mastery check of a game run that stops when mastered (envs.mastery), logged at the update it ran after
     "eval/mean_score": "mean score of the greedy policy over the 100 held-out episodes of the mastery check "
-                       "(absent when the check gave up early)",
-    "eval/at_cap": "share of the 100 held-out greedy episodes that reached the score cap (mastered: ≥ 0.95); a check "
-                   "gives up once 6 have ended below it, and counts those left unplayed as not at the cap",
+                       "(absent when the check gave up: 6 episodes below the cap, mastery out of reach)",
+    "eval/at_cap": "share of the 100 held-out greedy episodes that reached the score cap (mastered: ≥ 0.95); absent "
+                   "when the check gave up",
     "eval/at_cap_fresh": "share at the cap over 100 episodes on fresh seeds, played once eval/at_cap passed",
     "eval/seconds": "wall-clock seconds the mastery check took (not counted in charts/sps)",
     # RLHF

@@ -63,9 +63,9 @@ class SolvedCheck:
     steps so far, the held-out mean score, share at the cap (`at_cap`), whether solved, and with
     a confirmation on fresh seeds its share at the cap (`at_cap_fresh`) and `fresh_seed`;
     `seconds_spent` is what this check took. With `give_up_below_cap` = k an evaluation stops once k
-    episodes have ended below the cap (`envs.evaluate.evaluate_policy`): the check then fails, its
-    `at_cap` counts the episodes left unplayed as not at the cap (a lower bound), and `mean` and
-    `solved` are None. The trainer gives up at k = 6 of 100, when ≥ 95% at the cap is out of reach,
+    episodes have ended below the cap (`envs.evaluate.evaluate_policy`): the check then fails,
+    `gave_up` is True and `mean`, `at_cap` and `solved` are None (not known: episodes were left
+    unplayed). The trainer gives up at k = 6 of 100, when ≥ 95% at the cap is out of reach,
     so a check of a policy far from mastery costs a fraction of a full one. A check is due when
     `global_step` has reached the next multiple of `every` (so a resumed run checks at the same
     steps as an uninterrupted one).
@@ -101,15 +101,17 @@ class SolvedCheck:
         scores = self._scores(agent, self.seed)
         complete = not any(math.isnan(s) for s in scores)  # NaN: not played, the check gave up
         record = {"steps": global_step, "mean": sum(scores) / len(scores) if complete else None,
-                  "at_cap": None if self.cap is None else at_cap(scores, self.cap),
-                  "solved": self.is_solved(scores) if complete else None}
+                  "at_cap": None if self.cap is None or not complete else at_cap(scores, self.cap),
+                  "solved": self.is_solved(scores) if complete else None, "gave_up": not complete}
         done = complete and self.is_done(scores)
         if done and self.fresh_seed is not None:  # confirm on seeds no check has used
             fresh_seed = self.fresh_seed + self.confirmations * self.episodes
             self.confirmations += 1
             fresh = self._scores(agent, fresh_seed)
-            record.update(at_cap_fresh=None if self.cap is None else at_cap(fresh, self.cap), fresh_seed=fresh_seed)
-            done = not any(math.isnan(s) for s in fresh) and self.is_done(fresh)
+            fresh_complete = not any(math.isnan(s) for s in fresh)
+            record.update(at_cap_fresh=at_cap(fresh, self.cap) if self.cap is not None and fresh_complete else None,
+                          fresh_seed=fresh_seed)
+            done = fresh_complete and self.is_done(fresh)
         agent.train()
         spent = time.perf_counter() - t0
         self.eval_seconds += spent

@@ -155,18 +155,18 @@ class Run:
 
     def _check_mastery(self, stats: dict) -> bool:
         """Run the mastery check when due; add its figures to `stats`: eval/mean_score and eval/at_cap
-        (held-out seeds), eval/at_cap_fresh (fresh seeds, when the held-out ones passed), eval/seconds
-        (the check's time). Returns whether the policy is mastered on both."""
+        (held-out seeds; absent when the check gave up, mastery out of reach), eval/at_cap_fresh (fresh
+        seeds, when the held-out ones passed), eval/seconds (the check's time). Returns whether the
+        policy is mastered on both."""
         if self.mastery is None:
             return False
         checks = len(self.mastery.evaluations)
         mastered = self.mastery(self.agent, self.global_step)
         if len(self.mastery.evaluations) > checks:
             record = self.mastery.last
-            stats["eval/at_cap"] = record["at_cap"]
-            if record["mean"] is not None:  # None: the check gave up once mastery was out of reach
-                stats["eval/mean_score"] = record["mean"]
-            if "at_cap_fresh" in record:
+            if not record["gave_up"]:  # a check that gave up (mastery out of reach) knows neither figure
+                stats["eval/mean_score"], stats["eval/at_cap"] = record["mean"], record["at_cap"]
+            if record.get("at_cap_fresh") is not None:
                 stats["eval/at_cap_fresh"] = record["at_cap_fresh"]
             stats["eval/seconds"] = record["seconds_spent"]
             self.check_seconds += record["seconds_spent"]
@@ -196,8 +196,9 @@ class Run:
                            score=f"{stats.get('charts/score', float('nan')):.1f}")
             if self.mastery is not None and self.mastery.last is not None:  # the last check, and checks' time
                 last = self.mastery.last
-                postfix["at_cap"] = f"{last['at_cap']:.0%}" + (f"/{last['at_cap_fresh']:.0%} fresh"
-                                                               if "at_cap_fresh" in last else "")
+                postfix["at_cap"] = ("<95%" if last["gave_up"] else f"{last['at_cap']:.0%}") + (
+                    f"/{last['at_cap_fresh']:.0%} fresh" if last.get("at_cap_fresh") is not None else
+                    "/<95% fresh" if "fresh_seed" in last else "")
                 postfix["checks"] = f"{self.check_seconds:.0f}s"
             self.progress.set_postfix(postfix)
         if self.main and time.perf_counter() - self.last_plot > self.config.plot_every_seconds:
@@ -289,9 +290,9 @@ def print_end(config: TrainConfig, summary: dict) -> None:
                    f"{Path(config.out) / 'checkpoint.pt'} is the policy that passed")
     else:
         not_yet = "" if not config.stop_when_mastered else (
-            "not mastered within total_steps" + (f" (last check at {last_check['steps']} steps: "
-                                                 f"{last_check['at_cap']:.0%} of held-out episodes at the cap)"
-                                                 if last_check else "") + "; ")
+            "not mastered within total_steps" + (f" (last check at {last_check['steps']} steps: " + (
+                "6 held-out episodes ended below the cap" if last_check["gave_up"]
+                else f"{last_check['at_cap']:.0%} of held-out episodes at the cap") + ")" if last_check else "") + "; ")
         outcome = f"{not_yet}checkpoint {Path(config.out) / 'checkpoint.pt'}"
     print(f"done: {summary['global_step']} steps in {summary['seconds']:.0f} s{checks}; last return "
           f"{last.get('charts/episodic_return', math.nan):.1f}, score {last.get('charts/score', math.nan):.1f}; "

@@ -75,6 +75,15 @@ def test_stops_at_the_first_check_that_passes_on_held_out_and_fresh_seeds(tmp_pa
     assert all(r["eval/seconds"] >= 0 for r in checks)
 
 
+def test_a_check_that_gives_up_logs_its_time_but_no_share(tmp_path, monkeypatch):
+    """Scores with NaN (episodes left unplayed once 6 ended below the cap): no stop, no share, no mean."""
+    gave_up = [500.0] * 50 + [3.0] * 6 + [float("nan")] * 44
+    summary, _ = run(tmp_path, monkeypatch, held_out=[gave_up] * 6, fresh=[PASS] * 6)
+    assert summary["global_step"] == TINY["total_steps"] and summary["last_check"]["gave_up"]
+    checks = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "eval/seconds" in r]
+    assert len(checks) == 6 and not any("eval/at_cap" in r or "eval/mean_score" in r for r in checks)
+
+
 def test_does_not_stop_when_only_the_held_out_seeds_pass(tmp_path, monkeypatch):
     summary, evaluation = run(tmp_path, monkeypatch, held_out=[PASS] * 6, fresh=[FAIL] * 6)
     assert summary["global_step"] == TINY["total_steps"] and summary["mastered"] is None
@@ -115,8 +124,8 @@ def test_the_check_changes_nothing_the_run_learns(tmp_path):
     on, off = (load_checkpoint(tmp_path / name / "checkpoint.pt")["state"] for name in ("on", "off"))
     assert all(torch.equal(on["model"][k], off["model"][k]) for k in off["model"])
     assert torch.equal(on["torch_rng"], off["torch_rng"]) and torch.equal(on["shuffle_rng"], off["shuffle_rng"])
-    checks = [r for r in read_metrics(tmp_path / "on" / "metrics.jsonl") if "eval/at_cap" in r]
-    assert len(checks) == 3 and all(r["eval/at_cap"] == 0 for r in checks)  # an untrained bird: far from the cap
+    checks = [r for r in read_metrics(tmp_path / "on" / "metrics.jsonl") if "eval/seconds" in r]
+    assert len(checks) == 3 and all(r.get("eval/at_cap", 0) == 0 for r in checks)  # an untrained bird: far from it
 
 
 def test_a_tiny_real_run_stops_when_a_trivial_threshold_is_reached(tmp_path, monkeypatch, capsys):
