@@ -5,9 +5,9 @@ stepped together by `envs.evaluate.evaluate_policy`) with the 500-pipe cap. Solv
 pipes and ≥ 90% of the episodes past 40 pipes. Mastered: ≥ 95% of the episodes at the cap.
 
 `SolvedCheck` is that check as `stop_when` for `envs.train.train`: every `every` env steps,
-its time kept apart from training time (the trainer's stops evaluating once 6 of the 100 episodes
-have ended below the cap: mastery is then out of reach). With `fresh_seed` set, a policy that passes on the
-held-out seeds then plays `episodes` more on seeds no check has used (a new block of them each
+its time kept apart from training time (the trainer's check stops playing once 6 of the 100
+episodes have ended below the cap: mastery is then out of reach). With `fresh_seed` set, a policy
+that passes on the held-out seeds then plays `episodes` more on seeds no check has used (a new block of them each
 time: `fresh_seed + k·episodes` for the k-th confirmation), and the run is done only when it
 passes there too: mastery that holds, not a policy that passed one check by luck while it
 oscillates. `python -m envs.train` stops the Flappy Bird presets this way (`stop_when_mastered`);
@@ -128,8 +128,9 @@ class SolvedCheck:
 
 
 def flappy_check(is_done: Callable = flappy_mastered, every: int = 81_920, fresh_seed: int | None = None,
-                 log: bool = True) -> SolvedCheck:
+                 log: bool = True, give_up_below_cap: int | None = None, env_id: str = FLAPPY_ID) -> SolvedCheck:
     """The one Flappy Bird check everything is judged by (the clock starts here): 100 held-out
-    episodes with the 500-pipe cap every `every` steps; with `fresh_seed`, confirmed on fresh seeds."""
-    return SolvedCheck(FLAPPY_ID, every=every, episodes=100, cap=FLAPPY_CAP, is_solved=flappy_solved,
-                       is_done=is_done, fresh_seed=fresh_seed, log=log)
+    episodes with the 500-pipe cap every `every` steps; with `fresh_seed`, confirmed on fresh seeds.
+    `env_id`: the features game, or its pixels (`proximal/FlappyBirdPixels-v0`) for a CNN agent."""
+    return SolvedCheck(env_id, every=every, episodes=100, cap=FLAPPY_CAP, is_solved=flappy_solved,
+                       is_done=is_done, fresh_seed=fresh_seed, log=log, give_up_below_cap=give_up_below_cap)

@@ -46,7 +46,7 @@ from core.kl import make_kl_controller
 from core.metrics import MetricsWriter
 from envs.checkpoints import rank_state, restore_training_state, save_training_state
 from envs.config import PRESET_NOTES, TrainConfig, env_family
-from envs.mastery import FLAPPY_CAP, FRESH_SEED, SolvedCheck, flappy_mastered, flappy_solved, out_of_reach
+from envs.mastery import FLAPPY_CAP, FRESH_SEED, flappy_check, out_of_reach
 from envs.networks import ActorCritic
 from envs.normalize import NormalizedEnv
 from envs.vector import make_vector_env, resolve_env_id
@@ -105,9 +105,8 @@ class Run:
                 self.device, distributed.rank(), self.world)
         self.iteration = self.start_iteration
         # the mastery check (rank 0 alone plays it; every rank stops with it): `envs.mastery`
-        self.mastery = SolvedCheck(resolve_env_id(config.env_id), every=config.mastery_check_every, episodes=100,
-                                   cap=FLAPPY_CAP, is_solved=flappy_solved, is_done=flappy_mastered,
-                                   fresh_seed=FRESH_SEED, log=False, give_up_below_cap=out_of_reach(100)) \
+        self.mastery = flappy_check(every=config.mastery_check_every, fresh_seed=FRESH_SEED, log=False,
+                                    give_up_below_cap=out_of_reach(100), env_id=resolve_env_id(config.env_id)) \
             if config.stop_when_mastered and self.main else None
         if self.mastery is not None:  # a resumed run checks at the same steps as an uninterrupted one
             self.mastery.next_check = (self.global_step // config.mastery_check_every + 1) * config.mastery_check_every
@@ -290,7 +289,7 @@ def print_end(config: TrainConfig, summary: dict) -> None:
                    f"{Path(config.out) / 'checkpoint.pt'} is the policy that passed")
     else:
         not_yet = "" if not config.stop_when_mastered else (
-            "not mastered within total_steps" + (f" (last check at {last_check['steps']} steps: " + (
+            "not mastered" + (f" (last check at {last_check['steps']} steps: " + (
                 "6 held-out episodes ended below the cap" if last_check["gave_up"]
                 else f"{last_check['at_cap']:.0%} of held-out episodes at the cap") + ")" if last_check else "") + "; ")
         outcome = f"{not_yet}checkpoint {Path(config.out) / 'checkpoint.pt'}"
