@@ -162,3 +162,16 @@ def test_an_evaluation_that_gives_up_plays_the_same_episodes_until_it_stops():
     assert all(part[i] == full[i] for i in played)
     assert evaluate_policy(agent, "flappy", episodes=40, cap=30, seed=HELD_OUT_SEED, give_up_below_cap=41) == full
     assert envs.mastery.out_of_reach(100) == 6 and envs.mastery.out_of_reach(20) == 2  # 95% of 20 = 19
+
+
+def test_a_resumed_run_checks_at_the_steps_of_an_uninterrupted_one(tmp_path, monkeypatch):
+    """Stopped after 2 updates (step 256, just checked) and resumed: checks at 512, 768, … as the
+    uninterrupted run (not at 384), and the same stop (held-out and fresh pass at the 4th check)."""
+    evaluation = ScriptedEvaluation(held_out=[FAIL, FAIL, FAIL, PASS], fresh=[PASS])
+    monkeypatch.setattr(envs.mastery, "evaluate_policy", evaluation)
+    train(TrainConfig(**TINY, out=str(tmp_path / "run")), stop_after_iterations=2)
+    assert len(evaluation.calls) == 1  # the check at 256
+    config, _ = parse_config(["--resume", str(tmp_path / "run")])
+    resumed = train(config, resume=load_checkpoint(tmp_path / "run" / "checkpoint.pt"))
+    checks = [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "eval/seconds" in r]
+    assert checks == [256, 512, 768, 1024] and resumed["global_step"] == 1024
