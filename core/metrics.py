@@ -41,7 +41,14 @@ METRICS: dict[str, str] = {
     "charts/episodic_length": "mean length of those episodes, in agent steps",
     "charts/episodes": "number of episodes that finished since the last log",
     "charts/score": "mean game score (pipes for Flappy Bird) of those episodes",
-    "charts/sps": "environment steps per second since the start of the run",
+    "charts/sps": "environment steps per second since the start of the run, mastery checks' time excluded",
+    # the mastery check of a game run that stops when mastered (envs.mastery), logged at the update it ran after
+    "eval/mean_score": "mean score of the greedy policy over the 100 held-out episodes of the mastery check "
+                       "(absent when the check gave up: 6 episodes below the cap, mastery out of reach)",
+    "eval/at_cap": "share of the 100 held-out greedy episodes that reached the score cap (mastered: ≥ 0.95); absent "
+                   "when the check gave up",
+    "eval/at_cap_fresh": "share at the cap over 100 episodes on fresh seeds, played once eval/at_cap passed",
+    "eval/seconds": "wall-clock seconds the mastery check took (not counted in charts/sps)",
     # RLHF
     "rlhf/score": "mean reward-model score R_φ of the sampled replies (the proxy reward)",
     "rlhf/gold_reward": "mean hidden gold reward of the sampled replies (what we actually want)",

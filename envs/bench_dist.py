@@ -53,7 +53,7 @@ def run(procs: int, updates: int) -> dict:
             "envs.train"]
         start = time.perf_counter()
         subprocess.run([*launcher, "--total-steps", str(steps), "--out", tmp, "--overwrite", "--no-progress",
-                        "--device", "cpu", "--checkpoint-every", str(updates + 1)],
+                        "--device", "cpu", "--checkpoint-every", str(updates + 1), "--no-stop-when-mastered"],
                        check=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True)
         wall = time.perf_counter() - start
         last = read_metrics(Path(tmp) / "metrics.jsonl")[-1]

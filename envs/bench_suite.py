@@ -113,6 +113,8 @@ def job_key(impl: str, env_id: str, steps: int, seed: int) -> str:
         from envs.config import resolve
 
         fields = config_to_dict(resolve(ours_config(env_id, steps, seed)))
+        if not fields.get("stop_when_mastered"):  # a check that never runs changes nothing: earlier keys stay valid
+            fields = {k: v for k, v in fields.items() if k not in ("stop_when_mastered", "mastery_check_every")}
         digest = hashlib.sha1(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:10]
         key += f"|{digest}"
     return key

@@ -46,14 +46,18 @@ def evaluate_policy(
     max_steps: int = 1_000_000,
     normalizers: dict | None = None,
     atari_backend: str = "native",
+    give_up_below_cap: int | None = None,
 ) -> list[float]:
     """Scores of `episodes` greedy episodes, one per environment copy, seeds seed..seed+episodes−1.
 
     `normalizers`: the statistics a training run saved (`load_normalizer_statistics`); the
     observation normaliser is applied with them, frozen. `atari_backend`: see `make_vector_env`.
+    `give_up_below_cap` (with `cap`): stop as soon as that many episodes have ended below the cap;
+    the episodes still running then score NaN (a mastery check stops once mastery is out of reach).
     """
     if episodes < 1:
         raise ValueError(f"episodes must be ≥ 1, got {episodes}")
+    give_up = give_up_below_cap is not None and cap is not None
     device = torch.device(device)
     env_id = resolve_env_id(env_id)  # "flappy" → "proximal/FlappyBird-v0", so the cap applies
     if device.type == "cpu" and agent.arch != "cnn":
@@ -73,10 +77,16 @@ def evaluate_policy(
         ended = step.game_over & ~finished
         scores = torch.where(ended, step.episode_score, scores)
         finished |= ended
-        if bool(finished.all()):
+        if give_up:  # one host sync for both tests
+            all_done, below = torch.stack([finished.all().long(), (finished & (scores < cap)).sum()]).tolist()
+            if all_done or below >= give_up_below_cap:
+                break
+        elif bool(finished.all()):
             break
         obs = step.obs
     envs.close()
+    if give_up and not bool(finished.all()):
+        return torch.where(finished, scores, torch.nan).tolist()
     if not bool(finished.all()):
         raise RuntimeError(f"{int((~finished).sum())} episodes did not end within {max_steps} steps")
     return scores.tolist()

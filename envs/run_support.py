@@ -46,6 +46,7 @@ from core.kl import make_kl_controller
 from core.metrics import MetricsWriter
 from envs.checkpoints import rank_state, restore_training_state, save_training_state
 from envs.config import PRESET_NOTES, TrainConfig, env_family
+from envs.mastery import FLAPPY_CAP, FRESH_SEED, flappy_check, out_of_reach
 from envs.networks import ActorCritic
 from envs.normalize import NormalizedEnv
 from envs.vector import make_vector_env, resolve_env_id
@@ -103,6 +104,12 @@ class Run:
                 resume, self.agent, self.optimizer, self.kl_controller, self.shuffle, self.envs, env_seed,
                 self.device, distributed.rank(), self.world)
         self.iteration = self.start_iteration
+        # the mastery check (rank 0 alone plays it; every rank stops with it): `envs.mastery`
+        self.mastery = flappy_check(every=config.mastery_check_every, fresh_seed=FRESH_SEED, log=False,
+                                    give_up_below_cap=out_of_reach(100), env_id=resolve_env_id(config.env_id)) \
+            if config.stop_when_mastered and self.main else None
+        if self.mastery is not None:  # a resumed run checks at the same steps as an uninterrupted one
+            self.mastery.next_check = (self.global_step // config.mastery_check_every + 1) * config.mastery_check_every
         self._open_outputs(append=resume is not None)
 
     def _open_outputs(self, append: bool) -> None:
@@ -110,7 +117,9 @@ class Run:
         if self.main:
             print(f"env {resolve_env_id(config.env_id)} · {config.num_envs} envs × {config.num_steps} steps = "
                   f"batch {config.batch_size}" + (f" per process × {self.world} processes" if self.world > 1 else "")
-                  + f" · {self.num_iterations} updates · {self.agent.arch} · {self.device}", file=sys.stderr)
+                  + f" · {self.num_iterations} updates · {self.agent.arch} · {self.device}"
+                  + (f" · stops when mastered (checked every {config.mastery_check_every} steps)"
+                     if config.stop_when_mastered else ""), file=sys.stderr)
         self.metrics = MetricsWriter(self.out / "metrics.jsonl", append=append, track=config.track) \
             if self.main else None
         self.progress = _progress_bar(config, self.start_iteration, self.num_iterations) if self.main else None
@@ -118,17 +127,21 @@ class Run:
         self.episodes = {name: torch.zeros((), device=self.device) for name in EPISODE_SUMS}
         self.history: list[dict] = []
         self.started, self.steps_at_start = time.perf_counter(), self.global_step
+        self.check_seconds = 0.0  # spent in mastery checks: not training time (kept out of charts/sps)
         self.last_plot = self.started
 
     def end_update(self, iteration: int, stats: dict, obs: torch.Tensor, stop: StopRequest) -> bool:
-        """Log the update that ended (episodes, learning rate, steps/s), redraw the plot when due, save a
-        checkpoint when due; return whether the run stops here (every rank decides the same)."""
+        """Check mastery when due, log the update that ended (episodes, learning rate, steps/s, the check),
+        redraw the plot when due, save a checkpoint when due or when stopping (so the checkpoint of a run
+        that stops when mastered is the policy that passed); return whether the run stops here (every rank
+        decides the same)."""
         self.iteration, self.obs = iteration, obs
+        mastered = self._check_mastery(stats)
         self._log(stats)
         done_iterations = iteration + 1
         asked_to_stop = self.stop_when is not None and self.stop_when(self.agent, self.global_step)
         stopping = distributed.any_rank(  # all ranks stop together (a Ctrl-C may reach one first)
-            asked_to_stop or stop.requested
+            mastered or asked_to_stop or stop.requested
             or (self.stop_after_iterations is not None
                 and done_iterations - self.start_iteration >= self.stop_after_iterations))
         if done_iterations % self.config.checkpoint_every == 0 or done_iterations == self.num_iterations or stopping:
@@ -138,6 +151,25 @@ class Run:
                                     self.kl_controller, self.shuffle, self.envs, obs, done_iterations,
                                     self.global_step, other_ranks=others[1:])
         return stopping
+
+    def _check_mastery(self, stats: dict) -> bool:
+        """Run the mastery check when due; add its figures to `stats`: eval/mean_score and eval/at_cap
+        (held-out seeds; absent when the check gave up, mastery out of reach), eval/at_cap_fresh (fresh
+        seeds, when the held-out ones passed), eval/seconds (the check's time). Returns whether the
+        policy is mastered on both."""
+        if self.mastery is None:
+            return False
+        checks = len(self.mastery.evaluations)
+        mastered = self.mastery(self.agent, self.global_step)
+        if len(self.mastery.evaluations) > checks:
+            record = self.mastery.last
+            if not record["gave_up"]:  # a check that gave up (mastery out of reach) knows neither figure
+                stats["eval/mean_score"], stats["eval/at_cap"] = record["mean"], record["at_cap"]
+            if record.get("at_cap_fresh") is not None:
+                stats["eval/at_cap_fresh"] = record["at_cap_fresh"]
+            stats["eval/seconds"] = record["seconds_spent"]
+            self.check_seconds += record["seconds_spent"]
+        return mastered
 
     def _log(self, stats: dict) -> None:
         episodes = distributed.sum_over_ranks(torch.stack(list(self.episodes.values())))  # every rank's episodes
@@ -151,15 +183,23 @@ class Run:
             for value in self.episodes.values():
                 value.zero_()
         stats["charts/learning_rate"] = self.optimizer.param_groups[0]["lr"]
-        stats["charts/sps"] = (self.global_step - self.steps_at_start) / (time.perf_counter() - self.started)
+        stats["charts/sps"] = (self.global_step - self.steps_at_start) / (time.perf_counter() - self.started
+                                                                         - self.check_seconds)
         if self.metrics is not None:
             self.metrics.write(self.global_step, stats)
         self.history.append({"step": self.global_step, **stats})
         if self.progress is not None:
             self.progress.update(1)
-            self.progress.set_postfix(sps=f"{stats['charts/sps']:.0f}",
-                                      ret=f"{stats.get('charts/episodic_return', float('nan')):.1f}",
-                                      score=f"{stats.get('charts/score', float('nan')):.1f}")
+            postfix = dict(sps=f"{stats['charts/sps']:.0f}",
+                           ret=f"{stats.get('charts/episodic_return', float('nan')):.1f}",
+                           score=f"{stats.get('charts/score', float('nan')):.1f}")
+            if self.mastery is not None and self.mastery.last is not None:  # the last check, and checks' time
+                last = self.mastery.last
+                postfix["at_cap"] = ("<95%" if last["gave_up"] else f"{last['at_cap']:.0%}") + (
+                    f"/{last['at_cap_fresh']:.0%} fresh" if last.get("at_cap_fresh") is not None else
+                    "/<95% fresh" if "fresh_seed" in last else "")
+                postfix["checks"] = f"{self.check_seconds:.0f}s"
+            self.progress.set_postfix(postfix)
         if self.main and time.perf_counter() - self.last_plot > self.config.plot_every_seconds:
             plot_learning_curve(self.out / "metrics.jsonl", self.out / "learning_curve.png")
             self.last_plot = time.perf_counter()
@@ -173,8 +213,12 @@ class Run:
             plot_learning_curve(self.out / "metrics.jsonl", self.out / "learning_curve.png")
         self.envs.close()
         distributed.barrier()  # every rank leaves once rank 0 has written its files
+        mastery = self.mastery
         return {"global_step": self.global_step, "iterations": self.iteration + 1,
-                "seconds": time.perf_counter() - self.started, "history": self.history, "agent": self.agent}
+                "seconds": time.perf_counter() - self.started, "check_seconds": self.check_seconds,
+                "history": self.history, "agent": self.agent,
+                "mastered": mastery.last if mastery is not None and mastery.done_at is not None else None,
+                "last_check": mastery.last if mastery is not None else None}
 
 
 def check_run_folder(out: Path, resuming: bool, overwrite: bool) -> None:
@@ -237,9 +281,21 @@ def print_end(config: TrainConfig, summary: dict) -> None:
     if os.environ.get("RANK", "0") != "0":
         return
     last = next((h for h in reversed(summary["history"]) if "charts/episodic_return" in h), {})
-    print(f"done: {summary['global_step']} steps in {summary['seconds']:.0f} s; last return "
+    checks = f" ({summary['check_seconds']:.0f} s of them in mastery checks)" if config.stop_when_mastered else ""
+    mastered, last_check = summary.get("mastered"), summary.get("last_check")
+    if mastered is not None:
+        outcome = (f"mastered at {mastered['steps']} steps: {mastered['at_cap']:.0%} of 100 held-out and "
+                   f"{mastered['at_cap_fresh']:.0%} of 100 fresh episodes at the {FLAPPY_CAP}-pipe cap; checkpoint "
+                   f"{Path(config.out) / 'checkpoint.pt'} is the policy that passed")
+    else:
+        not_yet = "" if not config.stop_when_mastered else (
+            "not mastered" + (f" (last check at {last_check['steps']} steps: " + (
+                "6 held-out episodes ended below the cap" if last_check["gave_up"]
+                else f"{last_check['at_cap']:.0%} of held-out episodes at the cap") + ")" if last_check else "") + "; ")
+        outcome = f"{not_yet}checkpoint {Path(config.out) / 'checkpoint.pt'}"
+    print(f"done: {summary['global_step']} steps in {summary['seconds']:.0f} s{checks}; last return "
           f"{last.get('charts/episodic_return', math.nan):.1f}, score {last.get('charts/score', math.nan):.1f}; "
-          f"checkpoint {Path(config.out) / 'checkpoint.pt'}", file=sys.stderr)
+          f"{outcome}", file=sys.stderr)
 
 
 def _progress_bar(config: TrainConfig, start: int, total: int):

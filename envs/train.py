@@ -1,6 +1,7 @@
 """Train a PPO agent on Flappy Bird (default), CartPole, Pendulum, MuJoCo, Atari or any gymnasium id.
 
-    python -m envs.train                                  # Flappy Bird from features, defaults below
+    python -m envs.train                                  # Flappy Bird from features, until mastered
+    python -m envs.train --no-stop-when-mastered          # the same, for all of total_steps (20 M)
     python -m envs.train --env CartPole-v1 --total-steps 200000
     python -m envs.train --env Pendulum-v1 --out runs/pendulum     # continuous actions: a Gaussian policy
     python -m envs.train --env HalfCheetah-v5 --out runs/cheetah   # MuJoCo (pip install mujoco)
@@ -21,6 +22,16 @@ and clipped to the bounds only on their way to the env (`envs.vector.AgentEnv`),
 and reward normalisation (`envs.normalize`, statistics saved in the checkpoint).
 Deviations: the objective may be `kl_penalty` (PPO paper §4, adaptive β) or both; action
 spaces other than Discrete and 1-D Box are refused.
+
+Stop when mastered (Flappy Bird, `stop_when_mastered`, on by default for its features preset): every
+`mastery_check_every` steps the greedy policy plays the held-out check of `envs.mastery` (100
+episodes, 500-pipe cap, batched), then, once ≥ 95% reach the cap, 100 episodes on fresh seeds;
+the run stops when both pass and its checkpoint is that policy. `total_steps` stays the cap, as
+Stable-Baselines3's `StopTrainingOnRewardThreshold` stops `learn(total_timesteps)` early. The
+learning rate anneals over `total_steps` as in a fixed-length run, so a stop comes partway down
+the ramp (at 8 M of 20 M steps the rate is still 60% of its start): the check only decides when
+the run ends, never what it learns before then — with the check off the run is bit for bit the
+same. The checks' time is logged (`eval/seconds`) and kept out of `charts/sps`.
 
 Read in order: `train` (the loop), `collect`, `RolloutBuffer.batch` (GAE), then `core.ppo`
 (`ppo_update`, `ppo_loss`) and the agent (`envs.networks.ActorCritic.act`, `.evaluate`). The
@@ -57,14 +68,18 @@ def train(
     """Run PPO; return a summary. `config` is resolved first (fields left None take the preset);
     `resume` is a loaded checkpoint; `stop_after_iterations` stops as if interrupted (tests of
     resumption); `stop_when(agent, global_step)` is asked after each update whether the run is
-    done (benchmarks stop once the task is solved)."""
+    done (benchmarks stop once the task is solved). With `config.stop_when_mastered` the run also
+    stops once the Flappy Bird mastery check passes on held-out and fresh seeds (`envs.mastery`);
+    the summary's `mastered` is then that check's record."""
     config = resolve(config)
     run = Run(config, resume, stop_after_iterations, stop_when)  # seeds, envs, agent, optimiser, outputs
     agent, envs, optimizer, obs = run.agent, run.envs, run.optimizer, run.obs
     rollout = RolloutBuffer.for_agent(agent, obs, config.num_steps)
     with StopRequest() as stop:  # Ctrl-C: finish this update, save, stop
         for iteration in range(run.start_iteration, run.num_iterations):
-            if config.anneal_lr:  # detail 4: linear decay to 0 over the whole run
+            if config.anneal_lr:  # detail 4: linear decay to 0 over total_steps (a run that stops when
+                # mastered stops partway down this ramp: the schedule, and so the run up to its stop, is
+                # the fixed-length run's)
                 optimizer.param_groups[0]["lr"] = config.learning_rate * (1.0 - iteration / run.num_iterations)
 
             # 1. Collect N × T transitions with the current policy (no gradients, no host syncs).

@@ -133,3 +133,30 @@ def test_ours_and_sb3_are_checked_at_the_same_step_counts():
     ours = resolve(TrainConfig(out="unused"))
     sb3_batch = bench_train.SB3_FLAPPY_ENVS * bench_train.SB3_FLAPPY["n_steps"]
     assert ours.batch_size * 10 == bench_train.FLAPPY_EVAL_EVERY == sb3_batch * 10
+
+
+@pytest.mark.parametrize("arch", ["mlp", "mlp_shared"])
+def test_update_flops_per_step_counts_what_torch_counts(arch):
+    """The count from the shapes against torch's own FLOP counter over a rollout's forward pass and
+    K epochs of forward and backward (the observation needs no gradient); the preset by hand too."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from envs.networks import ARCHITECTURES, ActorCritic
+
+    assert arch in ARCHITECTURES
+    agent, rows, epochs = ActorCritic((12,), 2, arch=arch), 256, 4
+    obs = torch.randn(rows, 12)
+    with FlopCounterMode(display=False) as counter:
+        agent.act(obs)
+        for _ in range(epochs):
+            logits, value = agent(obs)
+            (logits.sum() + value.sum()).backward()
+    assert bench_train.update_flops_per_step(agent, epochs) == counter.get_total_flops() / rows
+    if arch == "mlp":  # 12 → 64 → 64 → {2, 1}: forward 2·(768 + 4096 + 128) + 2·(768 + 4096 + 64) = 19 840
+        assert bench_train.update_flops_per_step(agent, epochs) == 19_840 + 4 * (3 * 19_840 - 2 * 2 * 768)
+
+
+def test_matmul_gflops_is_the_products_count_over_their_time():
+    """A positive rate, within what one core can do (under 1 000 GFLOP/s), from a short measurement."""
+    rate = bench_train.matmul_gflops(seconds=0.02, repeats=2)
+    assert 0.1 < rate < 1000
