@@ -16,22 +16,9 @@ Details of PPO" (Huang et al. 2022): vectorised envs (1), orthogonal init (2), A
 (11), debug metrics (12), separate or shared networks (13) — plus what CleanRL's `ppo.py`
 lacks: a truncated episode bootstraps from V(final observation), a terminated one from 0.
 
-Continuous actions (a 1-D Box action space) get CleanRL's `ppo_continuous_action.py` details: a
-diagonal Gaussian with a state-independent log-std (`envs.networks`), actions stored unclipped
-and clipped to the bounds only on their way to the env (`envs.vector.AgentEnv`), observation
-and reward normalisation (`envs.normalize`, statistics saved in the checkpoint).
-Deviations: the objective may be `kl_penalty` (PPO paper §4, adaptive β) or both; action
-spaces other than Discrete and 1-D Box are refused.
-
-Stop when mastered (Flappy Bird, `stop_when_mastered`, on by default for its features preset): every
-`mastery_check_every` steps the greedy policy plays the held-out check of `envs.mastery` (100
-episodes, 500-pipe cap, batched), then, once ≥ 95% reach the cap, 100 episodes on fresh seeds;
-the run stops when both pass and its checkpoint is that policy. `total_steps` stays the cap, as
-Stable-Baselines3's `StopTrainingOnRewardThreshold` stops `learn(total_timesteps)` early. The
-learning rate anneals over `total_steps` as in a fixed-length run, so a stop comes partway down
-the ramp (at 8 M of 20 M steps the rate is still 60% of its start): the check only decides when
-the run ends, never what it learns before then — with the check off the run is bit for bit the
-same. The checks' time is logged (`eval/seconds`) and kept out of `charts/sps`.
+Continuous actions (diagonal Gaussian, normalised observations and rewards), the stop once
+Flappy Bird is mastered (`stop_when_mastered`: held-out, then fresh seeds; `total_steps` the
+cap, the learning rate annealed over it) and the presets: `envs.config` and envs/README.md.
 
 Read in order: `train` (the loop), `collect`, `RolloutBuffer.batch` (GAE), then `core.ppo`
 (`ppo_update`, `ppo_loss`) and the agent (`envs.networks.ActorCritic.act`, `.evaluate`). The
