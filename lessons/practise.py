@@ -60,7 +60,7 @@ _ADV, _LOSS, _KL, _PREF = "tests/test_advantages.py::", "tests/test_losses.py::"
 EXERCISES: dict[str, Exercise] = {
     "PG-1": Exercise("core.kl.kl_regularized_objective",
                      ("tests/test_formulas_pg.py::test_objective_is_the_prompt_average_of_per_prompt_expectations",),
-                     ("return expected_reward - beta *", "return expected_reward + beta *")),
+                     ("* rewards).sum(dim=-1)", "* rewards).mean(dim=-1)")),
     "PG-4": Exercise("core.surrogates.score_function_surrogate",
                      (_LOSS + "test_score_function_gradient_equals_exact_gradient_by_enumeration",),
                      ("return logprobs * advantages.detach()", "return logprobs.detach() * advantages")),
@@ -113,7 +113,8 @@ EXERCISES: dict[str, Exercise] = {
                       "mixed = gae_lambda * next_values[..., t] + (1 - gae_lambda) * g_next")),
     "KL-1": Exercise("core.kl.categorical_kl", (_KL + "test_categorical_kl_equals_enumeration",),
                      ("(logq.exp() * (logq - logp))", "(logp.exp() * (logp - logq))")),
-    "KL-2": Exercise("core.kl.kl_estimate", (_KL + "test_estimator_expectations_by_enumeration",),
+    "KL-2": Exercise("core.kl.kl_estimate", (_KL + "test_estimator_expectations_by_enumeration",
+                                             _KL + "test_estimator_bias_sign_and_variance_by_sampling"),
                      ("return torch.expm1(log_r) - log_r", "return -log_r")),
     "KL-3": Exercise("core.kl.kl_estimate", (_KL + "test_estimator_gradients_as_losses_exactly",),
                      ("return 0.5 * log_r**2", "return 0.5 * log_r.detach() ** 2")),
@@ -486,14 +487,18 @@ def pytest_sessionfinish(session, exitstatus):
         Path(settings["results"]).write_text(json.dumps(_RESULTS), encoding="utf-8")
 
 
-def run_graded(settings: dict, nodes: list[str], extra: list[str] = ()) -> tuple[int, list[dict], str]:
-    """Run `nodes` with the plugin and `settings`; (pytest's exit code, the results, pytest's output)."""
+def run_graded(settings: dict, nodes: list[str], extra: list[str] = (), root: Path = ROOT,
+               ) -> tuple[int, list[dict], str]:
+    """Run `nodes` of the project at `root` with the plugin and `settings`; (pytest's exit code,
+    one result per test, pytest's output)."""
     with tempfile.TemporaryDirectory() as scratch:
         results = Path(scratch) / "results.json"
-        env = {**os.environ, ENV: json.dumps({**settings, "results": str(results)}), "OMP_NUM_THREADS": "1"}
+        path = os.pathsep.join([str(root), *filter(None, [os.environ.get("PYTHONPATH")])])
+        env = {**os.environ, ENV: json.dumps({**settings, "results": str(results)}), "OMP_NUM_THREADS": "1",
+               "PYTHONPATH": path}
         command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "lessons.practise",
                    "-p", "lessons.__main__", "--tb=no", "--no-header", *extra, *nodes]
-        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+        done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
         found = json.loads(results.read_text(encoding="utf-8")) if results.is_file() else []
     return done.returncode, found, done.stdout + done.stderr
 
@@ -612,7 +617,7 @@ BUGS: tuple[Bug, ...] = (
         "        return torch.expm1(log_r) - log_r\n",
         "        return -log_r\n",
         "Run lesson 8 (python -m lessons run 8) and read the estimators' table: bias, sign, variance.",
-        (_KL + "test_estimator_expectations_by_enumeration",)),
+        (_KL + "test_estimator_expectations_by_enumeration", _KL + "test_estimator_bias_sign_and_variance_by_sampling")),
     Bug("approx_kl measured in the wrong direction", "core/diagnostics.py",
         "    return masked_mean(kl_estimate(old_logprobs.detach(), logprobs.detach(), \"k3\"), mask)\n",
         "    return masked_mean(kl_estimate(logprobs.detach(), old_logprobs.detach(), \"k3\"), mask)\n",

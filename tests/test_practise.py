@@ -1,0 +1,131 @@
+"""Practise (lessons/practise.py): the exercises grade honestly, and every planted bug is caught.
+
+- Every formula a function in core/ implements has an exercise, or a lesson-level one.
+- Honest grading: for every exercise, the project's own function read from an exercise file
+  passes its grading tests, the untouched stub fails them, and a plausible wrong version fails
+  them (all in one pytest run: the plugin runs each grading test once per variant).
+- `check` prints one line per test and the first failure's inputs, expected and obtained values.
+- Bug hunts: every bug's line occurs exactly once where it is planted; on a copy of the project,
+  each bug makes at least one of its listed tests fail, and the clean copy passes them all.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lessons import practise
+from lessons.catalog_scan import implemented_by, marked_test_ids
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_every_core_formula_has_an_exercise_or_a_lesson_level_one():
+    """Each formula implemented in core/ has an exercise or a lesson-level exercise, graded by its own marked tests."""
+    in_core = {fid for fid, names in implemented_by().items() if any(n.startswith("core.") for n in names)}
+    covered = set(practise.EXERCISES) | set(practise.LESSON_LEVEL)
+    assert in_core - covered == set(), f"formulas in core/ without an exercise: {sorted(in_core - covered)}"
+    assert covered - in_core == set(), f"exercises for formulas core/ does not implement: {sorted(covered - in_core)}"
+    marked = marked_test_ids()
+    for fid, exercise in practise.EXERCISES.items():
+        owner = exercise.target.rsplit(".", 1)[0]  # a method's class carries the @implements
+        assert {exercise.target, owner} & set(implemented_by()[fid]), f"{fid}: {exercise.target} is not @implements({fid!r})"
+        assert set(exercise.grading) <= set(marked[fid]), f"{fid}: grading tests not marked {fid}"
+
+
+def test_an_exercise_file_is_never_overwritten(tmp_path):
+    """The stub is written once; a second `exercise` keeps the learner's work."""
+    path = tmp_path / "ad4_gae.py"
+    assert practise.write_exercise("AD-4", path) == (path, True)
+    text = path.read_text(encoding="utf-8")
+    assert "def gae(" in text and "raise NotImplementedError" in text and "GAE(λ)" in text
+    path.write_text("# my work\n", encoding="utf-8")
+    assert practise.write_exercise("AD-4", path) == (path, False)
+    assert path.read_text(encoding="utf-8") == "# my work\n"
+
+
+def test_grading_is_honest_reference_passes_stub_and_a_wrong_version_fail(tmp_path):
+    """Every exercise: the project's code passes its grading tests, the stub and a plausible mistake fail."""
+    variants, nodes = {}, []
+    for fid, exercise in practise.EXERCISES.items():
+        for variant in ("reference", "stub", "wrong"):
+            file = tmp_path / f"{fid}_{variant}.py"
+            file.write_text(practise.exercise_source(fid, variant), encoding="utf-8")
+            variants[f"{fid}:{variant}"] = {"target": exercise.target, "file": str(file), "tests": exercise.grading}
+        nodes += exercise.grading
+    code, results, output = practise.run_graded({"variants": variants}, list(dict.fromkeys(nodes)))
+    assert results, output[-3000:]
+    outcomes: dict[str, list[str]] = {label: [] for label in variants}
+    for result in results:
+        if result["variant"]:
+            outcomes[result["variant"]].append(result["outcome"])
+    problems = []
+    for fid in practise.EXERCISES:
+        ref, stub, wrong = (outcomes[f"{fid}:{v}"] for v in ("reference", "stub", "wrong"))
+        if not ref or set(ref) != {"passed"}:
+            problems.append(f"{fid}: the project's own code gets {ref}")
+        if "failed" not in stub:
+            problems.append(f"{fid}: the stub is not failed ({stub})")
+        if "failed" not in wrong:
+            problems.append(f"{fid}: the wrong version {practise.EXERCISES[fid].wrong} is not failed ({wrong})")
+    assert not problems, "\n".join(problems)
+
+
+def test_check_prints_one_line_per_test_and_the_first_failure_then_passes_the_reference(tmp_path):
+    """`check AD-2` on the stub: ✗ lines, inputs/expected/obtained, exit 1; on the project's code: ✓, exit 0."""
+    command = [sys.executable, "-m", "lessons", "check", "AD-2"]
+    stub = tmp_path / "stub.py"
+    stub.write_text(practise.exercise_source("AD-2", "stub"), encoding="utf-8")
+    done = subprocess.run([*command, str(stub)], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 1, done.stdout + done.stderr
+    for needed in ("✗", "inputs:", "expected:", "obtained:", "NotImplementedError"):
+        assert needed in done.stdout, done.stdout
+    assert "Traceback" not in done.stdout + done.stderr
+    wrong = tmp_path / "wrong.py"
+    wrong.write_text(practise.exercise_source("AD-2", "wrong"), encoding="utf-8")
+    done = subprocess.run([*command, str(wrong)], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 1 and "first difference at" in done.stdout, done.stdout
+
+
+def test_every_bug_matches_exactly_once_and_changes_one_line():
+    """A refactor that moves a bug's line breaks its anchor here, not silently."""
+    assert len(practise.BUGS) >= 15
+    assert len({bug.name for bug in practise.BUGS}) == len(practise.BUGS)
+    marked = {node for nodes in marked_test_ids().values() for node in nodes}
+    for bug in practise.BUGS:
+        text = (ROOT / bug.file).read_text(encoding="utf-8")
+        assert text.count(bug.old) == 1, f"{bug.name}: its line occurs {text.count(bug.old)} times in {bug.file}"
+        changed = [(a, b) for a, b in zip(bug.old.splitlines(), bug.new.splitlines(), strict=True) if a != b]
+        assert len(changed) == 1, f"{bug.name}: must change exactly one line"
+        assert bug.tests and all("::" in node for node in bug.tests)
+        assert set(bug.tests) <= marked | {n for n in bug.tests if "test_llm_rlhf" in n or "masked_helpers" in n}
+
+
+@pytest.fixture(scope="module")
+def project_copy(tmp_path_factory):
+    return practise.copy_project(tmp_path_factory.mktemp("project"))
+
+
+def test_the_bug_free_copy_passes_every_bugs_tests(project_copy):
+    """The clean copy passes all the tests the bugs list (else a failing test would prove nothing)."""
+    nodes = list(dict.fromkeys(node for bug in practise.BUGS for node in bug.tests))
+    code, results, output = practise.run_graded({}, nodes, root=project_copy)
+    assert code == 0 and results, output[-3000:]
+    assert {r["outcome"] for r in results} == {"passed"}
+
+
+@pytest.mark.parametrize("bug", practise.BUGS, ids=[bug.name.split(" (")[0].replace(" ", "_") for bug in practise.BUGS])
+def test_every_bug_is_caught_by_its_tests(project_copy, bug):
+    """Planted in a copy of the project, the bug makes at least one of its listed tests fail."""
+    path = project_copy / bug.file
+    clean = path.read_text(encoding="utf-8")
+    try:
+        practise.plant(bug, project_copy)
+        code, results, output = practise.run_graded({}, list(bug.tests), root=project_copy)
+    finally:
+        path.write_text(clean, encoding="utf-8")
+    assert results, output[-3000:]
+    assert any(r["outcome"] == "failed" for r in results), f"{bug.name} is not caught by {bug.tests}"
