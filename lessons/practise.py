@@ -429,7 +429,7 @@ def _substitution(item) -> dict | None:
         callspec = getattr(item, "callspec", None)
         label = callspec.params.get("practise_variant") if callspec else None
         return settings["variants"].get(label) if label else None
-    return settings
+    return settings if "target" in settings else None
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -617,7 +617,8 @@ BUGS: tuple[Bug, ...] = (
         "        return torch.expm1(log_r) - log_r\n",
         "        return -log_r\n",
         "Run lesson 8 (python -m lessons run 8) and read the estimators' table: bias, sign, variance.",
-        (_KL + "test_estimator_expectations_by_enumeration", _KL + "test_estimator_bias_sign_and_variance_by_sampling")),
+        (_KL + "test_estimator_expectations_by_enumeration",
+         _KL + "test_estimator_bias_sign_and_variance_by_sampling")),
     Bug("approx_kl measured in the wrong direction", "core/diagnostics.py",
         "    return masked_mean(kl_estimate(old_logprobs.detach(), logprobs.detach(), \"k3\"), mask)\n",
         "    return masked_mean(kl_estimate(logprobs.detach(), old_logprobs.detach(), \"k3\"), mask)\n",
