@@ -97,6 +97,12 @@ EXERCISES: dict[str, Exercise] = {
     "CL-4": Exercise("core.losses.value_loss", (_LOSS + "test_value_loss_hand_case_with_and_without_clipping",),
                      ("return 0.5 * torch.maximum(unclipped, (clipped_values - returns) ** 2)",
                       "return 0.5 * torch.minimum(unclipped, (clipped_values - returns) ** 2)")),
+    "AC-2": Exercise("core.ppo.ppo_update",
+                     ("tests/test_ppo.py::test_ppo_solves_a_two_token_language_task_with_masks",),
+                     ("loss.backward()", "(-loss).backward()")),
+    "RM-3": Exercise("llm.rlhf.per_token_rewards",
+                     ("tests/test_llm_rlhf.py::test_per_token_rewards_hand_case_score_on_eos_and_missing_eos_penalty",),
+                     ("last = mask.sum(dim=1).long() - 1", "last = mask.sum(dim=1).long()")),
     "AD-2": Exercise("core.returns.td_residuals", (_ADV + "test_td_residual_hand_case",),
                      ("gamma * not_terminal * next_values", "gamma * next_values")),
     "AD-3": Exercise("core.returns.k_step_advantages", (_ADV + "test_k_step_reward_form_equals_delta_sum",),
@@ -152,13 +158,9 @@ EXERCISES: dict[str, Exercise] = {
                      ("torch.sigmoid(beta * (z0 - log_ratio))", "torch.sigmoid(beta * (log_ratio - z0))")),
 }
 
-# Formulas implemented in core/ whose marked tests cannot grade one standalone function: their
-# exercise is the lesson's own ("write it, then run the lesson and its tests").
-LESSON_LEVEL: dict[str, str] = {
-    "AC-2": "core.ppo.ppo_update is the whole PPO loop (minibatches, epochs, clipping of the gradient); its "
-            "tests are short trainings. Lesson 9's exercise: write the loop around core.ppo.ppo_loss and reach "
-            "the contextual bandit's optimum (python -m lessons verify AC-2 runs the same trainings).",
-}
+# Formulas implemented in core/ whose marked tests cannot grade one standalone function would get
+# their lesson's own exercise here (ID → what to do), listed by `exercise` and named by the lesson.
+LESSON_LEVEL: dict[str, str] = {}  # none at present: every formula of core/ grades a function of its own
 
 
 def formula_of(words: str) -> str | None:

@@ -25,14 +25,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_every_core_formula_has_an_exercise_or_a_lesson_level_one():
     """Each formula implemented in core/ has an exercise or a lesson-level exercise, graded by its own marked tests."""
-    in_core = {fid for fid, names in implemented_by().items() if any(n.startswith("core.") for n in names)}
+    implementations = implemented_by()
+    in_core = {fid for fid, names in implementations.items() if any(n.startswith("core.") for n in names)}
     covered = set(practise.EXERCISES) | set(practise.LESSON_LEVEL)
     assert in_core - covered == set(), f"formulas in core/ without an exercise: {sorted(in_core - covered)}"
-    assert covered - in_core == set(), f"exercises for formulas core/ does not implement: {sorted(covered - in_core)}"
+    anywhere = set(implementations)  # an exercise may also come from a front end (llm/)
+    assert covered - anywhere == set(), f"exercises for formulas no function implements: {sorted(covered - anywhere)}"
     marked = marked_test_ids()
     for fid, exercise in practise.EXERCISES.items():
         owner = exercise.target.rsplit(".", 1)[0]  # a method's class carries the @implements
-        assert {exercise.target, owner} & set(implemented_by()[fid]), f"{exercise.target} is not @implements({fid!r})"
+        assert {exercise.target, owner} & set(implementations[fid]), f"{exercise.target} is not @implements({fid!r})"
         assert set(exercise.grading) <= set(marked[fid]), f"{fid}: grading tests not marked {fid}"
 
 
