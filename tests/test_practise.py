@@ -131,3 +131,10 @@ def test_every_bug_is_caught_by_its_tests(project_copy, bug):
         path.write_text(clean, encoding="utf-8")
     assert results, output[-3000:]
     assert any(r["outcome"] == "failed" for r in results), f"{bug.name} is not caught by {bug.tests}"
+
+
+def test_the_readme_counts_are_the_lists():
+    """The README's Practise section states how many exercises and bugs there are: the lists' lengths."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert f"lists the {len(practise.EXERCISES)} exercises" in text
+    assert f"The {len(practise.BUGS)} bugs" in text
