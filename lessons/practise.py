@@ -692,18 +692,19 @@ def plant(bug: Bug, project: Path) -> str:
     count = text.count(bug.old)
     if count != 1:
         raise ValueError(f"bug {bug.name!r}: its line occurs {count} times in {bug.file} (must be once)")
-    path.write_text(text.replace(bug.old, bug.new), encoding="utf-8")
-    return "".join(difflib.unified_diff(bug.old.splitlines(True), bug.new.splitlines(True),
-                                        f"a/{bug.file}", f"b/{bug.file}"))
+    planted = text.replace(bug.old, bug.new)
+    path.write_text(planted, encoding="utf-8")
+    return "".join(difflib.unified_diff(text.splitlines(True), planted.splitlines(True),
+                                        f"a/{bug.file}", f"b/{bug.file}", n=2))
 
 
 def bughunt(seed: int | None, reveal: bool, where_to: str | None) -> int:
     """`python -m lessons bughunt [--seed N] [--reveal] [--dir D]`."""
     seed = random.SystemRandom().randrange(10_000) if seed is None else seed
-    bug = BUGS[seed % len(BUGS)] if seed >= 0 else None
-    if bug is None:
+    if seed < 0:
         print("--seed must be ≥ 0", file=sys.stderr)
         return 2
+    bug = BUGS[random.Random(seed).randrange(len(BUGS))]
     folder = Path(where_to) if where_to else Path(tempfile.gettempdir()) / f"proximal-bughunt-{seed}"
     if reveal:
         print(f"bug hunt {seed}: {bug.name}\n")
@@ -720,7 +721,7 @@ def bughunt(seed: int | None, reveal: bool, where_to: str | None) -> int:
     print(f"Bug hunt {seed}: one line of the project in {folder} is wrong ({len(BUGS)} bugs on the list).")
     print(f"  cd {folder}")
     print(f"  {bug.hint}")
-    print("  Narrow it down with the formula tests: python -m lessons verify all (or one family: verify AD)")
+    print("  Narrow it down with the formula tests, run there: python -m lessons verify all (or a family: verify AD)")
     print(f"  When you have found it (git diff will not help: it is a plain copy), check: "
           f"python -m lessons bughunt --seed {seed} --reveal")
     return 0

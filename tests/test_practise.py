@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -138,3 +139,22 @@ def test_the_readme_counts_are_the_lists():
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     assert f"lists the {len(practise.EXERCISES)} exercises" in text
     assert f"The {len(practise.BUGS)} bugs" in text
+
+
+def test_bughunt_plants_hints_and_reveals(tmp_path, capsys):
+    """`bughunt --seed N` copies the project and changes one line; `--reveal` shows that line and its tests."""
+    seed = 5
+    bug = practise.BUGS[random.Random(seed).randrange(len(practise.BUGS))]
+    assert practise.bughunt(seed, False, str(tmp_path / "hunt")) == 0
+    hint = capsys.readouterr().out
+    assert bug.hint in hint and bug.name not in hint  # where to look, not what it is
+    planted = (tmp_path / "hunt" / bug.file).read_text(encoding="utf-8")
+    assert bug.new in planted and bug.old not in planted
+    assert (tmp_path / "hunt" / "README.md").read_text(encoding="utf-8") == (ROOT / "README.md").read_text(
+        encoding="utf-8")
+    assert practise.bughunt(seed, False, str(tmp_path / "hunt")) == 2  # never over a folder in use
+    capsys.readouterr()
+    assert practise.bughunt(seed, True, None) == 0
+    reveal = capsys.readouterr().out
+    changed = next(line for line in bug.new.splitlines() if line not in bug.old.splitlines())
+    assert bug.name in reveal and f"+{changed}" in reveal and all(node in reveal for node in bug.tests)
