@@ -11,9 +11,11 @@ defining module and in every module that imported it by name — for the learner
 calls the test makes (inputs, the project's output, the learner's output), and writes each test's
 outcome to a JSON file that `check` reads back into one ✓/✗ line per test.
 
-The same plugin, given `variants`, runs each grading test once per variant (the project's own code
-read from an exercise file, the untouched stub, a plausible wrong version): the tests that prove
-the grading is honest (`tests/test_practise.py`) run every exercise's variants in one pytest run.
+The same plugin, given `variants`, runs each listed test once per variant: for the exercises, the
+project's own code read from an exercise file, the untouched stub and a plausible wrong version
+(the proof that the grading is honest); for the bugs, the function that holds a bug's line compiled
+from a copy of its file with the bug planted, and from an unchanged copy (the control). So
+`tests/test_practise.py` checks every exercise, and every bug of the list, in one pytest run each.
 """
 
 from __future__ import annotations
@@ -274,6 +276,7 @@ def write_exercise(formula_id: str, path: Path | None = None) -> tuple[Path, boo
 def _load(file: str, name: str):
     spec = importlib.util.spec_from_file_location(f"_exercise_{abs(hash(file))}", file)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it runs
     spec.loader.exec_module(module)
     if not hasattr(module, name):
         raise AttributeError(f"{file} defines no function {name}")
@@ -440,6 +443,13 @@ def pytest_runtest_call(item):
     if spec is None:
         yield
         return
+    if "module_file" in spec:  # a bug planted in a copy of the module: its function, compiled from the copy
+        swap = _Swap(spec["target"], _planted(spec["module_file"], spec["target"]))
+        try:
+            yield
+        finally:
+            swap.undo()
+        return
     _, cls, reference = _resolve(spec["target"])
     try:
         learner = _load(spec["file"], function_name(spec["target"]))
@@ -456,6 +466,17 @@ def pytest_runtest_call(item):
     finally:
         swap.undo()
         item._practise = {"calls": recorder.calls}
+
+
+def _planted(module_file: str, target: str):
+    """The function `target` names, as the module copy at `module_file` defines it."""
+    _, cls, _ = _resolve(target)
+    spec = importlib.util.spec_from_file_location(f"_planted_{abs(hash(module_file))}", module_file)
+    copy_of_module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = copy_of_module  # dataclasses look their module up while it runs
+    spec.loader.exec_module(copy_of_module)
+    owner = getattr(copy_of_module, cls.__name__) if cls is not None else copy_of_module
+    return getattr(owner, function_name(target))
 
 
 def _raiser(error: Exception):
@@ -662,6 +683,41 @@ BUGS: tuple[Bug, ...] = (
         "Run lesson 5 (python -m lessons run 5) and watch β against the measured KL.",
         (_KL + "test_adaptive_controller_trace",)),
 )
+
+
+def enclosing_function(bug: Bug) -> str:
+    """`core.losses.clipped_surrogate` (or `core.kl.Cls.method`): the function whose body holds the
+    bug's changed line (every bug of the list changes a line inside a function or method)."""
+    text = (ROOT / bug.file).read_text(encoding="utf-8")
+    start = text.index(bug.old)
+    changed = next(i for i, (a, b) in enumerate(zip(bug.old.splitlines(), bug.new.splitlines(), strict=True))
+                   if a != b)
+    line = text[:start].count("\n") + 1 + changed
+    module = ".".join(Path(bug.file).with_suffix("").parts)
+    for node in ast.parse(text).body:
+        members = node.body if isinstance(node, ast.ClassDef) else [node]
+        for member in members:
+            if isinstance(member, ast.FunctionDef) and member.body[0].lineno <= line <= member.end_lineno:
+                prefix = f"{node.name}." if isinstance(node, ast.ClassDef) else ""
+                return f"{module}.{prefix}{member.name}"
+    raise ValueError(f"bug {bug.name!r}: line {line} of {bug.file} is in no function's body")
+
+
+def planted_variants(folder: Path) -> dict[str, dict]:
+    """For every bug: "bug: NAME" runs its tests with the function compiled from a copy of its file
+    with the bug planted; "clean: NAME" with the same function compiled from an unchanged copy (the
+    control: compiling a copy alone must break nothing). For `run_graded({"variants": ...})`."""
+    variants = {}
+    for i, bug in enumerate(BUGS):
+        for kind in ("clean", "bug"):
+            copy_dir = folder / f"{kind}{i:02d}"
+            copy_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / bug.file, copy_dir / Path(bug.file).name)
+            if kind == "bug":
+                plant(Bug(bug.name, Path(bug.file).name, bug.old, bug.new, bug.hint, bug.tests), copy_dir)
+            variants[f"{kind}: {bug.name}"] = {"target": enclosing_function(bug), "tests": list(bug.tests),
+                                               "module_file": str(copy_dir / Path(bug.file).name)}
+    return variants
 
 
 def tracked_files(root: Path = ROOT) -> list[str]:

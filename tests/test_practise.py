@@ -5,8 +5,10 @@
   passes its grading tests, the untouched stub fails them, and a plausible wrong version fails
   them (all in one pytest run: the plugin runs each grading test once per variant).
 - `check` prints one line per test and the first failure's inputs, expected and obtained values.
-- Bug hunts: every bug's line occurs exactly once where it is planted; on a copy of the project,
-  each bug makes at least one of its listed tests fail, and the clean copy passes them all.
+- Bug hunts (the list doubles as a mutation test of the suite): every bug's line occurs exactly
+  once; planted in a copy of its file, each bug fails at least one of its listed tests while the
+  unchanged copy passes them (one pytest run for all); `bughunt` plants, hints and reveals, and a
+  copy of the whole project passes a bug's tests until the bug is planted there.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+import torch
 
 from lessons import practise
 from lessons.catalog_scan import implemented_by, marked_test_ids
@@ -87,10 +89,19 @@ def test_check_prints_one_line_per_test_and_the_first_failure_then_passes_the_re
     for needed in ("✗", "inputs:", "expected:", "obtained:", "NotImplementedError"):
         assert needed in done.stdout, done.stdout
     assert "Traceback" not in done.stdout + done.stderr
-    wrong = tmp_path / "wrong.py"
-    wrong.write_text(practise.exercise_source("AD-2", "wrong"), encoding="utf-8")
-    done = subprocess.run([*command, str(wrong)], cwd=ROOT, capture_output=True, text=True)
-    assert done.returncode == 1 and "first difference at" in done.stdout, done.stdout
+    reference = tmp_path / "reference.py"
+    reference.write_text(practise.exercise_source("AD-2", "reference"), encoding="utf-8")
+    done = subprocess.run([*command, str(reference)], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0 and "✓" in done.stdout and "✗" not in done.stdout, done.stdout + done.stderr
+    assert f"Compare with the project's: {practise.where('core.returns.td_residuals')}" in done.stdout
+
+
+def test_the_first_difference_is_located_by_index():
+    """For a failing call, `check` names the first element that differs, with both values."""
+    expected = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    obtained = torch.tensor([[1.0, 2.0], [3.5, 4.0]])
+    assert practise._first_difference(obtained, expected) == "at [1, 0]: expected 3, obtained 3.5"
+    assert practise._first_difference(expected, expected) == ""
 
 
 def test_every_bug_matches_exactly_once_and_changes_one_line():
@@ -107,31 +118,33 @@ def test_every_bug_matches_exactly_once_and_changes_one_line():
         assert set(bug.tests) <= marked | {n for n in bug.tests if "test_llm_rlhf" in n or "masked_helpers" in n}
 
 
-@pytest.fixture(scope="module")
-def project_copy(tmp_path_factory):
-    return practise.copy_project(tmp_path_factory.mktemp("project"))
+def test_every_bug_is_caught_by_its_tests_and_the_unchanged_code_passes_them(tmp_path):
+    """Each bug, planted in a copy of its file, fails at least one of its tests; the unchanged copy passes them all.
 
-
-def test_the_bug_free_copy_passes_every_bugs_tests(project_copy):
-    """The clean copy passes all the tests the bugs list (else a failing test would prove nothing)."""
+    One pytest run: each listed test runs once per bug and once per control, with the function that
+    holds the bug's line compiled from the planted (or the unchanged) copy in place of the project's."""
+    variants = practise.planted_variants(tmp_path)
     nodes = list(dict.fromkeys(node for bug in practise.BUGS for node in bug.tests))
-    code, results, output = practise.run_graded({}, nodes, root=project_copy)
-    assert code == 0 and results, output[-3000:]
-    assert {r["outcome"] for r in results} == {"passed"}
+    code, results, output = practise.run_graded({"variants": variants}, nodes)
+    outcomes: dict[str, list[str]] = {label: [] for label in variants}
+    for result in results:
+        if result["variant"]:
+            outcomes[result["variant"]].append(result["outcome"])
+    problems = [f"{label}: {got}" for label, got in outcomes.items()
+                if not got or (label.startswith("clean") and set(got) != {"passed"})
+                or (label.startswith("bug") and "failed" not in got)]
+    assert not problems, "\n".join(problems) + output[-2000:]
 
 
-@pytest.mark.parametrize("bug", practise.BUGS, ids=[bug.name.split(" (")[0].replace(" ", "_") for bug in practise.BUGS])
-def test_every_bug_is_caught_by_its_tests(project_copy, bug):
-    """Planted in a copy of the project, the bug makes at least one of its listed tests fail."""
-    path = project_copy / bug.file
-    clean = path.read_text(encoding="utf-8")
-    try:
-        practise.plant(bug, project_copy)
-        code, results, output = practise.run_graded({}, list(bug.tests), root=project_copy)
-    finally:
-        path.write_text(clean, encoding="utf-8")
-    assert results, output[-3000:]
-    assert any(r["outcome"] == "failed" for r in results), f"{bug.name} is not caught by {bug.tests}"
+def test_a_bug_planted_in_a_copy_of_the_project_is_caught_and_the_copy_passes_without_it(tmp_path):
+    """The bug hunt's own copy of the project: its tests pass, then fail once one bug is planted there."""
+    bug = practise.BUGS[0]
+    project = practise.copy_project(tmp_path / "project")
+    code, results, output = practise.run_graded({}, list(bug.tests), root=project)
+    assert code == 0 and results and {r["outcome"] for r in results} == {"passed"}, output[-2000:]
+    practise.plant(bug, project)
+    code, results, output = practise.run_graded({}, list(bug.tests), root=project)
+    assert code == 1 and "failed" in {r["outcome"] for r in results}, output[-2000:]
 
 
 def test_the_readme_counts_are_the_lists():
