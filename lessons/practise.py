@@ -252,7 +252,8 @@ def exercise_source(formula_id: str, variant: str = "stub") -> str:
         f'"""Exercise {formula_id}: write `{node.name}`{method}.',
         "",
         "Fill in the body below so that it does what the docstring says; keep the signature. Then:",
-        f"    python -m lessons check {formula_id} {{this file}}",
+        f"    python -m lessons check {formula_id}    (add this file's path if it is not "
+        f"exercises/{default_file(formula_id).name})",
         f"runs the tests marked {formula_id} with your function in place of the project's",
         f"(`{exercise.target}`, {where(exercise.target)}; read it only after your check passes).",
         '"""',
