@@ -7,6 +7,9 @@
     python -m lessons catalog [ID ...]             a formula's statement, sources, code, lessons and tests
     python -m lessons catalog --write              regenerate lessons/FORMULAS.md (lessons/catalog_scan.py)
     python -m lessons verify ID|FAMILY|all [...]   run the tests marked with those formulas; pytest's exit code
+    python -m lessons exercise [ID]                write exercises/<id>_<function>.py to fill in (no ID: the list)
+    python -m lessons check ID [FILE]              grade your function with the formula's tests (lessons/practise.py)
+    python -m lessons bughunt [--seed N] [--reveal]  plant one silent bug in a copy of the project; find it
 """
 
 from __future__ import annotations
@@ -182,6 +185,48 @@ def pytest_collection_modifyitems(config, items) -> None:
         items[:] = keep
 
 
+def exercise(ids: list[str]) -> int:
+    """`exercise`: the list of exercises; `exercise ID ...`: write each one's file, never over the learner's."""
+    from lessons.practise import EXERCISES, LESSON_LEVEL, default_file, function_name, write_exercise
+
+    if not ids:
+        print(f"{len(EXERCISES)} exercises (python -m lessons exercise ID, then python -m lessons check ID):\n")
+        for fid, ex in EXERCISES.items():
+            print(f"  {fid:<6} {function_name(ex.target):<28} exercises/{default_file(fid).name}")
+        for fid, text in LESSON_LEVEL.items():
+            print(f"  {fid:<6} lesson-level: {text}")
+        return 0
+    code = 0
+    for word in ids:
+        fid = word.upper()
+        if fid in LESSON_LEVEL:
+            print(f"{fid}: {LESSON_LEVEL[fid]}")
+            continue
+        if fid not in EXERCISES:
+            print(f"no exercise for {word}; one of: {', '.join(EXERCISES)}", file=sys.stderr)
+            code = 2
+            continue
+        path, written = write_exercise(fid)
+        if written:
+            print(f"wrote {path}: fill in {function_name(EXERCISES[fid].target)}, then python -m lessons check {fid}")
+        else:
+            print(f"{path} exists (your work is kept): python -m lessons check {fid}")
+    return code
+
+
+def check_exercise(formula_id: str, file: str | None) -> int:
+    from lessons.practise import EXERCISES, LESSON_LEVEL, check
+
+    fid = formula_id.upper()
+    if fid in LESSON_LEVEL:
+        print(f"{fid} has a lesson-level exercise: {LESSON_LEVEL[fid]}", file=sys.stderr)
+        return 2
+    if fid not in EXERCISES:
+        print(f"no exercise for {formula_id}; one of: {', '.join(EXERCISES)}", file=sys.stderr)
+        return 2
+    return check(fid, file)
+
+
 def split_run_arguments(argv: list[str]) -> tuple[list[int], bool, list[str]]:
     """`run 1 3 --all --step --seed 2` → ([1, 3], True, ["--step", "--seed", "2"]).
 
@@ -219,6 +264,15 @@ def main(argv: list[str] | None = None) -> int:
         "verify", help="run the tests marked with formula IDs (verify AD-4, verify AD, verify all)",
         epilog="Options after -- go to pytest, e.g. verify AD-4 -- -x.")
     ver_parser.add_argument("ids", nargs="+", metavar="ID_OR_FAMILY", help="formula IDs, families, or all")
+    ex_parser = commands.add_parser("exercise", help="write an exercise file for a formula (no ID: list them)")
+    ex_parser.add_argument("ids", nargs="*", metavar="ID", help="formula IDs, e.g. AD-4")
+    chk_parser = commands.add_parser("check", help="grade your exercise with the formula's marked tests")
+    chk_parser.add_argument("id", metavar="ID", help="formula ID, e.g. AD-4")
+    chk_parser.add_argument("file", nargs="?", help="your file (default: exercises/<id>_<function>.py)")
+    bug_parser = commands.add_parser("bughunt", help="copy the project, plant one silent bug, tell where to look")
+    bug_parser.add_argument("--seed", type=int, default=None, help="which bug (default: a random one)")
+    bug_parser.add_argument("--reveal", action="store_true", help="show the bug's diff and the tests that catch it")
+    bug_parser.add_argument("--dir", default=None, help="the folder for the copy (default: a temporary folder)")
     if argv[:1] == ["verify"] and "--" in argv:
         cut = argv.index("--")
         return verify(ver_parser.parse_args(argv[1:cut]).ids, argv[cut + 1:])
@@ -233,6 +287,14 @@ def main(argv: list[str] | None = None) -> int:
         return catalog(args.ids, args.write, args.check)
     if args.command == "verify":
         return verify(args.ids, [])
+    if args.command == "exercise":
+        return exercise(args.ids)
+    if args.command == "check":
+        return check_exercise(args.id, args.file)
+    if args.command == "bughunt":
+        from lessons.practise import bughunt
+
+        return bughunt(args.seed, args.reveal, args.dir)
     return coverage(args.only, args.implemented)
 
 

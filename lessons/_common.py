@@ -260,6 +260,8 @@ class Lesson:
             if not found.holds:
                 print(f"  {found.line()}")
         print("═" * WIDTH)
+        for line in practise_lines(self.name):
+            print(line)
         self.write_verdicts()
 
     def write_verdicts(self) -> Path:
@@ -270,6 +272,25 @@ class Lesson:
                   "verdicts": [asdict(v) for v in self.verdicts]}
         path.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         return path
+
+
+def practise_lines(lesson_name: str) -> list[str]:
+    """The lesson's closing lines: its exercises (`python -m lessons exercise ID`), or the bug hunt."""
+    from lessons.catalog_scan import lessons_of
+    from lessons.practise import EXERCISES, LESSON_LEVEL, function_name
+
+    ids = [fid for fid, files in lessons_of().items() if f"{lesson_name}.py" in files]
+    exercises = [f"{fid} ({function_name(EXERCISES[fid].target).strip('_')})" for fid in ids if fid in EXERCISES]
+    lines = []
+    if exercises:
+        lines.append(f"Practise: python -m lessons exercise ID, then python -m lessons check ID, for {len(exercises)} "
+                     f"exercise(s) of this lesson: {', '.join(exercises)}.")
+    lines += [f"Practise ({fid}, lesson-level): {LESSON_LEVEL[fid]}" for fid in ids if fid in LESSON_LEVEL]
+    if not lines:
+        lines.append("Practise: this lesson's formulas have no function of their own to write; the exercises of "
+                     "the next lessons do (python -m lessons exercise lists them).")
+    lines.append("Hunt a planted bug: python -m lessons bughunt.")
+    return lines
 
 
 def fmt(x, digits: int = 4) -> str:
