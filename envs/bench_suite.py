@@ -241,7 +241,7 @@ def print_table(summary: dict, seeds) -> None:
     for env_id, row in summary.items():
         ours = row["ours"]
         sb3 = row.get("sb3")
-        zoo = "-" if row["rl_zoo"] is None else f"{row['rl_zoo'][0]:.1f} ± {row['rl_zoo'][1]:.1f} ({row['rl_zoo'][2]})"
+        zoo = "-" if row["rl_zoo"] is None else f"{cell(row['rl_zoo'][:2])} ({row['rl_zoo'][2]})"
         kept = ",".join(f"{k:.2f}" for k in ours.get("entropy_kept", [])) or "-"
         kls = ",".join(f"{k:.0e}" for k in ours.get("late_kl", [])) or "-"
         bar = "-" if row["bar"] is None else f"{row['bar']:.1f} {row['bar_statistic']}"
