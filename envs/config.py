@@ -223,8 +223,8 @@ PRESET_NOTES = {  # the reference each preset follows; its values are printed ju
     "flappy": "our Flappy Bird's tuned recipe (the shipped agent's)",
     "flappy-pixels": "our Flappy Bird's tuned recipe, Nature CNN on the frames",
     "atari": "CleanRL's ppo_atari.py",
-    "classic": "discrete actions: CleanRL's ppo.py loss with SB3's sample-efficient update, the default that held "
-               "CleanRL's bars on the suite (envs.bench_suite; envs/README.md, 'Defaults that hold')",
+    "classic": "discrete actions: CleanRL's ppo.py loss with SB3's update (constant rate, no entropy bonus), the "
+               "default that held CleanRL's bars and beat SB3 on unseen tasks (envs.bench_suite; envs/README.md)",
     "pendulum": "CleanRL's ppo_continuous_action.py with Pendulum's shorter horizon and larger learning rate",
     "mujoco": "CleanRL's ppo_continuous_action.py",
     "continuous": "CleanRL's ppo_continuous_action.py with 8 envs × 256 steps",
