@@ -77,12 +77,14 @@ def _fake_runs(monkeypatch, calls: list) -> None:
     """Replace each training run of bench_train by a recorded call returning known times, so that
     main's bookkeeping (skips, ratios, medians) is checked by hand, without training."""
     flappy = {"seconds_to_solved": 30.0, "steps_to_solved": 900_000, "seconds_to_mastered": 400.0,
-              "steps_to_mastered": 8_000_000, "final_at_cap_fresh_seeds": 0.95}
+              "steps_to_mastered": 8_000_000, "final_at_cap_fresh_seeds": 0.95,
+              "update_flops_per_step": 250_000, "steps_per_second": 40_000}
     sb3 = {"seconds_to_solved": None, "steps_to_solved": None, "budget_seconds": None, "trained_steps": 600_000,
            "trained_seconds": 300.0, "steps_per_second": 2_000, "best_mean": 81.0, "evaluations": 7}
     ours_seconds = {1: 2.5, 2: 1.0, 3: 9.0}  # CartPole seconds to solved by seed: median 2.5 (seed 1)
     sb3_seconds = {1: 10.0, 2: None, 3: 8.0}  # unsolved counts as slowest: median 10.0 (seed 1)
     monkeypatch.setattr(bench_train, "warm_up", lambda: None)
+    monkeypatch.setattr(bench_train, "matmul_gflops", lambda: 50.0)  # the machine's bound, by hand below
     monkeypatch.setattr(bench_train, "bench_flappy", lambda seed: calls.append(("flappy", seed)) or dict(flappy))
     monkeypatch.setattr(bench_train, "bench_flappy_sb3", lambda seed, budget, every: calls.append(
         ("flappy-sb3", seed, budget, every)) or {**sb3, "budget_seconds": budget})
@@ -114,6 +116,8 @@ def test_a_zero_budget_skips_sb3(capsys, monkeypatch):
     assert calls == [("flappy", 1)], "a zero budget trains no SB3"
     assert result["flappy_sb3"] is None and result["cartpole"] is None
     assert result["flappy"]["seconds_to_solved"] == 30.0
+    # 50 GFLOP/s over 250 000 FLOP a step: a bound of 200 000 steps/s, of which 40 000 is 0.2
+    assert result["flappy"]["bound_steps_per_second"] == 200_000 and result["flappy"]["fraction_of_bound"] == 0.2
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["flappy_sb3"] is None
 
 
