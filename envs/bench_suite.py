@@ -246,7 +246,7 @@ def print_table(summary: dict, seeds) -> None:
         zoo = "-" if row["rl_zoo"] is None else f"{cell(row['rl_zoo'][:2])} ({row['rl_zoo'][2]})"
         kept = ",".join(f"{k:.2f}" for k in ours.get("entropy_kept", [])) or "-"
         kls = ",".join(f"{k:.0e}" for k in ours.get("late_kl", [])) or "-"
-        bar = "-" if row["bar"] is None else f"{row['bar']:.1f} {row['bar_statistic']}"
+        bar = "-" if row["bar"] is None else f"{cell((row['bar'], 0.0)).split(' ±')[0]} {row['bar_statistic']}"
         passed = {None: "-", True: "yes", False: "NO"}[row["passed"]]
 
         def greedy(side):
