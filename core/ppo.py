@@ -185,9 +185,6 @@ def ppo_loss(
         loss = loss + config.vf_coef * terms["value_loss"]
     terms["entropy"] = reduce(new.entropy)
     loss = loss - config.ent_coef * terms["entropy"]
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"the PPO loss became {loss.item()} (policy loss {policy_loss.item()}); "
-                                 "check the rewards, the learning rate and the evaluate() outputs")
     terms = {name: value.detach() for name, value in terms.items()}
     terms["approx_kl"] = approx_kl(new.logprobs, old, mask)
     terms["clipfrac"] = clip_fraction(new.logprobs, old, config.clip_coef, config.clip_coef_high, mask)
@@ -246,6 +243,7 @@ def ppo_update(
         n_tokens = _tokens_per_minibatch(batch.get("mask"), order[: n_minibatches * config.minibatch_size],
                                          n_minibatches, config, ranks)
         epoch_kl = torch.zeros((), device=device)
+        epoch_loss = torch.zeros((), device=device)  # checked once an epoch: no host sync per step
         for start in range(0, n_minibatches * config.minibatch_size, config.minibatch_size):
             rows = order[start : start + config.minibatch_size]
             minibatch = {key: tensor[rows] for key, tensor in batch.items()}
@@ -259,8 +257,12 @@ def ppo_update(
             for name, value in terms.items():
                 totals[name] += value
             epoch_kl += terms["approx_kl"]
+            epoch_loss += loss.detach()
             minibatches += 1
         epochs += 1
+        if not torch.isfinite(epoch_loss):
+            raise FloatingPointError(f"the PPO loss became {float(epoch_loss)} in epoch {epochs}; "
+                                     "check the rewards, the learning rate and the evaluate() outputs")
         # early stopping, on the KL averaged over the ranks so that every rank stops at the same epoch
         if config.target_kl is not None and \
                 ranks.mean({"kl": float(epoch_kl) / max(n_minibatches, 1)})["kl"] > config.target_kl:
