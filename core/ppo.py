@@ -239,14 +239,13 @@ def ppo_update(
     totals = {name: torch.zeros((), device=device) for name in LOSS_TERMS}
     epochs = minibatches = 0
     for _epoch in range(config.update_epochs):
-        order = torch.randperm(n_rows, generator=generator).to(device)
-        n_tokens = _tokens_per_minibatch(batch.get("mask"), order[: n_minibatches * config.minibatch_size],
-                                         n_minibatches, config, ranks)
+        order = torch.randperm(n_rows, generator=generator).to(device)[: n_minibatches * config.minibatch_size]
+        n_tokens = _tokens_per_minibatch(batch.get("mask"), order, n_minibatches, config, ranks)
+        shuffled = {key: tensor[order] for key, tensor in batch.items()}  # one gather per key an epoch
         epoch_kl = torch.zeros((), device=device)
         epoch_loss = torch.zeros((), device=device)  # checked once an epoch: no host sync per step
         for start in range(0, n_minibatches * config.minibatch_size, config.minibatch_size):
-            rows = order[start : start + config.minibatch_size]
-            minibatch = {key: tensor[rows] for key, tensor in batch.items()}
+            minibatch = {key: tensor[start : start + config.minibatch_size] for key, tensor in shuffled.items()}
             loss, terms = ppo_loss(evaluate(minibatch), minibatch, config, beta=beta, n_tokens=n_tokens)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

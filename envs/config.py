@@ -134,7 +134,8 @@ class TrainConfig:
     progress: bool = True
     """Show a progress bar."""
     cpu_threads: int = 0
-    """Torch CPU threads; 0 = auto: 1 for MLPs (small ops run fastest on one thread), all cores for the CNN."""
+    """Torch CPU threads; 0 = auto: for MLPs 1 while collecting and up to 2 while updating (measured fastest on
+    2 cores), all cores for the CNN (envs.run_support.cpu_threads). N: N threads throughout."""
 
     def __post_init__(self) -> None:
         check_choices(self)

@@ -70,6 +70,7 @@ def train(
                 optimizer.param_groups[0]["lr"] = config.learning_rate * (1.0 - iteration / run.num_iterations)
 
             # 1. Collect N × T transitions with the current policy (no gradients, no host syncs).
+            torch.set_num_threads(run.rollout_threads)  # on a CPU, small ops run fastest on one thread
             obs = collect(agent, envs, obs, rollout, run.episodes)
             run.global_step += config.batch_size * run.world
 
@@ -78,6 +79,7 @@ def train(
             batch = rollout.batch(agent.value, obs, gamma=config.gamma, gae_lambda=config.gae_lambda)
 
             # 3. K epochs of PPO on the N·T rows (gradients averaged over the ranks under torchrun).
+            torch.set_num_threads(run.update_threads)  # larger ops: two threads (envs.run_support.cpu_threads)
             stats = ppo_update(agent.evaluate, batch, optimizer, run.ppo_config, kl_controller=run.kl_controller,
                                generator=run.shuffle, ranks=distributed.ranks())
 
