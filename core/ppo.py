@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import cache
 from typing import Literal, NamedTuple, Protocol, get_args
 
 import torch
@@ -200,6 +201,7 @@ def ppo_update(
     kl_controller: KLController | None = None,
     generator: torch.Generator | None = None,
     ranks: Ranks | None = None,
+    compile: bool = False,
 ) -> dict[str, float]:
     """Run K epochs of minibatch PPO on one batch; return the debug metrics.
 
@@ -218,6 +220,8 @@ def ppo_update(
     - `generator`: the random stream for shuffling (reproducible runs), on the CPU.
     - `ranks`: the processes training together (`Ranks`; `core.distributed.ranks()` under
       torchrun), None for one process.
+    - `compile`: run each minibatch's `evaluate` and `ppo_loss`, and so their backward, as one
+      `torch.compile`d graph (the same computation up to rounding; compiled at the first call).
 
     Under torchrun each rank passes its own batch and generator: the gradients are averaged over
     the ranks after each backward pass and before the grad-norm clip, the early stop tests the
@@ -246,7 +250,8 @@ def ppo_update(
         epoch_loss = torch.zeros((), device=device)  # checked once an epoch: no host sync per step
         for start in range(0, n_minibatches * config.minibatch_size, config.minibatch_size):
             minibatch = {key: tensor[start : start + config.minibatch_size] for key, tensor in shuffled.items()}
-            loss, terms = ppo_loss(evaluate(minibatch), minibatch, config, beta=beta, n_tokens=n_tokens)
+            loss, terms = (_compiled_minibatch_loss() if compile else _minibatch_loss)(
+                evaluate, minibatch, config, beta, n_tokens)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             ranks.average_gradients(params)  # under torchrun: the mean over the ranks
@@ -275,6 +280,20 @@ def ppo_update(
             stats["ppo/kl_after_update"] = ranks.mean({"kl": kl})["kl"]
             kl_controller.update(stats["ppo/kl_after_update"], n_rows)
     return stats
+
+
+def _minibatch_loss(evaluate: Callable[[dict[str, torch.Tensor]], Evaluation], minibatch: dict[str, torch.Tensor],
+                    config: PPOConfig, beta: float, n_tokens: float | None) -> tuple[torch.Tensor, dict]:
+    """`ppo_loss` of the minibatch as `evaluate` sees it now: one function, so that `torch.compile`
+    can fuse the network, the loss and (through AOTAutograd) their backward into one graph."""
+    return ppo_loss(evaluate(minibatch), minibatch, config, beta=beta, n_tokens=n_tokens)
+
+
+@cache
+def _compiled_minibatch_loss() -> Callable:
+    """`_minibatch_loss` under `torch.compile`, made once per process (dynamo compiles at the first
+    call and again only when a guard fails, e.g. once for a β that changes, then β is symbolic)."""
+    return torch.compile(_minibatch_loss)
 
 
 def _tokens_per_minibatch(mask: torch.Tensor | None, trained_rows: torch.Tensor, n_minibatches: int,

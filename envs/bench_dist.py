@@ -1,14 +1,18 @@
-"""Training steps per second of the default Flappy Bird run with 1 and with N processes.
+"""Training steps per second of the default Flappy Bird run with 1 and with N processes and threads.
 
-    python -m envs.bench_dist                      # 1 and 2 processes, 20 updates each, one thread each
+    python -m envs.bench_dist                      # 1 process on 1 thread and on the default threads; 2 processes
     python -m envs.bench_dist --procs 1 2 4 --updates 10
     python -m envs.bench_dist --llm                # also PPO-RLHF's tokens/s (the default 4 × 144 model)
 
 Each run is `torchrun --standalone --nproc_per_node=P -m envs.train` (plain `python -m envs.train`
-for P = 1) with the default flappy preset, `OMP_NUM_THREADS=1`, for `--updates` updates of every
-rank (P × 64 envs × 128 steps an update), in a temporary folder. The figure is the last
-`charts/sps` of its metrics.jsonl: environment steps of all ranks per second of the training
-loop (start-up excluded).
+for P = 1) with the default flappy preset split over the P ranks (64/P envs × 128 steps and
+minibatches of 1 024/P rows each, so that the run's batch and the rows behind each gradient step
+are the default run's), for `--updates` updates, in a temporary folder. One process runs twice:
+on one torch thread (`--cpu-threads 1`) and on the trainer's own choice (`cpu_threads` 0:
+1 thread collecting, 2 updating on a 2-core machine); P > 1 processes run one thread each
+(`OMP_NUM_THREADS=1`, the choice `envs.run_support.cpu_threads` makes for 2 ranks on 2 cores).
+The figure is the last `charts/sps` of its metrics.jsonl: environment steps of all ranks per
+second of the training loop (start-up excluded).
 
 With `--llm`, a short SFT and reward model are trained once (one process; their quality does not
 matter here), then `python -m llm.pipeline --stage ppo` runs `--llm-iterations` iterations with P
@@ -44,21 +48,26 @@ from core.metrics import read_metrics
 from envs.config import PRESETS
 
 
-def run(procs: int, updates: int) -> dict:
+def run(procs: int, updates: int, threads: int = 0) -> dict:
+    """One timed run: `procs` processes sharing the default run's batch, `threads` torch threads
+    (0: the trainer's choice)."""
     preset = PRESETS["flappy"]
-    steps = updates * procs * preset["num_envs"] * preset["num_steps"]
+    steps = updates * preset["num_envs"] * preset["num_steps"]
     with tempfile.TemporaryDirectory() as tmp:
         launcher = [sys.executable, "-m", "envs.train"] if procs == 1 else [
             sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}", "-m",
             "envs.train"]
         start = time.perf_counter()
         subprocess.run([*launcher, "--total-steps", str(steps), "--out", tmp, "--overwrite", "--no-progress",
+                        "--num-envs", str(preset["num_envs"] // procs),
+                        "--minibatch-size", str(preset["minibatch_size"] // procs), "--cpu-threads", str(threads),
                         "--device", "cpu", "--checkpoint-every", str(updates + 1), "--no-stop-when-mastered"],
-                       check=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True)
+                       check=True, env={**os.environ, **({"OMP_NUM_THREADS": "1"} if procs > 1 else {})},
+                       capture_output=True)
         wall = time.perf_counter() - start
         last = read_metrics(Path(tmp) / "metrics.jsonl")[-1]
-    return {"procs": procs, "updates": updates, "steps": last["step"], "sps": round(last["charts/sps"]),
-            "wall_s": round(wall, 1)}
+    return {"procs": procs, "threads": threads or "auto", "updates": updates, "steps": last["step"],
+            "sps": round(last["charts/sps"]), "wall_s": round(wall, 1)}
 
 
 def run_llm(procs: int, iterations: int, folder: Path) -> dict:
@@ -157,10 +166,12 @@ def main(argv: list[str] | None = None) -> dict:
             sys.exit(1)
         return summary
     if args.flappy:
-        summary["flappy_sps"] = [run(p, args.updates) for p in args.procs]
+        layouts = [(p, t) for p in args.procs for t in ((1, 0) if p == 1 else (1,))]
+        summary["flappy_sps"] = [run(p, args.updates, t) for p, t in layouts]
         for r in summary["flappy_sps"]:
-            print(f"{r['procs']} process(es): {r['sps']:,} steps/s ({r['steps']:,} steps, {r['wall_s']} s wall-clock)",
-                  file=sys.stderr)
+            threads = "the trainer's threads" if r["threads"] == "auto" else f"{r['threads']} thread(s) each"
+            print(f"{r['procs']} process(es), {threads}: {r['sps']:,} steps/s ({r['steps']:,} steps, "
+                  f"{r['wall_s']} s wall-clock)", file=sys.stderr)
     if args.llm:
         with tempfile.TemporaryDirectory() as tmp:
             subprocess.run([sys.executable, "-m", "llm.pipeline", "--stage", "sft", "--sft-steps", "60", "--out", tmp,

@@ -22,7 +22,8 @@
 - The update's cost: its matrix-product FLOPs per env step, counted from the network's shapes
   (`update_flops_per_step`: the rollout's forward pass plus K epochs of forward and backward),
   and the machine's bound for them, a 1024 × 64 × 64 product's GFLOP/s measured at the start
-  (`matmul_gflops`, one thread): `update_flops_per_step`, `matmul_gflops`,
+  on the update's threads (`matmul_gflops`, `matmul_threads`: two on a 2-core machine,
+  `envs.run_support.cpu_threads`): `update_flops_per_step`, `matmul_gflops`,
   `bound_steps_per_second` and `fraction_of_bound` (training steps/s over that bound) in the
   JSON line's `flappy`.
 - CartPole-v1: solved = mean return ≥ 475 over 10 greedy episodes on held-out seeds, checked
@@ -44,6 +45,7 @@ import torch
 from envs.config import TrainConfig, preset_for
 from envs.evaluate import evaluate_policy
 from envs.mastery import FLAPPY_ID, FRESH_SEED, SolvedCheck, flappy_check, flappy_mastered, flappy_solved
+from envs.run_support import cpu_threads
 from envs.train import train
 
 CARTPOLE_EVAL_EVERY = 2048
@@ -118,7 +120,7 @@ def bench_flappy(seed: int, device: str = "cpu", **overrides) -> dict:
 
 
 class SB3Greedy(torch.nn.Module):
-    """SB3's policy behind our agent's `act(obs, greedy=True)`, so that `evaluate_policy` (and so
+    """SB3's policy behind our agent's `greedy_action(obs)`, so that `evaluate_policy` (and so
     `SolvedCheck`) judges it exactly as it judges ours: a batch of observation tensors in, the
     policy's most likely action for each out (what `model.predict(obs, deterministic=True)` gives)."""
 
@@ -130,12 +132,9 @@ class SB3Greedy(torch.nn.Module):
         self.policy = policy
 
     @torch.no_grad()
-    def act(self, obs: torch.Tensor, greedy: bool = True, generator=None):
-        if not greedy:
-            raise ValueError("SB3Greedy only gives greedy actions")
+    def greedy_action(self, obs: torch.Tensor) -> torch.Tensor:
         device = next(self.policy.parameters()).device
-        actions = self.policy._predict(obs.to(device), deterministic=True)
-        return actions.to(obs.device), None, None
+        return self.policy._predict(obs.to(device), deterministic=True).to(obs.device)
 
 
 # RL Zoo (hyperparams/ppo.yml) has no Flappy Bird entry; of its discrete-action entries we take
@@ -325,16 +324,20 @@ def main(argv: list[str] | None = None) -> dict:
     result: dict = {"flappy": None, "flappy_sb3": None, "cartpole": None}
     rows = []
     if "flappy" in selected:
+        threads = cpu_threads(0, "mlp")[1]  # the update's threads (the trainer's choice for the MLP)
+        torch.set_num_threads(threads)
         gflops = matmul_gflops()  # the machine's bound for the update's products, before anything runs
+        torch.set_num_threads(1)
         result["flappy"] = flappy = bench_flappy(args.seed)
         flops = flappy["update_flops_per_step"]
-        flappy["matmul_gflops"] = round(gflops, 2)
+        flappy["matmul_gflops"], flappy["matmul_threads"] = round(gflops, 2), threads
         flappy["bound_steps_per_second"] = round(gflops * 1e9 / flops)
         flappy["fraction_of_bound"] = round(flappy["steps_per_second"] * flops / (gflops * 1e9), 3) \
             if flappy["steps_per_second"] else None
         print(f"Flappy Bird (ours): {flops / 1e6:.3f} MFLOP of matrix products per env step (rollout forward + "
               f"{preset_for('flappy')['update_epochs']} epochs of forward and backward); a 1024×64×64 product "
-              f"runs at {gflops:.1f} GFLOP/s here, a bound of {flappy['bound_steps_per_second']} steps/s; "
+              f"runs at {gflops:.1f} GFLOP/s here on {threads} thread(s), the update's, a bound of "
+              f"{flappy['bound_steps_per_second']} steps/s; "
               f"training ran at {flappy['steps_per_second']} steps/s, {flappy['fraction_of_bound']} of it",
               file=sys.stderr)
         rows.append(("Flappy Bird solved (ours)", result["flappy"]["seconds_to_solved"],

@@ -72,8 +72,7 @@ def evaluate_policy(
     scores = torch.zeros(episodes, device=device)
     finished = torch.zeros(episodes, dtype=torch.bool, device=device)
     for _ in range(max_steps):
-        actions, _, _ = agent.act(obs, greedy=True)
-        step = envs.step(actions)
+        step = envs.step(agent.greedy_action(obs))
         ended = step.game_over & ~finished
         scores = torch.where(ended, step.episode_score, scores)
         finished |= ended
@@ -137,7 +136,7 @@ def watch(agent: ActorCritic, env_id: str, *, render: str | None, video: str | N
             state = {"obs": training_view.reset(seed=seed)}
 
             def policy(_display_obs):
-                action = agent.act(state["obs"], greedy=True)[0]
+                action = agent.greedy_action(state["obs"])
                 state["obs"] = training_view.step(action).obs
                 return int(action)
 
@@ -154,7 +153,7 @@ def watch(agent: ActorCritic, env_id: str, *, render: str | None, video: str | N
                 obs = torch.as_tensor(np_obs_float(obs))[None]
                 if obs_rms is not None:  # the training statistics, frozen
                     obs = ((obs - obs_rms["mean"]) / torch.sqrt(obs_rms["var"] + 1e-8)).clamp(-10, 10).float()
-                action = agent.act(obs, greedy=True)[0][0]
+                action = agent.greedy_action(obs)[0]
                 return action.numpy() if agent.continuous else int(action)
 
             return policy

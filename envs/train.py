@@ -81,7 +81,7 @@ def train(
             # 3. K epochs of PPO on the N·T rows (gradients averaged over the ranks under torchrun).
             torch.set_num_threads(run.update_threads)  # larger ops: two threads (envs.run_support.cpu_threads)
             stats = ppo_update(agent.evaluate, batch, optimizer, run.ppo_config, kl_controller=run.kl_controller,
-                               generator=run.shuffle, ranks=distributed.ranks())
+                               generator=run.shuffle, ranks=distributed.ranks(), compile=run.compile)
 
             # 4. Log, plot, checkpoint; stop on Ctrl-C, `stop_when` or `stop_after_iterations`.
             if run.end_update(iteration, stats, obs, stop):

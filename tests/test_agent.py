@@ -72,10 +72,8 @@ def test_evaluation_statistics_of_a_scripted_policy():
     """CartPole with a scripted 'push toward the pole's lean' policy, via a stand-in network."""
 
     class Scripted(ActorCritic):
-        def forward(self, obs):
-            push_right = (obs[:, 2] + 0.5 * obs[:, 3] > 0).float()
-            logits = torch.stack([1 - push_right, push_right], dim=1) * 10
-            return logits, torch.zeros(obs.shape[0])
+        def greedy_action(self, obs):  # what evaluate_policy plays
+            return (obs[:, 2] + 0.5 * obs[:, 3] > 0).long()
 
     scores = evaluate_policy(Scripted((4,), 2), "CartPole-v1", episodes=5, cap=None, seed=0)
     # the same policy run by hand on the same seeds

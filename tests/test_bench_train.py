@@ -30,7 +30,7 @@ def test_sb3_greedy_gives_the_actions_of_predict_deterministic():
         model.policy.action_net.weight.mul_(300.0)
     obs = np.random.default_rng(0).uniform(-1, 1, size=(64, 12)).astype(np.float32)
     expected, _ = model.predict(obs, deterministic=True)
-    actions, _, _ = SB3Greedy(model.policy).act(torch.as_tensor(obs), greedy=True)
+    actions = SB3Greedy(model.policy).greedy_action(torch.as_tensor(obs))
     assert actions.shape == (64,) and actions.tolist() == expected.tolist()
     assert len(set(expected.tolist())) == 2, "the check should see both actions"
 

@@ -277,3 +277,31 @@ def test_the_initial_weights_do_not_depend_on_the_threads(tmp_path):
         run.finish()
     torch.set_num_threads(1)
     assert torch.equal(weights[0], weights[1])
+
+
+@pytest.mark.parametrize("arch, obs_shape, continuous", [("mlp", (12,), False), ("mlp_shared", (12,), False),
+                                                         ("mlp", (5,), True), ("cnn", (4, 84, 84), False)])
+def test_greedy_action_is_acts_greedy_action(arch, obs_shape, continuous):
+    """Evaluation plays `greedy_action` (the policy's layers only); it must be the action `act` takes
+    greedily, the argmax of the full forward pass's logits (the Gaussian's mean)."""
+    torch.manual_seed(0)
+    agent = ActorCritic(obs_shape, 3, arch=arch, continuous=continuous)
+    with torch.no_grad():  # sharper logits than at init, so that every action is someone's argmax
+        for p in agent.parameters():
+            p.mul_(4.0)
+    obs = torch.randint(0, 256, (64, *obs_shape), dtype=torch.uint8) if arch == "cnn" else torch.randn(64, *obs_shape)
+    expected = agent.act(obs, greedy=True)[0]
+    assert torch.equal(agent.greedy_action(obs), expected)
+    if not continuous:
+        assert len(set(expected.tolist())) > 1
+
+
+def test_compile_is_on_for_long_mlp_runs_on_the_cpu_unless_told():
+    from envs.run_support import COMPILE_FROM_STEPS, use_compile
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert use_compile(None, "mlp", cpu, COMPILE_FROM_STEPS)
+    assert not use_compile(None, "mlp", cpu, COMPILE_FROM_STEPS - 1)
+    assert not use_compile(None, "cnn", cpu, 10**8) and not use_compile(None, "mlp", cuda, 10**8)
+    assert use_compile(True, "cnn", cuda, 1) and not use_compile(False, "mlp", cpu, 10**8)
+    assert resolve(TrainConfig()).total_steps >= COMPILE_FROM_STEPS  # the default run compiles
