@@ -66,15 +66,18 @@ class SolvedCheck:
     episodes have ended below the cap (`envs.evaluate.evaluate_policy`): the check then fails,
     `gave_up` is True and `mean`, `at_cap` and `solved` are None (not known: episodes were left
     unplayed). The trainer gives up at k = 6 of 100, when ≥ 95% at the cap is out of reach,
-    so a check of a policy far from mastery costs a fraction of a full one. A check is due when
+    so a check of a policy far from mastery costs a fraction of a full one. `give_up_once_solved`
+    = k does the same only once the policy has been solved (the benchmark: its solved time needs
+    the full mean, and after it only mastery is left to see). A check is due when
     `global_step` has reached the next multiple of `every` (so a resumed run checks at the same
     steps as an uninterrupted one).
     """
 
     def __init__(self, env_id: str, every: int, episodes: int, cap: int | None, is_solved: Callable,
                  is_done: Callable | None = None, seed: int = HELD_OUT_SEED, fresh_seed: int | None = None,
-                 log: bool = True, give_up_below_cap: int | None = None):
+                 log: bool = True, give_up_below_cap: int | None = None, give_up_once_solved: int | None = None):
         self.env_id, self.every, self.episodes, self.cap, self.seed = env_id, every, episodes, cap, seed
+        self.give_up_once_solved = give_up_once_solved
         self.is_solved, self.is_done, self.fresh_seed, self.log = is_solved, is_done or is_solved, fresh_seed, log
         self.next_check, self.eval_seconds, self.solved_at, self.done_at = every, 0.0, None, None
         self.confirmations, self.give_up_below_cap = 0, give_up_below_cap
@@ -87,9 +90,11 @@ class SolvedCheck:
 
     def _scores(self, agent, seed: int) -> list[float]:
         threads = torch.get_num_threads()  # evaluate_policy plays MLPs on one thread; training keeps its own
+        give_up = self.give_up_below_cap if self.solved_at is None or self.give_up_once_solved is None \
+            else self.give_up_once_solved
         try:
             return evaluate_policy(agent, self.env_id, episodes=self.episodes, cap=self.cap, seed=seed,
-                                   device=next(agent.parameters()).device, give_up_below_cap=self.give_up_below_cap)
+                                   device=next(agent.parameters()).device, give_up_below_cap=give_up)
         finally:
             torch.set_num_threads(threads)
 
@@ -128,9 +133,11 @@ class SolvedCheck:
 
 
 def flappy_check(is_done: Callable = flappy_mastered, every: int = 81_920, fresh_seed: int | None = None,
-                 log: bool = True, give_up_below_cap: int | None = None, env_id: str = FLAPPY_ID) -> SolvedCheck:
+                 log: bool = True, give_up_below_cap: int | None = None, env_id: str = FLAPPY_ID,
+                 give_up_once_solved: int | None = None) -> SolvedCheck:
     """The one Flappy Bird check everything is judged by (the clock starts here): 100 held-out
     episodes with the 500-pipe cap every `every` steps; with `fresh_seed`, confirmed on fresh seeds.
     `env_id`: the features game, or its pixels (`proximal/FlappyBirdPixels-v0`) for a CNN agent."""
     return SolvedCheck(env_id, every=every, episodes=100, cap=FLAPPY_CAP, is_solved=flappy_solved,
-                       is_done=is_done, fresh_seed=fresh_seed, log=log, give_up_below_cap=give_up_below_cap)
+                       is_done=is_done, fresh_seed=fresh_seed, log=log, give_up_below_cap=give_up_below_cap,
+                       give_up_once_solved=give_up_once_solved)

@@ -175,3 +175,22 @@ def test_a_resumed_run_checks_at_the_steps_of_an_uninterrupted_one(tmp_path, mon
     resumed = train(config, resume=load_checkpoint(tmp_path / "run" / "checkpoint.pt"))
     checks = [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "eval/seconds" in r]
     assert checks == [256, 512, 768, 1024] and resumed["global_step"] == 1024
+
+
+def test_the_benchmarks_check_gives_up_only_once_solved(monkeypatch):
+    """`give_up_once_solved`: the checks before the first solved one play all 100 episodes (the
+    solved time needs the full mean); every check after it stops at 6 below the cap."""
+    unsolved, solved = [30.0] * 100, [500.0] * 90 + [60.0] * 10  # mean 30; mean 456, all past 40, 90% at the cap
+    script, asked = [unsolved, unsolved, solved, solved, solved], []
+
+    def scripted(agent, env_id, *, episodes, cap, seed, device, give_up_below_cap):
+        asked.append(give_up_below_cap)
+        return list(script[len(asked) - 1])
+
+    monkeypatch.setattr(envs.mastery, "evaluate_policy", scripted)
+    check = envs.mastery.flappy_check(every=10, log=False, give_up_once_solved=6)
+    agent = torch.nn.Linear(1, 1)
+    for step in range(10, 60, 10):
+        assert check(agent, step) is False  # never mastered: 90% at the cap
+    assert check.solved_at is not None and check.solved_at[1] == 30
+    assert asked == [None, None, None, 6, 6]
