@@ -164,17 +164,17 @@ def test_pixel_and_atari_smoke_runs(env_id, kwargs, tmp_path):
 
 
 def test_shipped_agent_scores_what_the_readme_quotes():
-    """envs/README.md quotes mean 493.6 pipes and 97% at the 500 cap over the 100 held-out episodes
-    (seeds 10 000-10 099). Greedy play on fixed seeds is deterministic, so on the machine that
-    measured it the figures come back exactly; elsewhere float rounding may change a few
+    """envs/agents/README.md quotes mean 485.0 pipes and 95% at the 500 cap over the 100 held-out
+    episodes (seeds 10 000-10 099). Greedy play on fixed seeds is deterministic, so on the machine
+    that measured it the figures come back exactly; elsewhere float rounding may change a few
     episodes. The margins are two standard errors of those 100 episodes: the scores' spread is
-    47 pipes, so 2 · 47 / √100 ≈ 9.4 pipes for the mean, and 2 · √(0.97 · 0.03 / 100) ≈ 3.4
+    77 pipes, so 2 · 77 / √100 ≈ 15.4 pipes for the mean, and 2 · √(0.95 · 0.05 / 100) ≈ 4.4
     points for the fraction at cap. (The solved bar, mean ≥ 100 and ≥ 90% past 40, follows.)"""
     agent, meta = load_agent(Path(__file__).resolve().parent.parent / "envs" / "agents" / "flappy_features.pt")
     assert meta["env_id"] == "proximal/FlappyBird-v0"
     stats = summarize(evaluate_policy(agent, meta["env_id"], episodes=100, cap=500, seed=10_000), cap=500)
-    assert abs(stats["mean"] - 493.6) <= 9.4, stats["mean"]
-    assert abs(stats["at_cap"] - 0.97) <= 0.034, stats["at_cap"]
+    assert abs(stats["mean"] - 485.0) <= 15.4, stats["mean"]
+    assert abs(stats["at_cap"] - 0.95) <= 0.044, stats["at_cap"]
     assert np.mean([s > 40 for s in stats["scores"]]) >= 0.9
 
 
