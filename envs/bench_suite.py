@@ -100,11 +100,12 @@ def final_return(history: list[dict], episodes: int = LAST_EPISODES) -> float:
 
 
 def ours_config(env_id: str, steps: int, seed: int, out: str = "unused"):
-    """The TrainConfig a user gets from `python -m envs.train --env-id ENV --total-steps N --seed S`."""
+    """The TrainConfig a user gets from `python -m envs.train --env-id ENV --total-steps N --seed S`, on one
+    torch thread (the suite runs a job per core)."""
     from envs.config import TrainConfig
 
     return TrainConfig(env_id=env_id, total_steps=steps, seed=seed, out=out, overwrite=True, progress=False,
-                       checkpoint_every=10**9, plot_every_seconds=float("inf"), device="cpu")
+                       checkpoint_every=10**9, plot_every_seconds=float("inf"), device="cpu", cpu_threads=1)
 
 
 def job_key(impl: str, env_id: str, steps: int, seed: int) -> str:
@@ -117,6 +118,8 @@ def job_key(impl: str, env_id: str, steps: int, seed: int) -> str:
         fields = config_to_dict(resolve(ours_config(env_id, steps, seed)))
         if not fields.get("stop_when_mastered"):  # a check that never runs changes nothing: earlier keys stay valid
             fields = {k: v for k, v in fields.items() if k not in ("stop_when_mastered", "mastery_check_every")}
+        # how a job runs, not what it learns (threads and compiling change only the rounding)
+        fields = {k: v for k, v in fields.items() if k not in ("cpu_threads", "compile")}
         digest = hashlib.sha1(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:10]
         key += f"|{digest}"
     return key
