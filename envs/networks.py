@@ -50,42 +50,10 @@ def layer_init(layer: nn.Module, gain: float = math.sqrt(2), bias: float = 0.0) 
     return layer
 
 
-class _TanhFromSigmoid(torch.autograd.Function):
-    """tanh(x) = 2σ(2x) − 1, with tanh's own backward dy/dx = 1 − y² (one fused op)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        y = torch.sigmoid(x * 2.0).mul_(2.0).sub_(1.0)
-        ctx.save_for_backward(y)
-        return y
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        (y,) = ctx.saved_tensors
-        return torch.ops.aten.tanh_backward(grad, y)
-
-
-class Tanh(nn.Module):
-    """tanh, computed on the CPU as 2σ(2x) − 1: the same function (within 2e-7), for speed.
-
-    On this project's CPU (AVX-512, torch 2.13, one thread) torch's tanh kernel takes 167 µs on a
-    1024 × 64 activation and its sigmoid kernel 27.5 µs, so the MLP's four activations were a
-    third of the update's forward pass. CUDA and other devices keep `torch.tanh`. No parameters:
-    checkpoints hold the same tensors as with `nn.Tanh`.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu":
-            return torch.tanh(x)
-        if torch.is_grad_enabled() and x.requires_grad:
-            return _TanhFromSigmoid.apply(x)
-        return torch.sigmoid(x * 2.0).mul_(2.0).sub_(1.0)  # the rollout's forward: no graph to keep
-
-
 def _mlp(in_dim: int, hidden: int, out_dim: int, out_gain: float) -> nn.Sequential:
     return nn.Sequential(
-        layer_init(nn.Linear(in_dim, hidden)), Tanh(),
-        layer_init(nn.Linear(hidden, hidden)), Tanh(),
+        layer_init(nn.Linear(in_dim, hidden)), nn.Tanh(),
+        layer_init(nn.Linear(hidden, hidden)), nn.Tanh(),
         layer_init(nn.Linear(hidden, out_dim), gain=out_gain),
     )
 
@@ -144,8 +112,8 @@ class ActorCritic(nn.Module):
                 self.critic = _mlp(obs_shape[0], hidden, 1, out_gain=1.0)
             else:
                 self.trunk = nn.Sequential(
-                    layer_init(nn.Linear(obs_shape[0], hidden)), Tanh(),
-                    layer_init(nn.Linear(hidden, hidden)), Tanh(),
+                    layer_init(nn.Linear(obs_shape[0], hidden)), nn.Tanh(),
+                    layer_init(nn.Linear(hidden, hidden)), nn.Tanh(),
                 )
                 self.policy_head = layer_init(nn.Linear(hidden, n_actions), gain=0.01)
                 self.value_head = layer_init(nn.Linear(hidden, 1), gain=1.0)

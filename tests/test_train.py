@@ -226,33 +226,6 @@ def test_resume_names_the_flags_it_ignores(tmp_path, capsys):
 # ---- speed without changing the computation: the activation, the threads -------------------------
 
 
-def test_the_fast_tanh_is_tanh_in_value_and_gradient():
-    """`envs.networks.Tanh` computes 2σ(2x) − 1 on the CPU; against torch.tanh in float64 (the
-    reference), its float32 values and gradients stay within 4e-7, over the whole range,
-    saturation included, with and without a graph."""
-    from envs.networks import Tanh
-
-    x64 = torch.cat([torch.linspace(-30, 30, 20_001, dtype=torch.float64), torch.tensor([0.0, -1e-8, 1e-8])])
-    x = x64.float().requires_grad_(True)
-    y = Tanh()(x)
-    (grad,) = torch.autograd.grad(y, x, torch.ones_like(y))
-    torch.testing.assert_close(y.double(), torch.tanh(x64), rtol=0, atol=4e-7)
-    torch.testing.assert_close(grad.double(), 1 - torch.tanh(x64) ** 2, rtol=0, atol=4e-7)
-    with torch.no_grad():
-        torch.testing.assert_close(Tanh()(x).double(), torch.tanh(x64), rtol=0, atol=4e-7)
-    # a network built with it has nn.Tanh's state: the same checkpoints load, the same logits within float error
-    agent = ActorCritic((12,), 2)
-    reference = ActorCritic((12,), 2)
-    reference.load_state_dict(agent.state_dict())
-    for net in (reference.actor, reference.critic):
-        for i, layer in enumerate(net):
-            if isinstance(layer, Tanh):
-                net[i] = torch.nn.Tanh()
-    obs = torch.randn(256, 12) * 3
-    for ours, theirs in zip(agent(obs), reference(obs)):
-        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
-
-
 def test_cpu_threads_follow_the_measured_choice_and_the_flag(monkeypatch):
     from envs.run_support import cpu_threads
 
