@@ -64,7 +64,7 @@ def cpu_threads(requested: int, arch: str, world: int = 1) -> tuple[int, int]:
 
     - MLP agents collect on 1 thread: the rollout's ops are 64 rows and run slower split in two
       (35 against 39–40 ms a rollout of the Flappy Bird preset on 2 cores);
-    - they update on up to 2 threads: its 1 024-row minibatches run faster on two (training 69 k
+    - they update on up to 2 threads: its 1 024-row minibatches run faster on two (training 63 k
       against 60 k steps/s eager, idle 2-core machine, `envs.bench_dist`; envs/README.md).
       More than 2 was never measured, so 2 is the most `auto` takes;
     - the CNN uses every core for both: its convolutions are large.
