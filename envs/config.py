@@ -134,8 +134,8 @@ class TrainConfig:
     progress: bool = True
     """Show a progress bar."""
     compile: bool | None = None
-    """torch.compile each minibatch's network, loss and backward as one graph (core.ppo.ppo_update): 1.5–1.7×
-    faster minibatches on this CPU, 3–18 s to compile at the first update. None: on for an MLP on the CPU in a
+    """torch.compile each minibatch's network, loss and backward as one graph (core.ppo.ppo_update): about 1.3×
+    faster minibatches on this CPU, 1–18 s to compile at the first update. None: on for an MLP on the CPU in a
     run of at least 2 M steps, where it pays for itself (envs.run_support.use_compile); off otherwise."""
     cpu_threads: int = 0
     """Torch CPU threads; 0 = auto: for MLPs 1 while collecting and up to 2 while updating (measured fastest on
@@ -147,6 +147,8 @@ class TrainConfig:
                      "mastery_check_every"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)!r}")
+        if self.cpu_threads < 0:
+            raise ValueError(f"cpu_threads must be ≥ 0 (0 = auto), got {self.cpu_threads!r}")
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
         for name in ("gamma", "gae_lambda"):

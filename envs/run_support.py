@@ -82,9 +82,10 @@ COMPILE_FROM_STEPS = 2_000_000
 def use_compile(requested: bool | None, arch: str, device: torch.device, total_steps: int) -> bool:
     """Whether the update runs `torch.compile`d (`core.ppo.ppo_update(compile=...)`): `requested` when
     given; otherwise on for an MLP on the CPU in a run of at least `COMPILE_FROM_STEPS` steps. There
-    a minibatch of the Flappy Bird preset took 1.66 ms compiled against 2.45 ms (two threads; 1.99
-    against 3.30 on one) and compiling took 3–18 s (warm cache, cold), so a run of 2 M steps (about
-    250 updates) gains about as much as the compile costs. The CNN and CUDA were not measured."""
+    a minibatch of the Flappy Bird preset took 1.86 ms compiled against 2.34 ms (two threads) and
+    compiling took 1–18 s (warm cache, cold): a run of 2 M steps (about 250 updates, 15 ms saved
+    each, 3.7 s) gains about what compiling from the cache costs, and the default Flappy Bird run
+    (5–14 M steps) 10–27 s. The CNN and CUDA were not measured."""
     if requested is not None:
         return requested
     return arch != "cnn" and device.type == "cpu" and total_steps >= COMPILE_FROM_STEPS

@@ -278,3 +278,11 @@ def test_compile_is_on_for_long_mlp_runs_on_the_cpu_unless_told():
     assert not use_compile(None, "cnn", cpu, 10**8) and not use_compile(None, "mlp", cuda, 10**8)
     assert use_compile(True, "cnn", cuda, 1) and not use_compile(False, "mlp", cpu, 10**8)
     assert resolve(TrainConfig()).total_steps >= COMPILE_FROM_STEPS  # the default run compiles
+
+
+def test_a_negative_thread_count_is_refused_in_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*SMALL_RUN, "--cpu-threads", "-1"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "error: cpu_threads must be ≥ 0 (0 = auto), got -1"
