@@ -143,7 +143,7 @@ def stress(runs: int, procs: int) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--procs", type=int, nargs="+", default=[1, 2], help="process counts to measure")
-    parser.add_argument("--updates", type=int, default=20, help="updates of every rank per run")
+    parser.add_argument("--updates", type=int, default=20, help="updates per run (every rank takes part in each)")
     parser.add_argument("--llm", action="store_true", help="also measure PPO-RLHF's tokens/s")
     parser.add_argument("--llm-iterations", type=int, default=6, help="PPO-RLHF iterations per run")
     parser.add_argument("--no-flappy", dest="flappy", action="store_false", help="skip the Flappy Bird runs")
